@@ -1,0 +1,330 @@
+//! `husk bench`: the figures users wait on, measured end to end against
+//! real `husk vmm` processes booting the probe guest. Prints JSON.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::vmm::client;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Repetitions per figure; medians are reported.
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// The husk binary to measure (default: this one).
+    #[arg(long)]
+    pub husk: Option<PathBuf>,
+}
+
+const GUEST_MEM_MIB: u64 = 128;
+
+struct Bench {
+    husk: PathBuf,
+    dir: PathBuf,
+    kernel: PathBuf,
+}
+
+/// min / median / max of a sample, in milliseconds.
+fn summary(mut v: Vec<f64>) -> serde_json::Value {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    json!({
+        "median": round(v[v.len() / 2]),
+        "min": round(v[0]),
+        "max": round(v[v.len() - 1]),
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Bench {
+    fn sock(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("api-{n}.sock"))
+    }
+
+    fn spawn_api(&self, sock: &Path) -> std::io::Result<Child> {
+        Command::new(&self.husk)
+            .args(["vmm", "--api-sock"])
+            .arg(sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+    }
+
+    fn wait_for_socket(sock: &Path, deadline: Duration) -> Option<Instant> {
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if UnixStream::connect(sock).is_ok() {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        None
+    }
+
+    fn configure(&self, sock: &Path, probe_args: &str) -> Result<(), String> {
+        let boot = json!({
+            "kernel_image_path": self.kernel,
+            "boot_args": format!("console=ttyS0 {probe_args}"),
+        })
+        .to_string();
+        let machine = json!({"vcpu_count": 1, "mem_size_mib": GUEST_MEM_MIB}).to_string();
+        for (path, body) in [("/boot-source", boot), ("/machine-config", machine)] {
+            let r = client::request(sock, "PUT", path, Some(&body)).map_err(|e| e.to_string())?;
+            if r.status != 204 {
+                return Err(format!("PUT {path}: {} {}", r.status, r.body));
+            }
+        }
+        Ok(())
+    }
+
+    /// `husk vmm` exec → API socket accepting connections.
+    fn api_ready(&self, n: usize) -> Result<f64, String> {
+        let sock = self.sock(n);
+        let start = Instant::now();
+        let mut child = self.spawn_api(&sock).map_err(|e| e.to_string())?;
+        let ready = Self::wait_for_socket(&sock, Duration::from_secs(5));
+        let _ = child.kill();
+        let _ = child.wait();
+        let ready = ready.ok_or("the API socket never came up")?;
+        Ok(ms(ready - start))
+    }
+
+    fn start_instance(sock: &Path) -> Result<(), String> {
+        let r = client::request(
+            sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#),
+        )
+        .map_err(|e| e.to_string())?;
+        if r.status != 204 {
+            return Err(format!("InstanceStart: {} {}", r.status, r.body));
+        }
+        Ok(())
+    }
+
+    /// InstanceStart sent → first byte the guest writes to its serial port.
+    fn first_serial_byte(&self, n: usize) -> Result<f64, String> {
+        let sock = self.sock(n);
+        let mut child = self.spawn_api(&sock).map_err(|e| e.to_string())?;
+        let result = (|| {
+            Self::wait_for_socket(&sock, Duration::from_secs(5)).ok_or("no API socket")?;
+            self.configure(&sock, "")?;
+            let mut out = child.stdout.take().ok_or("no stdout")?;
+            let start = Instant::now();
+            Self::start_instance(&sock)?;
+            let mut byte = [0u8];
+            out.read_exact(&mut byte).map_err(|e| e.to_string())?;
+            Ok(ms(start.elapsed()))
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        result
+    }
+
+    /// Resident memory of a running VMM, not counting guest RAM.
+    fn rss_overhead_kib(&self) -> Result<serde_json::Value, String> {
+        let sock = self.sock(0);
+        let mut child = self.spawn_api(&sock).map_err(|e| e.to_string())?;
+        let result = (|| {
+            Self::wait_for_socket(&sock, Duration::from_secs(5)).ok_or("no API socket")?;
+            // wait-cad keeps the guest alive, polling, after it booted.
+            self.configure(&sock, "probe=wait-cad")?;
+            let mut out = child.stdout.take().ok_or("no stdout")?;
+            Self::start_instance(&sock)?;
+            let mut line = [0u8; 11];
+            out.read_exact(&mut line).map_err(|e| e.to_string())?; // "PROBE BOOT\n"
+            let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", child.id()))
+                .map_err(|e| e.to_string())?;
+            let (total, guest) = rss_from_smaps(&smaps, GUEST_MEM_MIB << 20);
+            let _ = client::request(
+                &sock,
+                "PUT",
+                "/actions",
+                Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+            );
+            Ok(json!({
+                "vmm_rss_kib": total,
+                "guest_rss_kib": guest,
+                "vmm_rss_overhead_kib": total - guest,
+            }))
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        result
+    }
+
+    /// exec with --config-file → boot → guest reset → exit: wall and CPU.
+    fn whole_cycle(&self, config: &Path) -> Result<(f64, f64), String> {
+        let start = Instant::now();
+        let child = Command::new(&self.husk)
+            .args(["vmm", "--no-api", "--config-file"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let (status, cpu) = wait_with_cpu(child.id() as libc::pid_t)?;
+        let wall = ms(start.elapsed());
+        if status != 0 {
+            return Err(format!("husk vmm exited with status {status}"));
+        }
+        Ok((wall, cpu))
+    }
+}
+
+/// Total RSS, and the RSS of the guest RAM mapping (`guest_bytes` long),
+/// in KiB, from /proc/PID/smaps.
+pub fn rss_from_smaps(smaps: &str, guest_bytes: u64) -> (u64, u64) {
+    let (mut total, mut guest) = (0, 0);
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-') {
+            if let (Ok(s), Ok(e)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
+                in_guest = e - s == guest_bytes;
+                continue;
+            }
+        }
+        if first == "Rss:" {
+            let kib: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+            total += kib;
+            if in_guest {
+                guest += kib;
+            }
+        }
+    }
+    (total, guest)
+}
+
+/// Waits for `pid`; returns its exit status and user+system CPU in ms.
+fn wait_with_cpu(pid: libc::pid_t) -> Result<(i32, f64), String> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet reaped; both out-pointers
+    // point at live locals.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if r != pid {
+        return Err(format!("wait4: {}", std::io::Error::last_os_error()));
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    Ok((code, tv(usage.ru_utime) + tv(usage.ru_stime)))
+}
+
+fn collect(
+    runs: usize,
+    mut f: impl FnMut(usize) -> Result<f64, String>,
+) -> Result<Vec<f64>, String> {
+    (0..runs).map(&mut f).collect()
+}
+
+pub fn run(args: BenchArgs) -> i32 {
+    match measure(&args) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            0
+        }
+        Err(e) => {
+            eprintln!("husk bench: {e}");
+            1
+        }
+    }
+}
+
+fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
+    let husk = match &args.husk {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(|e| e.to_string())?,
+    };
+    let dir = std::env::temp_dir().join(format!("husk-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let kernel = dir.join("probe.elf");
+    crate::probe::write_probe(&kernel).map_err(|e| e.to_string())?;
+    let bench = Bench { husk, dir, kernel };
+    let runs = args.runs.max(1);
+
+    let config = bench.dir.join("cycle.json");
+    let cfg = json!({
+        "boot-source": {"kernel_image_path": bench.kernel, "boot_args": "console=ttyS0"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": GUEST_MEM_MIB},
+    });
+    std::fs::write(&config, cfg.to_string()).map_err(|e| e.to_string())?;
+
+    let result = (|| {
+        let api_ready = collect(runs, |n| bench.api_ready(n))?;
+        let first_byte = collect(runs, |n| bench.first_serial_byte(n))?;
+        let rss = bench.rss_overhead_kib()?;
+        let (mut wall, mut cpu) = (vec![], vec![]);
+        for _ in 0..runs {
+            let (w, c) = bench.whole_cycle(&config)?;
+            wall.push(w);
+            cpu.push(c);
+        }
+        Ok(json!({
+            "runs": runs,
+            "guest_mem_mib": GUEST_MEM_MIB,
+            "vmm_exec_to_api_ready_ms": summary(api_ready),
+            "instance_start_to_first_serial_byte_ms": summary(first_byte),
+            "memory": rss,
+            "whole_cycle_wall_ms": summary(wall),
+            "whole_cycle_cpu_ms": summary(cpu),
+            "budgets": {
+                "vmm_exec_to_api_ready_ms": 5.0,
+                "instance_start_to_first_serial_byte_ms": 5.0,
+                "vmm_rss_overhead_kib": 3072,
+                "whole_cycle_wall_ms": 0.6 * 8.0,
+                "whole_cycle_cpu_ms": 0.6 * 3.0,
+            },
+        }))
+    })();
+    let _ = std::fs::remove_dir_all(&bench.dir);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_separates_guest_memory() {
+        let smaps = "\
+55d0c0000000-55d0c0100000 r-xp 00000000 00:00 0 /usr/bin/husk
+Size:               1024 kB
+Rss:                 700 kB
+7f0000000000-7f0008000000 rw-p 00000000 00:00 0
+Size:             131072 kB
+Rss:                  64 kB
+7fff00000000-7fff00021000 rw-p 00000000 00:00 0 [stack]
+Rss:                  12 kB
+";
+        assert_eq!(rss_from_smaps(smaps, 128 << 20), (776, 64));
+    }
+
+    #[test]
+    fn summary_takes_the_median() {
+        let s = summary(vec![3.0, 1.0, 2.0]);
+        assert_eq!(s["median"], 2.0);
+        assert_eq!(s["min"], 1.0);
+        assert_eq!(s["max"], 3.0);
+    }
+}

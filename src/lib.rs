@@ -1,0 +1,6 @@
+//! husk: a KVM microVM monitor.
+
+pub mod bench;
+pub mod doctor;
+pub mod probe;
+pub mod vmm;

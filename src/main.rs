@@ -1,0 +1,67 @@
+//! The `husk` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "husk", version, about = "KVM microVM monitor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one microVM, controlled through a Firecracker-compatible API.
+    Vmm {
+        /// Unix socket to serve the per-VM API on.
+        #[arg(long, required_unless_present = "no_api")]
+        api_sock: Option<PathBuf>,
+        /// Firecracker-style JSON config; the VM boots at once.
+        #[arg(long)]
+        config_file: Option<PathBuf>,
+        /// Serve no API (needs --config-file).
+        #[arg(long, requires = "config_file", conflicts_with = "api_sock")]
+        no_api: bool,
+        /// The microVM's id, reported by `GET /`.
+        #[arg(long, default_value = "anonymous-instance")]
+        id: String,
+    },
+    /// Write the embedded probe guest out as an ELF kernel.
+    ProbeGuest {
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Check that this host can run husk.
+    Doctor,
+    /// Measure start-up, boot and memory figures; prints JSON.
+    Bench(husk::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Vmm {
+            api_sock,
+            config_file,
+            no_api: _,
+            id,
+        } => husk::vmm::run(husk::vmm::VmmOptions {
+            api_sock,
+            config_file,
+            id,
+        }),
+        Command::ProbeGuest { output } => match husk::probe::write_probe(&output) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("husk probe-guest: cannot write {}: {e}", output.display());
+                1
+            }
+        },
+        Command::Doctor => husk::doctor::run(),
+        Command::Bench(args) => husk::bench::run(args),
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}

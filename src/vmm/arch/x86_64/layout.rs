@@ -1,0 +1,92 @@
+//! Guest-physical memory layout, after Firecracker's.
+//!
+//! ```text
+//! 0x0000_0500  GDT                      0x0000_9000  PML4
+//! 0x0000_0520  IDT (empty)              0x0000_a000  PDPT
+//! 0x0000_6000  PVH start_info           0x0000_b000  4 page directories (4 GiB)
+//! 0x0000_7000  zero page / PVH memmap   0x0002_0000  kernel command line
+//! 0x0000_8ff0  boot stack               0x0009_fc00  EBDA: MP table
+//! 0x0010_0000  kernel (HIMEM)           0xc000_0000  MMIO gap (1 GiB) to 4 GiB
+//! ```
+//! Memory above the gap continues at 4 GiB.
+
+use vm_memory::GuestAddress;
+
+pub const GDT_ADDR: u64 = 0x500;
+pub const IDT_ADDR: u64 = 0x520;
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// The PVH memory map lives where the zero page would; the two protocols
+/// never share a boot.
+pub const PVH_MEMMAP_START: u64 = 0x7000;
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+pub const PDE_START: u64 = 0xb000;
+/// Page directories mapped at boot: 4 × 1 GiB of 2 MiB pages, so the
+/// identity map also covers the IOAPIC and LAPIC.
+pub const PDE_COUNT: u64 = 4;
+pub const CMDLINE_START: u64 = 0x20000;
+/// Linux's x86 COMMAND_LINE_SIZE, including the terminating NUL.
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+pub const EBDA_START: u64 = 0x9fc00;
+pub const MPTABLE_START: u64 = EBDA_START;
+pub const HIMEM_START: u64 = 0x10_0000;
+
+pub const MMIO_GAP_START: u64 = 0xc000_0000;
+pub const MMIO_GAP_END: u64 = 1 << 32;
+pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+pub const APIC_ADDR: u32 = 0xfee0_0000;
+/// Three pages KVM needs for the TSS on Intel hosts, just below the BIOS.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+
+/// Most vCPUs a guest may have: every MP table entry must fit in the EBDA.
+pub const MAX_VCPUS: u8 = 32;
+
+/// Guest RAM ranges for `mem_size` bytes, split around the MMIO gap.
+pub fn memory_ranges(mem_size: u64) -> Vec<(GuestAddress, u64)> {
+    if mem_size <= MMIO_GAP_START {
+        vec![(GuestAddress(0), mem_size)]
+    } else {
+        vec![
+            (GuestAddress(0), MMIO_GAP_START),
+            (GuestAddress(MMIO_GAP_END), mem_size - MMIO_GAP_START),
+        ]
+    }
+}
+
+/// The end of RAM below the MMIO gap (exclusive).
+pub fn low_memory_end(mem_size: u64) -> u64 {
+    mem_size.min(MMIO_GAP_START)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_is_one_range() {
+        assert_eq!(memory_ranges(128 << 20), vec![(GuestAddress(0), 128 << 20)]);
+        assert_eq!(low_memory_end(128 << 20), 128 << 20);
+    }
+
+    #[test]
+    fn large_guest_skips_mmio_gap() {
+        let r = memory_ranges(4 << 30);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0], (GuestAddress(0), MMIO_GAP_START));
+        assert_eq!(r[1], (GuestAddress(1 << 32), (4 << 30) - MMIO_GAP_START));
+        assert_eq!(low_memory_end(4 << 30), MMIO_GAP_START);
+    }
+
+    #[test]
+    fn boot_structures_do_not_overlap() {
+        let pde_end = PDE_START + PDE_COUNT * 0x1000;
+        assert!(IDT_ADDR >= GDT_ADDR + 4 * 8);
+        assert!(PVH_INFO_START + 0x1000 <= ZERO_PAGE_START);
+        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+        assert!(BOOT_STACK_POINTER < PML4_START);
+        assert!(pde_end <= CMDLINE_START);
+        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    }
+}

@@ -1,0 +1,9 @@
+//! x86_64 platform setup: memory layout, boot protocols, MP table,
+//! descriptor tables, registers and CPUID.
+
+pub mod boot;
+pub mod cpuid;
+pub mod gdt;
+pub mod layout;
+pub mod mptable;
+pub mod regs;

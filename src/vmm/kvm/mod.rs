@@ -1,0 +1,7 @@
+//! Thin wrappers over kvm-ioctls and vm-memory.
+
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use vm::{Vm, VmError};

@@ -1,0 +1,442 @@
+//! vCPUs: configuration, the `KVM_RUN` loop, and the pause/kick protocol.
+//!
+//! Each vCPU runs on its own thread. The VMM talks to it with requests on a
+//! channel; after sending one it kicks the thread with a real-time signal,
+//! whose handler sets `immediate_exit` in the thread's `kvm_run`, so
+//! `KVM_RUN` returns `EINTR` and the loop reads the request.
+
+use std::cell::Cell;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use super::vm::Vm;
+use crate::vmm::arch::x86_64::boot::KernelEntry;
+use crate::vmm::arch::x86_64::cpuid::{self, Topology};
+use crate::vmm::arch::x86_64::regs::{self, RegsError};
+use crate::vmm::devices::Bus;
+use crate::vmm::exit::{ExitNotifier, ExitReason};
+use crate::vmm::metrics::METRICS;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot create vCPU {index}: {err}")]
+    Create { index: u8, err: kvm_ioctls::Error },
+    #[error("cannot configure vCPU {index} ({what}): {err}")]
+    Configure {
+        index: u8,
+        what: &'static str,
+        err: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Regs(#[from] RegsError),
+    #[error("cannot register the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    #[error("cannot spawn the vCPU thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("vCPU {0} did not answer in time")]
+    Unresponsive(u8),
+    #[error("vCPU {0} has stopped")]
+    Gone(u8),
+}
+
+/// What the vCPU loop does after an exit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum VcpuFlow {
+    Continue,
+    Stop(ExitReason),
+}
+
+/// Dispatches one `KVM_RUN` exit to the buses. Pure apart from the devices
+/// it touches, so tests can drive it without `/dev/kvm`.
+pub fn handle_exit(io: &Bus, mmio: &Bus, exit: VcpuExit) -> VcpuFlow {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            METRICS.vcpu.exit_io_in.inc();
+            if !io.read(u64::from(port), data) {
+                METRICS.vcpu.unhandled_io.inc();
+                data.fill(0xff);
+            }
+            VcpuFlow::Continue
+        }
+        VcpuExit::IoOut(port, data) => {
+            METRICS.vcpu.exit_io_out.inc();
+            if !io.write(u64::from(port), data) {
+                METRICS.vcpu.unhandled_io.inc();
+            }
+            VcpuFlow::Continue
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            METRICS.vcpu.exit_mmio_read.inc();
+            if !mmio.read(addr, data) {
+                METRICS.vcpu.unhandled_io.inc();
+                data.fill(0);
+            }
+            VcpuFlow::Continue
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            METRICS.vcpu.exit_mmio_write.inc();
+            if !mmio.write(addr, data) {
+                METRICS.vcpu.unhandled_io.inc();
+            }
+            VcpuFlow::Continue
+        }
+        VcpuExit::Intr => VcpuFlow::Continue,
+        VcpuExit::Shutdown => VcpuFlow::Stop(ExitReason::TripleFault),
+        VcpuExit::Hlt => VcpuFlow::Stop(ExitReason::PowerOff),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => VcpuFlow::Stop(ExitReason::PowerOff),
+            KVM_SYSTEM_EVENT_RESET => VcpuFlow::Stop(ExitReason::Reset),
+            KVM_SYSTEM_EVENT_CRASH => {
+                VcpuFlow::Stop(ExitReason::VcpuError("the guest reported a crash".into()))
+            }
+            other => VcpuFlow::Stop(ExitReason::VcpuError(format!(
+                "unknown KVM system event {other}"
+            ))),
+        },
+        VcpuExit::FailEntry(reason, cpu) => VcpuFlow::Stop(ExitReason::VcpuError(format!(
+            "KVM entry failed: hardware reason {reason:#x} on cpu {cpu}"
+        ))),
+        VcpuExit::InternalError => VcpuFlow::Stop(ExitReason::VcpuError(
+            "KVM internal error (the instruction emulator gave up)".into(),
+        )),
+        other => VcpuFlow::Stop(ExitReason::VcpuError(format!(
+            "unexpected KVM exit: {other:?}"
+        ))),
+    }
+}
+
+thread_local! {
+    /// This thread's `kvm_run`, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|run| {
+        let run = run.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is set by this very thread to its own
+            // vCPU's kvm_run mapping, and cleared before that vCPU is
+            // dropped; a single-byte volatile store is signal safe.
+            unsafe { std::ptr::write_volatile(&mut (*run).immediate_exit, 1) };
+        }
+    });
+}
+
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// Installs the kick handler once per process.
+pub fn register_kick_handler() -> Result<(), VcpuError> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), handle_kick).map_err(VcpuError::Signal);
+    });
+    result
+}
+
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    exit: Arc<ExitNotifier>,
+}
+
+impl Vcpu {
+    pub fn new(
+        vm: &Vm,
+        index: u8,
+        io_bus: Arc<Bus>,
+        mmio_bus: Arc<Bus>,
+        exit: Arc<ExitNotifier>,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(index))
+            .map_err(|err| VcpuError::Create { index, err })?;
+        Ok(Vcpu {
+            index,
+            fd,
+            io_bus,
+            mmio_bus,
+            exit,
+        })
+    }
+
+    /// Sets CPUID, MSRs, registers, FPU and LAPIC for boot. Only vCPU 0
+    /// runs from `entry`; the others wait for INIT/SIPI in the kernel.
+    pub fn configure(
+        &self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        entry: &KernelEntry,
+        topo: Topology,
+    ) -> Result<(), VcpuError> {
+        let index = self.index;
+        let err = |what: &'static str| move |err| VcpuError::Configure { index, what, err };
+
+        let mut cpuid = vm.supported_cpuid().clone();
+        cpuid::normalize(&mut cpuid, index, topo);
+        self.fd.set_cpuid2(&cpuid).map_err(err("CPUID"))?;
+
+        let msrs = regs::boot_msrs()?;
+        self.fd.set_msrs(&msrs).map_err(err("MSRs"))?;
+
+        self.fd
+            .set_regs(&regs::boot_regs(entry.addr, entry.protocol))
+            .map_err(err("registers"))?;
+        let mut sregs = self.fd.get_sregs().map_err(err("get sregs"))?;
+        regs::setup_sregs(mem, &mut sregs, entry.protocol)?;
+        self.fd.set_sregs(&sregs).map_err(err("sregs"))?;
+        self.fd.set_fpu(&regs::boot_fpu()).map_err(err("FPU"))?;
+
+        let mut lapic = self.fd.get_lapic().map_err(err("get LAPIC"))?;
+        regs::configure_lint(&mut lapic);
+        self.fd.set_lapic(&lapic).map_err(err("LAPIC"))?;
+        Ok(())
+    }
+
+    /// Starts the vCPU thread. It runs the guest at once.
+    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+        register_kick_handler()?;
+        let index = self.index;
+        let (req_tx, req_rx) = channel();
+        let (resp_tx, resp_rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("husk-vcpu{index}"))
+            .spawn(move || self.run(req_rx, resp_tx))
+            .map_err(VcpuError::Spawn)?;
+        Ok(VcpuHandle {
+            index,
+            requests: req_tx,
+            responses: resp_rx,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(mut self, requests: Receiver<VcpuRequest>, responses: Sender<VcpuResponse>) {
+        KVM_RUN.with(|run| run.set(self.fd.get_kvm_run() as *mut kvm_run));
+        let mut paused = false;
+        'outer: loop {
+            // Serve requests; block while paused.
+            loop {
+                let req = if paused {
+                    requests.recv().ok()
+                } else {
+                    requests.try_recv().ok()
+                };
+                match req {
+                    Some(VcpuRequest::Pause) => {
+                        paused = true;
+                        let _ = responses.send(VcpuResponse::Paused);
+                    }
+                    Some(VcpuRequest::Resume) => {
+                        paused = false;
+                        let _ = responses.send(VcpuResponse::Resumed);
+                    }
+                    Some(VcpuRequest::Exit) => break 'outer,
+                    // Channel closed while paused: the VMM is gone.
+                    None if paused => break 'outer,
+                    None => break,
+                }
+            }
+            let flow = match self.fd.run() {
+                Ok(exit) => handle_exit(&self.io_bus, &self.mmio_bus, exit),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    METRICS.vcpu.kicks.inc();
+                    VcpuFlow::Continue
+                }
+                Err(e) => VcpuFlow::Stop(ExitReason::VcpuError(format!(
+                    "KVM_RUN failed on vCPU {}: {e}",
+                    self.index
+                ))),
+            };
+            if let VcpuFlow::Stop(reason) = flow {
+                if let ExitReason::VcpuError(msg) = &reason {
+                    METRICS.vcpu.failures.inc();
+                    tracing::error!(vcpu = self.index, "{msg}");
+                }
+                self.exit.notify(reason);
+                break;
+            }
+        }
+        KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
+        let _ = responses.send(VcpuResponse::Exited);
+    }
+}
+
+#[derive(Debug)]
+enum VcpuRequest {
+    Pause,
+    Resume,
+    Exit,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum VcpuResponse {
+    Paused,
+    Resumed,
+    Exited,
+}
+
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The VMM's side of a running vCPU thread.
+pub struct VcpuHandle {
+    index: u8,
+    requests: Sender<VcpuRequest>,
+    responses: Receiver<VcpuResponse>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VcpuHandle {
+    fn kick(&self) {
+        if let Some(t) = &self.thread {
+            // Fails only if the thread has already finished, which is fine.
+            let _ = t.kill(kick_signal());
+        }
+    }
+
+    fn request(&self, req: VcpuRequest, want: VcpuResponse) -> Result<(), VcpuError> {
+        self.requests
+            .send(req)
+            .map_err(|_| VcpuError::Gone(self.index))?;
+        self.kick();
+        loop {
+            match self.responses.recv_timeout(RESPONSE_TIMEOUT) {
+                Ok(r) if r == want => return Ok(()),
+                Ok(VcpuResponse::Exited) => return Err(VcpuError::Gone(self.index)),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => return Err(VcpuError::Unresponsive(self.index)),
+                Err(RecvTimeoutError::Disconnected) => return Err(VcpuError::Gone(self.index)),
+            }
+        }
+    }
+
+    pub fn pause(&self) -> Result<(), VcpuError> {
+        self.request(VcpuRequest::Pause, VcpuResponse::Paused)
+    }
+
+    pub fn resume(&self) -> Result<(), VcpuError> {
+        self.request(VcpuRequest::Resume, VcpuResponse::Resumed)
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(&mut self) {
+        let _ = self.requests.send(VcpuRequest::Exit);
+        self.kick();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use crate::vmm::devices::BusDevice;
+
+    struct Echo(Vec<u8>);
+    impl BusDevice for Echo {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            data.fill(0x42);
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) {
+            self.0.extend_from_slice(data);
+        }
+    }
+
+    fn buses() -> (Bus, Bus, Arc<Mutex<Echo>>) {
+        let dev = Arc::new(Mutex::new(Echo(vec![])));
+        let mut io = Bus::new();
+        io.insert(dev.clone(), 0x3f8, 8).unwrap();
+        let mut mmio = Bus::new();
+        mmio.insert(dev.clone(), 0xd000_0000, 0x1000).unwrap();
+        (io, mmio, dev)
+    }
+
+    #[test]
+    fn port_io_reaches_the_device() {
+        let (io, mmio, dev) = buses();
+        assert_eq!(
+            handle_exit(&io, &mmio, VcpuExit::IoOut(0x3f8, &[b'a'])),
+            VcpuFlow::Continue
+        );
+        let mut d = [0u8];
+        handle_exit(&io, &mmio, VcpuExit::IoIn(0x3fd, &mut d));
+        assert_eq!(d, [0x42]);
+        assert_eq!(dev.lock().unwrap().0, b"a");
+    }
+
+    #[test]
+    fn unclaimed_accesses_read_as_open_bus() {
+        let (io, mmio, _) = buses();
+        let mut d = [0u8; 2];
+        handle_exit(&io, &mmio, VcpuExit::IoIn(0x80, &mut d));
+        assert_eq!(d, [0xff, 0xff]);
+        let mut d = [1u8; 4];
+        handle_exit(&io, &mmio, VcpuExit::MmioRead(0x1000, &mut d));
+        assert_eq!(d, [0; 4]);
+        assert_eq!(
+            handle_exit(&io, &mmio, VcpuExit::MmioWrite(0x1000, &[1])),
+            VcpuFlow::Continue
+        );
+    }
+
+    #[test]
+    fn mmio_reaches_the_device() {
+        let (io, mmio, dev) = buses();
+        handle_exit(&io, &mmio, VcpuExit::MmioWrite(0xd000_0010, &[1, 2, 3, 4]));
+        assert_eq!(dev.lock().unwrap().0, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn guest_ends_are_mapped_to_reasons() {
+        let (io, mmio, _) = buses();
+        assert_eq!(
+            handle_exit(&io, &mmio, VcpuExit::Shutdown),
+            VcpuFlow::Stop(ExitReason::TripleFault)
+        );
+        assert_eq!(
+            handle_exit(
+                &io,
+                &mmio,
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[])
+            ),
+            VcpuFlow::Stop(ExitReason::Reset)
+        );
+        assert_eq!(
+            handle_exit(
+                &io,
+                &mmio,
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[])
+            ),
+            VcpuFlow::Stop(ExitReason::PowerOff)
+        );
+        assert!(matches!(
+            handle_exit(&io, &mmio, VcpuExit::InternalError),
+            VcpuFlow::Stop(ExitReason::VcpuError(_))
+        ));
+        assert_eq!(handle_exit(&io, &mmio, VcpuExit::Intr), VcpuFlow::Continue);
+    }
+}

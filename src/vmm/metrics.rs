@@ -1,0 +1,251 @@
+//! Process-wide counters. They only ever grow; a flush writes them all as
+//! one JSON line (with a timestamp) to the metrics file, and the API serves
+//! them as JSON or Prometheus text.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+
+/// A monotonically increasing count.
+#[derive(Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub const fn new() -> Self {
+        Counter(AtomicU64::new(0))
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Serialize for Counter {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.get())
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ApiMetrics {
+    pub requests: Counter,
+    pub bad_requests: Counter,
+    pub actions: Counter,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct VcpuMetrics {
+    pub exit_io_in: Counter,
+    pub exit_io_out: Counter,
+    pub exit_mmio_read: Counter,
+    pub exit_mmio_write: Counter,
+    pub unhandled_io: Counter,
+    pub kicks: Counter,
+    pub failures: Counter,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SerialMetrics {
+    pub out_bytes: Counter,
+    pub in_bytes: Counter,
+    pub missed_write: Counter,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct I8042Metrics {
+    pub resets: Counter,
+    pub ctrl_alt_del: Counter,
+    pub missed_keys: Counter,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct VmmMetrics {
+    pub instance_starts: Counter,
+    pub metrics_flushes: Counter,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Metrics {
+    pub api_server: ApiMetrics,
+    pub vcpu: VcpuMetrics,
+    pub serial: SerialMetrics,
+    pub i8042: I8042Metrics,
+    pub vmm: VmmMetrics,
+}
+
+macro_rules! zeroed {
+    ($t:ident { $($f:ident),* }) => { $t { $($f: Counter::new()),* } };
+}
+
+/// The process's metrics.
+pub static METRICS: Metrics = Metrics {
+    api_server: zeroed!(ApiMetrics {
+        requests,
+        bad_requests,
+        actions
+    }),
+    vcpu: zeroed!(VcpuMetrics {
+        exit_io_in,
+        exit_io_out,
+        exit_mmio_read,
+        exit_mmio_write,
+        unhandled_io,
+        kicks,
+        failures
+    }),
+    serial: zeroed!(SerialMetrics {
+        out_bytes,
+        in_bytes,
+        missed_write
+    }),
+    i8042: zeroed!(I8042Metrics {
+        resets,
+        ctrl_alt_del,
+        missed_keys
+    }),
+    vmm: zeroed!(VmmMetrics {
+        instance_starts,
+        metrics_flushes
+    }),
+};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The counters as a JSON object with a `utc_timestamp_ms` field.
+pub fn snapshot_json(m: &Metrics) -> serde_json::Value {
+    let mut v = serde_json::to_value(m).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("utc_timestamp_ms".into(), now_ms().into());
+    }
+    v
+}
+
+/// The counters in the Prometheus text exposition format.
+pub fn prometheus_text(m: &Metrics) -> String {
+    let mut out = String::new();
+    let v = serde_json::to_value(m).unwrap_or_default();
+    if let Some(groups) = v.as_object() {
+        for (group, fields) in groups {
+            for (name, value) in fields.as_object().into_iter().flatten() {
+                let metric = format!("husk_{group}_{name}_total");
+                out.push_str(&format!("# TYPE {metric} counter\n{metric} {value}\n"));
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics are already configured; they cannot be set up twice")]
+    AlreadyConfigured,
+    #[error("cannot open metrics file {path}: {err}")]
+    Open { path: String, err: std::io::Error },
+    #[error("metrics are not configured (PUT /metrics first)")]
+    NotConfigured,
+    #[error("cannot write metrics: {0}")]
+    Write(std::io::Error),
+}
+
+/// Where flushed metrics go.
+#[derive(Default)]
+pub struct MetricsSink {
+    file: Option<File>,
+}
+
+impl MetricsSink {
+    pub fn configure(&mut self, path: &Path) -> Result<(), MetricsError> {
+        if self.file.is_some() {
+            return Err(MetricsError::AlreadyConfigured);
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|err| MetricsError::Open {
+                path: path.display().to_string(),
+                err,
+            })?;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    pub fn is_configured(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Appends one JSON line with every counter.
+    pub fn flush(&mut self) -> Result<(), MetricsError> {
+        let file = self.file.as_mut().ok_or(MetricsError::NotConfigured)?;
+        METRICS.vmm.metrics_flushes.inc();
+        let mut line = snapshot_json(&METRICS).to_string();
+        line.push('\n');
+        file.write_all(line.as_bytes()).map_err(MetricsError::Write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_serialize_as_numbers() {
+        let m = Metrics::default();
+        m.serial.out_bytes.add(5);
+        m.vcpu.exit_io_out.inc();
+        let v = snapshot_json(&m);
+        assert_eq!(v["serial"]["out_bytes"], 5);
+        assert_eq!(v["vcpu"]["exit_io_out"], 1);
+        assert!(v["utc_timestamp_ms"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn prometheus_lines() {
+        let m = Metrics::default();
+        m.i8042.resets.inc();
+        let t = prometheus_text(&m);
+        assert!(t.contains("# TYPE husk_i8042_resets_total counter\nhusk_i8042_resets_total 1\n"));
+    }
+
+    #[test]
+    fn sink_appends_json_lines_and_refuses_reconfiguration() {
+        let dir = std::env::temp_dir().join(format!("husk-metrics-{}", std::process::id()));
+        let mut sink = MetricsSink::default();
+        assert!(matches!(sink.flush(), Err(MetricsError::NotConfigured)));
+        sink.configure(&dir).unwrap();
+        sink.flush().unwrap();
+        sink.flush().unwrap();
+        assert!(matches!(
+            sink.configure(&dir),
+            Err(MetricsError::AlreadyConfigured)
+        ));
+        let text = std::fs::read_to_string(&dir).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        for l in lines {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(v["vcpu"]["exit_io_out"].is_u64());
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! One microVM per process: `husk vmm`.
+//!
+//! The VMM thread owns the [`Vmm`], which moves through
+//! `NotStarted → Running ⇄ Paused → Exited`. It runs one event loop over the
+//! API's event fd, the exit event fd, serial input and the metrics timer.
+
+pub mod api;
+pub mod arch;
+pub mod builder;
+pub mod client;
+pub mod config;
+pub mod devices;
+pub mod exit;
+pub mod kvm;
+pub mod logger;
+pub mod metrics;
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
+
+use api::{ApiReceiver, VmmAction, VmmData};
+use builder::{RunningVm, StartError};
+use config::{
+    BootSourceConfig, ConfigError, LoggerConfig, MachineConfig, MetricsConfig, SerialConfig,
+    VmConfig,
+};
+use exit::{ExitNotifier, ExitReason};
+use logger::{Logger, LoggerError};
+use metrics::{MetricsError, MetricsSink, METRICS};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// How often metrics are written once a metrics file is configured.
+pub const METRICS_PERIOD: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    NotStarted,
+    Running,
+    Paused,
+    Exited,
+}
+
+impl VmState {
+    /// The names Firecracker's `GET /` uses.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VmState::NotStarted => "Not started",
+            VmState::Running => "Running",
+            VmState::Paused => "Paused",
+            VmState::Exited => "Exited",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmActionError {
+    #[error("the requested operation is not supported after starting the microVM")]
+    AfterStart,
+    #[error("the microVM is not running (state: {0})")]
+    NotRunning(&'static str),
+    #[error("the microVM is not paused (state: {0})")]
+    NotPaused(&'static str),
+    #[error("cannot start the microVM without a kernel: PUT /boot-source first")]
+    NoKernel,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot start the microVM: {0}")]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Logger(#[from] LoggerError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("cannot send Ctrl-Alt-Del: {0}")]
+    CtrlAltDel(devices::legacy::i8042::I8042Error),
+    #[error("cannot pause or resume: {0}")]
+    Vcpu(#[from] kvm::vcpu::VcpuError),
+}
+
+pub struct Vmm {
+    id: String,
+    config: VmConfig,
+    state: VmState,
+    running: Option<RunningVm>,
+    exit: Arc<ExitNotifier>,
+    exit_code: Option<i32>,
+    logger: Logger,
+    metrics: MetricsSink,
+    metrics_timer: TimerFd,
+    api: Option<ApiReceiver>,
+    stdin: Option<File>,
+    stdin_watched: bool,
+}
+
+impl Vmm {
+    pub fn new(id: String, logger: Logger, api: Option<ApiReceiver>) -> std::io::Result<Self> {
+        Ok(Vmm {
+            id,
+            config: VmConfig::default(),
+            state: VmState::NotStarted,
+            running: None,
+            exit: Arc::new(ExitNotifier::new()?),
+            exit_code: None,
+            logger,
+            metrics: MetricsSink::default(),
+            metrics_timer: TimerFd::new()?,
+            api,
+            stdin: None,
+            stdin_watched: false,
+        })
+    }
+
+    pub fn state(&self) -> VmState {
+        self.state
+    }
+
+    /// The process exit status, once the guest has stopped.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit_code
+    }
+
+    fn require_not_started(&self) -> Result<(), VmmActionError> {
+        match self.state {
+            VmState::NotStarted => Ok(()),
+            _ => Err(VmmActionError::AfterStart),
+        }
+    }
+
+    /// Applies a whole configuration (the `--config-file` path).
+    pub fn apply_config(&mut self, cfg: VmConfig) -> Result<(), VmmActionError> {
+        if let Some(l) = cfg.logger {
+            self.set_logger(l)?;
+        }
+        if let Some(m) = cfg.metrics {
+            self.set_metrics(m)?;
+        }
+        if let Some(s) = cfg.serial {
+            self.set_serial(s)?;
+        }
+        self.set_machine_config(cfg.machine_config)?;
+        if let Some(b) = cfg.boot_source {
+            self.set_boot_source(b)?;
+        }
+        Ok(())
+    }
+
+    fn set_boot_source(&mut self, b: BootSourceConfig) -> Result<(), VmmActionError> {
+        self.require_not_started()?;
+        b.validate()?;
+        self.config.boot_source = Some(b);
+        Ok(())
+    }
+
+    fn set_machine_config(&mut self, m: MachineConfig) -> Result<(), VmmActionError> {
+        self.require_not_started()?;
+        m.validate()?;
+        self.config.machine_config = m;
+        Ok(())
+    }
+
+    fn set_serial(&mut self, s: SerialConfig) -> Result<(), VmmActionError> {
+        self.require_not_started()?;
+        self.config.serial = Some(s);
+        Ok(())
+    }
+
+    fn set_logger(&mut self, l: LoggerConfig) -> Result<(), VmmActionError> {
+        self.logger.configure(&l)?;
+        self.config.logger = Some(l);
+        Ok(())
+    }
+
+    fn set_metrics(&mut self, m: MetricsConfig) -> Result<(), VmmActionError> {
+        self.metrics.configure(Path::new(&m.metrics_path))?;
+        // A timer that cannot be armed only loses the periodic flushes.
+        if let Err(e) = self
+            .metrics_timer
+            .reset(METRICS_PERIOD, Some(METRICS_PERIOD))
+        {
+            tracing::warn!("cannot arm the metrics timer: {e}");
+        }
+        self.config.metrics = Some(m);
+        Ok(())
+    }
+
+    /// Builds and boots the configured microVM.
+    pub fn start(&mut self) -> Result<(), VmmActionError> {
+        self.require_not_started()?;
+        let boot = self
+            .config
+            .boot_source
+            .as_ref()
+            .ok_or(VmmActionError::NoKernel)?;
+        let vm = builder::build_and_start(
+            boot,
+            &self.config.machine_config,
+            self.config.serial.as_ref(),
+            self.exit.clone(),
+        )?;
+        self.running = Some(vm);
+        self.state = VmState::Running;
+        METRICS.vmm.instance_starts.inc();
+        tracing::info!(id = %self.id, "microVM started");
+        Ok(())
+    }
+
+    fn running(&self) -> Result<&RunningVm, VmmActionError> {
+        self.running
+            .as_ref()
+            .ok_or(VmmActionError::NotRunning(self.state.as_str()))
+    }
+
+    fn pause(&mut self) -> Result<(), VmmActionError> {
+        if self.state != VmState::Running {
+            return Err(VmmActionError::NotRunning(self.state.as_str()));
+        }
+        for v in &self.running()?.vcpus {
+            v.pause()?;
+        }
+        self.state = VmState::Paused;
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), VmmActionError> {
+        if self.state != VmState::Paused {
+            return Err(VmmActionError::NotPaused(self.state.as_str()));
+        }
+        for v in &self.running()?.vcpus {
+            v.resume()?;
+        }
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    fn send_ctrl_alt_del(&mut self) -> Result<(), VmmActionError> {
+        let vm = self.running()?;
+        let mut i8042 = vm.i8042.lock().unwrap_or_else(|e| e.into_inner());
+        i8042
+            .trigger_ctrl_alt_del()
+            .map_err(VmmActionError::CtrlAltDel)
+    }
+
+    fn info_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "state": self.state.as_str(),
+            "vmm_version": VERSION,
+            "app_name": "husk",
+        })
+    }
+
+    /// Carries out one API action.
+    pub fn handle(&mut self, action: VmmAction) -> Result<VmmData, VmmActionError> {
+        let json = |v: serde_json::Value| Ok(VmmData::Json(v));
+        let done = |r: Result<(), VmmActionError>| r.map(|_| VmmData::Empty);
+        match action {
+            VmmAction::GetVmInfo => json(self.info_json()),
+            VmmAction::GetVersion => json(serde_json::json!({
+                "firecracker_version": VERSION,
+                "vmm_version": VERSION,
+            })),
+            VmmAction::GetMachineConfig => {
+                json(serde_json::to_value(&self.config.machine_config).unwrap_or_default())
+            }
+            VmmAction::GetFullConfig => {
+                json(serde_json::to_value(&self.config).unwrap_or_default())
+            }
+            VmmAction::PutBootSource(b) => done(self.set_boot_source(b)),
+            VmmAction::PutMachineConfig(m) => done(self.set_machine_config(m)),
+            VmmAction::PatchMachineConfig(u) => {
+                let patched = self.config.machine_config.patched(u);
+                done(self.set_machine_config(patched))
+            }
+            VmmAction::PutLogger(l) => done(self.set_logger(l)),
+            VmmAction::PutMetrics(m) => done(self.set_metrics(m)),
+            VmmAction::PutSerial(s) => done(self.set_serial(s)),
+            VmmAction::InstanceStart => done(self.start()),
+            VmmAction::SendCtrlAltDel => done(self.send_ctrl_alt_del()),
+            VmmAction::FlushMetrics => done(self.metrics.flush().map_err(Into::into)),
+            VmmAction::Pause => done(self.pause()),
+            VmmAction::Resume => done(self.resume()),
+        }
+    }
+
+    fn serve_api(&mut self) {
+        let Some(api) = self.api.as_ref() else { return };
+        let _ = api.evt.read();
+        let requests: Vec<_> = api.rx.try_iter().collect();
+        for req in requests {
+            let answer = self.handle(req.action).map_err(|e| {
+                tracing::warn!("API request failed: {e}");
+                e.to_string()
+            });
+            // The client may have hung up; nothing to do then.
+            let _ = req.reply.send(answer);
+        }
+    }
+
+    fn on_exit(&mut self) {
+        let _ = self.exit.event_fd().read();
+        let Some(reason) = self.exit.reason() else {
+            return;
+        };
+        if let Some(mut vm) = self.running.take() {
+            vm.stop_vcpus();
+        }
+        match &reason {
+            ExitReason::VcpuError(msg) => tracing::error!(id = %self.id, "microVM failed: {msg}"),
+            r => tracing::info!(id = %self.id, "microVM stopped: {r:?}"),
+        }
+        if self.metrics.is_configured() {
+            if let Err(e) = self.metrics.flush() {
+                tracing::warn!("{e}");
+            }
+        }
+        self.state = VmState::Exited;
+        self.exit_code = Some(reason.exit_code());
+    }
+
+    /// Starts forwarding stdin to the serial port once the VM runs.
+    fn watch_stdin(&mut self, ops: &mut EventOps) {
+        if self.running.is_none() || self.stdin.is_some() {
+            return;
+        }
+        let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() else {
+            return;
+        };
+        let stdin = File::from(fd);
+        // Regular files and /dev/null cannot be polled: there is no
+        // interactive input then.
+        if ops.add(Events::new(&stdin, EventSet::IN)).is_err() {
+            return;
+        }
+        if let Some(vm) = &self.running {
+            let serial = vm.serial.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = ops.add(Events::new(serial.space_event(), EventSet::IN));
+        }
+        self.stdin = Some(stdin);
+        self.stdin_watched = true;
+    }
+
+    fn on_stdin(&mut self, ops: &mut EventOps) {
+        use std::io::Read;
+        let (Some(vm), Some(stdin)) = (&self.running, &mut self.stdin) else {
+            return;
+        };
+        let mut serial = vm.serial.lock().unwrap_or_else(|e| e.into_inner());
+        let space = serial.input_space().min(4096);
+        if space == 0 {
+            // The guest is not reading; wait for the buffer to drain.
+            let _ = ops.remove(Events::new(stdin, EventSet::IN));
+            self.stdin_watched = false;
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        match stdin.read(&mut buf[..space]) {
+            Ok(0) | Err(_) => {
+                let _ = ops.remove(Events::new(stdin, EventSet::IN));
+                self.stdin_watched = false;
+                self.stdin = None;
+            }
+            Ok(n) => {
+                serial.push_input(&buf[..n]);
+            }
+        }
+    }
+
+    fn on_serial_space(&mut self, ops: &mut EventOps) {
+        if let Some(vm) = &self.running {
+            let serial = vm.serial.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = serial.space_event().read();
+        }
+        if let (Some(stdin), false) = (&self.stdin, self.stdin_watched) {
+            if ops.add(Events::new(stdin, EventSet::IN)).is_ok() {
+                self.stdin_watched = true;
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for Vmm {
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut add = |fd: &dyn AsRawFd| {
+            if let Err(e) = ops.add(Events::new_raw(fd.as_raw_fd(), EventSet::IN)) {
+                tracing::error!("cannot watch an event source: {e:?}");
+            }
+        };
+        add(self.exit.event_fd());
+        add(&self.metrics_timer);
+        if let Some(api) = &self.api {
+            add(&api.evt);
+        }
+        self.watch_stdin(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.exit.event_fd().as_raw_fd() {
+            self.on_exit();
+        } else if self.api.as_ref().is_some_and(|a| a.evt.as_raw_fd() == fd) {
+            self.serve_api();
+        } else if fd == self.metrics_timer.as_raw_fd() {
+            let _ = self.metrics_timer.wait();
+            if let Err(e) = self.metrics.flush() {
+                tracing::warn!("{e}");
+            }
+        } else if self.stdin.as_ref().is_some_and(|s| s.as_raw_fd() == fd) {
+            self.on_stdin(ops);
+        } else {
+            self.on_serial_space(ops);
+        }
+        self.watch_stdin(ops);
+    }
+}
+
+/// `husk vmm` options.
+#[derive(Debug, Clone)]
+pub struct VmmOptions {
+    pub api_sock: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
+    pub id: String,
+}
+
+/// Runs one microVM until its guest stops. Returns the process exit status:
+/// 0 after a guest reset or power-off, 1 when the VMM could not run the
+/// VM, 3 after a guest triple fault, 4 after a vCPU error.
+pub fn run(opts: VmmOptions) -> i32 {
+    let logger = Logger::init();
+    let mut api_sock = None;
+    let api = match &opts.api_sock {
+        Some(path) => {
+            let started = api::bind(path).and_then(|listener| {
+                let (sender, receiver) = api::channel_pair()?;
+                api::spawn_server(listener, sender)?;
+                Ok(receiver)
+            });
+            match started {
+                Ok(r) => {
+                    api_sock = Some(path.clone());
+                    Some(r)
+                }
+                Err(e) => {
+                    eprintln!("husk vmm: cannot serve the API on {}: {e}", path.display());
+                    return 1;
+                }
+            }
+        }
+        None => None,
+    };
+    let code = run_with(opts, logger, api);
+    if let Some(path) = api_sock {
+        let _ = std::fs::remove_file(path);
+    }
+    code
+}
+
+fn run_with(opts: VmmOptions, logger: Logger, api: Option<ApiReceiver>) -> i32 {
+    let mut vmm = match Vmm::new(opts.id.clone(), logger, api) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("husk vmm: {e}");
+            return 1;
+        }
+    };
+    if let Some(path) = &opts.config_file {
+        let started = VmConfig::from_file(path)
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| vmm.apply_config(cfg).map_err(|e| e.to_string()))
+            .and_then(|_| vmm.start().map_err(|e| e.to_string()));
+        if let Err(e) = started {
+            eprintln!("husk vmm: {e}");
+            return 1;
+        }
+    }
+    let vmm = Arc::new(Mutex::new(vmm));
+    let mut events = match EventManager::<Arc<Mutex<Vmm>>>::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("husk vmm: cannot create the event loop: {e:?}");
+            return 1;
+        }
+    };
+    events.add_subscriber(vmm.clone());
+    loop {
+        if let Err(e) = events.run() {
+            tracing::error!("event loop error: {e:?}");
+        }
+        let code = vmm.lock().unwrap_or_else(|e| e.into_inner()).exit_code();
+        if let Some(code) = code {
+            return code;
+        }
+    }
+}

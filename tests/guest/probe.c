@@ -1,0 +1,417 @@
+/*
+ * husk probe guest.
+ *
+ * A tiny freestanding program that boots like a vmlinux and exercises the
+ * VMM from inside the guest. It reads `probe=<check>[,<check>...]` tokens
+ * from the kernel command line, runs the checks in order, and prints one
+ * line per check on the 8250 serial port:
+ *
+ *     PROBE <check> OK [details]
+ *     PROBE <check> FAIL <reason>
+ *
+ * then `PROBE DONE`, and resets the machine through the i8042.
+ *
+ * Emulated guests on PVM hosts cannot take interrupts or exceptions, so
+ * the probe never enables interrupts, polls every device, and never faults.
+ * Keep each check well under a million instructions.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- boot_params (zero page) offsets, see Documentation/arch/x86/zero-page.rst */
+#define BP_E820_ENTRIES 0x1e8
+#define BP_RAMDISK_IMAGE 0x218
+#define BP_RAMDISK_SIZE 0x21c
+#define BP_CMD_LINE_PTR 0x228
+#define BP_EXT_RAMDISK_IMAGE 0x0c0
+#define BP_EXT_RAMDISK_SIZE 0x0c4
+#define BP_EXT_CMD_LINE_PTR 0x0c8
+#define BP_E820_TABLE 0x2d0
+#define E820_ENTRY_SIZE 20
+#define E820_MAX_ENTRIES 128
+
+/* ---- legacy ports */
+#define COM1 0x3f8
+#define COM1_LSR (COM1 + 5)
+#define LSR_DATA_READY 0x01
+#define I8042_DATA 0x60
+#define I8042_STATUS 0x64
+#define I8042_OBF 0x01
+#define I8042_CMD_RESET 0xfe
+
+/* How many times a check polls a device before it gives up. */
+#define INPUT_POLL_LIMIT 400000
+
+/* gcc may emit calls to these even in freestanding code. */
+void *memset(void *dst, int c, size_t n)
+{
+	volatile uint8_t *d = dst;
+	while (n--)
+		*d++ = (uint8_t)c;
+	return dst;
+}
+
+void *memcpy(void *dst, const void *src, size_t n)
+{
+	volatile uint8_t *d = dst;
+	const uint8_t *s = src;
+	while (n--)
+		*d++ = *s++;
+	return dst;
+}
+
+static inline void outb(uint16_t port, uint8_t v)
+{
+	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline uint8_t inb(uint16_t port)
+{
+	uint8_t v;
+	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static inline uint8_t rd8(uint64_t addr) { return *(volatile uint8_t *)addr; }
+static inline uint16_t rd16(uint64_t addr) { return *(volatile uint16_t *)addr; }
+static inline uint32_t rd32(uint64_t addr) { return *(volatile uint32_t *)addr; }
+static inline uint64_t rd64(uint64_t addr) { return *(volatile uint64_t *)addr; }
+
+/* ---- serial output */
+
+static void putc_serial(char c) { outb(COM1, (uint8_t)c); }
+
+static void puts_serial(const char *s)
+{
+	while (*s)
+		putc_serial(*s++);
+}
+
+static void put_hex(uint64_t v)
+{
+	char buf[19];
+	int i = 18;
+	buf[i] = 0;
+	do {
+		buf[--i] = "0123456789abcdef"[v & 0xf];
+		v >>= 4;
+	} while (v);
+	buf[--i] = 'x';
+	buf[--i] = '0';
+	puts_serial(&buf[i]);
+}
+
+static void put_dec(uint64_t v)
+{
+	char buf[21];
+	int i = 20;
+	buf[i] = 0;
+	do {
+		buf[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	puts_serial(&buf[i]);
+}
+
+/* A check's name is the whole token, e.g. "count:3". */
+struct check {
+	const char *name;
+	size_t len;
+};
+
+static void put_name(const struct check *c)
+{
+	for (size_t i = 0; i < c->len; i++)
+		putc_serial(c->name[i]);
+}
+
+static void begin(const struct check *c, const char *verdict)
+{
+	puts_serial("PROBE ");
+	put_name(c);
+	putc_serial(' ');
+	puts_serial(verdict);
+}
+
+static void ok(const struct check *c) { begin(c, "OK"); }
+
+static void fail(const struct check *c, const char *why)
+{
+	begin(c, "FAIL ");
+	puts_serial(why);
+	putc_serial('\n');
+}
+
+/* ---- boot information */
+
+static uint64_t boot_params;
+
+static const char *cmdline(void)
+{
+	uint64_t p = rd32(boot_params + BP_CMD_LINE_PTR) |
+		     ((uint64_t)rd32(boot_params + BP_EXT_CMD_LINE_PTR) << 32);
+	return p ? (const char *)p : "";
+}
+
+static int starts_with(const char *s, const char *prefix)
+{
+	while (*prefix)
+		if (*s++ != *prefix++)
+			return 0;
+	return 1;
+}
+
+static int name_is(const struct check *c, const char *s)
+{
+	size_t i = 0;
+	for (; i < c->len; i++)
+		if (s[i] != c->name[i])
+			return 0;
+	return s[i] == 0;
+}
+
+/* Parses the decimal argument after "name:". Returns -1 when malformed. */
+static int64_t check_arg(const struct check *c, size_t prefix_len)
+{
+	int64_t v = 0;
+	if (c->len <= prefix_len)
+		return -1;
+	for (size_t i = prefix_len; i < c->len; i++) {
+		char d = c->name[i];
+		if (d < '0' || d > '9' || v > 100000000)
+			return -1;
+		v = v * 10 + (d - '0');
+	}
+	return v;
+}
+
+/* ---- checks */
+
+static void check_cmdline(const struct check *c)
+{
+	ok(c);
+	putc_serial(' ');
+	puts_serial(cmdline());
+	putc_serial('\n');
+}
+
+static void check_e820(const struct check *c)
+{
+	uint8_t n = rd8(boot_params + BP_E820_ENTRIES);
+	if (n == 0 || n > E820_MAX_ENTRIES) {
+		fail(c, "no e820 map");
+		return;
+	}
+	ok(c);
+	for (uint8_t i = 0; i < n; i++) {
+		uint64_t e = boot_params + BP_E820_TABLE + (uint64_t)i * E820_ENTRY_SIZE;
+		putc_serial(' ');
+		put_hex(rd64(e));
+		putc_serial(':');
+		put_hex(rd64(e + 8));
+		putc_serial(':');
+		put_dec(rd32(e + 16));
+	}
+	putc_serial('\n');
+}
+
+/* Looks for the MP floating pointer structure in [start, end). */
+static uint64_t find_mp_floating(uint64_t start, uint64_t end)
+{
+	for (uint64_t p = start; p + 16 <= end; p += 16) {
+		if (rd32(p) != 0x5f504d5f) /* "_MP_" */
+			continue;
+		uint8_t sum = 0;
+		for (int i = 0; i < 16; i++)
+			sum += rd8(p + i);
+		if (sum == 0)
+			return p;
+	}
+	return 0;
+}
+
+static void check_cpus(const struct check *c)
+{
+	uint64_t mpf = find_mp_floating(0x9fc00, 0xa0000);
+	if (!mpf)
+		mpf = find_mp_floating(0xf0000, 0x100000);
+	if (!mpf) {
+		fail(c, "no MP floating pointer");
+		return;
+	}
+	uint64_t table = rd32(mpf + 4);
+	if (table == 0 || rd32(table) != 0x504d4350) { /* "PCMP" */
+		fail(c, "bad MP config table");
+		return;
+	}
+	uint16_t length = rd16(table + 4);
+	uint8_t sum = 0;
+	for (uint16_t i = 0; i < length; i++)
+		sum += rd8(table + i);
+	if (sum != 0) {
+		fail(c, "MP config table checksum");
+		return;
+	}
+	uint16_t count = rd16(table + 0x22);
+	uint64_t e = table + 0x2c;
+	uint64_t end = table + length;
+	unsigned cpus = 0;
+	for (uint16_t i = 0; i < count && e < end; i++) {
+		uint8_t type = rd8(e);
+		if (type == 0) {
+			if (rd8(e + 3) & 1) /* CPU enabled */
+				cpus++;
+			e += 20;
+		} else if (type <= 4) {
+			e += 8;
+		} else {
+			fail(c, "unknown MP entry type");
+			return;
+		}
+	}
+	ok(c);
+	putc_serial(' ');
+	put_dec(cpus);
+	putc_serial('\n');
+}
+
+static void check_serial(const struct check *c)
+{
+	char line[128];
+	size_t n = 0;
+	uint32_t idle = 0;
+	for (;;) {
+		if (!(inb(COM1_LSR) & LSR_DATA_READY)) {
+			if (++idle > INPUT_POLL_LIMIT) {
+				fail(c, "timed out waiting for input");
+				return;
+			}
+			continue;
+		}
+		idle = 0;
+		char ch = (char)inb(COM1);
+		if (ch == '\n' || ch == '\r')
+			break;
+		if (n < sizeof(line) - 1)
+			line[n++] = ch;
+	}
+	line[n] = 0;
+	ok(c);
+	putc_serial(' ');
+	puts_serial(line);
+	putc_serial('\n');
+}
+
+static void check_count(const struct check *c)
+{
+	int64_t n = check_arg(c, 6); /* "count:" */
+	if (n < 0) {
+		fail(c, "usage: count:N");
+		return;
+	}
+	for (int64_t i = 1; i <= n; i++) {
+		puts_serial("COUNT ");
+		put_dec((uint64_t)i);
+		putc_serial('\n');
+	}
+	ok(c);
+	putc_serial('\n');
+}
+
+/*
+ * Polls the i8042 output buffer until Ctrl-Alt-Del arrives as set-2
+ * scancodes: Ctrl (0x14), Alt (0x11), then Del (0xe0 0x71).
+ * It waits without a limit: a host sends the keys when it chooses.
+ */
+static void check_wait_cad(const struct check *c)
+{
+	static const uint8_t seq[] = {0x14, 0x11, 0xe0, 0x71};
+	size_t matched = 0;
+	while (matched < sizeof(seq)) {
+		if (!(inb(I8042_STATUS) & I8042_OBF))
+			continue;
+		uint8_t code = inb(I8042_DATA);
+		if (code == seq[matched])
+			matched++;
+		else
+			matched = (code == seq[0]) ? 1 : 0;
+	}
+	ok(c);
+	putc_serial('\n');
+}
+
+static void check_initrd(const struct check *c)
+{
+	uint64_t addr = rd32(boot_params + BP_RAMDISK_IMAGE) |
+			((uint64_t)rd32(boot_params + BP_EXT_RAMDISK_IMAGE) << 32);
+	uint64_t size = rd32(boot_params + BP_RAMDISK_SIZE) |
+			((uint64_t)rd32(boot_params + BP_EXT_RAMDISK_SIZE) << 32);
+	if (addr == 0 || size == 0) {
+		fail(c, "no initrd");
+		return;
+	}
+	ok(c);
+	puts_serial(" addr=");
+	put_hex(addr);
+	puts_serial(" size=");
+	put_dec(size);
+	puts_serial(" head=");
+	for (uint64_t i = 0; i < size && i < 16; i++) {
+		uint8_t b = rd8(addr + i);
+		putc_serial((b >= 0x20 && b < 0x7f) ? (char)b : '.');
+	}
+	putc_serial('\n');
+}
+
+static void run_check(const struct check *c)
+{
+	if (name_is(c, "cmdline"))
+		check_cmdline(c);
+	else if (name_is(c, "e820"))
+		check_e820(c);
+	else if (name_is(c, "cpus"))
+		check_cpus(c);
+	else if (name_is(c, "serial"))
+		check_serial(c);
+	else if (c->len > 6 && starts_with(c->name, "count:"))
+		check_count(c);
+	else if (name_is(c, "wait-cad"))
+		check_wait_cad(c);
+	else if (name_is(c, "initrd"))
+		check_initrd(c);
+	else
+		fail(c, "unknown check");
+}
+
+/* Runs every check listed in each `probe=` token, in order. */
+static void run_probe_tokens(const char *p)
+{
+	while (*p) {
+		while (*p == ' ')
+			p++;
+		const char *tok = p;
+		while (*p && *p != ' ')
+			p++;
+		if (!starts_with(tok, "probe="))
+			continue;
+		const char *q = tok + 6;
+		while (q < p) {
+			struct check c = {q, 0};
+			while (q + c.len < p && q[c.len] != ',')
+				c.len++;
+			if (c.len)
+				run_check(&c);
+			q += c.len + 1;
+		}
+	}
+}
+
+void probe_main(uint64_t zero_page)
+{
+	boot_params = zero_page;
+	puts_serial("PROBE BOOT\n");
+	run_probe_tokens(cmdline());
+	puts_serial("PROBE DONE\n");
+	for (;;)
+		outb(I8042_STATUS, I8042_CMD_RESET);
+}
