@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vmm::arch::x86_64::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS};
+use crate::vmm::arch::x86_64::boot::kernel_cmdline;
+use crate::vmm::arch::x86_64::layout::MAX_VCPUS;
 
 /// The smallest guest husk boots.
 pub const MIN_MEM_SIZE_MIB: u64 = 128;
@@ -75,8 +76,7 @@ impl BootSourceConfig {
         if let Some(initrd) = &self.initrd_path {
             check_readable("initrd", initrd)?;
         }
-        linux_loader::cmdline::Cmdline::try_from(self.boot_args(), CMDLINE_MAX_SIZE)
-            .map_err(|e| ConfigError::BootArgs(e.to_string()))?;
+        kernel_cmdline(self.boot_args()).map_err(|e| ConfigError::BootArgs(e.to_string()))?;
         Ok(())
     }
 }
@@ -276,6 +276,7 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 
     fn machine(vcpus: u8, mem: u64) -> MachineConfig {
         MachineConfig {

@@ -31,7 +31,7 @@ pub enum BootError {
     #[error("cannot copy the initrd into guest memory: {0}")]
     InitrdLoad(vm_memory::GuestMemoryError),
     #[error("invalid kernel command line: {0}")]
-    Cmdline(linux_loader::cmdline::Error),
+    Cmdline(String),
     #[error("cannot write the kernel command line: {0}")]
     CmdlineLoad(linux_loader::loader::Error),
     #[error(transparent)]
@@ -131,12 +131,32 @@ pub fn load_initrd(
     Ok((GuestAddress(addr), size))
 }
 
+/// Checks and parses a kernel command line: printable ASCII that fits,
+/// with its NUL, in Linux's `COMMAND_LINE_SIZE`.
+pub fn kernel_cmdline(args: &str) -> Result<Cmdline> {
+    if let Some(c) = args.chars().find(|c| !matches!(c, ' '..='~')) {
+        return Err(BootError::Cmdline(format!(
+            "{c:?} is not a printable ASCII character"
+        )));
+    }
+    if args.len() >= CMDLINE_MAX_SIZE {
+        return Err(BootError::Cmdline(format!(
+            "{} bytes is too long; at most {} fit",
+            args.len(),
+            CMDLINE_MAX_SIZE - 1
+        )));
+    }
+    Cmdline::try_from(args, CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))
+}
+
 /// Parses and writes the kernel command line; returns its size with NUL.
 pub fn load_command_line(mem: &GuestMemoryMmap, args: &str) -> Result<usize> {
-    let cmdline = Cmdline::try_from(args, CMDLINE_MAX_SIZE).map_err(BootError::Cmdline)?;
+    let cmdline = kernel_cmdline(args)?;
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline).map_err(BootError::CmdlineLoad)?;
-    let len = cmdline.as_cstring().map_err(BootError::Cmdline)?;
-    Ok(len.as_bytes_with_nul().len())
+    let c = cmdline
+        .as_cstring()
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    Ok(c.as_bytes_with_nul().len())
 }
 
 /// The guest's RAM as (address, size) pairs, as e820 and PVH report it.

@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn base_and_limit_round_trip() {
-        let e = gdt_entry(0x808b, 0x1234_5678, 0xabcd);
+        let e = gdt_entry(0x008b, 0x1234_5678, 0xabcd);
         let seg = kvm_segment_from_gdt(e, 3);
         assert_eq!(seg.base, 0x1234_5678);
         assert_eq!(seg.limit, 0xabcd);
