@@ -185,13 +185,17 @@ fn respond(reply: VmmReply) -> Response {
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+/// Parses a JSON object body; the error is the fault message.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
     if body.is_empty() {
-        return Err(fault(
-            "the request body is empty; a JSON object is expected",
-        ));
+        return Err("the request body is empty; a JSON object is expected".into());
     }
-    serde_json::from_slice(body).map_err(|e| fault(format!("invalid request body: {e}")))
+    let invalid = |e: serde_json::Error| format!("invalid request body: {e}");
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
+    if !value.is_object() {
+        return Err("invalid request body: a JSON object is expected".into());
+    }
+    serde_json::from_value(value).map_err(invalid)
 }
 
 async fn call(api: &ApiSender, action: VmmAction) -> Response {
@@ -207,7 +211,7 @@ async fn call_with<T: DeserializeOwned>(
     METRICS.api_server.requests.inc();
     match parse::<T>(body) {
         Ok(v) => respond(api.call(action(v)).await),
-        Err(r) => r,
+        Err(msg) => fault(msg),
     }
 }
 

@@ -81,10 +81,26 @@ impl BootSourceConfig {
     }
 }
 
+/// Reads a vCPU count, refusing values that cannot be one with the same
+/// message validation gives.
+fn vcpu_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let v = u64::deserialize(d)?;
+    u8::try_from(v).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "vcpu_count must be between 1 and {MAX_VCPUS}, not {v}"
+        ))
+    })
+}
+
+fn opt_vcpu_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    vcpu_count(d).map(Some)
+}
+
 /// `PUT`/`GET /machine-config`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
+    #[serde(deserialize_with = "vcpu_count")]
     pub vcpu_count: u8,
     pub mem_size_mib: u64,
     #[serde(default)]
@@ -114,6 +130,7 @@ impl Default for MachineConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfigUpdate {
+    #[serde(default, deserialize_with = "opt_vcpu_count")]
     pub vcpu_count: Option<u8>,
     pub mem_size_mib: Option<u64>,
     pub smt: Option<bool>,

@@ -1,6 +1,7 @@
 //! How a running VM ends. The first reason reported wins; the VMM thread
 //! wakes on the event fd and tears the VM down.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -30,6 +31,7 @@ impl ExitReason {
 }
 
 pub struct ExitNotifier {
+    stopping: AtomicBool,
     reason: Mutex<Option<ExitReason>>,
     evt: EventFd,
 }
@@ -37,6 +39,7 @@ pub struct ExitNotifier {
 impl ExitNotifier {
     pub fn new() -> std::io::Result<Self> {
         Ok(ExitNotifier {
+            stopping: AtomicBool::new(false),
             reason: Mutex::new(None),
             evt: EventFd::new(EFD_NONBLOCK)?,
         })
@@ -49,9 +52,15 @@ impl ExitNotifier {
             *slot = Some(reason);
         }
         drop(slot);
+        self.stopping.store(true, Ordering::Release);
         // Only fails if the counter would overflow, which cannot happen
         // with one write per reason.
         let _ = self.evt.write(1);
+    }
+
+    /// Whether the VM is on its way down; vCPUs stop running guest code.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     pub fn reason(&self) -> Option<ExitReason> {
@@ -74,9 +83,11 @@ mod tests {
     fn first_reason_wins_and_wakes() {
         let n = ExitNotifier::new().unwrap();
         assert_eq!(n.reason(), None);
+        assert!(!n.is_stopping());
         n.notify(ExitReason::Reset);
         n.notify(ExitReason::TripleFault);
         assert_eq!(n.reason(), Some(ExitReason::Reset));
+        assert!(n.is_stopping());
         assert_eq!(n.event_fd().read().unwrap(), 2);
     }
 

@@ -1,16 +1,20 @@
 //! Logging through `tracing`: stderr at `HUSK_LOG` (default `warn`) until
 //! `PUT /logger` (or the config file's `logger`) redirects it.
+//!
+//! The filter and the formatter are each behind a reload handle; the
+//! formatter writes through a shared, swappable sink.
 
 use std::fs::OpenOptions;
-use std::sync::Mutex;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
 
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::fmt::format::{DefaultFields, Format};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{fmt, reload, EnvFilter, Layer, Registry};
+use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
 use crate::vmm::config::{ConfigError, LoggerConfig};
-
-type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoggerError {
@@ -24,31 +28,69 @@ pub enum LoggerError {
     Reload,
 }
 
-/// Changes where and how much the process logs.
-pub struct Logger {
-    handle: Option<reload::Handle<BoxedLayer, Registry>>,
+/// Where log lines go: stderr until a log file is configured.
+#[derive(Clone)]
+pub struct LogSink(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
 }
 
-fn stderr_layer(filter: EnvFilter) -> BoxedLayer {
+impl<'a> MakeWriter<'a> for LogSink {
+    type Writer = LogSink;
+    fn make_writer(&'a self) -> LogSink {
+        self.clone()
+    }
+}
+
+type FilterLayer = reload::Layer<EnvFilter, Registry>;
+type FmtLayer = fmt::Layer<Layered<FilterLayer, Registry>, DefaultFields, Format, LogSink>;
+
+struct Handles {
+    filter: reload::Handle<EnvFilter, Registry>,
+    format: reload::Handle<FmtLayer, Layered<FilterLayer, Registry>>,
+}
+
+/// Changes where and how much the process logs.
+pub struct Logger {
+    sink: LogSink,
+    handles: Option<Handles>,
+}
+
+fn fmt_layer(sink: LogSink, show_level: bool, origin: bool) -> FmtLayer {
     fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(sink)
         .with_ansi(false)
-        .with_filter(filter)
-        .boxed()
+        .with_level(show_level)
+        .with_target(origin)
+        .with_file(origin)
+        .with_line_number(origin)
 }
 
 impl Logger {
     /// Installs the process-wide subscriber. A second call (tests run many
     /// VMMs in one process) leaves the first in place.
     pub fn init() -> Logger {
+        let sink = LogSink(Arc::new(Mutex::new(Box::new(io::stderr()))));
         let filter = EnvFilter::try_from_env("HUSK_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-        let (layer, handle) = reload::Layer::new(stderr_layer(filter));
+        let (filter, filter_handle) = reload::Layer::new(filter);
+        let (format, format_handle) = reload::Layer::new(fmt_layer(sink.clone(), true, false));
         let installed = tracing_subscriber::registry()
-            .with(layer)
+            .with(filter)
+            .with(format)
             .try_init()
             .is_ok();
         Logger {
-            handle: installed.then_some(handle),
+            sink,
+            handles: installed.then_some(Handles {
+                filter: filter_handle,
+                format: format_handle,
+            }),
         }
     }
 
@@ -61,42 +103,31 @@ impl Logger {
         };
         let filter = EnvFilter::try_new(&directive)
             .map_err(|_| LoggerError::Module(cfg.module.clone().unwrap_or_default()))?;
-        let origin = cfg.show_log_origin.unwrap_or(false);
-        let show_level = cfg.show_level.unwrap_or(true);
-        let layer: BoxedLayer = match &cfg.log_path {
-            Some(path) => {
-                let file = OpenOptions::new()
+        let out: Box<dyn Write + Send> = match &cfg.log_path {
+            Some(path) => Box::new(
+                OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
                     .map_err(|err| LoggerError::Open {
                         path: path.clone(),
                         err,
-                    })?;
-                fmt::layer()
-                    .with_writer(Mutex::new(file))
-                    .with_ansi(false)
-                    .with_level(show_level)
-                    .with_target(origin)
-                    .with_file(origin)
-                    .with_line_number(origin)
-                    .with_filter(filter)
-                    .boxed()
-            }
-            None => fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(false)
-                .with_level(show_level)
-                .with_target(origin)
-                .with_file(origin)
-                .with_line_number(origin)
-                .with_filter(filter)
-                .boxed(),
+                    })?,
+            ),
+            None => Box::new(io::stderr()),
         };
-        match &self.handle {
-            Some(h) => h.reload(layer).map_err(|_| LoggerError::Reload),
+        let Some(h) = &self.handles else {
             // Another logger owns this process (only in tests).
-            None => Ok(()),
-        }
+            return Ok(());
+        };
+        let layer = fmt_layer(
+            self.sink.clone(),
+            cfg.show_level.unwrap_or(true),
+            cfg.show_log_origin.unwrap_or(false),
+        );
+        h.format.reload(layer).map_err(|_| LoggerError::Reload)?;
+        h.filter.reload(filter).map_err(|_| LoggerError::Reload)?;
+        *self.sink.0.lock().unwrap_or_else(|e| e.into_inner()) = out;
+        Ok(())
     }
 }

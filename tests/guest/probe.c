@@ -363,6 +363,16 @@ static void check_initrd(const struct check *c)
 	putc_serial('\n');
 }
 
+/*
+ * Executes an undefined instruction. With no IDT the CPU triple-faults,
+ * which the VMM must report as a distinct exit status.
+ */
+static void check_triple_fault(const struct check *c)
+{
+	begin(c, "RAISING\n");
+	__asm__ volatile("ud2");
+}
+
 static void run_check(const struct check *c)
 {
 	if (name_is(c, "cmdline"))
@@ -379,6 +389,8 @@ static void run_check(const struct check *c)
 		check_wait_cad(c);
 	else if (name_is(c, "initrd"))
 		check_initrd(c);
+	else if (name_is(c, "triple-fault"))
+		check_triple_fault(c);
 	else
 		fail(c, "unknown check");
 }

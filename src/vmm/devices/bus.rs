@@ -127,7 +127,7 @@ mod tests {
         assert_eq!(d[0], 0x15);
         assert!(bus.read(0x64, &mut d));
         assert_eq!(d[0], 0x84);
-        assert!(bus.write(0x3f8, &[b'x']));
+        assert!(bus.write(0x3f8, b"x"));
         assert!(bus.write(0x64, &[0xfe]));
         assert_eq!(a.lock().unwrap().writes, vec![(0, vec![b'x'])]);
         assert_eq!(b.lock().unwrap().writes, vec![(4, vec![0xfe])]);

@@ -271,6 +271,11 @@ impl Vcpu {
                 self.exit.notify(reason);
                 break;
             }
+            // A device (the i8042 reset) may have ended the VM: stop
+            // running guest code straight away.
+            if self.exit.is_stopping() {
+                break;
+            }
         }
         KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
         let _ = responses.send(VcpuResponse::Exited);
@@ -379,7 +384,7 @@ mod tests {
     fn port_io_reaches_the_device() {
         let (io, mmio, dev) = buses();
         assert_eq!(
-            handle_exit(&io, &mmio, VcpuExit::IoOut(0x3f8, &[b'a'])),
+            handle_exit(&io, &mmio, VcpuExit::IoOut(0x3f8, b"a")),
             VcpuFlow::Continue
         );
         let mut d = [0u8];

@@ -43,6 +43,16 @@ pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// Most vCPUs a guest may have: every MP table entry must fit in the EBDA.
 pub const MAX_VCPUS: u8 = 32;
 
+// The boot structures must not overlap; checked at compile time.
+const _: () = {
+    assert!(IDT_ADDR >= GDT_ADDR + 4 * 8);
+    assert!(PVH_INFO_START + 0x1000 <= ZERO_PAGE_START);
+    assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+    assert!(BOOT_STACK_POINTER < PML4_START);
+    assert!(PDE_START + PDE_COUNT * 0x1000 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+};
+
 /// Guest RAM ranges for `mem_size` bytes, split around the MMIO gap.
 pub fn memory_ranges(mem_size: u64) -> Vec<(GuestAddress, u64)> {
     if mem_size <= MMIO_GAP_START {
@@ -77,16 +87,5 @@ mod tests {
         assert_eq!(r[0], (GuestAddress(0), MMIO_GAP_START));
         assert_eq!(r[1], (GuestAddress(1 << 32), (4 << 30) - MMIO_GAP_START));
         assert_eq!(low_memory_end(4 << 30), MMIO_GAP_START);
-    }
-
-    #[test]
-    fn boot_structures_do_not_overlap() {
-        let pde_end = PDE_START + PDE_COUNT * 0x1000;
-        assert!(IDT_ADDR >= GDT_ADDR + 4 * 8);
-        assert!(PVH_INFO_START + 0x1000 <= ZERO_PAGE_START);
-        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
-        assert!(BOOT_STACK_POINTER < PML4_START);
-        assert!(pde_end <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
     }
 }

@@ -1,0 +1,349 @@
+//! The per-VM API: state machine, Firecracker shapes, and bad input, which
+//! must get a 400 with a useful message while the VMM keeps serving.
+
+mod common;
+
+use common::{kvm_available, Vmm};
+use serde_json::json;
+
+fn assert_still_serving(vmm: &Vmm) {
+    let r = vmm.get("/");
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn info_version_and_config_shapes() {
+    if !kvm_available() {
+        return;
+    }
+    let vmm = Vmm::with_api();
+    let info = vmm.get("/").json();
+    assert_eq!(info["id"], "test-vm");
+    assert_eq!(info["state"], "Not started");
+    assert_eq!(info["vmm_version"], env!("CARGO_PKG_VERSION"));
+    let v = vmm.get("/version");
+    assert_eq!(v.status, 200);
+    assert_eq!(v.json()["firecracker_version"], env!("CARGO_PKG_VERSION"));
+
+    let m = vmm.get("/machine-config").json();
+    assert_eq!(m["vcpu_count"], 1);
+    assert_eq!(m["mem_size_mib"], 128);
+    assert_eq!(m["smt"], false);
+    assert_eq!(m["track_dirty_pages"], false);
+
+    vmm.configure("probe=cmdline", 2, 256);
+    let r = vmm.patch("/machine-config", json!({"mem_size_mib": 512, "smt": true}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let cfg = vmm.get("/vm/config").json();
+    assert_eq!(cfg["machine-config"]["vcpu_count"], 2);
+    assert_eq!(cfg["machine-config"]["mem_size_mib"], 512);
+    assert_eq!(cfg["machine-config"]["smt"], true);
+    assert_eq!(cfg["boot-source"]["boot_args"], "probe=cmdline");
+    assert_eq!(
+        cfg["boot-source"]["kernel_image_path"],
+        vmm.kernel.to_str().unwrap()
+    );
+}
+
+#[test]
+fn bad_machine_configs_are_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let vmm = Vmm::with_api();
+    let cases = [
+        (
+            json!({"vcpu_count": 0, "mem_size_mib": 128}),
+            "vcpu_count must be between 1 and 32",
+        ),
+        (
+            json!({"vcpu_count": 33, "mem_size_mib": 128}),
+            "vcpu_count must be between 1 and 32",
+        ),
+        (
+            json!({"vcpu_count": 300, "mem_size_mib": 128}),
+            "vcpu_count",
+        ),
+        (
+            json!({"vcpu_count": 1, "mem_size_mib": 64}),
+            "mem_size_mib must be at least 128",
+        ),
+        (
+            json!({"vcpu_count": 1, "mem_size_mib": 1u64 << 40}),
+            "more than this host",
+        ),
+        (
+            json!({"vcpu_count": 3, "mem_size_mib": 128, "smt": true}),
+            "1 or even",
+        ),
+        (json!({"vcpu_count": 1}), "missing field `mem_size_mib`"),
+        (
+            json!({"vcpu_count": 1, "mem_size_mib": 128, "turbo": true}),
+            "unknown field `turbo`",
+        ),
+        (
+            json!({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}),
+            "huge_pages",
+        ),
+    ];
+    for (body, want) in cases {
+        let msg = Vmm::fault(&vmm.put("/machine-config", body.clone()));
+        assert!(msg.contains(want), "{body}: {msg}");
+    }
+    let msg = Vmm::fault(&vmm.patch("/machine-config", json!({"vcpu_count": 0})));
+    assert!(msg.contains("vcpu_count"), "{msg}");
+    // Nothing was applied.
+    let m = vmm.get("/machine-config").json();
+    assert_eq!(
+        (m["vcpu_count"].as_u64(), m["mem_size_mib"].as_u64()),
+        (Some(1), Some(128))
+    );
+    assert_still_serving(&vmm);
+}
+
+#[test]
+fn bad_boot_sources_are_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let vmm = Vmm::with_api();
+    let missing = vmm.dir.path("no-such-vmlinux");
+    let msg = Vmm::fault(&vmm.put("/boot-source", json!({"kernel_image_path": missing})));
+    assert!(msg.contains("cannot open kernel image"), "{msg}");
+    assert!(msg.contains("No such file"), "{msg}");
+    let msg = Vmm::fault(&vmm.put(
+        "/boot-source",
+        json!({"kernel_image_path": vmm.kernel, "initrd_path": missing}),
+    ));
+    assert!(msg.contains("cannot open initrd"), "{msg}");
+    let msg = Vmm::fault(&vmm.put(
+        "/boot-source",
+        json!({"kernel_image_path": vmm.kernel, "boot_args": "a".repeat(4000)}),
+    ));
+    assert!(msg.contains("too long"), "{msg}");
+    let msg = Vmm::fault(&vmm.put(
+        "/boot-source",
+        json!({"kernel_image_path": vmm.kernel, "kernel": 1}),
+    ));
+    assert!(msg.contains("unknown field `kernel`"), "{msg}");
+    // No kernel was accepted, so the VM cannot start.
+    let msg = Vmm::fault(&vmm.action("InstanceStart"));
+    assert!(msg.contains("PUT /boot-source first"), "{msg}");
+    assert_eq!(vmm.get("/").json()["state"], "Not started");
+    assert_still_serving(&vmm);
+}
+
+#[test]
+fn malformed_requests_get_400s() {
+    if !kvm_available() {
+        return;
+    }
+    let vmm = Vmm::with_api();
+    let msg = Vmm::fault(&vmm.request("PUT", "/machine-config", Some("{\"vcpu_count\": ")));
+    assert!(msg.contains("invalid request body"), "{msg}");
+    let msg = Vmm::fault(&vmm.request("PUT", "/machine-config", Some("[1, 2]")));
+    assert!(msg.contains("invalid request body"), "{msg}");
+    let msg = Vmm::fault(&vmm.request("PUT", "/boot-source", None));
+    assert!(msg.contains("empty"), "{msg}");
+    let msg = Vmm::fault(&vmm.put("/actions", json!({"action_type": "Explode"})));
+    assert!(msg.contains("unknown variant `Explode`"), "{msg}");
+    for (method, path) in [
+        ("DELETE", "/boot-source"),
+        ("GET", "/actions"),
+        ("POST", "/"),
+        ("PUT", "/version"),
+        ("GET", "/no/such/path"),
+    ] {
+        let msg = Vmm::fault(&vmm.request(method, path, None));
+        assert!(
+            msg.contains(&format!(
+                "Invalid request method and/or path: {method} {path}"
+            )),
+            "{method} {path}: {msg}"
+        );
+    }
+    assert_still_serving(&vmm);
+}
+
+#[test]
+fn actions_that_need_a_running_vm_are_refused_before_start() {
+    if !kvm_available() {
+        return;
+    }
+    let vmm = Vmm::with_api();
+    let msg = Vmm::fault(&vmm.action("SendCtrlAltDel"));
+    assert!(msg.contains("not running"), "{msg}");
+    let msg = Vmm::fault(&vmm.patch("/vm", json!({"state": "Paused"})));
+    assert!(msg.contains("not running"), "{msg}");
+    let msg = Vmm::fault(&vmm.action("FlushMetrics"));
+    assert!(msg.contains("metrics are not configured"), "{msg}");
+    assert_still_serving(&vmm);
+}
+
+#[test]
+fn a_kernel_that_is_not_a_kernel_fails_start_and_keeps_serving() {
+    if !kvm_available() {
+        return;
+    }
+    let vmm = Vmm::with_api();
+    let junk = vmm.dir.path("junk.bin");
+    std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
+    let r = vmm.put("/boot-source", json!({"kernel_image_path": junk}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let msg = Vmm::fault(&vmm.action("InstanceStart"));
+    assert!(
+        msg.contains("neither an ELF vmlinux nor a bzImage"),
+        "{msg}"
+    );
+    assert_eq!(vmm.get("/").json()["state"], "Not started");
+    // The mistake can be corrected and the VM started.
+    vmm.configure("probe=count:1", 1, 128);
+    let mut vmm = vmm;
+    vmm.start();
+    vmm.expect_line("PROBE count:1 OK");
+    assert_eq!(vmm.wait().code(), Some(0));
+}
+
+#[test]
+fn running_vm_refuses_reconfiguration_and_pauses() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vmm = Vmm::with_api();
+    vmm.configure("probe=wait-cad", 2, 128);
+    vmm.start();
+    vmm.expect_line("PROBE BOOT");
+    assert_eq!(vmm.get("/").json()["state"], "Running");
+
+    let msg = Vmm::fault(&vmm.put("/boot-source", json!({"kernel_image_path": vmm.kernel})));
+    assert!(msg.contains("after starting the microVM"), "{msg}");
+    let msg = Vmm::fault(&vmm.put(
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 128}),
+    ));
+    assert!(msg.contains("after starting the microVM"), "{msg}");
+    let msg = Vmm::fault(&vmm.action("InstanceStart"));
+    assert!(msg.contains("after starting the microVM"), "{msg}");
+    let msg = Vmm::fault(&vmm.patch("/vm", json!({"state": "Resumed"})));
+    assert!(msg.contains("not paused"), "{msg}");
+
+    assert_eq!(vmm.patch("/vm", json!({"state": "Paused"})).status, 204);
+    assert_eq!(vmm.get("/").json()["state"], "Paused");
+    // Keys sent while paused wait in the controller.
+    assert_eq!(vmm.action("SendCtrlAltDel").status, 204);
+    assert_eq!(vmm.patch("/vm", json!({"state": "Resumed"})).status, 204);
+    vmm.expect_line("PROBE wait-cad OK");
+    assert_eq!(vmm.wait().code(), Some(0));
+}
+
+#[test]
+fn metrics_file_gets_real_counters() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vmm = Vmm::with_api();
+    let path = vmm.dir.path("metrics.json");
+    assert_eq!(
+        vmm.put("/metrics", json!({"metrics_path": path})).status,
+        204
+    );
+    let msg = Vmm::fault(&vmm.put("/metrics", json!({"metrics_path": path})));
+    assert!(msg.contains("already configured"), "{msg}");
+    vmm.configure("probe=wait-cad", 1, 128);
+    vmm.start();
+    vmm.expect_line("PROBE BOOT");
+    assert_eq!(vmm.action("FlushMetrics").status, 204);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    // "PROBE BOOT\n" went out, one port write per byte.
+    assert!(
+        first["serial"]["out_bytes"].as_u64().unwrap() >= 11,
+        "{first}"
+    );
+    assert!(
+        first["vcpu"]["exit_io_out"].as_u64().unwrap() >= 11,
+        "{first}"
+    );
+    assert_eq!(first["vmm"]["instance_starts"], 1);
+    assert!(first["api_server"]["requests"].as_u64().unwrap() >= 4);
+
+    // The API serves the same counters, also as Prometheus text.
+    let live = vmm.get("/metrics").json();
+    assert!(live["serial"]["out_bytes"].as_u64().unwrap() >= 11);
+
+    vmm.action("SendCtrlAltDel");
+    assert_eq!(vmm.wait().code(), Some(0));
+    // The VMM flushes once more on its way out.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["i8042"]["ctrl_alt_del"], 1);
+    assert_eq!(last["i8042"]["resets"], 1);
+}
+
+#[test]
+fn logger_writes_to_its_file() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vmm = Vmm::with_api();
+    let log = vmm.dir.path("vmm.log");
+    let msg = Vmm::fault(&vmm.put("/logger", json!({"log_path": log, "level": "Loud"})));
+    assert!(msg.contains("invalid log level"), "{msg}");
+    let r = vmm.put(
+        "/logger",
+        json!({"log_path": log, "level": "Info", "show_level": true}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    vmm.configure("probe=count:1", 1, 128);
+    vmm.start();
+    assert_eq!(vmm.wait().code(), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("microVM started"), "{text}");
+    assert!(text.contains("INFO"), "{text}");
+}
+
+#[test]
+fn a_live_socket_is_not_stolen() {
+    if !kvm_available() {
+        return;
+    }
+    let vmm = Vmm::with_api();
+    let out = std::process::Command::new(common::husk_bin())
+        .args(["vmm", "--api-sock"])
+        .arg(&vmm.sock)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another process"), "{err}");
+    assert_still_serving(&vmm);
+}
+
+#[test]
+fn bad_config_files_exit_with_a_message() {
+    let dir = common::TempDir::new();
+    let cfg = dir.path("bad.json");
+    for (body, want) in [
+        ("{not json", "invalid config file"),
+        (
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#,
+            "has no boot-source",
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": "/no/such/kernel"}}"#,
+            "cannot open kernel image /no/such/kernel",
+        ),
+        (r#"{"drives": []}"#, "unknown field `drives`"),
+    ] {
+        std::fs::write(&cfg, body).unwrap();
+        let out = std::process::Command::new(common::husk_bin())
+            .args(["vmm", "--no-api", "--config-file"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{body}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{body}: {err}");
+    }
+}

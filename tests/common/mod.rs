@@ -1,0 +1,245 @@
+//! Shared helpers for integration tests: a `husk vmm` child process with
+//! its serial console captured, driven through its API socket.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use husk::vmm::client::{self, Response};
+use serde_json::Value;
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Returns false (after printing why) when this host cannot run VMs.
+pub fn kvm_available() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            println!("skipped: /dev/kvm is not usable: {e}");
+            false
+        }
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "husk-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn husk_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_husk")
+}
+
+/// Writes the probe guest into `dir` and returns its path.
+pub fn probe_kernel(dir: &TempDir) -> PathBuf {
+    let p = dir.path("probe.elf");
+    husk::probe::write_probe(&p).unwrap();
+    p
+}
+
+pub struct Vmm {
+    pub dir: TempDir,
+    pub sock: PathBuf,
+    pub kernel: PathBuf,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    /// Every serial line seen so far.
+    pub seen: Vec<String>,
+}
+
+fn spawn(args: &[&str], dir: TempDir, sock: PathBuf, kernel: PathBuf) -> Vmm {
+    let mut child = Command::new(husk_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn husk vmm");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            match line {
+                Ok(l) => {
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    let stdin = child.stdin.take();
+    Vmm {
+        dir,
+        sock,
+        kernel,
+        child,
+        stdin,
+        lines: rx,
+        seen: vec![],
+    }
+}
+
+impl Vmm {
+    /// Starts `husk vmm --api-sock` and waits for its socket.
+    pub fn with_api() -> Vmm {
+        let dir = TempDir::new();
+        let sock = dir.path("api.sock");
+        let kernel = probe_kernel(&dir);
+        let s = sock.to_str().unwrap().to_string();
+        let vmm = spawn(
+            &["vmm", "--api-sock", &s, "--id", "test-vm"],
+            dir,
+            sock,
+            kernel,
+        );
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&vmm.sock).is_err() {
+            assert!(start.elapsed() < TIMEOUT, "API socket never came up");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        vmm
+    }
+
+    /// Starts `husk vmm --no-api --config-file` with `config(kernel_path)`.
+    pub fn with_config(config: impl FnOnce(&Path) -> Value) -> Vmm {
+        let dir = TempDir::new();
+        let kernel = probe_kernel(&dir);
+        let cfg = dir.path("config.json");
+        std::fs::write(&cfg, config(&kernel).to_string()).unwrap();
+        let c = cfg.to_str().unwrap().to_string();
+        let sock = dir.path("unused.sock");
+        spawn(&["vmm", "--no-api", "--config-file", &c], dir, sock, kernel)
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Response {
+        client::request(&self.sock, method, path, body).expect("API request")
+    }
+
+    pub fn put(&self, path: &str, body: Value) -> Response {
+        self.request("PUT", path, Some(&body.to_string()))
+    }
+
+    pub fn patch(&self, path: &str, body: Value) -> Response {
+        self.request("PATCH", path, Some(&body.to_string()))
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request("GET", path, None)
+    }
+
+    /// Configures the probe guest with `boot_args` and the machine shape.
+    pub fn configure(&self, boot_args: &str, vcpus: u8, mem_mib: u64) {
+        let r = self.put(
+            "/boot-source",
+            serde_json::json!({"kernel_image_path": self.kernel, "boot_args": boot_args}),
+        );
+        assert_eq!(r.status, 204, "{}", r.body);
+        let r = self.put(
+            "/machine-config",
+            serde_json::json!({"vcpu_count": vcpus, "mem_size_mib": mem_mib}),
+        );
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+
+    pub fn action(&self, action: &str) -> Response {
+        self.put("/actions", serde_json::json!({ "action_type": action }))
+    }
+
+    pub fn start(&self) {
+        let r = self.action("InstanceStart");
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+
+    /// Waits for a serial line starting with `prefix`; returns it.
+    pub fn expect_line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no serial line starting {prefix:?}; saw {:?}", self.seen)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("serial output ended before {prefix:?}; saw {:?}", self.seen)
+                }
+            }
+        }
+    }
+
+    pub fn write_stdin(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for the VMM to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "husk vmm did not exit");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The fault message of a 400 answer.
+    pub fn fault(r: &Response) -> String {
+        assert_eq!(r.status, 400, "expected a 400, got {} {}", r.status, r.body);
+        r.json()["fault_message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no fault_message in {}", r.body))
+            .to_string()
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
