@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing husk needs on a fresh Debian machine.
+set -euo pipefail
+
+need_apt=()
+command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
+command -v curl >/dev/null || need_apt+=(curl)
+if ((${#need_apt[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: need root to install: ${need_apt[*]}" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo (the Rust toolchain) is required" >&2
+    exit 1
+fi
+
+if [[ ! -r /dev/kvm || ! -w /dev/kvm ]]; then
+    echo "setup: warning: /dev/kvm is not usable; tests that boot VMs will be skipped" >&2
+fi
