@@ -41,12 +41,13 @@ pub enum StartError {
 
 /// A microVM whose vCPUs are running.
 pub struct RunningVm {
-    // Field order is drop order: stop the vCPUs before unmapping memory.
+    // Field order is drop order: stop the vCPUs, then close the VM, then
+    // unmap guest memory (so KVM does not have to zap its mappings first).
     pub vcpus: Vec<VcpuHandle>,
     pub serial: Arc<Mutex<SerialDevice>>,
     pub i8042: Arc<Mutex<I8042Device>>,
-    pub mem: GuestMemoryMmap,
     pub vm: Vm,
+    pub mem: GuestMemoryMmap,
 }
 
 impl RunningVm {
@@ -55,6 +56,7 @@ impl RunningVm {
         for v in &mut self.vcpus {
             v.stop();
         }
+        tracing::debug!("vCPUs joined");
     }
 }
 
@@ -92,37 +94,39 @@ fn irq_event(vm: &Vm, gsi: u32) -> Result<EventFd, StartError> {
     Ok(evt)
 }
 
-/// Creates the VM, loads the kernel, wires the devices and starts vCPUs.
-pub fn build_and_start(
+type Prepared = (Vec<Vcpu>, Arc<Mutex<SerialDevice>>, Arc<Mutex<I8042Device>>);
+
+/// Loads the kernel, writes the boot information, wires the devices and
+/// creates and configures the vCPUs, ready to start.
+fn prepare(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
     boot_source: &BootSourceConfig,
     machine: &MachineConfig,
     serial_cfg: Option<&SerialConfig>,
-    exit: Arc<ExitNotifier>,
-) -> Result<RunningVm, StartError> {
-    let vm = Vm::new()?;
-    let mem = create_guest_memory(machine.mem_size_mib)?;
-    vm.register_memory(&mem, machine.track_dirty_pages)?;
+    exit: &Arc<ExitNotifier>,
+) -> Result<Prepared, StartError> {
     let mem_size = machine.mem_size_mib << 20;
-
     let mut kernel =
         File::open(&boot_source.kernel_image_path).map_err(|err| StartError::OpenKernel {
             path: boot_source.kernel_image_path.clone(),
             err,
         })?;
-    let entry = boot::load_kernel(&mem, &mut kernel)?;
+    let entry = boot::load_kernel(mem, &mut kernel)?;
     let initrd = match &boot_source.initrd_path {
         Some(path) => {
             let mut f = File::open(path).map_err(|err| StartError::OpenInitrd {
                 path: path.clone(),
                 err,
             })?;
-            Some(boot::load_initrd(&mem, mem_size, entry.kernel_end, &mut f)?)
+            Some(boot::load_initrd(mem, mem_size, entry.kernel_end, &mut f)?)
         }
         None => None,
     };
-    let cmdline_size = boot::load_command_line(&mem, boot_source.boot_args())?;
+    let cmdline_size = boot::load_command_line(mem, boot_source.boot_args())?;
+    tracing::debug!(?entry.protocol, "kernel loaded");
     boot::configure_system(
-        &mem,
+        mem,
         &BootInfo {
             entry: &entry,
             mem_size,
@@ -133,14 +137,11 @@ pub fn build_and_start(
     )?;
 
     let serial = Arc::new(Mutex::new(
-        SerialDevice::new(
-            irq_event(&vm, legacy::COM1_IRQ)?,
-            serial_output(serial_cfg)?,
-        )
-        .map_err(StartError::EventFd)?,
+        SerialDevice::new(irq_event(vm, legacy::COM1_IRQ)?, serial_output(serial_cfg)?)
+            .map_err(StartError::EventFd)?,
     ));
     let i8042 = Arc::new(Mutex::new(I8042Device::new(
-        IrqTrigger(irq_event(&vm, legacy::I8042_IRQ)?),
+        IrqTrigger(irq_event(vm, legacy::I8042_IRQ)?),
         exit.clone(),
     )));
     let mut io_bus = Bus::new();
@@ -152,19 +153,53 @@ pub fn build_and_start(
     let topo = Topology::new(machine.vcpu_count, machine.smt);
     let mut vcpus = Vec::with_capacity(machine.vcpu_count as usize);
     for index in 0..machine.vcpu_count {
-        let vcpu = Vcpu::new(&vm, index, io_bus.clone(), mmio_bus.clone(), exit.clone())?;
-        vcpu.configure(&vm, &mem, &entry, topo)?;
+        let vcpu = Vcpu::new(vm, index, io_bus.clone(), mmio_bus.clone(), exit.clone())?;
+        vcpu.configure(vm, mem, &entry, topo)?;
         vcpus.push(vcpu);
     }
+    tracing::debug!("vCPUs configured");
+    Ok((vcpus, serial, i8042))
+}
+
+/// Creates the VM, loads the kernel, wires the devices and starts vCPUs.
+pub fn build_and_start(
+    boot_source: &BootSourceConfig,
+    machine: &MachineConfig,
+    serial_cfg: Option<&SerialConfig>,
+    exit: Arc<ExitNotifier>,
+) -> Result<RunningVm, StartError> {
+    let vm = Vm::new()?;
+    tracing::debug!("KVM VM created");
+    let mem = create_guest_memory(machine.mem_size_mib)?;
+    // Installing a memory slot waits for an SRCU grace period in KVM, which
+    // takes milliseconds; nothing before the first KVM_RUN needs the slot,
+    // so the rest of the set-up runs alongside it.
+    let (vcpus, serial, i8042) = std::thread::scope(|s| {
+        let slot = s.spawn(|| {
+            let r = vm.register_memory(&mem, machine.track_dirty_pages);
+            tracing::debug!("guest memory registered");
+            r
+        });
+        let prepared = prepare(&vm, &mem, boot_source, machine, serial_cfg, &exit);
+        let registered = slot.join().unwrap_or_else(|_| {
+            Err(VmError::SetMemory {
+                slot: 0,
+                err: kvm_ioctls::Error::new(libc::EIO),
+            })
+        });
+        registered?;
+        prepared
+    })?;
     let mut handles = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         handles.push(vcpu.start()?);
     }
+    tracing::debug!("vCPUs started");
     Ok(RunningVm {
         vcpus: handles,
         serial,
         i8042,
-        mem,
         vm,
+        mem,
     })
 }

@@ -307,6 +307,7 @@ impl Vmm {
         let Some(reason) = self.exit.reason() else {
             return;
         };
+        tracing::debug!("guest stopped; stopping vCPUs");
         if let Some(mut vm) = self.running.take() {
             vm.stop_vcpus();
         }
@@ -453,7 +454,9 @@ pub fn run(opts: VmmOptions) -> i32 {
         }
         None => None,
     };
+    tracing::debug!("husk vmm starting");
     let code = run_with(opts, logger, api);
+    tracing::debug!("husk vmm exiting");
     if let Some(path) = api_sock {
         let _ = std::fs::remove_file(path);
     }

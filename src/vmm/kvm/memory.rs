@@ -1,7 +1,7 @@
 //! Guest memory: anonymous private mappings with MAP_NORESERVE, so pages
 //! cost nothing until the guest touches them.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::vmm::arch::x86_64::layout::memory_ranges;
 
@@ -26,13 +26,33 @@ pub fn create_guest_memory(size_mib: u64) -> Result<GuestMemoryMmap, MemoryError
         .map(|(a, len)| usize::try_from(len).map(|l| (a, l)))
         .collect::<Result<_, _>>()
         .map_err(|_| MemoryError::TooLarge(size))?;
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|err| MemoryError::Map { size_mib, err })
+    let mem =
+        GuestMemoryMmap::from_ranges(&ranges).map_err(|err| MemoryError::Map { size_mib, err })?;
+    for region in mem.iter() {
+        // Keep guest RAM out of VMM core dumps. This also gives the mapping
+        // its own VMA, so /proc/PID/smaps shows guest pages on their own.
+        // SAFETY: the range is exactly one mapping owned by `mem`; madvise
+        // with MADV_DONTDUMP changes no memory contents.
+        let r = unsafe {
+            libc::madvise(
+                region.as_ptr().cast(),
+                region.len() as usize,
+                libc::MADV_DONTDUMP,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(
+                "madvise(MADV_DONTDUMP): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(mem)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
     #[test]
     fn regions_follow_the_layout() {
