@@ -1,47 +1,57 @@
-//! Builds the probe guest (tests/guest/) into a freestanding ELF that the
-//! `husk` binary embeds.
+//! Builds the probe guest (tests/guest/) into two freestanding ELFs that
+//! the `husk` binary embeds: one entered through the 64-bit Linux boot
+//! protocol, one that carries the PVH note.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+const CFLAGS: &[&str] = &[
+    "-ffreestanding",
+    "-nostdlib",
+    "-static",
+    "-no-pie",
+    "-fno-pic",
+    // Emulated guests cannot run SSE, so keep to general registers.
+    "-mgeneral-regs-only",
+    "-mno-red-zone",
+    "-fno-stack-protector",
+    "-fno-asynchronous-unwind-tables",
+    "-fcf-protection=none",
+    "-fno-tree-loop-distribute-patterns",
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-Wl,--build-id=none",
+    "-Wl,-n",
+    "-Wl,--no-warn-rwx-segments",
+];
+
+fn build(cc: &str, guest: &Path, out: &Path, sources: &[&str]) {
+    let status = Command::new(cc)
+        .args(CFLAGS)
+        .arg(format!("-Wl,-T,{}", guest.join("probe.ld").display()))
+        .arg("-o")
+        .arg(out)
+        .args(sources.iter().map(|s| guest.join(s)))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cc} to build the probe guest: {e}"));
+    assert!(status.success(), "building {} failed", out.display());
+}
 
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let guest = PathBuf::from("tests/guest");
-    let sources = ["start.S", "probe.c", "probe.ld"];
-    for s in sources {
+    for s in ["start.S", "probe.c", "pvh_note.S", "probe.ld"] {
         println!("cargo:rerun-if-changed={}", guest.join(s).display());
     }
     println!("cargo:rerun-if-env-changed=CC");
     let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".into());
-    let elf = out.join("probe.elf");
-    let status = Command::new(&cc)
-        .args([
-            "-ffreestanding",
-            "-nostdlib",
-            "-static",
-            "-no-pie",
-            "-fno-pic",
-            // Emulated guests cannot run SSE, so keep to general registers.
-            "-mgeneral-regs-only",
-            "-mno-red-zone",
-            "-fno-stack-protector",
-            "-fno-asynchronous-unwind-tables",
-            "-fcf-protection=none",
-            "-fno-tree-loop-distribute-patterns",
-            "-O2",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-Wl,--build-id=none",
-            "-Wl,-n",
-            "-Wl,--no-warn-rwx-segments",
-        ])
-        .arg(format!("-Wl,-T,{}", guest.join("probe.ld").display()))
-        .arg("-o")
-        .arg(&elf)
-        .arg(guest.join("start.S"))
-        .arg(guest.join("probe.c"))
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {cc} to build the probe guest: {e}"));
-    assert!(status.success(), "building the probe guest failed");
+    build(&cc, &guest, &out.join("probe.elf"), &["start.S", "probe.c"]);
+    build(
+        &cc,
+        &guest,
+        &out.join("probe-pvh.elf"),
+        &["start.S", "probe.c", "pvh_note.S"],
+    );
 }

@@ -33,6 +33,9 @@ enum Command {
     ProbeGuest {
         #[arg(long, short)]
         output: PathBuf,
+        /// Kernel format, which picks the VMM's boot path.
+        #[arg(long, value_enum, default_value = "linux64")]
+        boot: husk::probe::ProbeFormat,
     },
     /// Check that this host can run husk.
     Doctor,
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
             config_file,
             id,
         }),
-        Command::ProbeGuest { output } => match husk::probe::write_probe(&output) {
+        Command::ProbeGuest { output, boot } => match husk::probe::write_probe_as(&output, boot) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("husk probe-guest: cannot write {}: {e}", output.display());

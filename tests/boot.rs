@@ -211,3 +211,67 @@ fn serial_output_can_go_to_a_file() {
         "PROBE BOOT\nCOUNT 1\nCOUNT 2\nPROBE count:2 OK\nPROBE DONE\n"
     );
 }
+
+/// Boots the probe written as `format` with an initrd, and checks it was
+/// entered through `protocol` and found its memory map, command line and
+/// initrd.
+fn boot_as(format: husk::probe::ProbeFormat, protocol: &str) {
+    let mut vmm = Vmm::with_api();
+    let kernel = vmm.dir.path("kernel");
+    husk::probe::write_probe_as(&kernel, format).unwrap();
+    let initrd = vmm.dir.path("initrd");
+    std::fs::write(&initrd, b"initrd-contents!").unwrap();
+    let args = "probe=boot,e820,cmdline,initrd,cpus";
+    let r = vmm.put(
+        "/boot-source",
+        json!({"kernel_image_path": kernel, "initrd_path": initrd, "boot_args": args}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = vmm.put(
+        "/machine-config",
+        json!({"vcpu_count": 2, "mem_size_mib": 128}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    vmm.start();
+    assert_eq!(
+        vmm.expect_line("PROBE boot"),
+        format!("PROBE boot OK {protocol}")
+    );
+    assert_eq!(
+        vmm.expect_line("PROBE e820"),
+        "PROBE e820 OK 0x0:0x9fc00:1 0x100000:0x7f00000:1"
+    );
+    assert_eq!(
+        vmm.expect_line("PROBE cmdline"),
+        format!("PROBE cmdline OK {args}")
+    );
+    let line = vmm.expect_line("PROBE initrd");
+    assert!(line.ends_with(" size=16 head=initrd-contents!"), "{line}");
+    assert_eq!(vmm.expect_line("PROBE cpus"), "PROBE cpus OK 2");
+    vmm.expect_line("PROBE DONE");
+    assert_eq!(vmm.wait().code(), Some(0));
+}
+
+#[test]
+fn vmlinux_boots_through_the_64bit_protocol() {
+    if !kvm_available() {
+        return;
+    }
+    boot_as(husk::probe::ProbeFormat::Linux64, "linux64");
+}
+
+#[test]
+fn pvh_note_selects_the_pvh_entry() {
+    if !kvm_available() {
+        return;
+    }
+    boot_as(husk::probe::ProbeFormat::Pvh, "pvh");
+}
+
+#[test]
+fn bzimage_boots_at_its_64bit_entry() {
+    if !kvm_available() {
+        return;
+    }
+    boot_as(husk::probe::ProbeFormat::Bzimage, "linux64");
+}

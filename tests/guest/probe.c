@@ -30,6 +30,21 @@
 #define E820_ENTRY_SIZE 20
 #define E820_MAX_ENTRIES 128
 
+/* ---- hvm_start_info (PVH), see xen/include/public/arch-x86/hvm/start_info.h */
+#define PVH_MAGIC 0x336ec578
+#define SI_MAGIC 0
+#define SI_NR_MODULES 12
+#define SI_MODLIST_PADDR 16
+#define SI_CMDLINE_PADDR 24
+#define SI_MEMMAP_PADDR 40
+#define SI_MEMMAP_ENTRIES 48
+#define PVH_MEMMAP_ENTRY_SIZE 24
+#define PVH_MODLIST_ENTRY_SIZE 32
+
+/* How the VMM entered the probe (set by start.S). */
+#define BOOT_LINUX64 0
+#define BOOT_PVH 1
+
 /* ---- legacy ports */
 #define COM1 0x3f8
 #define COM1_LSR (COM1 + 5)
@@ -142,15 +157,62 @@ static void fail(const struct check *c, const char *why)
 	putc_serial('\n');
 }
 
-/* ---- boot information */
+/* ---- boot information, from the zero page or from hvm_start_info */
 
-static uint64_t boot_params;
+static uint64_t boot_info;
+static uint64_t boot_protocol;
 
 static const char *cmdline(void)
 {
-	uint64_t p = rd32(boot_params + BP_CMD_LINE_PTR) |
-		     ((uint64_t)rd32(boot_params + BP_EXT_CMD_LINE_PTR) << 32);
+	uint64_t p;
+	if (boot_protocol == BOOT_PVH)
+		p = rd64(boot_info + SI_CMDLINE_PADDR);
+	else
+		p = rd32(boot_info + BP_CMD_LINE_PTR) |
+		    ((uint64_t)rd32(boot_info + BP_EXT_CMD_LINE_PTR) << 32);
 	return p ? (const char *)p : "";
+}
+
+struct mem_range {
+	uint64_t addr, size;
+	uint32_t type;
+};
+
+/* The i-th memory map entry; returns 0 past the end. */
+static int memmap_entry(uint32_t i, struct mem_range *r)
+{
+	uint64_t e;
+	if (boot_protocol == BOOT_PVH) {
+		if (i >= rd32(boot_info + SI_MEMMAP_ENTRIES))
+			return 0;
+		e = rd64(boot_info + SI_MEMMAP_PADDR) + (uint64_t)i * PVH_MEMMAP_ENTRY_SIZE;
+	} else {
+		if (i >= rd8(boot_info + BP_E820_ENTRIES) || i >= E820_MAX_ENTRIES)
+			return 0;
+		e = boot_info + BP_E820_TABLE + (uint64_t)i * E820_ENTRY_SIZE;
+	}
+	r->addr = rd64(e);
+	r->size = rd64(e + 8);
+	r->type = rd32(e + 16);
+	return 1;
+}
+
+/* The initrd (the first PVH module); returns 0 when there is none. */
+static int initrd_range(struct mem_range *r)
+{
+	if (boot_protocol == BOOT_PVH) {
+		if (rd32(boot_info + SI_NR_MODULES) == 0)
+			return 0;
+		uint64_t m = rd64(boot_info + SI_MODLIST_PADDR);
+		r->addr = rd64(m);
+		r->size = rd64(m + 8);
+	} else {
+		r->addr = rd32(boot_info + BP_RAMDISK_IMAGE) |
+			  ((uint64_t)rd32(boot_info + BP_EXT_RAMDISK_IMAGE) << 32);
+		r->size = rd32(boot_info + BP_RAMDISK_SIZE) |
+			  ((uint64_t)rd32(boot_info + BP_EXT_RAMDISK_SIZE) << 32);
+	}
+	return r->addr != 0 && r->size != 0;
 }
 
 static int starts_with(const char *s, const char *prefix)
@@ -197,20 +259,19 @@ static void check_cmdline(const struct check *c)
 
 static void check_e820(const struct check *c)
 {
-	uint8_t n = rd8(boot_params + BP_E820_ENTRIES);
-	if (n == 0 || n > E820_MAX_ENTRIES) {
-		fail(c, "no e820 map");
+	struct mem_range r;
+	if (!memmap_entry(0, &r)) {
+		fail(c, "no memory map");
 		return;
 	}
 	ok(c);
-	for (uint8_t i = 0; i < n; i++) {
-		uint64_t e = boot_params + BP_E820_TABLE + (uint64_t)i * E820_ENTRY_SIZE;
+	for (uint32_t i = 0; memmap_entry(i, &r); i++) {
 		putc_serial(' ');
-		put_hex(rd64(e));
+		put_hex(r.addr);
 		putc_serial(':');
-		put_hex(rd64(e + 8));
+		put_hex(r.size);
 		putc_serial(':');
-		put_dec(rd32(e + 16));
+		put_dec(r.type);
 	}
 	putc_serial('\n');
 }
@@ -342,25 +403,38 @@ static void check_wait_cad(const struct check *c)
 
 static void check_initrd(const struct check *c)
 {
-	uint64_t addr = rd32(boot_params + BP_RAMDISK_IMAGE) |
-			((uint64_t)rd32(boot_params + BP_EXT_RAMDISK_IMAGE) << 32);
-	uint64_t size = rd32(boot_params + BP_RAMDISK_SIZE) |
-			((uint64_t)rd32(boot_params + BP_EXT_RAMDISK_SIZE) << 32);
-	if (addr == 0 || size == 0) {
+	struct mem_range r;
+	if (!initrd_range(&r)) {
 		fail(c, "no initrd");
 		return;
 	}
 	ok(c);
 	puts_serial(" addr=");
-	put_hex(addr);
+	put_hex(r.addr);
 	puts_serial(" size=");
-	put_dec(size);
+	put_dec(r.size);
 	puts_serial(" head=");
-	for (uint64_t i = 0; i < size && i < 16; i++) {
-		uint8_t b = rd8(addr + i);
+	for (uint64_t i = 0; i < r.size && i < 16; i++) {
+		uint8_t b = rd8(r.addr + i);
 		putc_serial((b >= 0x20 && b < 0x7f) ? (char)b : '.');
 	}
 	putc_serial('\n');
+}
+
+/* Reports how the VMM entered the guest. */
+static void check_boot(const struct check *c)
+{
+	if (boot_protocol == BOOT_PVH) {
+		if (rd32(boot_info + SI_MAGIC) != PVH_MAGIC) {
+			fail(c, "bad hvm_start_info magic");
+			return;
+		}
+		ok(c);
+		puts_serial(" pvh\n");
+	} else {
+		ok(c);
+		puts_serial(" linux64\n");
+	}
 }
 
 /*
@@ -389,6 +463,8 @@ static void run_check(const struct check *c)
 		check_wait_cad(c);
 	else if (name_is(c, "initrd"))
 		check_initrd(c);
+	else if (name_is(c, "boot"))
+		check_boot(c);
 	else if (name_is(c, "triple-fault"))
 		check_triple_fault(c);
 	else
@@ -418,9 +494,10 @@ static void run_probe_tokens(const char *p)
 	}
 }
 
-void probe_main(uint64_t zero_page)
+void probe_main(uint64_t info, uint64_t protocol)
 {
-	boot_params = zero_page;
+	boot_info = info;
+	boot_protocol = protocol;
 	puts_serial("PROBE BOOT\n");
 	run_probe_tokens(cmdline());
 	puts_serial("PROBE DONE\n");

@@ -96,10 +96,13 @@ pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEnt
         })
     } else {
         let r = BzImage::load(mem, None, kernel, himem).map_err(BootError::KernelFormat)?;
+        // The kernel decompresses itself in place and needs `init_size`
+        // bytes there, more than the file holds.
+        let init_size = r.setup_header.map(|h| u64::from(h.init_size)).unwrap_or(0);
         Ok(KernelEntry {
             addr: r.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET),
             protocol: BootProtocol::Linux64,
-            kernel_end: r.kernel_end,
+            kernel_end: r.kernel_end.max(r.kernel_load.raw_value() + init_size),
             setup_header: r.setup_header,
         })
     }
