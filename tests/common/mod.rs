@@ -185,6 +185,15 @@ impl Vmm {
 
     /// Waits for a serial line starting with `prefix`; returns it.
     pub fn expect_line(&mut self, prefix: &str) -> String {
+        self.expect_matching(prefix, |l| l.starts_with(prefix))
+    }
+
+    /// Waits for a serial line containing `text`; returns it.
+    pub fn expect_containing(&mut self, text: &str) -> String {
+        self.expect_matching(text, |l| l.contains(text))
+    }
+
+    fn expect_matching(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
