@@ -200,15 +200,15 @@ impl Vmm {
             match self.lines.recv_timeout(left) {
                 Ok(l) => {
                     self.seen.push(l.clone());
-                    if l.starts_with(prefix) {
+                    if matches(&l) {
                         return l;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!("no serial line starting {prefix:?}; saw {:?}", self.seen)
+                    panic!("no serial line matching {what:?}; saw {:?}", self.seen)
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    panic!("serial output ended before {prefix:?}; saw {:?}", self.seen)
+                    panic!("serial output ended before {what:?}; saw {:?}", self.seen)
                 }
             }
         }
