@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --locked
-./target/release/husk doctor || true
-./target/release/husk probe-guest --output target/probe-guest.elf
-exec ./target/release/husk vmm --no-api --config-file resources/probe-vm.json
+HUSK=target/x86_64-unknown-linux-gnu/release/husk
+"$HUSK" doctor || true
+"$HUSK" probe-guest --output target/probe-guest.elf
+exec "$HUSK" vmm --no-api --config-file resources/probe-vm.json

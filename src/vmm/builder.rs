@@ -168,28 +168,10 @@ pub fn build_and_start(
     serial_cfg: Option<&SerialConfig>,
     exit: Arc<ExitNotifier>,
 ) -> Result<RunningVm, StartError> {
-    let vm = Vm::new()?;
-    tracing::debug!("KVM VM created");
     let mem = create_guest_memory(machine.mem_size_mib)?;
-    // Installing a memory slot waits for an SRCU grace period in KVM, which
-    // takes milliseconds; nothing before the first KVM_RUN needs the slot,
-    // so the rest of the set-up runs alongside it.
-    let (vcpus, serial, i8042) = std::thread::scope(|s| {
-        let slot = s.spawn(|| {
-            let r = vm.register_memory(&mem, machine.track_dirty_pages);
-            tracing::debug!("guest memory registered");
-            r
-        });
-        let prepared = prepare(&vm, &mem, boot_source, machine, serial_cfg, &exit);
-        let registered = slot.join().unwrap_or_else(|_| {
-            Err(VmError::SetMemory {
-                slot: 0,
-                err: kvm_ioctls::Error::new(libc::EIO),
-            })
-        });
-        registered?;
-        prepared
-    })?;
+    let vm = Vm::new(&mem, machine.track_dirty_pages)?;
+    tracing::debug!("KVM VM created");
+    let (vcpus, serial, i8042) = prepare(&vm, &mem, boot_source, machine, serial_cfg, &exit)?;
     let mut handles = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         handles.push(vcpu.start()?);

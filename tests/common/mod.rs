@@ -84,6 +84,10 @@ fn spawn(args: &[&str], dir: TempDir, sock: PathBuf, kernel: PathBuf) -> Vmm {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
+        .env(
+            "HUSK_LOG",
+            std::env::var("HUSK_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .spawn()
         .expect("spawn husk vmm");
     let stdout = child.stdout.take().unwrap();
