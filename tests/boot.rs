@@ -138,11 +138,8 @@ fn initrd_is_loaded_and_announced() {
     let mut content = b"HUSK-INITRD-0001".to_vec();
     content.resize(10_000, 0xaa);
     std::fs::write(&initrd, &content).unwrap();
-    let r = vmm.put(
-        "/boot-source",
-        json!({"kernel_image_path": vmm.kernel, "initrd_path": initrd, "boot_args": "probe=initrd"}),
-    );
-    assert_eq!(r.status, 204, "{}", r.body);
+    let boot = json!({"kernel_image_path": vmm.kernel, "initrd_path": initrd, "boot_args": "probe=initrd"});
+    vmm.put_ok("/boot-source", boot);
     vmm.start();
     let line = vmm.expect_line("PROBE initrd");
     assert!(line.starts_with("PROBE initrd OK addr=0x"), "{line}");
@@ -200,8 +197,7 @@ fn serial_output_can_go_to_a_file() {
     let vmm = Vmm::with_api();
     let out = vmm.dir.path("serial.log");
     vmm.configure("probe=count:2", 1, 128);
-    let r = vmm.put("/serial", json!({ "serial_out_path": out }));
-    assert_eq!(r.status, 204, "{}", r.body);
+    vmm.put_ok("/serial", json!({ "serial_out_path": out }));
     vmm.start();
     let mut vmm = vmm;
     assert_eq!(vmm.wait().code(), Some(0));
@@ -222,16 +218,14 @@ fn boot_as(format: husk::probe::ProbeFormat, protocol: &str) {
     let initrd = vmm.dir.path("initrd");
     std::fs::write(&initrd, b"initrd-contents!").unwrap();
     let args = "probe=boot,e820,cmdline,initrd,cpus";
-    let r = vmm.put(
+    vmm.put_ok(
         "/boot-source",
         json!({"kernel_image_path": kernel, "initrd_path": initrd, "boot_args": args}),
     );
-    assert_eq!(r.status, 204, "{}", r.body);
-    let r = vmm.put(
+    vmm.put_ok(
         "/machine-config",
         json!({"vcpu_count": 2, "mem_size_mib": 128}),
     );
-    assert_eq!(r.status, 204, "{}", r.body);
     vmm.start();
     assert_eq!(
         vmm.expect_line("PROBE boot"),

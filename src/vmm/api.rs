@@ -12,6 +12,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -148,6 +150,12 @@ pub fn spawn_server(
         })
 }
 
+/// No request this API takes comes close to this.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A request body, or why it could not be read (too large, cut short).
+type Body = Result<Bytes, BytesRejection>;
+
 pub fn router(api: ApiSender) -> Router {
     Router::new()
         .route("/", get(get_root))
@@ -167,6 +175,7 @@ pub fn router(api: ApiSender) -> Router {
         .route("/serial", put(put_serial))
         .fallback(invalid_route)
         .method_not_allowed_fallback(invalid_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
 }
 
@@ -186,7 +195,10 @@ fn respond(reply: VmmReply) -> Response {
 }
 
 /// Parses a JSON object body; the error is the fault message.
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+fn parse<T: DeserializeOwned>(body: &Body) -> Result<T, String> {
+    let body = body
+        .as_ref()
+        .map_err(|e| format!("cannot read the request body: {}", e.body_text()))?;
     if body.is_empty() {
         return Err("the request body is empty; a JSON object is expected".into());
     }
@@ -205,7 +217,7 @@ async fn call(api: &ApiSender, action: VmmAction) -> Response {
 
 async fn call_with<T: DeserializeOwned>(
     api: &ApiSender,
-    body: &Bytes,
+    body: &Body,
     action: impl FnOnce(T) -> VmmAction,
 ) -> Response {
     METRICS.api_server.requests.inc();
@@ -239,27 +251,27 @@ async fn get_vm_config(State(api): State<ApiSender>) -> Response {
     call(&api, VmmAction::GetFullConfig).await
 }
 
-async fn put_boot_source(State(api): State<ApiSender>, body: Bytes) -> Response {
+async fn put_boot_source(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::PutBootSource).await
 }
 
-async fn put_machine_config(State(api): State<ApiSender>, body: Bytes) -> Response {
+async fn put_machine_config(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::PutMachineConfig).await
 }
 
-async fn patch_machine_config(State(api): State<ApiSender>, body: Bytes) -> Response {
+async fn patch_machine_config(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::PatchMachineConfig).await
 }
 
-async fn put_logger(State(api): State<ApiSender>, body: Bytes) -> Response {
+async fn put_logger(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::PutLogger).await
 }
 
-async fn put_metrics(State(api): State<ApiSender>, body: Bytes) -> Response {
+async fn put_metrics(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::PutMetrics).await
 }
 
-async fn put_serial(State(api): State<ApiSender>, body: Bytes) -> Response {
+async fn put_serial(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::PutSerial).await
 }
 
@@ -276,7 +288,7 @@ enum ActionType {
     FlushMetrics,
 }
 
-async fn put_actions(State(api): State<ApiSender>, body: Bytes) -> Response {
+async fn put_actions(State(api): State<ApiSender>, body: Body) -> Response {
     METRICS.api_server.actions.inc();
     call_with(&api, &body, |a: ActionBody| match a.action_type {
         ActionType::InstanceStart => VmmAction::InstanceStart,
@@ -298,7 +310,7 @@ enum VmStateChange {
     Resumed,
 }
 
-async fn patch_vm(State(api): State<ApiSender>, body: Bytes) -> Response {
+async fn patch_vm(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, |b: VmStateBody| match b.state {
         VmStateChange::Paused => VmmAction::Pause,
         VmStateChange::Resumed => VmmAction::Resume,

@@ -156,6 +156,12 @@ impl Vmm {
         self.request("PUT", path, Some(&body.to_string()))
     }
 
+    /// PUTs `body` and asserts the VMM took it (204).
+    pub fn put_ok(&self, path: &str, body: Value) {
+        let r = self.put(path, body);
+        assert_eq!(r.status, 204, "PUT {path}: {}", r.body);
+    }
+
     pub fn patch(&self, path: &str, body: Value) -> Response {
         self.request("PATCH", path, Some(&body.to_string()))
     }
@@ -166,16 +172,14 @@ impl Vmm {
 
     /// Configures the probe guest with `boot_args` and the machine shape.
     pub fn configure(&self, boot_args: &str, vcpus: u8, mem_mib: u64) {
-        let r = self.put(
+        self.put_ok(
             "/boot-source",
             serde_json::json!({"kernel_image_path": self.kernel, "boot_args": boot_args}),
         );
-        assert_eq!(r.status, 204, "{}", r.body);
-        let r = self.put(
+        self.put_ok(
             "/machine-config",
             serde_json::json!({"vcpu_count": vcpus, "mem_size_mib": mem_mib}),
         );
-        assert_eq!(r.status, 204, "{}", r.body);
     }
 
     pub fn action(&self, action: &str) -> Response {
