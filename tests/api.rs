@@ -350,3 +350,59 @@ fn bad_config_files_exit_with_a_message() {
         assert!(err.contains(want), "{body}: {err}");
     }
 }
+
+#[test]
+fn garbage_on_the_socket_does_not_stop_the_api() {
+    if !kvm_available() {
+        return;
+    }
+    use std::io::{Read, Write};
+    let vmm = Vmm::with_api();
+    for junk in [
+        &b"\x00\x01\x02 not http at all\r\n\r\n"[..],
+        b"PUT /actions HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n{",
+        b"PUT /machine-config HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(&vmm.sock).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(junk).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 4"),
+            "unexpected answer to junk: {text}"
+        );
+    }
+    assert_still_serving(&vmm);
+    // Half-open connections do not block others either.
+    let _idle = std::os::unix::net::UnixStream::connect(&vmm.sock).unwrap();
+    assert_still_serving(&vmm);
+}
+
+#[test]
+fn doctor_reports_kvm_and_the_virtualization_kind() {
+    let out = std::process::Command::new(common::husk_bin())
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !std::path::Path::new("/dev/kvm").exists() {
+        assert!(text.contains("cannot open /dev/kvm"), "{text}");
+        assert_eq!(out.status.code(), Some(1));
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("kvm: API version 12 (ok)"), "{text}");
+    assert!(text.contains("ok      in-kernel IOAPIC/PIC"), "{text}");
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert!(text.contains("virtualization: PVM"), "{text}");
+        assert!(
+            text.contains("warning: this host virtualizes with PVM"),
+            "{text}"
+        );
+    }
+    assert!(text.contains("verdict: husk can run here"), "{text}");
+}
