@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod image;
 pub mod probe;
 pub mod vmm;

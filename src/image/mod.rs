@@ -1,0 +1,12 @@
+//! Container images: references, a content-addressed store, pulling from
+//! registries, importing and exporting archives, and turning an image into
+//! a bootable ext4 root filesystem.
+
+pub mod digest;
+pub mod reference;
+pub mod store;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use reference::ImageRef;
+pub use store::{ImageRecord, LayerRecord, Store};
