@@ -5,6 +5,13 @@ set -euo pipefail
 need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v tar >/dev/null || need_apt+=(tar)
+# Root filesystems are built with mkfs.ext4 -d and checked with debugfs.
+[[ -x /usr/sbin/mkfs.ext4 && -x /usr/sbin/debugfs ]] || need_apt+=(e2fsprogs)
+# The image tests run a real registry on loopback and build images from
+# busybox.
+[[ -x /usr/bin/docker-registry ]] || need_apt+=(docker-registry)
+[[ -x /bin/busybox ]] || need_apt+=(busybox-static)
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "setup: need root to install: ${need_apt[*]}" >&2

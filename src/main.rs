@@ -39,6 +39,8 @@ enum Command {
     },
     /// Check that this host can run husk.
     Doctor,
+    /// Pull, import, list and remove images, and build root filesystems.
+    Image(husk::image::cli::ImageArgs),
     /// Measure start-up, boot and memory figures; prints JSON.
     Bench(husk::bench::BenchArgs),
 }
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Doctor => husk::doctor::run(),
+        Command::Image(args) => husk::image::cli::run(args),
         Command::Bench(args) => husk::bench::run(args),
     };
     ExitCode::from(code.clamp(0, 255) as u8)

@@ -2,8 +2,12 @@
 //! registries, importing and exporting archives, and turning an image into
 //! a bootable ext4 root filesystem.
 
+pub mod archive;
+pub mod cli;
 pub mod digest;
 pub mod reference;
+pub mod registry;
+pub mod rootfs;
 pub mod store;
 pub mod unpack;
 

@@ -102,7 +102,7 @@ pub struct GcStats {
 pub struct FileLock(#[allow(dead_code)] File);
 
 impl FileLock {
-    fn acquire(path: &Path, exclusive: bool, wait: bool) -> Result<Option<FileLock>> {
+    pub fn acquire(path: &Path, exclusive: bool, wait: bool) -> Result<Option<FileLock>> {
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -112,7 +112,7 @@ impl FileLock {
         Self::on(f, exclusive, wait).map_err(io_err(path))
     }
 
-    fn on(f: File, exclusive: bool, wait: bool) -> io::Result<Option<FileLock>> {
+    pub fn on(f: File, exclusive: bool, wait: bool) -> io::Result<Option<FileLock>> {
         let mut op = if exclusive {
             libc::LOCK_EX
         } else {
@@ -274,6 +274,22 @@ impl Store {
             self.commit(w, &d)?;
         }
         Ok(d)
+    }
+
+    /// Copies `reader` into the store under the digest of what it held.
+    pub fn put_blob_computed(&self, reader: &mut dyn Read) -> Result<(Digest, u64)> {
+        let mut w = self.blob_writer()?;
+        io::copy(reader, &mut w).map_err(io_err(&w.path))?;
+        let path = w.path.clone();
+        let (file, digest, size) = w.out.finish();
+        if self.has_blob(&digest) {
+            let _ = fs::remove_file(&path);
+            return Ok((digest, size));
+        }
+        file.sync_all().map_err(io_err(&path))?;
+        let dest = self.blob_path(&digest);
+        fs::rename(&path, &dest).map_err(io_err(&dest))?;
+        Ok((digest, size))
     }
 
     /// Copies `reader` into the store, checking it against `expected`.
