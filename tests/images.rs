@@ -473,6 +473,131 @@ fn pull_unpack_and_build_rootfs_with_whiteouts() {
 }
 
 #[test]
+fn concurrent_pulls_of_one_image_agree() {
+    if !tools_present() {
+        return;
+    }
+    let reg = Registry::start(None);
+    let anon = RegistryAuth::Anonymous;
+    push(
+        &reg.host(),
+        "c/app:1",
+        &[base_layer(), top_layer()],
+        "amd64",
+        &anon,
+    );
+    let state = TempDir::new();
+    let reference = format!("{}/c/app:1", reg.host());
+    let pulls: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(common::husk_bin())
+                .args(["image", "--state-dir"])
+                .arg(&state.0)
+                .args(["pull", &reference, "--insecure-registry", &reg.host()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in pulls {
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let store = Store::open(&state.0).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1);
+    // Every blob reads back with the right digest.
+    let record = store.get(&reference).unwrap();
+    for l in &record.layers {
+        let mut f = store.open_blob(&l.digest).unwrap();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).unwrap();
+        assert_eq!(husk::image::Digest::of(&data), l.digest);
+    }
+    assert_eq!(
+        std::fs::read_dir(store.root().join("tmp")).unwrap().count(),
+        0
+    );
+    // And concurrent rootfs builds share one cached filesystem.
+    let outs: Vec<_> = (0..3)
+        .map(|i| {
+            let out = state.path(&format!("fs{i}.ext4"));
+            let child = Command::new(common::husk_bin())
+                .args(["image", "--state-dir"])
+                .arg(&state.0)
+                .args(["rootfs", &reference, "-o", out.to_str().unwrap()])
+                .spawn()
+                .unwrap();
+            (child, out)
+        })
+        .collect();
+    for (mut child, out) in outs {
+        assert!(child.wait().unwrap().success());
+        check_rootfs(&out);
+    }
+}
+
+#[test]
+fn pull_progress_is_reported_per_layer() {
+    if !tools_present() {
+        return;
+    }
+    let reg = Registry::start(None);
+    let big: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let layers = [tar_layer(&[E::File("a", &big)]), top_layer()];
+    push(
+        &reg.host(),
+        "prog/app:1",
+        &layers,
+        "amd64",
+        &RegistryAuth::Anonymous,
+    );
+    let state = TempDir::new();
+    let store = Store::open(&state.0).unwrap();
+    let events = std::sync::Mutex::new(Vec::new());
+    let opts = PullOptions {
+        insecure_registries: vec![reg.host()],
+        ..Default::default()
+    };
+    let reference = format!("{}/prog/app:1", reg.host());
+    registry::pull(&store, &reference, &opts, &|e| {
+        events.lock().unwrap().push(e.clone())
+    })
+    .unwrap();
+    let events = events.into_inner().unwrap();
+    let registry::PullEvent::Resolved {
+        layers: resolved, ..
+    } = &events[0]
+    else {
+        panic!("first event: {:?}", events[0]);
+    };
+    assert_eq!(resolved.len(), 2);
+    for (digest, total) in resolved {
+        let last = events
+            .iter()
+            .filter_map(|e| match e {
+                registry::PullEvent::Progress {
+                    digest: d,
+                    done,
+                    total: t,
+                } if d == digest => Some((*done, *t)),
+                _ => None,
+            })
+            .last()
+            .unwrap();
+        assert_eq!(last, (*total, *total));
+        assert!(events.iter().any(|e| matches!(e,
+            registry::PullEvent::LayerDone { digest: d, cached: false } if d == digest)));
+    }
+    let json = serde_json::to_value(&events[1]).unwrap();
+    assert_eq!(json["event"], "progress");
+}
+
+#[test]
 fn multi_arch_index_resolves_to_linux_amd64() {
     if !tools_present() {
         return;

@@ -43,8 +43,11 @@ pub enum PullError {
     Runtime(std::io::Error),
 }
 
-/// What a pull reports as it goes, for progress bars.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a pull reports as it goes, for progress bars. Serialises as
+/// `{"event": "progress", "digest": ..., "done": ..., "total": ...}`, so a
+/// daemon can stream the events as JSON lines.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum PullEvent {
     /// The manifest is in: these layers (digest, size) follow.
     Resolved {
