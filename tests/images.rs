@@ -579,7 +579,8 @@ fn pull_progress_is_reported_per_layer() {
     for (digest, total) in resolved {
         let last = events
             .iter()
-            .filter_map(|e| match e {
+            .rev()
+            .find_map(|e| match e {
                 registry::PullEvent::Progress {
                     digest: d,
                     done,
@@ -587,7 +588,6 @@ fn pull_progress_is_reported_per_layer() {
                 } if d == digest => Some((*done, *t)),
                 _ => None,
             })
-            .last()
             .unwrap();
         assert_eq!(last, (*total, *total));
         assert!(events.iter().any(|e| matches!(e,
