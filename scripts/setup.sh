@@ -6,6 +6,7 @@ need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v tar >/dev/null || need_apt+=(tar)
+command -v openssl >/dev/null || need_apt+=(openssl)
 # Root filesystems are built with mkfs.ext4 -d and checked with debugfs.
 [[ -x /usr/sbin/mkfs.ext4 && -x /usr/sbin/debugfs ]] || need_apt+=(e2fsprogs)
 # The image tests run a real registry on loopback and build images from

@@ -58,12 +58,31 @@ struct Registry {
     dir: TempDir,
 }
 
+/// How the test registry checks callers.
+enum Auth<'a> {
+    Anonymous,
+    /// htpasswd: HTTP basic auth.
+    Basic(&'a str, &'a str),
+    /// A token service at this realm URL, trusting this certificate.
+    Token {
+        realm: String,
+        cert: PathBuf,
+    },
+}
+
 impl Registry {
     fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        match htpasswd {
+            Some((u, p)) => Self::start_with(Auth::Basic(u, p)),
+            None => Self::start_with(Auth::Anonymous),
+        }
+    }
+
+    fn start_with(auth: Auth) -> Registry {
         let dir = TempDir::new();
         let port = free_port();
-        let auth = match htpasswd {
-            Some((user, password)) => {
+        let auth = match auth {
+            Auth::Basic(user, password) => {
                 let hash = bcrypt::hash(password, 4).unwrap();
                 let file = dir.path("htpasswd");
                 std::fs::write(&file, format!("{user}:{hash}\n")).unwrap();
@@ -72,7 +91,12 @@ impl Registry {
                     file.display()
                 )
             }
-            None => String::new(),
+            Auth::Token { realm, cert } => format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: husk-test-registry\n    \
+                 issuer: husk-test-issuer\n    rootcertbundle: {}\n",
+                cert.display()
+            ),
+            Auth::Anonymous => String::new(),
         };
         let config = dir.path("config.yml");
         std::fs::write(
@@ -723,6 +747,192 @@ fn basic_auth() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A token service for the registry's bearer-token auth: it hands signed
+/// JWTs (ES256, with the signing certificate in `x5c`) to `user:password`
+/// and refuses everyone else.
+struct TokenServer {
+    port: u16,
+    cert: PathBuf,
+    issued: Arc<AtomicUsize>,
+}
+
+impl TokenServer {
+    fn start(dir: &TempDir, user: &'static str, password: &'static str) -> TokenServer {
+        use base64::Engine;
+        let key_pem = dir.path("token-key.pem");
+        let cert = dir.path("token-cert.pem");
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=husk-test-token"])
+            .arg("-keyout")
+            .arg(&key_pem)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let der = |args: &[&str], input: &Path| {
+            Command::new("openssl")
+                .args(args)
+                .arg("-in")
+                .arg(input)
+                .output()
+                .unwrap()
+                .stdout
+        };
+        let key_der = der(
+            &["pkcs8", "-topk8", "-nocrypt", "-outform", "DER"],
+            &key_pem,
+        );
+        let cert_der = der(&["x509", "-outform", "DER"], &cert);
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key_der,
+            &rng,
+        )
+        .unwrap();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let x5c = base64::engine::general_purpose::STANDARD.encode(&cert_der);
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let count = issued.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { break };
+                let mut buf = vec![0u8; 16384];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let authorized = req.lines().any(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:")
+                        && l[14..].trim() == expected
+                });
+                let response = if authorized {
+                    let scope = req
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|path| path.split("scope=").nth(1))
+                        .and_then(|s| s.split('&').next())
+                        .unwrap_or("")
+                        .replace("%3A", ":")
+                        .replace("%2F", "/")
+                        .replace("%2C", ",");
+                    let parts: Vec<&str> = scope.split(':').collect();
+                    let (name, actions) = (
+                        parts.get(1).copied().unwrap_or(""),
+                        parts.get(2).copied().unwrap_or(""),
+                    );
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs();
+                    let header = json!({"alg": "ES256", "typ": "JWT", "x5c": [x5c]});
+                    let claims = json!({
+                        "iss": "husk-test-issuer", "sub": user, "aud": "husk-test-registry",
+                        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{n}"),
+                        "access": [{"type": "repository", "name": name,
+                                    "actions": actions.split(',').collect::<Vec<_>>()}],
+                    });
+                    let signing_input = format!(
+                        "{}.{}",
+                        b64.encode(header.to_string()),
+                        b64.encode(claims.to_string())
+                    );
+                    let sig = key.sign(&rng, signing_input.as_bytes()).unwrap();
+                    let token = format!("{signing_input}.{}", b64.encode(sig.as_ref()));
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let body = json!({"token": token, "access_token": token, "expires_in": 300})
+                        .to_string();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .into()
+                };
+                let _ = conn.write_all(response.as_bytes());
+            }
+        });
+        TokenServer { port, cert, issued }
+    }
+}
+
+#[test]
+fn bearer_token_auth() {
+    if !tools_present() {
+        return;
+    }
+    let dir = TempDir::new();
+    let tokens = TokenServer::start(&dir, "alice", "s3cret");
+    let reg = Registry::start_with(Auth::Token {
+        realm: format!("http://127.0.0.1:{}/token", tokens.port),
+        cert: tokens.cert.clone(),
+    });
+    let host = reg.host();
+    let alice = RegistryAuth::Basic("alice".into(), "s3cret".into());
+    push(&host, "private/app:1", &[top_layer()], "amd64", &alice);
+    let before = tokens.issued.load(Ordering::SeqCst);
+    assert!(before >= 1, "the push went through the token service");
+
+    let state = TempDir::new();
+    let reference = format!("{host}/private/app:1");
+    // Anonymous: the token service refuses, and so the registry does.
+    let out = husk(
+        &state.0,
+        &["pull", &reference, "--insecure-registry", &host],
+    );
+    assert!(!out.status.success());
+    // With credentials: a token is issued and the pull succeeds.
+    let out = Command::new(common::husk_bin())
+        .args(["image", "--state-dir"])
+        .arg(&state.0)
+        .args([
+            "pull",
+            &reference,
+            "--insecure-registry",
+            &host,
+            "--username",
+            "alice",
+        ])
+        .args(["--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"s3cret\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tokens.issued.load(Ordering::SeqCst) > before);
+    let image = state.path("fs.ext4");
+    husk_ok(
+        &state.0,
+        &["rootfs", &reference, "-o", image.to_str().unwrap()],
+    );
+    assert_eq!(debugfs(&image, "cat /etc/motd"), "hello from husk\n");
 }
 
 #[test]
