@@ -621,6 +621,106 @@ fn pull_progress_is_reported_per_layer() {
     assert_eq!(json["event"], "progress");
 }
 
+/// Pushes a Docker Registry v2 (schema 2) image whose layers are gzip,
+/// zstd and plain tar, built by hand: blobs first, then the manifest.
+fn push_docker_v2(host: &str, repo_tag: &str, layers: &[Vec<u8>]) {
+    let client = test_client(host);
+    let reference: Reference = format!("{host}/{repo_tag}").parse().unwrap();
+    let encoded: Vec<(Vec<u8>, &str)> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| match i % 3 {
+            0 => (gzip(l), "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            1 => (
+                zstd::encode_all(&l[..], 3).unwrap(),
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
+            _ => (l.clone(), "application/vnd.oci.image.layer.v1.tar"),
+        })
+        .collect();
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha(l)).collect();
+    let config = config_json(&diff_ids, "amd64");
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": config.len(),
+            "digest": sha(&config),
+        },
+        "layers": encoded.iter().map(|(data, media)| json!({
+            "mediaType": media, "size": data.len(), "digest": sha(data),
+        })).collect::<Vec<_>>(),
+    });
+    runtime().block_on(async {
+        client
+            .push_blob(&reference, config.clone(), &sha(&config))
+            .await
+            .unwrap();
+        for (data, _) in &encoded {
+            client
+                .push_blob(&reference, data.clone(), &sha(data))
+                .await
+                .unwrap();
+        }
+        client
+            .push_manifest_raw(
+                &reference,
+                manifest.to_string().into_bytes(),
+                axum::http::HeaderValue::from_static(
+                    "application/vnd.docker.distribution.manifest.v2+json",
+                ),
+            )
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn docker_v2_manifests_and_every_layer_compression() {
+    if !tools_present() {
+        return;
+    }
+    let reg = Registry::start(None);
+    let host = reg.host();
+    push_docker_v2(
+        &host,
+        "docker/app:v2",
+        &[
+            base_layer(),
+            tar_layer(&[E::File("etc/zstd", b"zstd layer\n")]),
+            top_layer(),
+        ],
+    );
+    let state = TempDir::new();
+    let reference = format!("{host}/docker/app:v2");
+    husk_ok(
+        &state.0,
+        &["pull", &reference, "--insecure-registry", &host],
+    );
+    let image = state.path("fs.ext4");
+    husk_ok(
+        &state.0,
+        &["rootfs", &reference, "-o", image.to_str().unwrap()],
+    );
+    check_rootfs(&image);
+    assert_eq!(debugfs(&image, "cat /etc/zstd"), "zstd layer\n");
+    // It exports as an OCI layout and imports back.
+    let layout = state.path("layout");
+    husk_ok(
+        &state.0,
+        &["export", &reference, "-o", layout.to_str().unwrap()],
+    );
+    let other = TempDir::new();
+    husk_ok(&other.0, &["import", layout.to_str().unwrap()]);
+    let again = other.path("fs.ext4");
+    husk_ok(
+        &other.0,
+        &["rootfs", &reference, "-o", again.to_str().unwrap()],
+    );
+    check_rootfs(&again);
+}
+
 #[test]
 fn multi_arch_index_resolves_to_linux_amd64() {
     if !tools_present() {
