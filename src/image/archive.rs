@@ -170,6 +170,28 @@ fn names(tag: Option<&str>, found: Vec<String>, fallback: &Digest) -> Result<Vec
         .collect()
 }
 
+/// Records one image under each of `refs`.
+fn record_all(
+    store: &Store,
+    refs: Vec<String>,
+    manifest: &Digest,
+    config: &Digest,
+    layers: &[LayerRecord],
+) -> Result<Vec<ImageRecord>> {
+    refs.into_iter()
+        .map(|reference| {
+            let record = ImageRecord {
+                reference,
+                manifest: manifest.clone(),
+                config: config.clone(),
+                layers: layers.to_vec(),
+            };
+            store.add_image(record.clone())?;
+            Ok(record)
+        })
+        .collect()
+}
+
 fn import_docker_save(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Vec<ImageRecord>> {
     let entries: Vec<DockerSaveEntry> = read_json(&dir.join("manifest.json"))?;
     let mut out = Vec::new();
@@ -232,16 +254,8 @@ fn import_docker_save(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Ve
             })).collect::<Vec<_>>(),
         });
         let manifest = store.put_blob(manifest.to_string().as_bytes())?;
-        for reference in names(tag, entry.repo_tags.unwrap_or_default(), &config)? {
-            let record = ImageRecord {
-                reference,
-                manifest: manifest.clone(),
-                config: config.clone(),
-                layers: layers.clone(),
-            };
-            store.add_image(record.clone())?;
-            out.push(record);
-        }
+        let refs = names(tag, entry.repo_tags.unwrap_or_default(), &config)?;
+        out.extend(record_all(store, refs, &manifest, &config, &layers)?);
     }
     Ok(out)
 }
@@ -351,16 +365,8 @@ fn import_oci_layout(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Vec
             })
             .into_iter()
             .collect();
-        for reference in names(tag, found, &manifest)? {
-            let record = ImageRecord {
-                reference,
-                manifest: manifest.clone(),
-                config: config.clone(),
-                layers: layers.clone(),
-            };
-            store.add_image(record.clone())?;
-            out.push(record);
-        }
+        let refs = names(tag, found, &manifest)?;
+        out.extend(record_all(store, refs, &manifest, &config, &layers)?);
     }
     Ok(out)
 }

@@ -330,8 +330,9 @@ impl Store {
 
     /// Holds off garbage collection while a pull or import is under way.
     pub fn pin(&self) -> Result<FileLock> {
-        FileLock::acquire(&self.root.join("gc.lock"), false, true)?
-            .ok_or_else(|| StoreError::NoImage("gc lock".into()))
+        let path = self.root.join("gc.lock");
+        FileLock::acquire(&path, false, true)?
+            .ok_or_else(|| io_err(&path)(io::Error::from(io::ErrorKind::WouldBlock)))
     }
 
     fn with_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {

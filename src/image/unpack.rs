@@ -206,7 +206,7 @@ impl Unpacker {
             // The root itself ("./"): only its metadata matters.
             if kind == EntryType::Directory {
                 let root = self.root.clone();
-                self.set_metadata(entry, &root, false)?;
+                self.set_metadata(entry, &root)?;
             }
             return Ok(());
         };
@@ -323,9 +323,8 @@ impl Unpacker {
         }
         created.insert(target.clone());
         self.stats.entries += 1;
-        let is_symlink = kind == EntryType::Symlink;
-        self.set_metadata(entry, &target, is_symlink)?;
-        if !is_symlink {
+        self.set_metadata(entry, &target)?;
+        if kind != EntryType::Symlink {
             fs::set_permissions(&target, fs::Permissions::from_mode(mode))
                 .map_err(io_err(&target))?;
         }
@@ -334,12 +333,7 @@ impl Unpacker {
 
     /// Ownership, xattrs and mtime (mode is set by the caller, after
     /// ownership, which would clear set-id bits).
-    fn set_metadata<R: Read>(
-        &mut self,
-        entry: &mut tar::Entry<R>,
-        target: &Path,
-        is_symlink: bool,
-    ) -> Result<()> {
+    fn set_metadata<R: Read>(&mut self, entry: &mut tar::Entry<R>, target: &Path) -> Result<()> {
         let p = c_path(target).map_err(io_err(target))?;
         let uid = entry.header().uid().unwrap_or(0) as libc::uid_t;
         let gid = entry.header().gid().unwrap_or(0) as libc::gid_t;
@@ -394,7 +388,6 @@ impl Unpacker {
                 libc::AT_SYMLINK_NOFOLLOW,
             )
         };
-        let _ = is_symlink;
         Ok(())
     }
 }
