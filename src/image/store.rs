@@ -139,34 +139,57 @@ pub struct Store {
 }
 
 /// A blob being written: a locked temporary file and its running digest.
+/// Dropped without being committed, it deletes its file.
 pub struct BlobWriter {
     path: PathBuf,
-    out: HashingWriter<File>,
+    /// None once finished.
+    out: Option<HashingWriter<File>>,
     _lock: FileLock,
 }
 
 impl BlobWriter {
+    fn out(&mut self) -> &mut HashingWriter<File> {
+        // Only `finish` empties it, and it consumes the writer.
+        self.out.as_mut().expect("blob writer used after finish")
+    }
+
     pub fn written(&self) -> u64 {
-        self.out.written()
+        self.out.as_ref().map_or(0, |o| o.written())
     }
 
     /// Throws away what was written, to start the blob over.
     pub fn restart(&mut self) -> Result<()> {
         use std::io::Seek;
-        let f = self.out.get_mut();
-        f.set_len(0).map_err(io_err(&self.path))?;
-        f.seek(io::SeekFrom::Start(0)).map_err(io_err(&self.path))?;
-        self.out.reset();
+        let path = self.path.clone();
+        let f = self.out().get_mut();
+        f.set_len(0).map_err(io_err(&path))?;
+        f.seek(io::SeekFrom::Start(0)).map_err(io_err(&path))?;
+        self.out().reset();
         Ok(())
+    }
+
+    /// The file, its digest and size; the file stays until renamed.
+    fn finish(mut self) -> (PathBuf, File, Digest, u64) {
+        let out = self.out.take().expect("blob writer finished twice");
+        let (file, digest, size) = out.finish();
+        (self.path.clone(), file, digest, size)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write(buf)
+        self.out().write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.out().flush()
     }
 }
 
@@ -242,15 +265,14 @@ impl Store {
             .ok_or_else(|| io_err(&path)(io::Error::other("cannot lock")))?;
         Ok(BlobWriter {
             path,
-            out: HashingWriter::new(f),
+            out: Some(HashingWriter::new(f)),
             _lock: lock,
         })
     }
 
     /// Verifies the blob against `expected` and moves it into place.
     pub fn commit(&self, w: BlobWriter, expected: &Digest) -> Result<u64> {
-        let path = w.path.clone();
-        let (file, actual, size) = w.out.finish();
+        let (path, file, actual, size) = w.finish();
         if &actual != expected {
             let _ = fs::remove_file(&path);
             return Err(StoreError::DigestMismatch {
@@ -280,8 +302,7 @@ impl Store {
     pub fn put_blob_computed(&self, reader: &mut dyn Read) -> Result<(Digest, u64)> {
         let mut w = self.blob_writer()?;
         io::copy(reader, &mut w).map_err(io_err(&w.path))?;
-        let path = w.path.clone();
-        let (file, digest, size) = w.out.finish();
+        let (path, file, digest, size) = w.finish();
         if self.has_blob(&digest) {
             let _ = fs::remove_file(&path);
             return Ok((digest, size));
@@ -539,6 +560,16 @@ mod tests {
         assert!(!s.has_blob(&a.layers[0].digest));
         assert!(s.has_blob(&b.layers[0].digest));
         assert_eq!(s.list().unwrap(), vec![b]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_writer_leaves_nothing() {
+        let (s, dir) = store();
+        let mut w = s.blob_writer().unwrap();
+        w.write_all(b"partial").unwrap();
+        drop(w);
+        assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
         fs::remove_dir_all(dir).unwrap();
     }
 
