@@ -197,6 +197,33 @@ impl Bench {
         }
         Ok((wall, cpu))
     }
+
+    /// Whole cycles run `parallel` at a time for about a second: how many
+    /// microVMs boot, run and exit per second on this machine.
+    fn vms_per_second(&self, config: &Path, parallel: usize) -> Result<f64, String> {
+        let start = Instant::now();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..parallel)
+                .map(|_| {
+                    s.spawn(|| {
+                        while start.elapsed() < Duration::from_secs(1) {
+                            self.whole_cycle(config)?;
+                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Ok::<_, String>(())
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join()
+                    .map_err(|_| "a bench worker panicked".to_string())??;
+            }
+            Ok::<_, String>(())
+        })?;
+        let n = done.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        Ok((n / start.elapsed().as_secs_f64()).round())
+    }
 }
 
 /// Creating and destroying a KVM VM with husk's devices and one vCPU, in
@@ -345,9 +372,11 @@ fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
             wall.push(w);
             cpu.push(c);
         }
+        let per_second = bench.vms_per_second(&config, 8)?;
         Ok(json!({
             "runs": runs,
             "guest_mem_mib": GUEST_MEM_MIB,
+            "vms_per_second_8_parallel": per_second,
             "vmm_exec_to_api_ready_ms": summary(api_ready),
             "instance_start_to_first_serial_byte_ms": summary(first_byte),
             "memory": rss,
@@ -361,6 +390,7 @@ fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
                 "vmm_rss_overhead_kib": 3072,
                 "whole_cycle_wall_ms": 4.8,
                 "whole_cycle_cpu_ms": 1.8,
+                "vms_per_second_8_parallel": 20,
             },
         }))
     })();
