@@ -406,3 +406,95 @@ fn doctor_reports_kvm_and_the_virtualization_kind() {
     }
     assert!(text.contains("verdict: husk can run here"), "{text}");
 }
+
+/// Deterministic junk: every endpoint gets bodies of the wrong shape, the
+/// wrong types and extreme values. Each answer is a 204 or a 400 with a
+/// fault message, and the VMM stays up and unstarted.
+#[test]
+fn fuzzed_bodies_get_204_or_400() {
+    if !kvm_available() {
+        return;
+    }
+    let vmm = Vmm::with_api();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let values = [
+        json!(null),
+        json!(true),
+        json!(-1),
+        json!(0),
+        json!(1),
+        json!(255),
+        json!(256),
+        json!(u64::MAX),
+        json!(1.5),
+        json!(""),
+        json!("None"),
+        json!("\u{0}\u{ffff}é"),
+        json!("a".repeat(5000)),
+        json!([]),
+        json!({}),
+        json!({"nested": {"deeper": [1, 2, 3]}}),
+        json!("/dev/null"),
+        json!("Paused"),
+        json!("InstanceStart"),
+    ];
+    let fields = [
+        "kernel_image_path",
+        "initrd_path",
+        "boot_args",
+        "vcpu_count",
+        "mem_size_mib",
+        "smt",
+        "track_dirty_pages",
+        "cpu_template",
+        "huge_pages",
+        "level",
+        "show_level",
+        "module",
+        "state",
+        "serial_out_path",
+        "bogus",
+    ];
+    let targets = [
+        ("PUT", "/boot-source"),
+        ("PUT", "/machine-config"),
+        ("PATCH", "/machine-config"),
+        ("PATCH", "/vm"),
+        ("PUT", "/serial"),
+        ("PUT", "/logger"),
+    ];
+    for i in 0..300 {
+        let (method, path) = targets[i % targets.len()];
+        let mut body = serde_json::Map::new();
+        for _ in 0..(next() % 4) {
+            let f = fields[(next() % fields.len() as u64) as usize];
+            let v = values[(next() % values.len() as u64) as usize].clone();
+            body.insert(f.to_string(), v);
+        }
+        let text = match next() % 10 {
+            0 => "[1,2".to_string(),
+            1 => values[(next() % values.len() as u64) as usize].to_string(),
+            _ => serde_json::Value::Object(body).to_string(),
+        };
+        let r = vmm.request(method, path, Some(&text));
+        match r.status {
+            204 => {}
+            400 => {
+                assert!(
+                    r.json()["fault_message"].is_string(),
+                    "{method} {path} {text}: {}",
+                    r.body
+                );
+            }
+            s => panic!("{method} {path} {text}: status {s}: {}", r.body),
+        }
+    }
+    let info = vmm.get("/").json();
+    assert_eq!(info["state"], "Not started");
+}
