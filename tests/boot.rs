@@ -269,3 +269,28 @@ fn bzimage_boots_at_its_64bit_entry() {
     }
     boot_as(husk::probe::ProbeFormat::Bzimage, "linux64");
 }
+
+#[test]
+fn the_lean_husk_vmm_binary_boots_the_same_way() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = common::TempDir::new();
+    let kernel = common::probe_kernel(&dir);
+    let cfg = dir.path("vm.json");
+    std::fs::write(
+        &cfg,
+        json!({"boot-source": {"kernel_image_path": kernel, "boot_args": "probe=cpus"},
+               "machine-config": {"vcpu_count": 3, "mem_size_mib": 128}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_husk-vmm"))
+        .args(["--no-api", "--config-file"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, "PROBE BOOT\nPROBE cpus OK 3\nPROBE DONE\n");
+}

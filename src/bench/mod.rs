@@ -19,9 +19,11 @@ pub struct BenchArgs {
     /// Repetitions per figure; medians are reported.
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
-    /// The husk binary to measure (default: this one).
+    /// The VMM to measure: a `husk-vmm` binary, or a `husk` binary whose
+    /// `vmm` subcommand is run (default: the `husk-vmm` beside this
+    /// binary, else this binary's `husk vmm`).
     #[arg(long)]
-    pub husk: Option<PathBuf>,
+    pub vmm: Option<PathBuf>,
     /// Which figures: the microVM's, the image store's, or both.
     #[arg(long, value_enum, default_value = "all")]
     pub suite: Suite,
@@ -36,8 +38,40 @@ pub enum Suite {
 
 const GUEST_MEM_MIB: u64 = 128;
 
+/// How to start a VMM: a program and the arguments before its own.
+#[derive(Clone)]
+struct VmmCommand {
+    program: PathBuf,
+    prefix: Vec<&'static str>,
+}
+
+impl VmmCommand {
+    fn for_binary(program: PathBuf) -> VmmCommand {
+        let lean = program
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("husk-vmm"));
+        let prefix = if lean { vec![] } else { vec!["vmm"] };
+        VmmCommand { program, prefix }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.prefix);
+        c
+    }
+
+    fn describe(&self) -> String {
+        let mut s = self.program.display().to_string();
+        for p in &self.prefix {
+            s.push(' ');
+            s.push_str(p);
+        }
+        s
+    }
+}
+
 struct Bench {
-    husk: PathBuf,
+    vmm: VmmCommand,
     dir: PathBuf,
     kernel: PathBuf,
 }
@@ -66,8 +100,9 @@ impl Bench {
     }
 
     fn spawn_api(&self, sock: &Path) -> std::io::Result<Child> {
-        Command::new(&self.husk)
-            .args(["vmm", "--api-sock"])
+        self.vmm
+            .command()
+            .arg("--api-sock")
             .arg(sock)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -182,8 +217,10 @@ impl Bench {
     /// exec with --config-file → boot → guest reset → exit: wall and CPU.
     fn whole_cycle(&self, config: &Path) -> Result<(f64, f64), String> {
         let start = Instant::now();
-        let child = Command::new(&self.husk)
-            .args(["vmm", "--no-api", "--config-file"])
+        let child = self
+            .vmm
+            .command()
+            .args(["--no-api", "--config-file"])
             .arg(config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -338,15 +375,24 @@ pub fn run(args: BenchArgs) -> i32 {
 }
 
 fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
-    let husk = match &args.husk {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().map_err(|e| e.to_string())?,
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let full = VmmCommand::for_binary(me.clone());
+    let vmm = match &args.vmm {
+        Some(p) => VmmCommand::for_binary(p.clone()),
+        None => {
+            let lean = me.with_file_name("husk-vmm");
+            if lean.is_file() {
+                VmmCommand::for_binary(lean)
+            } else {
+                full.clone()
+            }
+        }
     };
     let dir = std::env::temp_dir().join(format!("husk-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let kernel = dir.join("probe.elf");
     crate::probe::write_probe(&kernel).map_err(|e| e.to_string())?;
-    let bench = Bench { husk, dir, kernel };
+    let bench = Bench { vmm, dir, kernel };
     let runs = args.runs.max(1);
 
     let config = bench.dir.join("cycle.json");
@@ -360,6 +406,13 @@ fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
         let api_ready = collect(runs, |n| bench.api_ready(n))?;
         let first_byte = collect(runs, |n| bench.first_serial_byte(n))?;
         let rss = bench.rss_overhead_kib()?;
+        // The same figure for `husk vmm`, which carries the whole CLI.
+        let rss_full = Bench {
+            vmm: full.clone(),
+            dir: bench.dir.clone(),
+            kernel: bench.kernel.clone(),
+        }
+        .rss_overhead_kib()?;
         let (mut floor_wall, mut floor_cpu) = (vec![], vec![]);
         for _ in 0..runs {
             let (w, c) = kvm_floor()?;
@@ -375,11 +428,13 @@ fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
         let per_second = bench.vms_per_second(&config, 8)?;
         Ok(json!({
             "runs": runs,
+            "vmm_command": bench.vmm.describe(),
             "guest_mem_mib": GUEST_MEM_MIB,
             "vms_per_second_8_parallel": per_second,
             "vmm_exec_to_api_ready_ms": summary(api_ready),
             "instance_start_to_first_serial_byte_ms": summary(first_byte),
             "memory": rss,
+            "memory_husk_vmm_subcommand": rss_full,
             "whole_cycle_wall_ms": summary(wall),
             "whole_cycle_cpu_ms": summary(cpu),
             "kvm_vm_create_destroy_wall_ms": summary(floor_wall),
