@@ -15,20 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one microVM, controlled through a Firecracker-compatible API.
-    Vmm {
-        /// Unix socket to serve the per-VM API on.
-        #[arg(long, required_unless_present = "no_api")]
-        api_sock: Option<PathBuf>,
-        /// Firecracker-style JSON config; the VM boots at once.
-        #[arg(long)]
-        config_file: Option<PathBuf>,
-        /// Serve no API (needs --config-file).
-        #[arg(long, requires = "config_file", conflicts_with = "api_sock")]
-        no_api: bool,
-        /// The microVM's id, reported by `GET /`.
-        #[arg(long, default_value = "anonymous-instance")]
-        id: String,
-    },
+    Vmm(husk::vmm::VmmArgs),
     /// Write the embedded probe guest out as an ELF kernel.
     ProbeGuest {
         #[arg(long, short)]
@@ -48,16 +35,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Vmm {
-            api_sock,
-            config_file,
-            no_api: _,
-            id,
-        } => husk::vmm::run(husk::vmm::VmmOptions {
-            api_sock,
-            config_file,
-            id,
-        }),
+        Command::Vmm(args) => husk::vmm::run(args.into()),
         Command::ProbeGuest { output, boot } => match husk::probe::write_probe_as(&output, boot) {
             Ok(()) => 0,
             Err(e) => {

@@ -428,6 +428,33 @@ pub struct VmmOptions {
     pub id: String,
 }
 
+/// The command line of `husk vmm` and `husk-vmm`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VmmArgs {
+    /// Unix socket to serve the per-VM API on.
+    #[arg(long, required_unless_present = "no_api")]
+    pub api_sock: Option<PathBuf>,
+    /// Firecracker-style JSON config; the VM boots at once.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// Serve no API (needs --config-file).
+    #[arg(long, requires = "config_file", conflicts_with = "api_sock")]
+    pub no_api: bool,
+    /// The microVM's id, reported by `GET /`.
+    #[arg(long, default_value = "anonymous-instance")]
+    pub id: String,
+}
+
+impl From<VmmArgs> for VmmOptions {
+    fn from(a: VmmArgs) -> Self {
+        VmmOptions {
+            api_sock: a.api_sock,
+            config_file: a.config_file,
+            id: a.id,
+        }
+    }
+}
+
 /// Runs one microVM until its guest stops. Returns the process exit status:
 /// 0 after a guest reset or power-off, 1 when the VMM could not run the
 /// VM, 3 after a guest triple fault, 4 after a vCPU error.
