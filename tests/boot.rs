@@ -294,3 +294,30 @@ fn the_lean_husk_vmm_binary_boots_the_same_way() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text, "PROBE BOOT\nPROBE cpus OK 3\nPROBE DONE\n");
 }
+
+#[test]
+fn cpuid_shows_the_configured_topology() {
+    if !kvm_available() {
+        return;
+    }
+    for (smt, per_core) in [(false, 1), (true, 2)] {
+        let mut vmm = Vmm::with_api();
+        vmm.put_ok(
+            "/boot-source",
+            json!({"kernel_image_path": vmm.kernel, "boot_args": "probe=cpuid"}),
+        );
+        vmm.put_ok(
+            "/machine-config",
+            json!({"vcpu_count": 4, "mem_size_mib": 128, "smt": smt}),
+        );
+        vmm.start();
+        assert_eq!(
+            vmm.expect_line("PROBE cpuid"),
+            format!(
+                "PROBE cpuid OK apic=0 logical=4 hypervisor=1 signature=KVMKVMKVM \
+                 threads_per_core={per_core} threads_per_package=4"
+            )
+        );
+        assert_eq!(vmm.wait().code(), Some(0));
+    }
+}

@@ -421,6 +421,55 @@ static void check_initrd(const struct check *c)
 	putc_serial('\n');
 }
 
+static void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4])
+{
+	__asm__ volatile("cpuid"
+			 : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3])
+			 : "a"(leaf), "c"(sub));
+}
+
+/*
+ * Reports what CPUID tells this vCPU: its APIC ID and the logical
+ * processor count (leaf 1), the hypervisor bit and signature, and the
+ * threads per core and per package from leaf 0xb.
+ */
+static void check_cpuid(const struct check *c)
+{
+	uint32_t r[4], sig[4];
+	cpuid(1, 0, r);
+	uint32_t apic = r[1] >> 24, count = (r[1] >> 16) & 0xff;
+	int hv = (r[2] >> 31) & 1;
+	cpuid(0x40000000, 0, sig);
+	char name[13];
+	memcpy(name, &sig[1], 4);
+	memcpy(name + 4, &sig[2], 4);
+	memcpy(name + 8, &sig[3], 4);
+	name[12] = 0;
+	for (int i = 0; i < 12; i++) {
+		if (name[i] == 0)
+			break;
+		if (name[i] < 0x20 || name[i] > 0x7e)
+			name[i] = '.';
+	}
+	uint32_t smt[4], core[4];
+	cpuid(0xb, 0, smt);
+	cpuid(0xb, 1, core);
+	ok(c);
+	puts_serial(" apic=");
+	put_dec(apic);
+	puts_serial(" logical=");
+	put_dec(count);
+	puts_serial(" hypervisor=");
+	put_dec((uint64_t)hv);
+	puts_serial(" signature=");
+	puts_serial(name);
+	puts_serial(" threads_per_core=");
+	put_dec(smt[1] & 0xffff);
+	puts_serial(" threads_per_package=");
+	put_dec(core[1] & 0xffff);
+	putc_serial('\n');
+}
+
 /* Reports how the VMM entered the guest. */
 static void check_boot(const struct check *c)
 {
@@ -465,6 +514,8 @@ static void run_check(const struct check *c)
 		check_initrd(c);
 	else if (name_is(c, "boot"))
 		check_boot(c);
+	else if (name_is(c, "cpuid"))
+		check_cpuid(c);
 	else if (name_is(c, "triple-fault"))
 		check_triple_fault(c);
 	else

@@ -4,7 +4,7 @@
 //! and a topology that matches the MP table: `vcpu_count` logical
 //! processors in one package, two threads per core when SMT is on.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
@@ -60,8 +60,46 @@ fn bits_for(n: u32) -> u32 {
     }
 }
 
+/// Makes sure the extended topology leaves the guest can reach have the
+/// SMT (0) and core (1) levels and a terminating level (2): hosts report
+/// only what they have, and the guest must see our topology.
+fn ensure_topology_levels(cpuid: &mut CpuId) {
+    let max_basic = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .map_or(0, |e| e.eax);
+    for leaf in [LEAF_EXT_TOPOLOGY, LEAF_V2_EXT_TOPOLOGY] {
+        if max_basic < leaf {
+            continue;
+        }
+        // Leaf 0x1f only where the host offers it; 0xb always.
+        let present = cpuid.as_slice().iter().any(|e| e.function == leaf);
+        if !present && leaf == LEAF_V2_EXT_TOPOLOGY {
+            continue;
+        }
+        for index in 0..3 {
+            let has = cpuid
+                .as_slice()
+                .iter()
+                .any(|e| e.function == leaf && e.index == index);
+            if !has {
+                // Full only past KVM_MAX_CPUID_ENTRIES; the level is then
+                // left as the host reported it.
+                let _ = cpuid.push(kvm_cpuid_entry2 {
+                    function: leaf,
+                    index,
+                    flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+}
+
 /// Rewrites the host-supported CPUID for vCPU `cpu_index`.
 pub fn normalize(cpuid: &mut CpuId, cpu_index: u8, topo: Topology) {
+    ensure_topology_levels(cpuid);
     let apic_id = u32::from(cpu_index);
     for entry in cpuid.as_mut_slice().iter_mut() {
         normalize_entry(entry, apic_id, topo);
@@ -145,7 +183,10 @@ mod tests {
 
     fn host_like() -> CpuId {
         CpuId::from_entries(&[
-            entry(0x0, 0),
+            kvm_cpuid_entry2 {
+                eax: 0x10, // highest basic leaf
+                ..entry(0x0, 0)
+            },
             entry(LEAF_FEATURES, 0),
             entry(LEAF_CACHE_PARAMS, 0),
             entry(LEAF_EXT_TOPOLOGY, 0),
@@ -234,6 +275,29 @@ mod tests {
             (before.ebx, before.ecx, before.edx),
             (after.ebx, after.ecx, after.edx)
         );
+    }
+
+    #[test]
+    fn missing_topology_levels_are_added() {
+        let mut c = CpuId::from_entries(&[
+            kvm_cpuid_entry2 {
+                eax: 0xd,
+                ..entry(0x0, 0)
+            },
+            entry(LEAF_FEATURES, 0),
+            entry(LEAF_EXT_TOPOLOGY, 0),
+        ])
+        .unwrap();
+        normalize(&mut c, 1, Topology::new(2, false));
+        let core = find(&c, LEAF_EXT_TOPOLOGY, 1);
+        assert_eq!((core.ebx, core.edx), (2, 1));
+        assert_eq!(core.flags, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        assert_eq!(find(&c, LEAF_EXT_TOPOLOGY, 2).ecx, 2);
+        // No 0x1f leaf appears where the host has none.
+        assert!(!c
+            .as_slice()
+            .iter()
+            .any(|e| e.function == LEAF_V2_EXT_TOPOLOGY));
     }
 
     #[test]
