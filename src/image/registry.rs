@@ -109,6 +109,21 @@ pub fn client(opts: &PullOptions) -> Client {
     })
 }
 
+/// An error with all its causes, `outer: inner: innermost`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
+
 /// Whether trying again may help.
 fn transient(e: &OciDistributionError) -> bool {
     match e {
@@ -143,12 +158,23 @@ async fn pull_async(
     let client = client(opts);
     let registry_err = |err: OciDistributionError| PullError::Registry {
         registry: image.registry().to_string(),
-        err: err.to_string(),
+        err: chain(&err),
     };
-    let (manifest, _digest, _index) = client
-        .pull_image_manifest_and_list_digest(image.inner(), &opts.auth)
-        .await
-        .map_err(registry_err)?;
+    let mut attempt = 0;
+    let (manifest, _digest, _index) = loop {
+        attempt += 1;
+        match client
+            .pull_image_manifest_and_list_digest(image.inner(), &opts.auth)
+            .await
+        {
+            Ok(m) => break m,
+            Err(e) if transient(&e) && attempt < opts.attempts => {
+                tracing::warn!("retrying the manifest after: {}", chain(&e));
+                tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
+            }
+            Err(e) => return Err(registry_err(e)),
+        }
+    };
     progress(&PullEvent::Resolved {
         reference: image.canonical(),
         layers: manifest
@@ -267,9 +293,9 @@ async fn stream_into(
     };
     let classify = |e: OciDistributionError| {
         if transient(&e) {
-            StreamError::Transient(e.to_string())
+            StreamError::Transient(chain(&e))
         } else {
-            fatal(e.to_string())
+            fatal(chain(&e))
         }
     };
     let offset = w.written();
@@ -312,7 +338,7 @@ async fn stream_into(
             Ok(None) => break,
             // All bytes are in: the store's own digest check decides.
             Err(_) if size > 0 && w.written() == size => break,
-            Err(e) => return Err(StreamError::Transient(e.to_string())),
+            Err(e) => return Err(StreamError::Transient(chain(&e))),
         }
     }
     if size > 0 && w.written() < size {
