@@ -440,9 +440,23 @@ pub struct VmmArgs {
     /// Serve no API (needs --config-file).
     #[arg(long, requires = "config_file", conflicts_with = "api_sock")]
     pub no_api: bool,
-    /// The microVM's id, reported by `GET /`.
-    #[arg(long, default_value = "anonymous-instance")]
+    /// The microVM's id, reported by `GET /`: 1 to 64 letters, digits,
+    /// '-' or '_'.
+    #[arg(long, default_value = "anonymous-instance", value_parser = parse_id)]
     pub id: String,
+}
+
+/// Instance ids end up in paths and logs, so they are kept plain.
+pub fn parse_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("an id is 1 to 64 letters, digits, '-' or '_'".into())
+    }
 }
 
 impl From<VmmArgs> for VmmOptions {
@@ -525,5 +539,26 @@ fn run_with(opts: VmmOptions, logger: Logger, api: Option<ApiReceiver>) -> i32 {
         if let Some(code) = code {
             return code;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids() {
+        assert!(parse_id("vm-1_a").is_ok());
+        assert!(parse_id(&"a".repeat(64)).is_ok());
+        for bad in ["", "../x", "a b", "é", &"a".repeat(65)] {
+            assert!(parse_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn state_names_match_firecracker() {
+        assert_eq!(VmState::NotStarted.as_str(), "Not started");
+        assert_eq!(VmState::Running.as_str(), "Running");
+        assert_eq!(VmState::Paused.as_str(), "Paused");
     }
 }
