@@ -43,6 +43,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
 pub struct RootfsOptions {
     pub headroom_percent: u64,
     pub headroom_min_mib: u64,
+    /// Most file data an image may unpack to (decompression bombs).
+    pub max_content_bytes: u64,
 }
 
 impl Default for RootfsOptions {
@@ -50,6 +52,7 @@ impl Default for RootfsOptions {
         RootfsOptions {
             headroom_percent: 25,
             headroom_min_mib: 16,
+            max_content_bytes: super::unpack::DEFAULT_UNPACK_LIMIT,
         }
     }
 }
@@ -127,7 +130,7 @@ fn build_in(
     staging: &Path,
     dest: &Path,
 ) -> Result<()> {
-    let mut unpacker = Unpacker::new(staging);
+    let mut unpacker = Unpacker::new(staging).with_limit(opts.max_content_bytes);
     for layer in &image.layers {
         let blob = store.open_blob(&layer.digest)?;
         unpacker

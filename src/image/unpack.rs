@@ -30,6 +30,8 @@ pub enum UnpackError {
     BadLink { entry: String, target: String },
     #[error("tar entry {entry:?} resolves through too many symlinks")]
     SymlinkLoop { entry: String },
+    #[error("the image unpacks to more than the {limit}-byte limit")]
+    TooLarge { limit: u64 },
 }
 
 type Result<T> = std::result::Result<T, UnpackError>;
@@ -71,7 +73,13 @@ pub struct Unpacker {
     /// Whether ownership and device nodes can be set (we are root).
     privileged: bool,
     warnings: Vec<String>,
+    /// Most file data the layers may unpack to, against decompression
+    /// bombs.
+    limit: u64,
 }
+
+/// The default cap on unpacked file data.
+pub const DEFAULT_UNPACK_LIMIT: u64 = 64 << 30;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
@@ -121,7 +129,14 @@ impl Unpacker {
             // SAFETY: geteuid has no preconditions.
             privileged: unsafe { libc::geteuid() } == 0,
             warnings: Vec::new(),
+            limit: DEFAULT_UNPACK_LIMIT,
         }
+    }
+
+    /// Caps the file data all layers together may unpack to.
+    pub fn with_limit(mut self, bytes: u64) -> Unpacker {
+        self.limit = bytes;
+        self
     }
 
     pub fn stats(&self) -> UnpackStats {
@@ -253,7 +268,11 @@ impl Unpacker {
                     .open(&target)
                     .map_err(io_err(&target))?;
                 let want = entry.header().size().unwrap_or(0);
-                let n = io::copy(entry, &mut f).map_err(UnpackError::Read)?;
+                let room = self.limit.saturating_sub(self.stats.bytes);
+                if want > room {
+                    return Err(UnpackError::TooLarge { limit: self.limit });
+                }
+                let n = io::copy(&mut entry.take(want), &mut f).map_err(UnpackError::Read)?;
                 if n != want {
                     return Err(UnpackError::Read(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -574,6 +593,18 @@ mod tests {
             assert_eq!(fs::read(root.join("f")).unwrap(), b"data");
             fs::remove_dir_all(root).unwrap();
         }
+    }
+
+    #[test]
+    fn the_unpack_limit_holds() {
+        let root = scratch();
+        let blob = layer(&[("a", F, &[1u8; 5000]), ("b", F, &[2u8; 5000])]);
+        let e = Unpacker::new(&root)
+            .with_limit(6000)
+            .apply(&blob[..])
+            .unwrap_err();
+        assert!(matches!(e, UnpackError::TooLarge { limit: 6000 }), "{e}");
+        fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
