@@ -240,6 +240,10 @@ impl Unpacker {
             return Ok(());
         }
         if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
+            // `.wh..` would name the parent itself, `.wh...` its parent.
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err(UnpackError::Escape(shown));
+            }
             let victim = parent.join(hidden);
             remove_any(&victim).map_err(io_err(&victim))?;
             return Ok(());
@@ -570,6 +574,18 @@ mod tests {
             .apply(&layer(&[("steal", H, b"/etc/passwd")])[..])
             .unwrap_err();
         assert!(matches!(e, UnpackError::BadLink { .. }), "{e}");
+        // Whiteouts cannot name a directory above themselves.
+        let keep = outside.join("keep");
+        fs::write(&keep, b"k").unwrap();
+        for name in ["x/.wh..", "x/.wh...", ".wh..."] {
+            let e = Unpacker::new(&root)
+                .apply(&layer(&[("x/", D, b""), (name, F, b"")])[..])
+                .unwrap_err();
+            assert!(matches!(e, UnpackError::Escape(_)), "{name}: {e}");
+        }
+        assert!(keep.exists());
+        assert!(root.exists());
+        fs::remove_file(&keep).unwrap();
         // Symlink loops end.
         let e = Unpacker::new(&root)
             .apply(&layer(&[("l1", S, b"l2"), ("l2", S, b"l1"), ("l1/x", F, b"")])[..])
