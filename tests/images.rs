@@ -1369,6 +1369,39 @@ fn broken_archives_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("escape"));
 
+    // A layer that is a symlink out of the archive to a real layer tar on
+    // this host: resolved inside the archive, where it does not exist.
+    let outside_layer = work.path("outside-layer.tar");
+    let real = tar_layer(&[E::File("secret", b"host file")]);
+    std::fs::write(&outside_layer, &real).unwrap();
+    let config = config_json(&[sha(&real)], "amd64");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = Header::new_ustar();
+    let manifest =
+        json!([{"Config": "c.json", "RepoTags": ["sneaky/app:1"], "Layers": ["l1/layer.tar"]}])
+            .to_string();
+    h.set_size(manifest.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "manifest.json", manifest.as_bytes())
+        .unwrap();
+    let mut h = Header::new_ustar();
+    h.set_size(config.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "c.json", &config[..]).unwrap();
+    let mut h = Header::new_ustar();
+    h.set_entry_type(EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "l1/layer.tar", &outside_layer)
+        .unwrap();
+    let sneaky = work.path("sneaky.tar");
+    std::fs::write(&sneaky, b.into_inner().unwrap()).unwrap();
+    let out = husk(&state.0, &["import", sneaky.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "followed a symlink out of the archive"
+    );
+    assert!(Store::open(&state.0).unwrap().get("sneaky/app:1").is_err());
+
     // Not an image at all.
     let junk = work.path("junk.tar");
     std::fs::write(&junk, tar_layer(&[E::File("hello", b"world")])).unwrap();

@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 use super::digest::{Digest, DigestError};
 use super::reference::{ImageRef, ReferenceError};
 use super::store::{FileLock, ImageRecord, LayerRecord, Store, StoreError};
-use super::unpack::{decompress, UnpackError, Unpacker};
+use super::unpack::{decompress, resolve_in_root, UnpackError, Unpacker};
 
 pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -84,7 +84,8 @@ fn layer_media_type(path: &Path) -> Result<&'static str> {
     })
 }
 
-/// A path named inside an archive, kept inside it.
+/// A path named inside an archive, kept inside it: `..` is refused and
+/// symlinks (which `docker save` uses between layers) resolve within it.
 fn inside(root: &Path, name: &str) -> Result<PathBuf> {
     let rel = Path::new(name);
     if rel.is_absolute()
@@ -96,7 +97,7 @@ fn inside(root: &Path, name: &str) -> Result<PathBuf> {
             "archive path {name:?} leaves the archive"
         )));
     }
-    Ok(root.join(rel))
+    Ok(resolve_in_root(root, rel, name)?)
 }
 
 /// Imports every image in `path` (a file or directory). `tag` names the
@@ -123,9 +124,9 @@ pub fn import(store: &Store, path: &Path, tag: Option<&str>) -> Result<Vec<Image
 }
 
 fn import_dir(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Vec<ImageRecord>> {
-    if dir.join("manifest.json").is_file() {
+    if inside(dir, "manifest.json")?.is_file() {
         import_docker_save(store, dir, tag)
-    } else if dir.join("index.json").is_file() && dir.join("oci-layout").is_file() {
+    } else if inside(dir, "index.json")?.is_file() && inside(dir, "oci-layout")?.is_file() {
         import_oci_layout(store, dir, tag)
     } else {
         Err(ArchiveError::UnknownFormat(dir.display().to_string()))
@@ -193,7 +194,7 @@ fn record_all(
 }
 
 fn import_docker_save(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Vec<ImageRecord>> {
-    let entries: Vec<DockerSaveEntry> = read_json(&dir.join("manifest.json"))?;
+    let entries: Vec<DockerSaveEntry> = read_json(&inside(dir, "manifest.json")?)?;
     let mut out = Vec::new();
     for entry in entries {
         let config_path = inside(dir, &entry.config)?;
@@ -276,7 +277,7 @@ struct Descriptor {
 /// Copies a layout blob into the store, checking its digest and size.
 fn take_blob(store: &Store, dir: &Path, d: &Descriptor) -> Result<Digest> {
     let digest = Digest::parse(&d.digest)?;
-    let path = dir.join("blobs/sha256").join(digest.hex());
+    let path = inside(dir, &format!("blobs/sha256/{}", digest.hex()))?;
     let mut f = File::open(&path).map_err(io_err(&path))?;
     let size = store.put_blob_from(&mut f, &digest)?;
     if size != d.size {
@@ -299,7 +300,7 @@ fn import_oci_layout(store: &Store, dir: &Path, tag: Option<&str>) -> Result<Vec
     struct Index {
         manifests: Vec<Descriptor>,
     }
-    let index: Index = read_json(&dir.join("index.json"))?;
+    let index: Index = read_json(&inside(dir, "index.json")?)?;
     let mut out = Vec::new();
     for top in index.manifests {
         let mut desc = top.clone();

@@ -120,6 +120,55 @@ fn remove_any(p: &Path) -> io::Result<()> {
     }
 }
 
+/// Resolves `rel` inside `root`, following every symlink on the way (the
+/// last component too) the way the guest will see it: absolute targets
+/// start again at `root`, and `..` stops there. `entry` names the path in
+/// errors.
+pub fn resolve_in_root(root: &Path, rel: &Path, entry: &str) -> Result<PathBuf> {
+    let mut done = PathBuf::new();
+    let mut todo: Vec<PathBuf> = rel
+        .components()
+        .rev()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut hops = 0;
+    while let Some(part) = todo.pop() {
+        match part.components().next() {
+            None | Some(Component::CurDir) => {}
+            Some(Component::RootDir) => done.clear(),
+            Some(Component::ParentDir) => {
+                done.pop();
+            }
+            Some(Component::Normal(name)) => {
+                let candidate = root.join(&done).join(name);
+                match fs::symlink_metadata(&candidate) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        hops += 1;
+                        if hops > MAX_SYMLINK_HOPS {
+                            return Err(UnpackError::SymlinkLoop {
+                                entry: entry.into(),
+                            });
+                        }
+                        let target = fs::read_link(&candidate).map_err(io_err(&candidate))?;
+                        if target.is_absolute() {
+                            done.clear();
+                        }
+                        todo.extend(
+                            target
+                                .components()
+                                .rev()
+                                .map(|c| PathBuf::from(c.as_os_str())),
+                        );
+                    }
+                    _ => done.push(name),
+                }
+            }
+            Some(Component::Prefix(_)) => return Err(UnpackError::Escape(entry.into())),
+        }
+    }
+    Ok(root.join(done))
+}
+
 impl Unpacker {
     /// Unpacks into `root`, which must exist and be empty.
     pub fn new(root: &Path) -> Unpacker {
@@ -149,51 +198,8 @@ impl Unpacker {
         &self.warnings
     }
 
-    /// Resolves `rel` inside the root, following symlinks the way the
-    /// guest will, and never leaving the root.
     fn resolve(&self, rel: &Path, entry: &str) -> Result<PathBuf> {
-        let mut done = PathBuf::new();
-        let mut todo: Vec<PathBuf> = rel
-            .components()
-            .rev()
-            .map(|c| PathBuf::from(c.as_os_str()))
-            .collect();
-        let mut hops = 0;
-        while let Some(part) = todo.pop() {
-            match part.components().next() {
-                None | Some(Component::CurDir) => {}
-                Some(Component::RootDir) => done.clear(),
-                Some(Component::ParentDir) => {
-                    done.pop();
-                }
-                Some(Component::Normal(name)) => {
-                    let candidate = self.root.join(&done).join(name);
-                    match fs::symlink_metadata(&candidate) {
-                        Ok(m) if m.file_type().is_symlink() => {
-                            hops += 1;
-                            if hops > MAX_SYMLINK_HOPS {
-                                return Err(UnpackError::SymlinkLoop {
-                                    entry: entry.into(),
-                                });
-                            }
-                            let target = fs::read_link(&candidate).map_err(io_err(&candidate))?;
-                            if target.is_absolute() {
-                                done.clear();
-                            }
-                            todo.extend(
-                                target
-                                    .components()
-                                    .rev()
-                                    .map(|c| PathBuf::from(c.as_os_str())),
-                            );
-                        }
-                        _ => done.push(name),
-                    }
-                }
-                Some(Component::Prefix(_)) => return Err(UnpackError::Escape(entry.into())),
-            }
-        }
-        Ok(self.root.join(done))
+        resolve_in_root(&self.root, rel, entry)
     }
 
     /// Applies one layer (compressed or not).
