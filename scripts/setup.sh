@@ -18,8 +18,18 @@ if ((${#need_apt[@]})); then
         echo "setup: need root to install: ${need_apt[*]}" >&2
         exit 1
     fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+    # The package mirror can fail for a moment; try a few times.
+    for attempt in 1 2 3; do
+        if apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"; then
+            break
+        fi
+        if ((attempt == 3)); then
+            echo "setup: cannot install ${need_apt[*]}" >&2
+            exit 1
+        fi
+        sleep $((attempt * 5))
+    done
 fi
 
 if ! command -v cargo >/dev/null; then
