@@ -161,16 +161,18 @@ fn prepare(
     Ok((vcpus, serial, i8042))
 }
 
-/// Creates the VM, loads the kernel, wires the devices and starts vCPUs.
+/// Sets up `vm` (from `Vm::open`), loads the kernel, wires the devices
+/// and starts the vCPUs.
 pub fn build_and_start(
+    vm: Vm,
     boot_source: &BootSourceConfig,
     machine: &MachineConfig,
     serial_cfg: Option<&SerialConfig>,
     exit: Arc<ExitNotifier>,
 ) -> Result<RunningVm, StartError> {
     let mem = create_guest_memory(machine.mem_size_mib)?;
-    let vm = Vm::new(&mem, machine.track_dirty_pages)?;
-    tracing::debug!("KVM VM created");
+    vm.set_up(&mem, machine.track_dirty_pages)?;
+    tracing::debug!("KVM VM set up");
     let (vcpus, serial, i8042) = prepare(&vm, &mem, boot_source, machine, serial_cfg, &exit)?;
     let mut handles = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {

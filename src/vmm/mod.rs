@@ -96,6 +96,8 @@ pub struct Vmm {
     api: Option<ApiReceiver>,
     stdin: Option<File>,
     stdin_watched: bool,
+    /// The KVM VM, being opened in the background since start-up.
+    opening: Option<std::thread::JoinHandle<Result<kvm::Vm, kvm::VmError>>>,
 }
 
 impl Vmm {
@@ -113,7 +115,25 @@ impl Vmm {
             api,
             stdin: None,
             stdin_watched: false,
+            opening: None,
         })
+    }
+
+    /// Opens KVM and creates the (empty) VM on another thread, so that is
+    /// done by the time the configuration arrives.
+    pub fn open_vm_early(&mut self) {
+        self.opening = std::thread::Builder::new()
+            .name("husk-kvm-open".into())
+            .spawn(kvm::Vm::open)
+            .ok();
+    }
+
+    fn take_vm(&mut self) -> Result<kvm::Vm, kvm::VmError> {
+        match self.opening.take().map(|h| h.join()) {
+            Some(Ok(opened)) => opened,
+            // Not started early (or its thread died): open it now.
+            _ => kvm::Vm::open(),
+        }
     }
 
     pub fn state(&self) -> VmState {
@@ -192,12 +212,17 @@ impl Vmm {
     /// Builds and boots the configured microVM.
     pub fn start(&mut self) -> Result<(), VmmActionError> {
         self.require_not_started()?;
+        if self.config.boot_source.is_none() {
+            return Err(VmmActionError::NoKernel);
+        }
+        let opened = self.take_vm().map_err(StartError::from)?;
         let boot = self
             .config
             .boot_source
             .as_ref()
             .ok_or(VmmActionError::NoKernel)?;
         let vm = builder::build_and_start(
+            opened,
             boot,
             &self.config.machine_config,
             self.config.serial.as_ref(),
@@ -512,6 +537,7 @@ fn run_with(opts: VmmOptions, logger: Logger, api: Option<ApiReceiver>) -> i32 {
             return 1;
         }
     };
+    vmm.open_vm_early();
     if let Some(path) = &opts.config_file {
         let started = VmConfig::from_file(path)
             .map_err(|e| e.to_string())

@@ -57,13 +57,10 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Opens KVM, checks it can run husk's guests, creates a VM with
-    /// `mem` as its RAM, then its in-kernel irqchip and PIT.
-    ///
-    /// Order matters for start-up latency: KVM makes every memory-slot
-    /// change after the irqchip exists wait for an SRCU grace period
-    /// (milliseconds); a slot installed first costs microseconds.
-    pub fn new(mem: &GuestMemoryMmap, track_dirty_pages: bool) -> Result<Self, VmError> {
+    /// Opens KVM, checks it can run husk's guests, and creates an empty
+    /// VM. None of this depends on the VM's configuration, so a VMM can do
+    /// it while it waits for one.
+    pub fn open() -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let version = kvm.get_api_version();
         if version != KVM_API_VERSION {
@@ -78,21 +75,37 @@ impl Vm {
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(VmError::SupportedCpuid)?;
-        let vm = Vm {
+        Ok(Vm {
             kvm,
             fd,
             supported_cpuid,
-        };
-        vm.register_memory(mem, track_dirty_pages)?;
-        vm.fd
+        })
+    }
+
+    /// Gives an opened VM `mem` as its RAM, then its in-kernel irqchip and
+    /// PIT.
+    ///
+    /// Order matters for start-up latency: KVM makes every memory-slot
+    /// change after the irqchip exists wait for an SRCU grace period
+    /// (milliseconds); a slot installed first costs microseconds.
+    pub fn set_up(&self, mem: &GuestMemoryMmap, track_dirty_pages: bool) -> Result<(), VmError> {
+        self.register_memory(mem, track_dirty_pages)?;
+        self.fd
             .set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(VmError::SetTss)?;
-        vm.fd.create_irq_chip().map_err(VmError::CreateIrqchip)?;
+        self.fd.create_irq_chip().map_err(VmError::CreateIrqchip)?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        vm.fd.create_pit2(pit).map_err(VmError::CreatePit)?;
+        self.fd.create_pit2(pit).map_err(VmError::CreatePit)?;
+        Ok(())
+    }
+
+    /// `open` then `set_up`.
+    pub fn new(mem: &GuestMemoryMmap, track_dirty_pages: bool) -> Result<Self, VmError> {
+        let vm = Vm::open()?;
+        vm.set_up(mem, track_dirty_pages)?;
         Ok(vm)
     }
 
