@@ -364,7 +364,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Index::default(),
             Err(e) => return Err(io_err(&path)(e)),
         };
-        let before = serde_json::to_vec(&index).unwrap_or_default();
+        let before = serde_json::to_vec_pretty(&index).unwrap_or_default();
         let out = f(&mut index)?;
         let after = serde_json::to_vec_pretty(&index).unwrap_or_default();
         if after != before {
@@ -560,6 +560,20 @@ mod tests {
         assert!(!s.has_blob(&a.layers[0].digest));
         assert!(s.has_blob(&b.layers[0].digest));
         assert_eq!(s.list().unwrap(), vec![b]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reading_the_index_does_not_rewrite_it() {
+        let (s, dir) = store();
+        s.add_image(record(&s, "localhost:5000/a:1", b"layer a"))
+            .unwrap();
+        let index = s.root().join("index.json");
+        let written = fs::metadata(&index).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.list().unwrap();
+        s.get("localhost:5000/a:1").unwrap();
+        assert_eq!(fs::metadata(&index).unwrap().modified().unwrap(), written);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -136,10 +136,6 @@ impl Vmm {
         }
     }
 
-    pub fn state(&self) -> VmState {
-        self.state
-    }
-
     /// The process exit status, once the guest has stopped.
     pub fn exit_code(&self) -> Option<i32> {
         self.exit_code
@@ -212,18 +208,15 @@ impl Vmm {
     /// Builds and boots the configured microVM.
     pub fn start(&mut self) -> Result<(), VmmActionError> {
         self.require_not_started()?;
-        if self.config.boot_source.is_none() {
-            return Err(VmmActionError::NoKernel);
-        }
-        let opened = self.take_vm().map_err(StartError::from)?;
         let boot = self
             .config
             .boot_source
-            .as_ref()
+            .clone()
             .ok_or(VmmActionError::NoKernel)?;
+        let opened = self.take_vm().map_err(StartError::from)?;
         let vm = builder::build_and_start(
             opened,
-            boot,
+            &boot,
             &self.config.machine_config,
             self.config.serial.as_ref(),
             self.exit.clone(),

@@ -51,7 +51,6 @@ pub enum VmError {
 }
 
 pub struct Vm {
-    kvm: Kvm,
     fd: VmFd,
     supported_cpuid: CpuId,
 }
@@ -76,7 +75,6 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(VmError::SupportedCpuid)?;
         Ok(Vm {
-            kvm,
             fd,
             supported_cpuid,
         })
@@ -111,10 +109,6 @@ impl Vm {
 
     pub fn fd(&self) -> &VmFd {
         &self.fd
-    }
-
-    pub fn kvm(&self) -> &Kvm {
-        &self.kvm
     }
 
     pub fn supported_cpuid(&self) -> &CpuId {
