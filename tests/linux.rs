@@ -3,12 +3,8 @@
 
 mod common;
 
-use common::{kvm_available, Vmm};
+use common::{kvm_available, skip, Vmm};
 use serde_json::json;
-
-fn skip(reason: &str) {
-    println!("skipped: {reason}");
-}
 
 #[test]
 fn linux_kernel_boots_to_its_banner() {

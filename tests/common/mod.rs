@@ -15,6 +15,13 @@ use serde_json::Value;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Prints `skipped: <reason>` straight to stderr, past the test
+/// harness's output capture, so a skip shows in every run's log.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {reason}");
+}
+
 /// Returns false (after printing why) when this host cannot run VMs.
 pub fn kvm_available() -> bool {
     match std::fs::OpenOptions::new()
@@ -24,7 +31,7 @@ pub fn kvm_available() -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            println!("skipped: /dev/kvm is not usable: {e}");
+            skip(&format!("/dev/kvm is not usable: {e}"));
             false
         }
     }

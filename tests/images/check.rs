@@ -20,7 +20,9 @@ pub fn tools_present() -> bool {
         "/usr/sbin/mkfs.ext4",
     ] {
         if !Path::new(tool).exists() {
-            println!("skipped: {tool} is not installed (scripts/setup.sh installs it)");
+            common::skip(&format!(
+                "{tool} is not installed (scripts/setup.sh installs it)"
+            ));
             return false;
         }
     }
