@@ -4,4 +4,5 @@ pub mod bench;
 pub mod doctor;
 pub mod image;
 pub mod probe;
+pub mod text;
 pub mod vmm;

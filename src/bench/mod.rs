@@ -3,6 +3,7 @@
 //! registry on loopback for images. Prints JSON.
 
 mod images;
+mod soak;
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
@@ -24,7 +25,8 @@ pub struct BenchArgs {
     /// binary, else this binary's `husk vmm`).
     #[arg(long)]
     pub vmm: Option<PathBuf>,
-    /// Which figures: the microVM's, the image store's, or both.
+    /// Which figures: the microVM's, the image store's, the API under
+    /// load (soak), or all of them.
     #[arg(long, value_enum, default_value = "all")]
     pub suite: Suite,
 }
@@ -33,6 +35,7 @@ pub struct BenchArgs {
 pub enum Suite {
     Vmm,
     Images,
+    Soak,
     All,
 }
 
@@ -350,10 +353,17 @@ fn collect(
 pub fn run(args: BenchArgs) -> i32 {
     let result = (|| {
         let mut out = serde_json::Map::new();
-        if args.suite != Suite::Images {
+        let wants = |s: Suite| args.suite == s || args.suite == Suite::All;
+        if wants(Suite::Vmm) {
             out.insert("vmm".into(), measure(&args)?);
         }
-        if args.suite != Suite::Vmm {
+        if wants(Suite::Soak) {
+            let (bench, _) = setup(&args)?;
+            let r = bench.soak();
+            let _ = std::fs::remove_dir_all(&bench.dir);
+            out.insert("api_soak".into(), r?);
+        }
+        if wants(Suite::Images) {
             let dir = std::env::temp_dir().join(format!("husk-bench-img-{}", std::process::id()));
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
             let r = images::measure(&dir);
@@ -374,7 +384,9 @@ pub fn run(args: BenchArgs) -> i32 {
     }
 }
 
-fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
+/// The VMM to measure (and the full `husk vmm`), in a scratch directory
+/// with the probe guest written out.
+fn setup(args: &BenchArgs) -> Result<(Bench, VmmCommand), String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let full = VmmCommand::for_binary(me.clone());
     let vmm = match &args.vmm {
@@ -392,7 +404,11 @@ fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let kernel = dir.join("probe.elf");
     crate::probe::write_probe(&kernel).map_err(|e| e.to_string())?;
-    let bench = Bench { vmm, dir, kernel };
+    Ok((Bench { vmm, dir, kernel }, full))
+}
+
+fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
+    let (bench, full) = setup(args)?;
     let runs = args.runs.max(1);
 
     let config = bench.dir.join("cycle.json");

@@ -1,7 +1,8 @@
 //! Turns a validated configuration into a running microVM.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
@@ -9,13 +10,16 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::arch::x86_64::boot::{self, BootError, BootInfo};
 use crate::vmm::arch::x86_64::cpuid::Topology;
-use crate::vmm::config::{BootSourceConfig, MachineConfig, SerialConfig};
+use crate::vmm::config::{
+    open_regular, BootSourceConfig, MachineConfig, OpenRegularError, SerialConfig,
+};
 use crate::vmm::devices::legacy::{self, I8042Device, IrqTrigger, SerialDevice};
 use crate::vmm::devices::{Bus, BusError};
 use crate::vmm::exit::ExitNotifier;
 use crate::vmm::kvm::memory::{create_guest_memory, MemoryError};
 use crate::vmm::kvm::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vmm::kvm::{Vm, VmError};
+use crate::vmm::sink::OutputFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -23,10 +27,14 @@ pub enum StartError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
-    #[error("cannot open kernel image {path}: {err}")]
-    OpenKernel { path: String, err: std::io::Error },
-    #[error("cannot open initrd {path}: {err}")]
-    OpenInitrd { path: String, err: std::io::Error },
+    #[error("cannot open {what} {path}: {err}")]
+    Open {
+        what: &'static str,
+        path: String,
+        err: std::io::Error,
+    },
+    #[error("{what} {path} is not a regular file")]
+    NotRegular { what: &'static str, path: String },
     #[error(transparent)]
     Boot(#[from] BootError),
     #[error("cannot open serial output {path}: {err}")]
@@ -63,14 +71,10 @@ impl RunningVm {
 fn serial_output(cfg: Option<&SerialConfig>) -> Result<Box<dyn std::io::Write + Send>, StartError> {
     match cfg.and_then(|c| c.serial_out_path.as_deref()) {
         Some(path) => {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|err| StartError::SerialOut {
-                    path: path.into(),
-                    err,
-                })?;
+            let f = OutputFile::open(Path::new(path)).map_err(|err| StartError::SerialOut {
+                path: crate::text::echo(path).into_owned(),
+                err,
+            })?;
             Ok(Box::new(f))
         }
         None => {
@@ -86,6 +90,18 @@ fn serial_output(cfg: Option<&SerialConfig>) -> Result<Box<dyn std::io::Write + 
             Ok(Box::new(File::from(fd)))
         }
     }
+}
+
+/// Opens a kernel or initrd: a regular file, opened without blocking
+/// (the path may have changed since it was validated).
+fn open_input(what: &'static str, path: &str) -> Result<File, StartError> {
+    open_regular(Path::new(path)).map_err(|e| {
+        let path = crate::text::echo(path).into_owned();
+        match e {
+            OpenRegularError::NotRegular => StartError::NotRegular { what, path },
+            OpenRegularError::Io(err) => StartError::Open { what, path, err },
+        }
+    })
 }
 
 fn irq_event(vm: &Vm, gsi: u32) -> Result<EventFd, StartError> {
@@ -107,18 +123,11 @@ fn prepare(
     exit: &Arc<ExitNotifier>,
 ) -> Result<Prepared, StartError> {
     let mem_size = machine.mem_size_mib << 20;
-    let mut kernel =
-        File::open(&boot_source.kernel_image_path).map_err(|err| StartError::OpenKernel {
-            path: boot_source.kernel_image_path.clone(),
-            err,
-        })?;
+    let mut kernel = open_input("kernel image", &boot_source.kernel_image_path)?;
     let entry = boot::load_kernel(mem, &mut kernel)?;
     let initrd = match &boot_source.initrd_path {
         Some(path) => {
-            let mut f = File::open(path).map_err(|err| StartError::OpenInitrd {
-                path: path.clone(),
-                err,
-            })?;
+            let mut f = open_input("initrd", path)?;
             Some(boot::load_initrd(mem, mem_size, entry.kernel_end, &mut f)?)
         }
         None => None,

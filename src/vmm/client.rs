@@ -36,6 +36,67 @@ pub fn request(sock: &Path, method: &str, path: &str, body: Option<&str>) -> io:
     parse_response(&raw)
 }
 
+/// One keep-alive connection, for many requests in a row.
+pub struct Connection {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    pub fn open(sock: &Path) -> io::Result<Connection> {
+        let stream = UnixStream::connect(sock)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Connection {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends one request and reads its answer (which must carry a
+    /// Content-Length); the connection stays open.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> io::Result<Response> {
+        let body = body.unwrap_or("");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream.write_all(req.as_bytes())?;
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(split) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let len = content_length(&self.buf[..split])?;
+                if self.buf.len() >= split + 4 + len {
+                    return parse_response(&self.buf[..split + 4 + len]);
+                }
+            }
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn content_length(head: &[u8]) -> io::Result<usize> {
+    let head = std::str::from_utf8(head).map_err(|_| bad("headers not UTF-8"))?;
+    head.split("\r\n")
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
+        .ok_or_else(|| bad("no content-length"))
+}
+
 fn bad(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }

@@ -55,14 +55,13 @@ pub struct BootSourceConfig {
 fn check_readable(what: &'static str, path: &str) -> Result<(), ConfigError> {
     let err = |err: String| ConfigError::File {
         what,
-        path: path.to_string(),
+        path: crate::text::echo(path).into_owned(),
         err,
     };
-    let f = File::open(path).map_err(|e| err(e.to_string()))?;
-    match f.metadata() {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(err("not a regular file".into())),
-        Err(e) => Err(err(e.to_string())),
+    match open_regular(Path::new(path)) {
+        Ok(_) => Ok(()),
+        Err(OpenRegularError::NotRegular) => Err(err("not a regular file".into())),
+        Err(OpenRegularError::Io(e)) => Err(err(e.to_string())),
     }
 }
 
@@ -256,10 +255,18 @@ pub struct VmConfig {
     pub serial: Option<SerialConfig>,
 }
 
+/// No configuration comes close to this; anything larger is refused
+/// before it is read.
+pub const MAX_CONFIG_FILE_SIZE: u64 = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
     #[error("cannot read config file {0}: {1}")]
     Read(String, std::io::Error),
+    #[error("config file {0} is not a regular file")]
+    NotRegular(String),
+    #[error("config file {0} is larger than {MAX_CONFIG_FILE_SIZE} bytes")]
+    TooLarge(String),
     #[error("invalid config file {0}: {1}")]
     Parse(String, serde_json::Error),
     #[error("invalid config file {0}: {1}")]
@@ -269,12 +276,32 @@ pub enum ConfigFileError {
 }
 
 impl VmConfig {
-    /// Reads and validates a config file that must be able to boot.
+    /// Reads and validates a config file that must be able to boot. Only
+    /// a regular file of at most [`MAX_CONFIG_FILE_SIZE`] bytes is read:
+    /// a FIFO or a device (`/dev/zero`) is refused without blocking.
     pub fn from_file(path: &Path) -> Result<VmConfig, ConfigFileError> {
-        let name = path.display().to_string();
-        let text = std::fs::read(path).map_err(|e| ConfigFileError::Read(name.clone(), e))?;
+        use std::io::Read;
+        let name = crate::text::echo_path(path);
+        let f = open_regular(path).map_err(|e| match e {
+            OpenRegularError::NotRegular => ConfigFileError::NotRegular(name.clone()),
+            OpenRegularError::Io(e) => ConfigFileError::Read(name.clone(), e),
+        })?;
+        let mut text = Vec::new();
+        f.take(MAX_CONFIG_FILE_SIZE + 1)
+            .read_to_end(&mut text)
+            .map_err(|e| ConfigFileError::Read(name.clone(), e))?;
+        if text.len() as u64 > MAX_CONFIG_FILE_SIZE {
+            return Err(ConfigFileError::TooLarge(name));
+        }
+        Self::from_slice(&name, &text)
+    }
+
+    /// Parses and validates a config file's contents; `name` is what
+    /// errors call the file.
+    pub fn from_slice(name: &str, text: &[u8]) -> Result<VmConfig, ConfigFileError> {
+        let name = name.to_string();
         let cfg: VmConfig =
-            serde_json::from_slice(&text).map_err(|e| ConfigFileError::Parse(name.clone(), e))?;
+            serde_json::from_slice(text).map_err(|e| ConfigFileError::Parse(name.clone(), e))?;
         let boot = cfg
             .boot_source
             .as_ref()
@@ -288,6 +315,40 @@ impl VmConfig {
             .map_err(|e| ConfigFileError::Invalid(name, e))?;
         Ok(cfg)
     }
+}
+
+/// Why [`open_regular`] refused a path.
+#[derive(Debug)]
+pub enum OpenRegularError {
+    NotRegular,
+    Io(std::io::Error),
+}
+
+/// Opens `path` for reading only if it is a regular file. The open itself
+/// never blocks (O_NONBLOCK, so a FIFO with no writer cannot stall the
+/// caller), and the type is checked on the opened file, so a path swapped
+/// after a check cannot slip through. The returned file is blocking again.
+pub fn open_regular(path: &Path) -> Result<File, OpenRegularError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(OpenRegularError::Io)?;
+    let meta = f.metadata().map_err(OpenRegularError::Io)?;
+    if !meta.is_file() {
+        return Err(OpenRegularError::NotRegular);
+    }
+    // SAFETY: F_GETFL/F_SETFL on a file descriptor we own; no memory is
+    // passed to the kernel.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(f)
 }
 
 #[cfg(test)]

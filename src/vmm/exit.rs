@@ -28,6 +28,19 @@ impl ExitReason {
             ExitReason::VcpuError(_) => 4,
         }
     }
+
+    /// What to tell the user when the guest did not stop cleanly.
+    pub fn failure_message(&self) -> Option<String> {
+        match self {
+            ExitReason::Reset | ExitReason::PowerOff => None,
+            ExitReason::TripleFault => Some(
+                "the guest triple-faulted (KVM_EXIT_SHUTDOWN): it hit an exception it could \
+                 not handle, usually a kernel that cannot run on this vCPU or a broken boot"
+                    .into(),
+            ),
+            ExitReason::VcpuError(e) => Some(format!("a vCPU failed: {e}")),
+        }
+    }
 }
 
 pub struct ExitNotifier {
@@ -96,5 +109,10 @@ mod tests {
         assert_eq!(ExitReason::Reset.exit_code(), 0);
         assert_eq!(ExitReason::TripleFault.exit_code(), 3);
         assert_eq!(ExitReason::VcpuError("x".into()).exit_code(), 4);
+        assert_eq!(ExitReason::Reset.failure_message(), None);
+        assert!(ExitReason::TripleFault
+            .failure_message()
+            .unwrap()
+            .contains("triple-faulted"));
     }
 }

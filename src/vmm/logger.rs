@@ -4,8 +4,8 @@
 //! The filter and the formatter are each behind a reload handle; the
 //! formatter writes through a shared, swappable sink.
 
-use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use tracing_subscriber::fmt::format::{DefaultFields, Format};
@@ -15,6 +15,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
 use crate::vmm::config::{ConfigError, LoggerConfig};
+use crate::vmm::metrics::METRICS;
+use crate::vmm::sink::OutputFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoggerError {
@@ -45,6 +47,22 @@ impl<'a> MakeWriter<'a> for LogSink {
     type Writer = LogSink;
     fn make_writer(&'a self) -> LogSink {
         self.clone()
+    }
+}
+
+/// A log file or FIFO: each line is written whole or, when a FIFO's
+/// reader has fallen behind, dropped and counted.
+struct LogFile(OutputFile);
+
+impl Write for LogFile {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        if !self.0.write_record(line)? {
+            METRICS.vmm.missed_log_lines.inc();
+        }
+        Ok(line.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -104,16 +122,12 @@ impl Logger {
         let filter = EnvFilter::try_new(&directive)
             .map_err(|_| LoggerError::Module(cfg.module.clone().unwrap_or_default()))?;
         let out: Box<dyn Write + Send> = match &cfg.log_path {
-            Some(path) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|err| LoggerError::Open {
-                        path: path.clone(),
-                        err,
-                    })?,
-            ),
+            Some(path) => Box::new(LogFile(OutputFile::open(Path::new(path)).map_err(
+                |err| LoggerError::Open {
+                    path: crate::text::echo(path).into_owned(),
+                    err,
+                },
+            )?)),
             None => Box::new(io::stderr()),
         };
         let Some(h) = &self.handles else {

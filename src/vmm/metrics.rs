@@ -2,13 +2,13 @@
 //! one JSON line (with a timestamp) to the metrics file, and the API serves
 //! them as JSON or Prometheus text.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
+
+use crate::vmm::sink::OutputFile;
 
 /// A monotonically increasing count.
 #[derive(Debug)]
@@ -46,6 +46,12 @@ pub struct ApiMetrics {
     pub requests: Counter,
     pub bad_requests: Counter,
     pub actions: Counter,
+    pub connections: Counter,
+    /// Connections closed to make room under the cap or the fd limit.
+    pub evicted_connections: Counter,
+    /// Connections closed for a late request head or body, or idleness.
+    pub timed_out_connections: Counter,
+    pub accept_errors: Counter,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -77,6 +83,10 @@ pub struct I8042Metrics {
 pub struct VmmMetrics {
     pub instance_starts: Counter,
     pub metrics_flushes: Counter,
+    /// Metrics lines dropped because a FIFO's reader fell behind.
+    pub missed_metrics_writes: Counter,
+    /// Log lines dropped because a FIFO's reader fell behind.
+    pub missed_log_lines: Counter,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -97,7 +107,11 @@ pub static METRICS: Metrics = Metrics {
     api_server: zeroed!(ApiMetrics {
         requests,
         bad_requests,
-        actions
+        actions,
+        connections,
+        evicted_connections,
+        timed_out_connections,
+        accept_errors
     }),
     vcpu: zeroed!(VcpuMetrics {
         exit_io_in,
@@ -120,7 +134,9 @@ pub static METRICS: Metrics = Metrics {
     }),
     vmm: zeroed!(VmmMetrics {
         instance_starts,
-        metrics_flushes
+        metrics_flushes,
+        missed_metrics_writes,
+        missed_log_lines
     }),
 };
 
@@ -170,7 +186,7 @@ pub enum MetricsError {
 /// Where flushed metrics go.
 #[derive(Default)]
 pub struct MetricsSink {
-    file: Option<File>,
+    file: Option<OutputFile>,
 }
 
 impl MetricsSink {
@@ -178,14 +194,10 @@ impl MetricsSink {
         if self.file.is_some() {
             return Err(MetricsError::AlreadyConfigured);
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|err| MetricsError::Open {
-                path: path.display().to_string(),
-                err,
-            })?;
+        let file = OutputFile::open(path).map_err(|err| MetricsError::Open {
+            path: crate::text::echo_path(path),
+            err,
+        })?;
         self.file = Some(file);
         Ok(())
     }
@@ -200,7 +212,13 @@ impl MetricsSink {
         METRICS.vmm.metrics_flushes.inc();
         let mut line = snapshot_json(&METRICS).to_string();
         line.push('\n');
-        file.write_all(line.as_bytes()).map_err(MetricsError::Write)
+        if !file
+            .write_record(line.as_bytes())
+            .map_err(MetricsError::Write)?
+        {
+            METRICS.vmm.missed_metrics_writes.inc();
+        }
+        Ok(())
     }
 }
 

@@ -14,6 +14,7 @@ pub mod exit;
 pub mod kvm;
 pub mod logger;
 pub mod metrics;
+pub mod sink;
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
@@ -90,6 +91,7 @@ pub struct Vmm {
     running: Option<RunningVm>,
     exit: Arc<ExitNotifier>,
     exit_code: Option<i32>,
+    exit_reason: Option<ExitReason>,
     logger: Logger,
     metrics: MetricsSink,
     metrics_timer: TimerFd,
@@ -109,6 +111,7 @@ impl Vmm {
             running: None,
             exit: Arc::new(ExitNotifier::new()?),
             exit_code: None,
+            exit_reason: None,
             logger,
             metrics: MetricsSink::default(),
             metrics_timer: TimerFd::new()?,
@@ -340,6 +343,12 @@ impl Vmm {
         }
         self.state = VmState::Exited;
         self.exit_code = Some(reason.exit_code());
+        self.exit_reason = Some(reason);
+    }
+
+    /// Why the guest stopped, once it has.
+    pub fn exit_reason(&self) -> Option<&ExitReason> {
+        self.exit_reason.as_ref()
     }
 
     /// Starts forwarding stdin to the serial port once the VM runs.
@@ -444,6 +453,7 @@ pub struct VmmOptions {
     pub api_sock: Option<PathBuf>,
     pub config_file: Option<PathBuf>,
     pub id: String,
+    pub api_limits: api::server::Limits,
 }
 
 /// The command line of `husk vmm` and `husk-vmm`.
@@ -462,6 +472,21 @@ pub struct VmmArgs {
     /// '-' or '_'.
     #[arg(long, default_value = "anonymous-instance", value_parser = parse_id)]
     pub id: String,
+    /// Milliseconds an API client has to send a request's head, from its
+    /// first byte; the connection is closed after that.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_header_timeout_ms: u64,
+    /// Milliseconds an API client has to send a request's body once its
+    /// head has arrived; it gets a 408 after that.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_body_timeout_ms: u64,
+    /// Milliseconds an API connection may stay open with no request.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_idle_timeout_ms: u64,
+    /// Most API connections open at once (also kept under half the
+    /// open-file limit); one more closes the one idle the longest.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub api_max_connections: u64,
 }
 
 /// Instance ids end up in paths and logs, so they are kept plain.
@@ -483,6 +508,12 @@ impl From<VmmArgs> for VmmOptions {
             api_sock: a.api_sock,
             config_file: a.config_file,
             id: a.id,
+            api_limits: api::server::Limits {
+                header_timeout: Duration::from_millis(a.api_header_timeout_ms),
+                body_timeout: Duration::from_millis(a.api_body_timeout_ms),
+                idle_timeout: Duration::from_millis(a.api_idle_timeout_ms),
+                max_connections: a.api_max_connections as usize,
+            },
         }
     }
 }
@@ -497,7 +528,7 @@ pub fn run(opts: VmmOptions) -> i32 {
         Some(path) => {
             let started = api::bind(path).and_then(|listener| {
                 let (sender, receiver) = api::channel_pair()?;
-                api::spawn_server(listener, sender)?;
+                api::spawn_server(listener, sender, opts.api_limits)?;
                 Ok(receiver)
             });
             match started {
@@ -506,7 +537,10 @@ pub fn run(opts: VmmOptions) -> i32 {
                     Some(r)
                 }
                 Err(e) => {
-                    eprintln!("husk vmm: cannot serve the API on {}: {e}", path.display());
+                    eprintln!(
+                        "husk vmm: cannot serve the API on {}: {e}",
+                        crate::text::echo_path(path)
+                    );
                     return 1;
                 }
             }
@@ -554,8 +588,11 @@ fn run_with(opts: VmmOptions, logger: Logger, api: Option<ApiReceiver>) -> i32 {
         if let Err(e) = events.run() {
             tracing::error!("event loop error: {e:?}");
         }
-        let code = vmm.lock().unwrap_or_else(|e| e.into_inner()).exit_code();
-        if let Some(code) = code {
+        let vmm = vmm.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(code) = vmm.exit_code() {
+            if let Some(msg) = vmm.exit_reason().and_then(ExitReason::failure_message) {
+                eprintln!("husk vmm: {msg} (exit status {code})");
+            }
             return code;
         }
     }

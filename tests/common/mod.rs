@@ -86,7 +86,35 @@ pub struct Vmm {
 }
 
 fn spawn(args: &[&str], dir: TempDir, sock: PathBuf, kernel: PathBuf) -> Vmm {
-    let mut child = Command::new(husk_bin())
+    spawn_limited(args, dir, sock, kernel, None)
+}
+
+fn spawn_limited(
+    args: &[&str],
+    dir: TempDir,
+    sock: PathBuf,
+    kernel: PathBuf,
+    nofile: Option<u64>,
+) -> Vmm {
+    let mut cmd = Command::new(husk_bin());
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and only touches the
+        // child's own limits.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -126,16 +154,19 @@ fn spawn(args: &[&str], dir: TempDir, sock: PathBuf, kernel: PathBuf) -> Vmm {
 impl Vmm {
     /// Starts `husk vmm --api-sock` and waits for its socket.
     pub fn with_api() -> Vmm {
+        Self::with_api_args(&[], None)
+    }
+
+    /// Starts `husk vmm --api-sock` with more arguments and, optionally,
+    /// a lower open-file limit, and waits for its socket.
+    pub fn with_api_args(extra: &[&str], nofile: Option<u64>) -> Vmm {
         let dir = TempDir::new();
         let sock = dir.path("api.sock");
         let kernel = probe_kernel(&dir);
         let s = sock.to_str().unwrap().to_string();
-        let vmm = spawn(
-            &["vmm", "--api-sock", &s, "--id", "test-vm"],
-            dir,
-            sock,
-            kernel,
-        );
+        let mut args = vec!["vmm", "--api-sock", &s, "--id", "test-vm"];
+        args.extend_from_slice(extra);
+        let vmm = spawn_limited(&args, dir, sock, kernel, nofile);
         let start = Instant::now();
         while std::os::unix::net::UnixStream::connect(&vmm.sock).is_err() {
             assert!(start.elapsed() < TIMEOUT, "API socket never came up");
@@ -245,6 +276,10 @@ impl Vmm {
             assert!(Instant::now() < deadline, "husk vmm did not exit");
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -3,7 +3,10 @@
 //!
 //! The API thread runs axum on a current-thread tokio runtime. Each request
 //! becomes a [`VmmAction`], sent over a channel to the VMM thread, which is
-//! woken through an event fd and answers on a oneshot.
+//! woken through an event fd and answers on a oneshot. Connections, their
+//! timeouts and their number are managed in [`server`].
+
+pub mod server;
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -120,13 +123,17 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 pub fn spawn_server(
     listener: UnixListener,
     api: ApiSender,
+    limits: server::Limits,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("husk-api".into())
         .spawn(move || {
+            // Timers are needed for the connection limits (and by any
+            // accept back-off); without them the runtime panics.
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_io()
+                .enable_time()
                 .build()
             {
                 Ok(rt) => rt,
@@ -143,9 +150,7 @@ pub fn spawn_server(
                         return;
                     }
                 };
-                if let Err(e) = axum::serve(listener, router(api)).await {
-                    tracing::error!("API server stopped: {e}");
-                }
+                server::serve(listener, router(api), limits).await;
             });
         })
 }
@@ -181,9 +186,14 @@ pub fn router(api: ApiSender) -> Router {
 
 /// A 400 with Firecracker's error body.
 pub fn fault(msg: impl Into<String>) -> Response {
+    fault_with(StatusCode::BAD_REQUEST, msg)
+}
+
+/// An error status with Firecracker's error body.
+pub fn fault_with(status: StatusCode, msg: impl Into<String>) -> Response {
     METRICS.api_server.bad_requests.inc();
     let body = serde_json::json!({ "fault_message": msg.into() });
-    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+    (status, Json(body)).into_response()
 }
 
 fn respond(reply: VmmReply) -> Response {
