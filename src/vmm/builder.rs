@@ -1,28 +1,36 @@
-//! Turns a validated configuration into a running microVM.
+//! Turns a validated configuration into a running microVM, in phases that
+//! a restore will share:
+//! 1. the KVM VM and guest memory;
+//! 2. devices, through the [`DeviceManager`], each subscribing its own fds
+//!    to the event loop;
+//! 3. vCPUs, which get the frozen buses;
+//! 4. boot set-up: kernel, initrd, then the command line (written after the
+//!    devices exist, so it names them), boot information and registers.
 
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use event_manager::SubscriberOps;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::vmm::arch::x86_64::boot::{self, BootError, BootInfo};
+use crate::vmm::arch::x86_64::boot::{self, BootError, BootInfo, KernelEntry};
 use crate::vmm::arch::x86_64::cpuid::Topology;
-use crate::vmm::config::{
-    open_regular, BootSourceConfig, MachineConfig, OpenRegularError, SerialConfig,
-};
-use crate::vmm::devices::legacy::{self, I8042Device, IrqTrigger, SerialDevice};
-use crate::vmm::devices::{Bus, BusError};
+use crate::vmm::config::{open_regular, OpenRegularError, SerialConfig, VmConfig};
+use crate::vmm::device_manager::{DeviceManager, DeviceManagerError};
+use crate::vmm::devices::legacy::{self, Console, I8042Device, SerialDevice};
 use crate::vmm::exit::ExitNotifier;
 use crate::vmm::kvm::memory::{create_guest_memory, MemoryError};
 use crate::vmm::kvm::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vmm::kvm::{Vm, VmError};
 use crate::vmm::sink::OutputFile;
+use crate::vmm::EventLoop;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("cannot start the microVM without a kernel: PUT /boot-source first")]
+    NoKernel,
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
@@ -42,7 +50,7 @@ pub enum StartError {
     #[error("cannot create an event fd: {0}")]
     EventFd(std::io::Error),
     #[error(transparent)]
-    Bus(#[from] BusError),
+    Devices(#[from] DeviceManagerError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
 }
@@ -54,6 +62,7 @@ pub struct RunningVm {
     pub vcpus: Vec<VcpuHandle>,
     pub serial: Arc<Mutex<SerialDevice>>,
     pub i8042: Arc<Mutex<I8042Device>>,
+    pub devices: DeviceManager,
     pub vm: Vm,
     pub mem: GuestMemoryMmap,
 }
@@ -104,24 +113,76 @@ fn open_input(what: &'static str, path: &str) -> Result<File, StartError> {
     })
 }
 
-fn irq_event(vm: &Vm, gsi: u32) -> Result<EventFd, StartError> {
-    let evt = EventFd::new(EFD_NONBLOCK).map_err(StartError::EventFd)?;
-    vm.register_irqfd(&evt, gsi)?;
-    Ok(evt)
-}
-
-type Prepared = (Vec<Vcpu>, Arc<Mutex<SerialDevice>>, Arc<Mutex<I8042Device>>);
-
-/// Loads the kernel, writes the boot information, wires the devices and
-/// creates and configures the vCPUs, ready to start.
-fn prepare(
+/// Phase 2: the legacy devices (COM1 with its console, the i8042).
+fn attach_legacy_devices(
     vm: &Vm,
-    mem: &GuestMemoryMmap,
-    boot_source: &BootSourceConfig,
-    machine: &MachineConfig,
+    dm: &mut DeviceManager,
+    events: &mut EventLoop,
     serial_cfg: Option<&SerialConfig>,
     exit: &Arc<ExitNotifier>,
-) -> Result<Prepared, StartError> {
+) -> Result<(Arc<Mutex<SerialDevice>>, Arc<Mutex<I8042Device>>), StartError> {
+    let com1 = DeviceManager::irq_line(vm, legacy::COM1_IRQ)?;
+    let serial = Arc::new(Mutex::new(
+        SerialDevice::new(com1.0, serial_output(serial_cfg)?).map_err(StartError::EventFd)?,
+    ));
+    dm.attach_io(
+        "serial",
+        serial.clone(),
+        legacy::COM1_BASE,
+        legacy::COM1_LEN,
+        Some(legacy::COM1_IRQ),
+    )?;
+    events.add_subscriber(Arc::new(Mutex::new(Console::new(serial.clone()))));
+    let i8042 = Arc::new(Mutex::new(I8042Device::new(
+        DeviceManager::irq_line(vm, legacy::I8042_IRQ)?,
+        exit.clone(),
+    )));
+    dm.attach_io(
+        "i8042",
+        i8042.clone(),
+        legacy::I8042_BASE,
+        legacy::I8042_LEN,
+        Some(legacy::I8042_IRQ),
+    )?;
+    Ok((serial, i8042))
+}
+
+/// Phase 3: the vCPUs, sharing the (now frozen) buses.
+fn create_vcpus(
+    vm: &Vm,
+    dm: &DeviceManager,
+    count: u8,
+    exit: &Arc<ExitNotifier>,
+) -> Result<Vec<Vcpu>, StartError> {
+    let (io_bus, mmio_bus) = dm.buses();
+    (0..count)
+        .map(|index| Vcpu::new(vm, index, io_bus.clone(), mmio_bus.clone(), exit.clone()))
+        .collect::<Result<_, _>>()
+        .map_err(Into::into)
+}
+
+/// The kernel command line: the user's arguments, then one entry per
+/// virtio-mmio device.
+pub fn full_cmdline(boot_args: &str, dm: &DeviceManager) -> String {
+    let mut cmdline = boot_args.to_string();
+    for entry in dm.cmdline_entries() {
+        cmdline.push(' ');
+        cmdline.push_str(&entry);
+    }
+    cmdline
+}
+
+/// Phase 4 for a cold boot: kernel, initrd, command line, boot
+/// information, then each vCPU's registers.
+fn load_and_configure(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    cfg: &VmConfig,
+    dm: &DeviceManager,
+    vcpus: &[Vcpu],
+) -> Result<KernelEntry, StartError> {
+    let boot_source = cfg.boot_source.as_ref().ok_or(StartError::NoKernel)?;
+    let machine = &cfg.machine_config;
     let mem_size = machine.mem_size_mib << 20;
     let mut kernel = open_input("kernel image", &boot_source.kernel_image_path)?;
     let entry = boot::load_kernel(mem, &mut kernel)?;
@@ -132,7 +193,8 @@ fn prepare(
         }
         None => None,
     };
-    let cmdline_size = boot::load_command_line(mem, boot_source.boot_args())?;
+    let cmdline = full_cmdline(boot_source.boot_args(), dm);
+    let cmdline_size = boot::load_command_line(mem, &cmdline)?;
     tracing::debug!(?entry.protocol, "kernel loaded");
     boot::configure_system(
         mem,
@@ -144,45 +206,35 @@ fn prepare(
             num_cpus: machine.vcpu_count,
         },
     )?;
-
-    let serial = Arc::new(Mutex::new(
-        SerialDevice::new(irq_event(vm, legacy::COM1_IRQ)?, serial_output(serial_cfg)?)
-            .map_err(StartError::EventFd)?,
-    ));
-    let i8042 = Arc::new(Mutex::new(I8042Device::new(
-        IrqTrigger(irq_event(vm, legacy::I8042_IRQ)?),
-        exit.clone(),
-    )));
-    let mut io_bus = Bus::new();
-    io_bus.insert(serial.clone(), legacy::COM1_BASE, legacy::COM1_LEN)?;
-    io_bus.insert(i8042.clone(), legacy::I8042_BASE, legacy::I8042_LEN)?;
-    let io_bus = Arc::new(io_bus);
-    let mmio_bus = Arc::new(Bus::new());
-
     let topo = Topology::new(machine.vcpu_count, machine.smt);
-    let mut vcpus = Vec::with_capacity(machine.vcpu_count as usize);
-    for index in 0..machine.vcpu_count {
-        let vcpu = Vcpu::new(vm, index, io_bus.clone(), mmio_bus.clone(), exit.clone())?;
+    for vcpu in vcpus {
         vcpu.configure(vm, mem, &entry, topo)?;
-        vcpus.push(vcpu);
     }
     tracing::debug!("vCPUs configured");
-    Ok((vcpus, serial, i8042))
+    Ok(entry)
 }
 
-/// Sets up `vm` (from `Vm::open`), loads the kernel, wires the devices
-/// and starts the vCPUs.
+/// Builds the microVM described by `cfg` on `vm` (from `Vm::open`),
+/// subscribing its devices to `events`, and starts its vCPUs.
 pub fn build_and_start(
     vm: Vm,
-    boot_source: &BootSourceConfig,
-    machine: &MachineConfig,
-    serial_cfg: Option<&SerialConfig>,
+    cfg: &VmConfig,
+    events: &mut EventLoop,
     exit: Arc<ExitNotifier>,
 ) -> Result<RunningVm, StartError> {
+    let machine = &cfg.machine_config;
+    // Phase 1.
     let mem = create_guest_memory(machine.mem_size_mib)?;
     vm.set_up(&mem, machine.track_dirty_pages)?;
     tracing::debug!("KVM VM set up");
-    let (vcpus, serial, i8042) = prepare(&vm, &mem, boot_source, machine, serial_cfg, &exit)?;
+    // Phase 2.
+    let mut devices = DeviceManager::new();
+    let (serial, i8042) =
+        attach_legacy_devices(&vm, &mut devices, events, cfg.serial.as_ref(), &exit)?;
+    // Phase 3.
+    let vcpus = create_vcpus(&vm, &devices, machine.vcpu_count, &exit)?;
+    // Phase 4.
+    load_and_configure(&vm, &mem, cfg, &devices, &vcpus)?;
     let mut handles = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         handles.push(vcpu.start()?);
@@ -192,6 +244,7 @@ pub fn build_and_start(
         vcpus: handles,
         serial,
         i8042,
+        devices,
         vm,
         mem,
     })

@@ -1,40 +1,49 @@
 //! One microVM per process: `husk vmm`.
 //!
 //! The VMM thread owns the [`Vmm`], which moves through
-//! `NotStarted → Running ⇄ Paused → Exited`. It runs one event loop over the
-//! API's event fd, the exit event fd, serial input and the metrics timer.
+//! `NotStarted → Running ⇄ Paused → Exited`, and one event loop
+//! ([`EventLoop`]) with a subscriber per owner of file descriptors: the
+//! API adapter, the console, each device, and the `Vmm` itself (exit event
+//! and metrics timer). `run.rs` is the process entry.
 
 pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod client;
 pub mod config;
+pub mod device_manager;
 pub mod devices;
 pub mod exit;
 pub mod kvm;
 pub mod logger;
 pub mod metrics;
+pub mod rpc;
+pub mod run;
 pub mod sink;
 
-use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
+pub use run::{parse_id, run, VmmArgs, VmmOptions};
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
-use api::{ApiReceiver, VmmAction, VmmData};
 use builder::{RunningVm, StartError};
 use config::{
-    BootSourceConfig, ConfigError, LoggerConfig, MachineConfig, MetricsConfig, SerialConfig,
-    VmConfig,
+    BootSourceConfig, LoggerConfig, MachineConfig, MetricsConfig, SerialConfig, VmConfig,
 };
 use exit::{ExitNotifier, ExitReason};
-use logger::{Logger, LoggerError};
-use metrics::{MetricsError, MetricsSink, METRICS};
+use logger::Logger;
+use metrics::{MetricsSink, METRICS};
+use rpc::{VmmAction, VmmActionError, VmmData};
+
+/// The VMM thread's event loop: every owner of file descriptors subscribes
+/// itself.
+pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How often metrics are written once a metrics file is configured.
@@ -60,30 +69,6 @@ impl VmState {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum VmmActionError {
-    #[error("the requested operation is not supported after starting the microVM")]
-    AfterStart,
-    #[error("the microVM is not running (state: {0})")]
-    NotRunning(&'static str),
-    #[error("the microVM is not paused (state: {0})")]
-    NotPaused(&'static str),
-    #[error("cannot start the microVM without a kernel: PUT /boot-source first")]
-    NoKernel,
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("cannot start the microVM: {0}")]
-    Start(#[from] StartError),
-    #[error(transparent)]
-    Logger(#[from] LoggerError),
-    #[error(transparent)]
-    Metrics(#[from] MetricsError),
-    #[error("cannot send Ctrl-Alt-Del: {0}")]
-    CtrlAltDel(devices::legacy::i8042::I8042Error),
-    #[error("cannot pause or resume: {0}")]
-    Vcpu(#[from] kvm::vcpu::VcpuError),
-}
-
 pub struct Vmm {
     id: String,
     config: VmConfig,
@@ -95,15 +80,12 @@ pub struct Vmm {
     logger: Logger,
     metrics: MetricsSink,
     metrics_timer: TimerFd,
-    api: Option<ApiReceiver>,
-    stdin: Option<File>,
-    stdin_watched: bool,
     /// The KVM VM, being opened in the background since start-up.
     opening: Option<std::thread::JoinHandle<Result<kvm::Vm, kvm::VmError>>>,
 }
 
 impl Vmm {
-    pub fn new(id: String, logger: Logger, api: Option<ApiReceiver>) -> std::io::Result<Self> {
+    pub fn new(id: String, logger: Logger) -> std::io::Result<Self> {
         Ok(Vmm {
             id,
             config: VmConfig::default(),
@@ -115,9 +97,6 @@ impl Vmm {
             logger,
             metrics: MetricsSink::default(),
             metrics_timer: TimerFd::new()?,
-            api,
-            stdin: None,
-            stdin_watched: false,
             opening: None,
         })
     }
@@ -208,22 +187,14 @@ impl Vmm {
         Ok(())
     }
 
-    /// Builds and boots the configured microVM.
-    pub fn start(&mut self) -> Result<(), VmmActionError> {
+    /// Builds and boots the configured microVM; its devices join `events`.
+    pub fn start(&mut self, events: &mut EventLoop) -> Result<(), VmmActionError> {
         self.require_not_started()?;
-        let boot = self
-            .config
-            .boot_source
-            .clone()
-            .ok_or(VmmActionError::NoKernel)?;
+        if self.config.boot_source.is_none() {
+            return Err(VmmActionError::NoKernel);
+        }
         let opened = self.take_vm().map_err(StartError::from)?;
-        let vm = builder::build_and_start(
-            opened,
-            &boot,
-            &self.config.machine_config,
-            self.config.serial.as_ref(),
-            self.exit.clone(),
-        )?;
+        let vm = builder::build_and_start(opened, &self.config, events, self.exit.clone())?;
         self.running = Some(vm);
         self.state = VmState::Running;
         METRICS.vmm.instance_starts.inc();
@@ -301,25 +272,16 @@ impl Vmm {
             VmmAction::PutLogger(l) => done(self.set_logger(l)),
             VmmAction::PutMetrics(m) => done(self.set_metrics(m)),
             VmmAction::PutSerial(s) => done(self.set_serial(s)),
-            VmmAction::InstanceStart => done(self.start()),
+            // Starting needs the event loop; `run.rs` handles it before
+            // the microVM runs. Here it can only be too late.
+            VmmAction::InstanceStart => done(
+                self.require_not_started()
+                    .and(Err(VmmActionError::AfterStart)),
+            ),
             VmmAction::SendCtrlAltDel => done(self.send_ctrl_alt_del()),
             VmmAction::FlushMetrics => done(self.metrics.flush().map_err(Into::into)),
             VmmAction::Pause => done(self.pause()),
             VmmAction::Resume => done(self.resume()),
-        }
-    }
-
-    fn serve_api(&mut self) {
-        let Some(api) = self.api.as_ref() else { return };
-        let _ = api.evt.read();
-        let requests: Vec<_> = api.rx.try_iter().collect();
-        for req in requests {
-            let answer = self.handle(req.action).map_err(|e| {
-                tracing::warn!("API request failed: {e}");
-                e.to_string()
-            });
-            // The client may have hung up; nothing to do then.
-            let _ = req.reply.send(answer);
         }
     }
 
@@ -351,249 +313,46 @@ impl Vmm {
         self.exit_reason.as_ref()
     }
 
-    /// Starts forwarding stdin to the serial port once the VM runs.
-    fn watch_stdin(&mut self, ops: &mut EventOps) {
-        if self.running.is_none() || self.stdin.is_some() {
-            return;
-        }
-        let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() else {
-            return;
-        };
-        let stdin = File::from(fd);
-        // Regular files and /dev/null cannot be polled: there is no
-        // interactive input then.
-        if ops.add(Events::new(&stdin, EventSet::IN)).is_err() {
-            return;
-        }
-        if let Some(vm) = &self.running {
-            let serial = vm.serial.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = ops.add(Events::new(serial.space_event(), EventSet::IN));
-        }
-        self.stdin = Some(stdin);
-        self.stdin_watched = true;
+    /// Whether InstanceStart has happened.
+    pub fn is_started(&self) -> bool {
+        self.state != VmState::NotStarted
     }
 
-    fn on_stdin(&mut self, ops: &mut EventOps) {
-        use std::io::Read;
-        let (Some(vm), Some(stdin)) = (&self.running, &mut self.stdin) else {
-            return;
-        };
-        let mut serial = vm.serial.lock().unwrap_or_else(|e| e.into_inner());
-        let space = serial.input_space().min(4096);
-        if space == 0 {
-            // The guest is not reading; wait for the buffer to drain.
-            let _ = ops.remove(Events::new(stdin, EventSet::IN));
-            self.stdin_watched = false;
-            return;
-        }
-        let mut buf = [0u8; 4096];
-        match stdin.read(&mut buf[..space]) {
-            Ok(0) | Err(_) => {
-                let _ = ops.remove(Events::new(stdin, EventSet::IN));
-                self.stdin_watched = false;
-                self.stdin = None;
-            }
-            Ok(n) => {
-                serial.push_input(&buf[..n]);
-            }
-        }
+    /// The metrics timer, for the loop that runs before the VM starts.
+    pub fn metrics_timer(&self) -> &TimerFd {
+        &self.metrics_timer
     }
 
-    fn on_serial_space(&mut self, ops: &mut EventOps) {
-        if let Some(vm) = &self.running {
-            let serial = vm.serial.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = serial.space_event().read();
-        }
-        if let (Some(stdin), false) = (&self.stdin, self.stdin_watched) {
-            if ops.add(Events::new(stdin, EventSet::IN)).is_ok() {
-                self.stdin_watched = true;
-            }
+    /// Flushes metrics when the periodic timer fires.
+    pub fn on_metrics_timer(&mut self) {
+        let _ = self.metrics_timer.wait();
+        if let Err(e) = self.metrics.flush() {
+            tracing::warn!("{e}");
         }
     }
 }
 
+/// The `Vmm` subscribes the exit event and the metrics timer.
 impl MutEventSubscriber for Vmm {
     fn init(&mut self, ops: &mut EventOps) {
-        let mut add = |fd: &dyn AsRawFd| {
-            if let Err(e) = ops.add(Events::new_raw(fd.as_raw_fd(), EventSet::IN)) {
+        for fd in [
+            self.exit.event_fd().as_raw_fd(),
+            self.metrics_timer.as_raw_fd(),
+        ] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 tracing::error!("cannot watch an event source: {e:?}");
             }
-        };
-        add(self.exit.event_fd());
-        add(&self.metrics_timer);
-        if let Some(api) = &self.api {
-            add(&api.evt);
         }
-        self.watch_stdin(ops);
     }
 
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let fd = events.fd();
         if fd == self.exit.event_fd().as_raw_fd() {
             self.on_exit();
-        } else if self.api.as_ref().is_some_and(|a| a.evt.as_raw_fd() == fd) {
-            self.serve_api();
         } else if fd == self.metrics_timer.as_raw_fd() {
-            let _ = self.metrics_timer.wait();
-            if let Err(e) = self.metrics.flush() {
-                tracing::warn!("{e}");
-            }
-        } else if self.stdin.as_ref().is_some_and(|s| s.as_raw_fd() == fd) {
-            self.on_stdin(ops);
+            self.on_metrics_timer();
         } else {
-            self.on_serial_space(ops);
-        }
-        self.watch_stdin(ops);
-    }
-}
-
-/// `husk vmm` options.
-#[derive(Debug, Clone)]
-pub struct VmmOptions {
-    pub api_sock: Option<PathBuf>,
-    pub config_file: Option<PathBuf>,
-    pub id: String,
-    pub api_limits: api::server::Limits,
-}
-
-/// The command line of `husk vmm` and `husk-vmm`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct VmmArgs {
-    /// Unix socket to serve the per-VM API on.
-    #[arg(long, required_unless_present = "no_api")]
-    pub api_sock: Option<PathBuf>,
-    /// Firecracker-style JSON config; the VM boots at once.
-    #[arg(long)]
-    pub config_file: Option<PathBuf>,
-    /// Serve no API (needs --config-file).
-    #[arg(long, requires = "config_file", conflicts_with = "api_sock")]
-    pub no_api: bool,
-    /// The microVM's id, reported by `GET /`: 1 to 64 letters, digits,
-    /// '-' or '_'.
-    #[arg(long, default_value = "anonymous-instance", value_parser = parse_id)]
-    pub id: String,
-    /// Milliseconds an API client has to send a request's head, from its
-    /// first byte; the connection is closed after that.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub api_header_timeout_ms: u64,
-    /// Milliseconds an API client has to send a request's body once its
-    /// head has arrived; it gets a 408 after that.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub api_body_timeout_ms: u64,
-    /// Milliseconds an API connection may stay open with no request.
-    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub api_idle_timeout_ms: u64,
-    /// Most API connections open at once (also kept under half the
-    /// open-file limit); one more closes the one idle the longest.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
-    pub api_max_connections: u64,
-}
-
-/// Instance ids end up in paths and logs, so they are kept plain.
-pub fn parse_id(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err("an id is 1 to 64 letters, digits, '-' or '_'".into())
-    }
-}
-
-impl From<VmmArgs> for VmmOptions {
-    fn from(a: VmmArgs) -> Self {
-        VmmOptions {
-            api_sock: a.api_sock,
-            config_file: a.config_file,
-            id: a.id,
-            api_limits: api::server::Limits {
-                header_timeout: Duration::from_millis(a.api_header_timeout_ms),
-                body_timeout: Duration::from_millis(a.api_body_timeout_ms),
-                idle_timeout: Duration::from_millis(a.api_idle_timeout_ms),
-                max_connections: a.api_max_connections as usize,
-            },
-        }
-    }
-}
-
-/// Runs one microVM until its guest stops. Returns the process exit status:
-/// 0 after a guest reset or power-off, 1 when the VMM could not run the
-/// VM, 3 after a guest triple fault, 4 after a vCPU error.
-pub fn run(opts: VmmOptions) -> i32 {
-    let logger = Logger::init();
-    let mut api_sock = None;
-    let api = match &opts.api_sock {
-        Some(path) => {
-            let started = api::bind(path).and_then(|listener| {
-                let (sender, receiver) = api::channel_pair()?;
-                api::spawn_server(listener, sender, opts.api_limits)?;
-                Ok(receiver)
-            });
-            match started {
-                Ok(r) => {
-                    api_sock = Some(path.clone());
-                    Some(r)
-                }
-                Err(e) => {
-                    eprintln!(
-                        "husk vmm: cannot serve the API on {}: {e}",
-                        crate::text::echo_path(path)
-                    );
-                    return 1;
-                }
-            }
-        }
-        None => None,
-    };
-    tracing::debug!("husk vmm starting");
-    let code = run_with(opts, logger, api);
-    tracing::debug!("husk vmm exiting");
-    if let Some(path) = api_sock {
-        let _ = std::fs::remove_file(path);
-    }
-    code
-}
-
-fn run_with(opts: VmmOptions, logger: Logger, api: Option<ApiReceiver>) -> i32 {
-    let mut vmm = match Vmm::new(opts.id.clone(), logger, api) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("husk vmm: {e}");
-            return 1;
-        }
-    };
-    vmm.open_vm_early();
-    if let Some(path) = &opts.config_file {
-        let started = VmConfig::from_file(path)
-            .map_err(|e| e.to_string())
-            .and_then(|cfg| vmm.apply_config(cfg).map_err(|e| e.to_string()))
-            .and_then(|_| vmm.start().map_err(|e| e.to_string()));
-        if let Err(e) = started {
-            eprintln!("husk vmm: {e}");
-            return 1;
-        }
-    }
-    let vmm = Arc::new(Mutex::new(vmm));
-    let mut events = match EventManager::<Arc<Mutex<Vmm>>>::new() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("husk vmm: cannot create the event loop: {e:?}");
-            return 1;
-        }
-    };
-    events.add_subscriber(vmm.clone());
-    loop {
-        if let Err(e) = events.run() {
-            tracing::error!("event loop error: {e:?}");
-        }
-        let vmm = vmm.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(code) = vmm.exit_code() {
-            if let Some(msg) = vmm.exit_reason().and_then(ExitReason::failure_message) {
-                eprintln!("husk vmm: {msg} (exit status {code})");
-            }
-            return code;
+            tracing::warn!(fd, "VMM woken for an fd it does not own");
         }
     }
 }
@@ -601,15 +360,6 @@ fn run_with(opts: VmmOptions, logger: Logger, api: Option<ApiReceiver>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn instance_ids() {
-        assert!(parse_id("vm-1_a").is_ok());
-        assert!(parse_id(&"a".repeat(64)).is_ok());
-        for bad in ["", "../x", "a b", "é", &"a".repeat(65)] {
-            assert!(parse_id(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn state_names_match_firecracker() {

@@ -11,8 +11,6 @@ pub mod server;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -24,85 +22,9 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::vmm::config::{
-    BootSourceConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig, SerialConfig,
-};
 use crate::vmm::metrics::{prometheus_text, snapshot_json, METRICS};
-
-/// What the API asks of the VMM thread.
-#[derive(Debug)]
-pub enum VmmAction {
-    GetVmInfo,
-    GetVersion,
-    GetMachineConfig,
-    GetFullConfig,
-    PutBootSource(BootSourceConfig),
-    PutMachineConfig(MachineConfig),
-    PatchMachineConfig(MachineConfigUpdate),
-    PutLogger(LoggerConfig),
-    PutMetrics(MetricsConfig),
-    PutSerial(SerialConfig),
-    InstanceStart,
-    SendCtrlAltDel,
-    FlushMetrics,
-    Pause,
-    Resume,
-}
-
-/// A successful answer.
-#[derive(Debug, PartialEq)]
-pub enum VmmData {
-    Empty,
-    Json(serde_json::Value),
-}
-
-pub type VmmReply = Result<VmmData, String>;
-
-pub struct ApiRequest {
-    pub action: VmmAction,
-    pub reply: tokio::sync::oneshot::Sender<VmmReply>,
-}
-
-/// The API thread's end of the channel.
-#[derive(Clone)]
-pub struct ApiSender {
-    tx: Sender<ApiRequest>,
-    evt: Arc<EventFd>,
-}
-
-/// The VMM thread's end of the channel.
-pub struct ApiReceiver {
-    pub rx: Receiver<ApiRequest>,
-    pub evt: EventFd,
-}
-
-pub fn channel_pair() -> io::Result<(ApiSender, ApiReceiver)> {
-    let evt = EventFd::new(EFD_NONBLOCK)?;
-    let (tx, rx) = channel();
-    Ok((
-        ApiSender {
-            tx,
-            evt: Arc::new(evt.try_clone()?),
-        },
-        ApiReceiver { rx, evt },
-    ))
-}
-
-impl ApiSender {
-    async fn call(&self, action: VmmAction) -> VmmReply {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let gone = || Err("the microVM is shutting down".to_string());
-        if self.tx.send(ApiRequest { action, reply }).is_err() {
-            return gone();
-        }
-        if self.evt.write(1).is_err() {
-            return gone();
-        }
-        answer.await.unwrap_or_else(|_| gone())
-    }
-}
+use crate::vmm::rpc::{ApiSender, VmmAction, VmmData, VmmReply};
 
 /// Binds the API socket. A socket file left by a dead VMM is replaced; one
 /// that still answers is refused.
@@ -200,7 +122,7 @@ fn respond(reply: VmmReply) -> Response {
     match reply {
         Ok(VmmData::Empty) => StatusCode::NO_CONTENT.into_response(),
         Ok(VmmData::Json(v)) => (StatusCode::OK, Json(v)).into_response(),
-        Err(msg) => fault(msg),
+        Err(e) => fault(e.to_string()),
     }
 }
 
@@ -233,7 +155,7 @@ async fn call_with<T: DeserializeOwned>(
     METRICS.api_server.requests.inc();
     match parse::<T>(body) {
         Ok(v) => respond(api.call(action(v)).await),
-        Err(msg) => fault(msg),
+        Err(e) => fault(e.to_string()),
     }
 }
 
@@ -343,5 +265,110 @@ async fn get_metrics(headers: HeaderMap) -> Response {
             .into_response()
     } else {
         Json(snapshot_json(&METRICS)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The router driven in process: HTTP in, actions out, answers mapped
+    //! to status codes. The VMM thread's side is played by a thread that
+    //! records each action and answers it.
+    use super::*;
+    use crate::vmm::rpc::{channel_pair, VmmActionError};
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    /// Runs `f` against a router whose VMM side answers with `answer`;
+    /// returns the actions the VMM side saw.
+    fn with_router(
+        answer: fn(&VmmAction) -> VmmReply,
+        f: impl FnOnce(Router) -> Vec<(u16, serde_json::Value)>,
+    ) -> (Vec<(u16, serde_json::Value)>, Vec<String>) {
+        let (tx, rx) = channel_pair().unwrap();
+        let vmm_side = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while let Ok(req) = rx.rx.recv() {
+                seen.push(format!("{:?}", req.action));
+                req.serve(|a| answer(&a));
+            }
+            seen
+        });
+        let results = f(router(tx));
+        (results, vmm_side.join().unwrap())
+    }
+
+    fn send(router: &Router, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let r = router.clone().oneshot(req).await.unwrap();
+            let status = r.status().as_u16();
+            let bytes = axum::body::to_bytes(r.into_body(), MAX_BODY).await.unwrap();
+            (status, serde_json::from_slice(&bytes).unwrap_or_default())
+        })
+    }
+
+    #[test]
+    fn requests_become_actions_and_answers_become_status_codes() {
+        let (results, seen) = with_router(
+            |a| match a {
+                VmmAction::GetVmInfo => Ok(VmmData::Json(serde_json::json!({"id": "x"}))),
+                VmmAction::InstanceStart => Err(VmmActionError::NoKernel),
+                _ => Ok(VmmData::Empty),
+            },
+            |r| {
+                vec![
+                    send(&r, "GET", "/", ""),
+                    send(
+                        &r,
+                        "PUT",
+                        "/machine-config",
+                        r#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+                    ),
+                    send(&r, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#),
+                    send(&r, "PATCH", "/vm", r#"{"state": "Paused"}"#),
+                ]
+            },
+        );
+        assert_eq!(results[0], (200, serde_json::json!({"id": "x"})));
+        assert_eq!(results[1].0, 204);
+        assert_eq!(results[2].0, 400);
+        assert!(results[2].1["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("PUT /boot-source first"));
+        assert_eq!(results[3].0, 204);
+        assert_eq!(seen.len(), 4);
+        assert!(seen[1].starts_with("PutMachineConfig"), "{seen:?}");
+        assert_eq!(seen[3], "Pause");
+    }
+
+    #[test]
+    fn bad_requests_never_reach_the_vmm() {
+        let (results, seen) = with_router(
+            |_| Ok(VmmData::Empty),
+            |r| {
+                vec![
+                    send(&r, "PUT", "/machine-config", "{\"vcpu_count\": "),
+                    send(&r, "PUT", "/machine-config", "[1]"),
+                    send(&r, "PUT", "/boot-source", ""),
+                    send(&r, "PUT", "/actions", r#"{"action_type": "Explode"}"#),
+                    send(&r, "DELETE", "/boot-source", ""),
+                    send(&r, "GET", "/no/such/path", ""),
+                ]
+            },
+        );
+        for (status, body) in &results {
+            assert_eq!(*status, 400, "{body}");
+            assert!(body["fault_message"].is_string(), "{body}");
+        }
+        assert!(seen.is_empty(), "{seen:?}");
     }
 }

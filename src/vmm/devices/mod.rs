@@ -1,6 +1,8 @@
 //! Emulated devices and the buses vCPU exits are dispatched on.
 
 pub mod bus;
+pub mod interrupt;
 pub mod legacy;
 
 pub use bus::{Bus, BusDevice, BusError};
+pub use interrupt::IrqTrigger;

@@ -7,6 +7,7 @@
 //! 0x0000_7000  zero page / PVH memmap   0x0002_0000  kernel command line
 //! 0x0000_8ff0  boot stack               0x0009_fc00  EBDA: MP table
 //! 0x0010_0000  kernel (HIMEM)           0xc000_0000  MMIO gap (1 GiB) to 4 GiB
+//!                                       0xd000_0000  virtio-mmio windows, 4 KiB each
 //! ```
 //! Memory above the gap continues at 4 GiB.
 
@@ -35,6 +36,14 @@ pub const HIMEM_START: u64 = 0x10_0000;
 
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 1 << 32;
+/// virtio-mmio devices: one 4 KiB window each, from here up.
+pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
+pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
+pub const MMIO_DEVICES_END: u64 = 0xe000_0000;
+/// Interrupt lines for virtio devices: the IOAPIC pins no legacy device
+/// uses (COM1 is 4, the i8042 is 1).
+pub const VIRTIO_GSI_FIRST: u32 = 5;
+pub const VIRTIO_GSI_LAST: u32 = 23;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const APIC_ADDR: u32 = 0xfee0_0000;
 /// Three pages KVM needs for the TSS on Intel hosts, just below the BIOS.

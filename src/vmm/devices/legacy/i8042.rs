@@ -5,10 +5,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use vm_superio::Trigger;
-
-use super::serial::IrqTrigger;
 use crate::vmm::devices::BusDevice;
+use crate::vmm::devices::IrqTrigger;
 use crate::vmm::exit::{ExitNotifier, ExitReason};
 use crate::vmm::metrics::METRICS;
 

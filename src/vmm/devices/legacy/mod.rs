@@ -1,10 +1,12 @@
 //! Legacy PC devices: the 8250 UART and the i8042 keyboard controller.
 
+pub mod console;
 pub mod i8042;
 pub mod serial;
 
+pub use console::Console;
 pub use i8042::I8042Device;
-pub use serial::{IrqTrigger, SerialDevice};
+pub use serial::SerialDevice;
 
 /// Port base and length of COM1.
 pub const COM1_BASE: u64 = 0x3f8;

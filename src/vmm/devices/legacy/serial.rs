@@ -7,24 +7,14 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 
 use vm_superio::serial::SerialEvents;
-use vm_superio::{Serial, Trigger};
+use vm_superio::Serial;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::vmm::devices::BusDevice;
+use crate::vmm::devices::{BusDevice, IrqTrigger};
 use crate::vmm::metrics::METRICS;
 
 /// Bytes of host input held back while the guest's FIFO is full.
 pub const INPUT_BUFFER_SIZE: usize = 64 * 1024;
-
-/// An interrupt line backed by an irqfd.
-pub struct IrqTrigger(pub EventFd);
-
-impl Trigger for IrqTrigger {
-    type E = io::Error;
-    fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
-    }
-}
 
 /// Counts UART events into the process metrics.
 pub struct SerialCounters;

@@ -1,0 +1,179 @@
+//! The microVM's configuration, in Firecracker's JSON shapes, and its
+//! validation. Everything here is checked before any of it touches KVM.
+
+use std::fs::File;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::vmm::arch::x86_64::layout::MAX_VCPUS;
+
+mod boot;
+mod machine;
+mod output;
+
+pub use boot::{BootSourceConfig, DEFAULT_BOOT_ARGS};
+pub use machine::{host_memory_mib, MachineConfig, MachineConfigUpdate, MIN_MEM_SIZE_MIB};
+pub use output::{LoggerConfig, MetricsConfig, SerialConfig};
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("vcpu_count must be between 1 and {MAX_VCPUS}, not {0}")]
+    VcpuCount(u8),
+    #[error("with smt enabled, vcpu_count must be 1 or even, not {0}")]
+    SmtVcpuCount(u8),
+    #[error("mem_size_mib must be at least {MIN_MEM_SIZE_MIB}, not {0}")]
+    MemoryTooSmall(u64),
+    #[error("mem_size_mib {0} is more than this host's {1} MiB of memory")]
+    MemoryTooLarge(u64, u64),
+    #[error("cpu_template {0:?} is not supported; use \"None\"")]
+    CpuTemplate(String),
+    #[error("huge_pages {0:?} is not supported; use \"None\"")]
+    HugePages(String),
+    #[error("cannot open {what} {path}: {err}")]
+    File {
+        what: &'static str,
+        path: String,
+        err: String,
+    },
+    #[error("invalid boot_args: {0}")]
+    BootArgs(String),
+    #[error("invalid log level {0:?}; use Error, Warning, Info, Debug, Trace or Off")]
+    LogLevel(String),
+}
+
+/// A whole VM: the `--config-file` format and `GET /vm/config`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_source: Option<BootSourceConfig>,
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: MachineConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<LoggerConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialConfig>,
+}
+
+/// No configuration comes close to this; anything larger is refused
+/// before it is read.
+pub const MAX_CONFIG_FILE_SIZE: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("config file {0} is not a regular file")]
+    NotRegular(String),
+    #[error("config file {0} is larger than {MAX_CONFIG_FILE_SIZE} bytes")]
+    TooLarge(String),
+    #[error("invalid config file {0}: {1}")]
+    Parse(String, serde_json::Error),
+    #[error("invalid config file {0}: {1}")]
+    Invalid(String, ConfigError),
+    #[error("config file {0} has no boot-source")]
+    NoBootSource(String),
+}
+
+impl VmConfig {
+    /// Reads and validates a config file that must be able to boot. Only
+    /// a regular file of at most [`MAX_CONFIG_FILE_SIZE`] bytes is read:
+    /// a FIFO or a device (`/dev/zero`) is refused without blocking.
+    pub fn from_file(path: &Path) -> Result<VmConfig, ConfigFileError> {
+        use std::io::Read;
+        let name = crate::text::echo_path(path);
+        let f = open_regular(path).map_err(|e| match e {
+            OpenRegularError::NotRegular => ConfigFileError::NotRegular(name.clone()),
+            OpenRegularError::Io(e) => ConfigFileError::Read(name.clone(), e),
+        })?;
+        let mut text = Vec::new();
+        f.take(MAX_CONFIG_FILE_SIZE + 1)
+            .read_to_end(&mut text)
+            .map_err(|e| ConfigFileError::Read(name.clone(), e))?;
+        if text.len() as u64 > MAX_CONFIG_FILE_SIZE {
+            return Err(ConfigFileError::TooLarge(name));
+        }
+        Self::from_slice(&name, &text)
+    }
+
+    /// Parses and validates a config file's contents; `name` is what
+    /// errors call the file.
+    pub fn from_slice(name: &str, text: &[u8]) -> Result<VmConfig, ConfigFileError> {
+        let name = name.to_string();
+        let cfg: VmConfig =
+            serde_json::from_slice(text).map_err(|e| ConfigFileError::Parse(name.clone(), e))?;
+        let boot = cfg
+            .boot_source
+            .as_ref()
+            .ok_or_else(|| ConfigFileError::NoBootSource(name.clone()))?;
+        boot.validate()
+            .and_then(|_| cfg.machine_config.validate())
+            .and_then(|_| match &cfg.logger {
+                Some(l) => l.level_directive().map(|_| ()),
+                None => Ok(()),
+            })
+            .map_err(|e| ConfigFileError::Invalid(name, e))?;
+        Ok(cfg)
+    }
+}
+
+/// Why [`open_regular`] refused a path.
+#[derive(Debug)]
+pub enum OpenRegularError {
+    NotRegular,
+    Io(std::io::Error),
+}
+
+/// Opens `path` for reading only if it is a regular file. The open itself
+/// never blocks (O_NONBLOCK, so a FIFO with no writer cannot stall the
+/// caller), and the type is checked on the opened file, so a path swapped
+/// after a check cannot slip through. The returned file is blocking again.
+pub fn open_regular(path: &Path) -> Result<File, OpenRegularError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(OpenRegularError::Io)?;
+    let meta = f.metadata().map_err(OpenRegularError::Io)?;
+    if !meta.is_file() {
+        return Err(OpenRegularError::NotRegular);
+    }
+    // SAFETY: F_GETFL/F_SETFL on a file descriptor we own; no memory is
+    // passed to the kernel.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firecracker_json_shapes() {
+        let cfg: VmConfig = serde_json::from_str(
+            r#"{"boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0"},
+                "machine-config": {"vcpu_count": 2, "mem_size_mib": 256, "smt": false}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.machine_config.vcpu_count, 2);
+        assert_eq!(cfg.boot_source.unwrap().boot_args(), "console=ttyS0");
+        let err = serde_json::from_str::<VmConfig>(r#"{"drives": []}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `drives`"), "{err}");
+        let err = serde_json::from_str::<MachineConfig>(r#"{"vcpu_count": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("mem_size_mib"), "{err}");
+    }
+}

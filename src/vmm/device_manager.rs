@@ -1,0 +1,254 @@
+//! The device manager: it owns the port-I/O and MMIO buses, hands out MMIO
+//! windows and interrupt lines (GSIs), wires irqfds, keeps the list of
+//! devices (for `GET /vm/config`, metrics and snapshots) and writes the
+//! `virtio_mmio.device=` entries a kernel needs to find each virtio-mmio
+//! device.
+//!
+//! Devices are attached while the VM is built, before any vCPU exists;
+//! then the buses are frozen and shared with the vCPU threads.
+
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::vmm::arch::x86_64::layout::{
+    MMIO_DEVICES_END, MMIO_DEVICES_START, MMIO_WINDOW_SIZE, VIRTIO_GSI_FIRST, VIRTIO_GSI_LAST,
+};
+use crate::vmm::devices::bus::SharedDevice;
+use crate::vmm::devices::{Bus, BusError, IrqTrigger};
+use crate::vmm::kvm::{Vm, VmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceManagerError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("cannot create an event fd: {0}")]
+    EventFd(std::io::Error),
+    #[error("no MMIO window is left for device {0:?}")]
+    NoMmioWindow(String),
+    #[error("no interrupt line is left for device {0:?}")]
+    NoGsi(String),
+    #[error("devices cannot be attached once the vCPUs exist")]
+    Frozen,
+    #[error("KVM_IOEVENTFD failed for device {id:?} queue {queue}: {err}")]
+    Ioeventfd {
+        id: String,
+        queue: u32,
+        err: kvm_ioctls::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, DeviceManagerError>;
+
+/// Where a device sits and how it interrupts the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// What it is ("serial", "i8042", "virtio-blk", ...).
+    pub kind: &'static str,
+    /// Its id in the configuration (drive_id, iface_id; the kind for
+    /// singletons).
+    pub id: String,
+    pub bus: BusKind,
+    pub base: u64,
+    pub len: u64,
+    pub gsi: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusKind {
+    Io,
+    Mmio,
+}
+
+/// The buses and what is on them.
+pub struct DeviceManager {
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    next_mmio: u64,
+    next_gsi: u32,
+    devices: Vec<DeviceInfo>,
+}
+
+impl Default for DeviceManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeviceManager {
+    pub fn new() -> Self {
+        DeviceManager {
+            io_bus: Arc::new(Bus::new()),
+            mmio_bus: Arc::new(Bus::new()),
+            next_mmio: MMIO_DEVICES_START,
+            next_gsi: VIRTIO_GSI_FIRST,
+            devices: Vec::new(),
+        }
+    }
+
+    /// An eventfd wired to `gsi` of the in-kernel irqchip.
+    pub fn irq_line(vm: &Vm, gsi: u32) -> Result<IrqTrigger> {
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
+        vm.register_irqfd(&evt, gsi)?;
+        Ok(IrqTrigger(evt))
+    }
+
+    /// Puts a legacy device at a fixed port range.
+    pub fn attach_io(
+        &mut self,
+        kind: &'static str,
+        device: SharedDevice,
+        base: u64,
+        len: u64,
+        gsi: Option<u32>,
+    ) -> Result<()> {
+        Arc::get_mut(&mut self.io_bus)
+            .ok_or(DeviceManagerError::Frozen)?
+            .insert(device, base, len)?;
+        self.devices.push(DeviceInfo {
+            kind,
+            id: kind.to_string(),
+            bus: BusKind::Io,
+            base,
+            len,
+            gsi,
+        });
+        Ok(())
+    }
+
+    /// The next free MMIO window and interrupt line, for device `id`.
+    pub fn allocate_mmio(&mut self, id: &str) -> Result<(u64, u32)> {
+        let base = self.next_mmio;
+        if base + MMIO_WINDOW_SIZE > MMIO_DEVICES_END {
+            return Err(DeviceManagerError::NoMmioWindow(id.into()));
+        }
+        let gsi = self.next_gsi;
+        if gsi > VIRTIO_GSI_LAST {
+            return Err(DeviceManagerError::NoGsi(id.into()));
+        }
+        self.next_mmio += MMIO_WINDOW_SIZE;
+        self.next_gsi += 1;
+        Ok((base, gsi))
+    }
+
+    /// Puts a device in an MMIO window from [`allocate_mmio`](Self::allocate_mmio).
+    pub fn attach_mmio(
+        &mut self,
+        kind: &'static str,
+        id: &str,
+        device: SharedDevice,
+        (base, gsi): (u64, u32),
+    ) -> Result<()> {
+        Arc::get_mut(&mut self.mmio_bus)
+            .ok_or(DeviceManagerError::Frozen)?
+            .insert(device, base, MMIO_WINDOW_SIZE)?;
+        self.devices.push(DeviceInfo {
+            kind,
+            id: id.to_string(),
+            bus: BusKind::Mmio,
+            base,
+            len: MMIO_WINDOW_SIZE,
+            gsi: Some(gsi),
+        });
+        Ok(())
+    }
+
+    /// Makes guest writes of `queue` to `addr` signal `evt` in the kernel,
+    /// without a vCPU exit (a virtio queue notification).
+    pub fn register_notify(vm: &Vm, id: &str, evt: &EventFd, addr: u64, queue: u32) -> Result<()> {
+        vm.fd()
+            .register_ioevent(evt, &kvm_ioctls::IoEventAddress::Mmio(addr), queue)
+            .map_err(|err| DeviceManagerError::Ioeventfd {
+                id: id.into(),
+                queue,
+                err,
+            })
+    }
+
+    /// The buses, shared with the vCPUs from now on.
+    pub fn buses(&self) -> (Arc<Bus>, Arc<Bus>) {
+        (self.io_bus.clone(), self.mmio_bus.clone())
+    }
+
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    /// `virtio_mmio.device=<size>@<base>:<irq>` for every MMIO device, in
+    /// the order they were attached (so they probe as vda, vdb, ...).
+    pub fn cmdline_entries(&self) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter(|d| d.bus == BusKind::Mmio)
+            .map(|d| {
+                format!(
+                    "virtio_mmio.device={}K@{:#x}:{}",
+                    d.len >> 10,
+                    d.base,
+                    d.gsi.unwrap_or(0)
+                )
+            })
+            .collect()
+    }
+}
+
+/// A device shared between the bus and its event-loop subscriber.
+pub type Shared<T> = Arc<Mutex<T>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::devices::BusDevice;
+
+    struct Dummy;
+    impl BusDevice for Dummy {
+        fn read(&mut self, _: u64, data: &mut [u8]) {
+            data.fill(0x42);
+        }
+        fn write(&mut self, _: u64, _: &[u8]) {}
+    }
+
+    #[test]
+    fn windows_and_lines_are_handed_out_in_order_until_none_are_left() {
+        let mut dm = DeviceManager::new();
+        let a = dm.allocate_mmio("a").unwrap();
+        let b = dm.allocate_mmio("b").unwrap();
+        assert_eq!(a, (MMIO_DEVICES_START, VIRTIO_GSI_FIRST));
+        assert_eq!(
+            b,
+            (MMIO_DEVICES_START + MMIO_WINDOW_SIZE, VIRTIO_GSI_FIRST + 1)
+        );
+        dm.attach_mmio("virtio-blk", "rootfs", Arc::new(Mutex::new(Dummy)), a)
+            .unwrap();
+        dm.attach_mmio("virtio-net", "eth0", Arc::new(Mutex::new(Dummy)), b)
+            .unwrap();
+        assert_eq!(
+            dm.cmdline_entries(),
+            vec![
+                format!("virtio_mmio.device=4K@{:#x}:{}", a.0, a.1),
+                format!("virtio_mmio.device=4K@{:#x}:{}", b.0, b.1),
+            ]
+        );
+        let mut data = [0u8; 4];
+        assert!(dm.buses().1.read(b.0 + 0x10, &mut data));
+        assert_eq!(data, [0x42; 4]);
+        let mut n = 2;
+        while dm.allocate_mmio("x").is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, (VIRTIO_GSI_LAST - VIRTIO_GSI_FIRST + 1) as usize);
+    }
+
+    #[test]
+    fn nothing_is_attached_once_the_buses_are_shared() {
+        let mut dm = DeviceManager::new();
+        let _vcpu_view = dm.buses();
+        let w = dm.allocate_mmio("late").unwrap();
+        let err = dm
+            .attach_mmio("virtio-rng", "rng", Arc::new(Mutex::new(Dummy)), w)
+            .unwrap_err();
+        assert!(matches!(err, DeviceManagerError::Frozen));
+    }
+}
