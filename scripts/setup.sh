@@ -1,27 +1,90 @@
 #!/usr/bin/env bash
-# Installs what building and testing husk needs on a fresh Debian machine.
+# Installs what husk needs on a fresh Debian machine, and nothing more.
+#
+#   scripts/setup.sh run    to build husk and boot the probe guest: a C
+#                           toolchain (gcc, libc6-dev) besides cargo
+#   scripts/setup.sh test   also what the test suite uses: e2fsprogs,
+#                           docker-registry, busybox-static, openssl, tar
+#
+# Packages already present are not touched. Installing needs root. No
+# package's service is started, and docker-registry is left disabled at
+# boot: the tests start their own registry on loopback when they need one.
 set -euo pipefail
 
+mode=${1:-run}
+case $mode in
+run | test) ;;
+*)
+    echo "usage: scripts/setup.sh [run|test]" >&2
+    exit 2
+    ;;
+esac
+
 need_apt=()
-command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
-command -v curl >/dev/null || need_apt+=(curl)
-command -v tar >/dev/null || need_apt+=(tar)
-command -v openssl >/dev/null || need_apt+=(openssl)
-# Root filesystems are built with mkfs.ext4 -d and checked with debugfs.
-[[ -x /usr/sbin/mkfs.ext4 && -x /usr/sbin/debugfs ]] || need_apt+=(e2fsprogs)
-# The image tests run a real registry on loopback and build images from
-# busybox.
-[[ -x /usr/bin/docker-registry ]] || need_apt+=(docker-registry)
-[[ -x /bin/busybox ]] || need_apt+=(busybox-static)
+# build.rs compiles the probe guest with gcc, and husk links statically
+# against glibc, which needs libc.a.
+if ! command -v gcc >/dev/null; then
+    need_apt+=(gcc libc6-dev)
+elif [[ $(gcc -print-file-name=libc.a) != /* ]]; then
+    need_apt+=(libc6-dev)
+fi
+if [[ $mode == test ]]; then
+    # Root filesystems are built with mkfs.ext4 -d and checked with debugfs.
+    [[ -x /usr/sbin/mkfs.ext4 && -x /usr/sbin/debugfs ]] || need_apt+=(e2fsprogs)
+    # The image tests run a real registry on loopback (openssl makes its
+    # TLS certificate), build images from busybox and read archives with tar.
+    [[ -x /usr/bin/docker-registry ]] || need_apt+=(docker-registry)
+    [[ -x /bin/busybox ]] || need_apt+=(busybox-static)
+    command -v openssl >/dev/null || need_apt+=(openssl)
+    command -v tar >/dev/null || need_apt+=(tar)
+fi
+
+# Keeps the services of the packages being installed from starting
+# (invoke-rc.d and deb-systemd-invoke both ask policy-rc.d first).
+policy=/usr/sbin/policy-rc.d
+added_policy=false
+hold_services() {
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# Added by husk scripts/setup.sh while installing.\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        added_policy=true
+    fi
+}
+release_services() {
+    if $added_policy; then
+        rm -f "$policy"
+        added_policy=false
+    fi
+}
+
+# The registry package enables its service at boot; the tests do not
+# want a registry running outside them.
+disable_registry_service() {
+    if command -v systemctl >/dev/null; then
+        if [[ -d /run/systemd/system ]]; then
+            systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+        else
+            systemctl disable docker-registry.service >/dev/null 2>&1 || true
+        fi
+    fi
+    if [[ -x /etc/init.d/docker-registry ]] && command -v update-rc.d >/dev/null; then
+        update-rc.d docker-registry disable >/dev/null 2>&1 || true
+    fi
+}
+
 if ((${#need_apt[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "setup: need root to install: ${need_apt[*]}" >&2
         exit 1
     fi
+    echo "setup: installing ${need_apt[*]}" >&2
+    trap release_services EXIT
+    hold_services
     # The package mirror can fail for a moment; try a few times.
     for attempt in 1 2 3; do
         if apt-get update -qq &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"; then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                "${need_apt[@]}"; then
             break
         fi
         if ((attempt == 3)); then
@@ -30,13 +93,22 @@ if ((${#need_apt[@]})); then
         fi
         sleep $((attempt * 5))
     done
+    release_services
+    trap - EXIT
+    if [[ " ${need_apt[*]} " == *" docker-registry "* ]]; then
+        disable_registry_service
+    fi
 fi
 
 if ! command -v cargo >/dev/null; then
-    echo "setup: cargo (the Rust toolchain) is required" >&2
+    echo "setup: cargo (the Rust toolchain) is required: https://rustup.rs" >&2
     exit 1
 fi
 
 if [[ ! -r /dev/kvm || ! -w /dev/kvm ]]; then
-    echo "setup: warning: /dev/kvm is not usable; tests that boot VMs will be skipped" >&2
+    if [[ $mode == test ]]; then
+        echo "setup: warning: /dev/kvm is not usable; tests that boot VMs will be skipped" >&2
+    else
+        echo "setup: warning: /dev/kvm is not usable; husk cannot boot a VM here" >&2
+    fi
 fi

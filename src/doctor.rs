@@ -1,4 +1,8 @@
-//! `husk doctor`: can this host run husk, and how well?
+//! `husk doctor`: can this host run husk, and what can it run?
+//!
+//! The report lists what the host offers (virtualization kind, KVM API
+//! version, capabilities), then gives one verdict per use: the probe
+//! guest, a Linux guest, and containers.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -70,7 +74,53 @@ const OPTIONAL_CAPS: &[(Cap, &str)] = &[
     (Cap::Xsave, "XSAVE state (KVM_CAP_XSAVE)"),
 ];
 
-/// Prints the report; returns the process exit status (0 when husk can run).
+/// One verdict per use of husk, as `(use, answer)` lines.
+///
+/// `kvm_problem` is why KVM cannot run the VMM here (no `/dev/kvm`, a
+/// wrong API version, a missing capability), or `None` when it can.
+/// The probe guest only needs a working KVM; a Linux guest also needs
+/// the CPU to run its code natively; a container runs in a Linux guest.
+pub fn verdicts(kvm_problem: Option<&str>, virt: HostVirt) -> [(&'static str, String); 3] {
+    const CONTAINER: &str = "each container runs in a Linux guest";
+    let (probe, linux, containers) = match (kvm_problem, virt) {
+        (Some(why), _) => (
+            format!("no ({why})"),
+            "no (KVM is not usable)".to_string(),
+            format!("no ({CONTAINER})"),
+        ),
+        (None, HostVirt::VtX) => (
+            "yes".to_string(),
+            "yes (VT-x)".to_string(),
+            format!("yes ({CONTAINER})"),
+        ),
+        (None, HostVirt::AmdV) => (
+            "yes".to_string(),
+            "yes (AMD-V)".to_string(),
+            format!("yes ({CONTAINER})"),
+        ),
+        (None, HostVirt::Pvm) => (
+            "yes".to_string(),
+            "only a PVM-enabled kernel (this host is PVM: any other guest code runs in \
+             KVM's instruction emulator, at about 2 million instructions/s, and a stock \
+             Linux kernel stops early in boot)"
+                .to_string(),
+            format!("only with a PVM-enabled guest kernel ({CONTAINER})"),
+        ),
+        (None, HostVirt::Unknown) => (
+            "yes".to_string(),
+            "unknown (KVM works, but the host shows no VT-x, AMD-V or PVM)".to_string(),
+            format!("unknown ({CONTAINER})"),
+        ),
+    };
+    [
+        ("probe guest", probe),
+        ("Linux guest", linux),
+        ("containers", containers),
+    ]
+}
+
+/// Prints the report; returns the process exit status: 0 when the VMM
+/// can run here (the probe guest runs), 1 otherwise.
 pub fn run() -> i32 {
     let (report, ok) = report();
     print!("{report}");
@@ -81,26 +131,28 @@ pub fn run() -> i32 {
     }
 }
 
-/// The doctor's report, and whether husk can run here.
+/// The doctor's report, and whether the VMM can run here.
 pub fn report() -> (String, bool) {
     let mut out = String::new();
-    let mut ok = true;
+    // The first reason KVM cannot run the VMM, if any.
+    let mut problem: Option<String> = None;
     let virt = host_virt();
     let _ = writeln!(out, "virtualization: {}", virt.describe());
     match Kvm::new() {
         Err(e) => {
             let _ = writeln!(out, "kvm: cannot open /dev/kvm: {e}");
-            ok = false;
+            problem = Some(format!("cannot open /dev/kvm: {e}"));
         }
         Ok(kvm) => {
             let version = kvm.get_api_version();
-            let verdict = if version == KVM_API_VERSION {
-                "ok"
-            } else {
-                "UNSUPPORTED"
-            };
+            let supported = version == KVM_API_VERSION;
+            let verdict = if supported { "ok" } else { "UNSUPPORTED" };
             let _ = writeln!(out, "kvm: API version {version} ({verdict})");
-            ok &= version == KVM_API_VERSION;
+            if !supported {
+                problem = Some(format!(
+                    "KVM API version {version}, husk needs {KVM_API_VERSION}"
+                ));
+            }
             let _ = writeln!(
                 out,
                 "kvm: up to {} vCPUs per VM ({} recommended)",
@@ -110,7 +162,9 @@ pub fn report() -> (String, bool) {
             let _ = writeln!(out, "required capabilities:");
             for (cap, name) in REQUIRED_CAPS {
                 let has = kvm.check_extension(*cap);
-                ok &= has;
+                if !has && problem.is_none() {
+                    problem = Some(format!("KVM lacks {name}"));
+                }
                 let _ = writeln!(out, "  {} {name}", if has { "ok     " } else { "MISSING" });
             }
             let _ = writeln!(out, "optional capabilities:");
@@ -120,24 +174,10 @@ pub fn report() -> (String, bool) {
             }
         }
     }
-    if virt == HostVirt::Pvm {
-        let _ = writeln!(
-            out,
-            "warning: this host virtualizes with PVM. Only PVM-enabled guest kernels run \
-             natively; any other guest code runs in KVM's instruction emulator (about 2 million \
-             instructions/s), and a stock Linux kernel stops early in boot."
-        );
+    for (what, answer) in verdicts(problem.as_deref(), virt) {
+        let _ = writeln!(out, "{what}: {answer}");
     }
-    let _ = writeln!(
-        out,
-        "verdict: {}",
-        if ok {
-            "husk can run here"
-        } else {
-            "husk cannot run here"
-        }
-    );
-    (out, ok)
+    (out, problem.is_none())
 }
 
 #[cfg(test)]
@@ -157,5 +197,56 @@ mod tests {
         assert_eq!(classify(&|_| false, "flags : fpu vmx sse"), HostVirt::VtX);
         assert_eq!(classify(&|_| false, "flags : fpu svm"), HostVirt::AmdV);
         assert_eq!(classify(&|_| false, "flags : fpu svmx"), HostVirt::Unknown);
+    }
+
+    fn lines(kvm_problem: Option<&str>, virt: HostVirt) -> Vec<String> {
+        verdicts(kvm_problem, virt)
+            .iter()
+            .map(|(what, answer)| format!("{what}: {answer}"))
+            .collect()
+    }
+
+    #[test]
+    fn hardware_virtualization_runs_everything() {
+        for virt in [HostVirt::VtX, HostVirt::AmdV] {
+            let l = lines(None, virt);
+            assert_eq!(l[0], "probe guest: yes");
+            assert!(l[1].starts_with("Linux guest: yes ("), "{}", l[1]);
+            assert!(l[2].starts_with("containers: yes ("), "{}", l[2]);
+        }
+    }
+
+    #[test]
+    fn pvm_runs_the_probe_and_only_pvm_kernels() {
+        let l = lines(None, HostVirt::Pvm);
+        assert_eq!(l[0], "probe guest: yes");
+        assert!(
+            l[1].starts_with("Linux guest: only a PVM-enabled kernel (this host is PVM"),
+            "{}",
+            l[1]
+        );
+        assert!(
+            l[2].starts_with("containers: only with a PVM-enabled guest kernel ("),
+            "{}",
+            l[2]
+        );
+    }
+
+    #[test]
+    fn no_kvm_runs_nothing() {
+        for virt in [HostVirt::VtX, HostVirt::Pvm, HostVirt::Unknown] {
+            let l = lines(Some("cannot open /dev/kvm: No such file"), virt);
+            assert_eq!(l[0], "probe guest: no (cannot open /dev/kvm: No such file)");
+            assert!(l[1].starts_with("Linux guest: no ("), "{}", l[1]);
+            assert!(l[2].starts_with("containers: no ("), "{}", l[2]);
+        }
+    }
+
+    #[test]
+    fn unknown_virtualization_still_runs_the_probe() {
+        let l = lines(None, HostVirt::Unknown);
+        assert_eq!(l[0], "probe guest: yes");
+        assert!(l[1].starts_with("Linux guest: unknown ("), "{}", l[1]);
+        assert!(l[2].starts_with("containers: unknown ("), "{}", l[2]);
     }
 }

@@ -16,19 +16,22 @@ struct Cli {
 enum Command {
     /// Run one microVM, controlled through a Firecracker-compatible API.
     Vmm(husk::vmm::VmmArgs),
-    /// Write the embedded probe guest out as an ELF kernel.
+    /// Write the embedded probe guest out as a kernel (ELF vmlinux or bzImage).
     ProbeGuest {
+        /// File to write the guest kernel to (replaced if it exists).
         #[arg(long, short)]
         output: PathBuf,
         /// Kernel format, which picks the VMM's boot path.
         #[arg(long, value_enum, default_value = "linux64")]
         boot: husk::probe::ProbeFormat,
     },
-    /// Check that this host can run husk.
+    /// Report what this host can run: the probe guest, a Linux guest, containers.
+    ///
+    /// Exits 0 when the VMM can run here (the probe guest runs), 1 otherwise.
     Doctor,
     /// Pull, import, list and remove images, and build root filesystems.
     Image(husk::image::cli::ImageArgs),
-    /// Measure start-up, boot and memory figures; prints JSON.
+    /// Measure start-up, boot, memory, API-under-load and image figures; prints JSON.
     Bench(husk::bench::BenchArgs),
 }
 

@@ -392,20 +392,31 @@ fn doctor_reports_kvm_and_the_virtualization_kind() {
     let text = String::from_utf8_lossy(&out.stdout);
     if !std::path::Path::new("/dev/kvm").exists() {
         assert!(text.contains("cannot open /dev/kvm"), "{text}");
+        assert!(text.contains("probe guest: no ("), "{text}");
         assert_eq!(out.status.code(), Some(1));
         return;
     }
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("kvm: API version 12 (ok)"), "{text}");
     assert!(text.contains("ok      in-kernel IOAPIC/PIC"), "{text}");
+    // One verdict per use, each on its own line.
+    assert!(text.contains("\nprobe guest: yes\n"), "{text}");
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
         assert!(text.contains("virtualization: PVM"), "{text}");
         assert!(
-            text.contains("warning: this host virtualizes with PVM"),
+            text.contains("\nLinux guest: only a PVM-enabled kernel (this host is PVM"),
             "{text}"
         );
+        assert!(
+            text.contains("\ncontainers: only with a PVM-enabled guest kernel ("),
+            "{text}"
+        );
+    } else {
+        assert!(text.contains("\nLinux guest: "), "{text}");
+        assert!(text.contains("\ncontainers: "), "{text}");
     }
-    assert!(text.contains("verdict: husk can run here"), "{text}");
+    // No verdict contradicts another: no blanket "can run" line.
+    assert!(!text.contains("verdict:"), "{text}");
 }
 
 /// Deterministic junk: every endpoint gets bodies of the wrong shape, the
