@@ -20,6 +20,7 @@ use crate::vmm::arch::x86_64::cpuid::Topology;
 use crate::vmm::config::{open_regular, OpenRegularError, SerialConfig, VmConfig};
 use crate::vmm::device_manager::{DeviceManager, DeviceManagerError};
 use crate::vmm::devices::legacy::{self, Console, I8042Device, SerialDevice};
+use crate::vmm::devices::virtio::rng::Rng;
 use crate::vmm::exit::ExitNotifier;
 use crate::vmm::kvm::memory::{create_guest_memory, MemoryError};
 use crate::vmm::kvm::vcpu::{Vcpu, VcpuError, VcpuHandle};
@@ -53,6 +54,8 @@ pub enum StartError {
     Devices(#[from] DeviceManagerError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error("cannot create the {0} device: {1}")]
+    Device(&'static str, String),
 }
 
 /// A microVM whose vCPUs are running.
@@ -147,6 +150,28 @@ fn attach_legacy_devices(
     Ok((serial, i8042))
 }
 
+/// Phase 2: the virtio devices, in the order the kernel will probe them.
+fn attach_virtio_devices(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    dm: &mut DeviceManager,
+    events: &mut EventLoop,
+    cfg: &VmConfig,
+) -> Result<(), StartError> {
+    if cfg.entropy.is_some() {
+        let rng = Rng::new().map_err(|e| StartError::Device("virtio-rng", e.to_string()))?;
+        dm.attach_virtio(
+            vm,
+            mem,
+            events,
+            "virtio-rng",
+            "rng",
+            Arc::new(Mutex::new(rng)),
+        )?;
+    }
+    Ok(())
+}
+
 /// Phase 3: the vCPUs, sharing the (now frozen) buses.
 fn create_vcpus(
     vm: &Vm,
@@ -231,6 +256,7 @@ pub fn build_and_start(
     let mut devices = DeviceManager::new();
     let (serial, i8042) =
         attach_legacy_devices(&vm, &mut devices, events, cfg.serial.as_ref(), &exit)?;
+    attach_virtio_devices(&vm, &mem, &mut devices, events, cfg)?;
     // Phase 3.
     let vcpus = create_vcpus(&vm, &devices, machine.vcpu_count, &exit)?;
     // Phase 4.

@@ -9,14 +9,19 @@
 
 use std::sync::{Arc, Mutex};
 
+use event_manager::{MutEventSubscriber, SubscriberOps};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::arch::x86_64::layout::{
     MMIO_DEVICES_END, MMIO_DEVICES_START, MMIO_WINDOW_SIZE, VIRTIO_GSI_FIRST, VIRTIO_GSI_LAST,
 };
 use crate::vmm::devices::bus::SharedDevice;
+use crate::vmm::devices::virtio::mmio::{reg, MmioTransport};
+use crate::vmm::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::vmm::devices::{Bus, BusError, IrqTrigger};
 use crate::vmm::kvm::{Vm, VmError};
+use crate::vmm::EventLoop;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceManagerError {
@@ -165,6 +170,36 @@ impl DeviceManager {
                 queue,
                 err,
             })
+    }
+
+    /// Attaches a virtio device: an MMIO window and interrupt line, the
+    /// shared transport, one ioeventfd per queue on QueueNotify, and the
+    /// device itself as a subscriber of the event loop.
+    pub fn attach_virtio<D>(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        events: &mut EventLoop,
+        kind: &'static str,
+        id: &str,
+        device: Arc<Mutex<D>>,
+    ) -> Result<()>
+    where
+        D: VirtioDevice + MutEventSubscriber + 'static,
+    {
+        let window = self.allocate_mmio(id)?;
+        let (base, gsi) = window;
+        let interrupt = Arc::new(VirtioInterrupt::new(Self::irq_line(vm, gsi)?));
+        {
+            let dev = device.lock().unwrap_or_else(|e| e.into_inner());
+            for (queue, evt) in dev.queue_events().iter().enumerate() {
+                Self::register_notify(vm, id, evt, base + reg::QUEUE_NOTIFY, queue as u32)?;
+            }
+        }
+        let transport = MmioTransport::new(device.clone(), mem.clone(), interrupt);
+        self.attach_mmio(kind, id, Arc::new(Mutex::new(transport)), window)?;
+        events.add_subscriber(device);
+        Ok(())
     }
 
     /// The buses, shared with the vCPUs from now on.

@@ -80,6 +80,14 @@ pub struct I8042Metrics {
 }
 
 #[derive(Debug, Default, Serialize)]
+pub struct RngMetrics {
+    pub requests: Counter,
+    pub bytes: Counter,
+    /// Malformed requests: read-only buffers, addresses outside memory.
+    pub errors: Counter,
+}
+
+#[derive(Debug, Default, Serialize)]
 pub struct VmmMetrics {
     pub instance_starts: Counter,
     pub metrics_flushes: Counter,
@@ -95,6 +103,7 @@ pub struct Metrics {
     pub vcpu: VcpuMetrics,
     pub serial: SerialMetrics,
     pub i8042: I8042Metrics,
+    pub rng: RngMetrics,
     pub vmm: VmmMetrics,
 }
 
@@ -131,6 +140,11 @@ pub static METRICS: Metrics = Metrics {
         resets,
         ctrl_alt_del,
         missed_keys
+    }),
+    rng: zeroed!(RngMetrics {
+        requests,
+        bytes,
+        errors
     }),
     vmm: zeroed!(VmmMetrics {
         instance_starts,

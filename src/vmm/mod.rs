@@ -34,7 +34,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use builder::{RunningVm, StartError};
 use config::{
-    BootSourceConfig, LoggerConfig, MachineConfig, MetricsConfig, SerialConfig, VmConfig,
+    BootSourceConfig, EntropyConfig, LoggerConfig, MachineConfig, MetricsConfig, SerialConfig,
+    VmConfig,
 };
 use exit::{ExitNotifier, ExitReason};
 use logger::Logger;
@@ -145,6 +146,9 @@ impl Vmm {
         if let Some(b) = cfg.boot_source {
             self.set_boot_source(b)?;
         }
+        if let Some(e) = cfg.entropy {
+            self.set_entropy(e)?;
+        }
         Ok(())
     }
 
@@ -165,6 +169,12 @@ impl Vmm {
     fn set_serial(&mut self, s: SerialConfig) -> Result<(), VmmActionError> {
         self.require_not_started()?;
         self.config.serial = Some(s);
+        Ok(())
+    }
+
+    fn set_entropy(&mut self, e: EntropyConfig) -> Result<(), VmmActionError> {
+        self.require_not_started()?;
+        self.config.entropy = Some(e);
         Ok(())
     }
 
@@ -272,6 +282,7 @@ impl Vmm {
             VmmAction::PutLogger(l) => done(self.set_logger(l)),
             VmmAction::PutMetrics(m) => done(self.set_metrics(m)),
             VmmAction::PutSerial(s) => done(self.set_serial(s)),
+            VmmAction::PutEntropy(e) => done(self.set_entropy(e)),
             // Starting needs the event loop; `run.rs` handles it before
             // the microVM runs. Here it can only be too late.
             VmmAction::InstanceStart => done(

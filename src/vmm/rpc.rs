@@ -17,8 +17,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::builder::StartError;
 use crate::vmm::config::{
-    BootSourceConfig, ConfigError, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
-    SerialConfig,
+    BootSourceConfig, ConfigError, EntropyConfig, LoggerConfig, MachineConfig, MachineConfigUpdate,
+    MetricsConfig, SerialConfig,
 };
 use crate::vmm::devices::legacy::i8042::I8042Error;
 use crate::vmm::kvm::vcpu::VcpuError;
@@ -39,6 +39,7 @@ pub enum VmmAction {
     PutLogger(LoggerConfig),
     PutMetrics(MetricsConfig),
     PutSerial(SerialConfig),
+    PutEntropy(EntropyConfig),
     InstanceStart,
     SendCtrlAltDel,
     FlushMetrics,

@@ -100,6 +100,7 @@ pub fn router(api: ApiSender) -> Router {
         .route("/logger", put(put_logger))
         .route("/metrics", put(put_metrics).get(get_metrics))
         .route("/serial", put(put_serial))
+        .route("/entropy", put(put_entropy))
         .fallback(invalid_route)
         .method_not_allowed_fallback(invalid_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -205,6 +206,10 @@ async fn put_metrics(State(api): State<ApiSender>, body: Body) -> Response {
 
 async fn put_serial(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::PutSerial).await
+}
+
+async fn put_entropy(State(api): State<ApiSender>, body: Body) -> Response {
+    call_with(&api, &body, VmmAction::PutEntropy).await
 }
 
 #[derive(Deserialize)]

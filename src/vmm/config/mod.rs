@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 use crate::vmm::arch::x86_64::layout::MAX_VCPUS;
 
 mod boot;
+mod entropy;
 mod machine;
 mod output;
 
 pub use boot::{BootSourceConfig, DEFAULT_BOOT_ARGS};
+pub use entropy::EntropyConfig;
 pub use machine::{host_memory_mib, MachineConfig, MachineConfigUpdate, MIN_MEM_SIZE_MIB};
 pub use output::{LoggerConfig, MetricsConfig, SerialConfig};
 
@@ -60,6 +62,8 @@ pub struct VmConfig {
     pub metrics: Option<MetricsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyConfig>,
 }
 
 /// No configuration comes close to this; anything larger is refused

@@ -1,0 +1,122 @@
+//! virtio devices over one virtio-mmio transport ([`mmio`]).
+//!
+//! A device implements [`VirtioDevice`] (its type, features, queues and
+//! configuration space) and subscribes its own queue event fds to the
+//! event loop. The transport, on the vCPU threads, runs the register
+//! interface and the status state machine; on DRIVER_OK it hands the
+//! device its queues, guest memory and interrupt ([`ActiveQueues`]).
+
+pub mod mmio;
+pub mod rng;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vmm::devices::IrqTrigger;
+
+/// Feature bits every device offers.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_RING_INDIRECT_DESC: u64 = 1 << 28;
+pub const VIRTIO_F_RING_EVENT_IDX: u64 = 1 << 29;
+
+/// Device IDs (virtio 1.x, section 5).
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
+
+/// InterruptStatus bits.
+pub const INT_USED_RING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the device needs {expected} queues, the driver set up {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("cannot activate the device: {0}")]
+    Device(String),
+}
+
+/// The device's interrupt: InterruptStatus, shared by the transport (which
+/// the driver reads and acknowledges) and the device (which raises it).
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    irq: IrqTrigger,
+}
+
+impl VirtioInterrupt {
+    pub fn new(irq: IrqTrigger) -> Self {
+        VirtioInterrupt {
+            status: AtomicU32::new(0),
+            irq,
+        }
+    }
+
+    /// Sets `bits` in InterruptStatus and raises the interrupt.
+    pub fn signal(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::AcqRel);
+        if let Err(e) = self.irq.trigger() {
+            tracing::warn!("cannot raise a virtio interrupt: {e}");
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::Acquire)
+    }
+
+    /// InterruptACK: clears the acknowledged bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::Release);
+    }
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct ActiveQueues {
+    pub mem: GuestMemoryMmap,
+    pub queues: Vec<Queue>,
+    pub interrupt: Arc<VirtioInterrupt>,
+    /// The features the driver accepted.
+    pub features: u64,
+}
+
+/// A virtio device model, driven by the transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID.
+    fn device_type(&self) -> u32;
+    /// Feature bits offered to the driver.
+    fn avail_features(&self) -> u64;
+    /// The largest size of each queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// One event fd per queue, signalled on the driver's notifications
+    /// (through an ioeventfd on QueueNotify).
+    fn queue_events(&self) -> &[EventFd];
+    /// Reads the device configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space; most devices ignore it.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts the device with the driver's queues.
+    fn activate(&mut self, active: ActiveQueues) -> Result<(), ActivateError>;
+    /// Stops the device and forgets its queues (driver wrote status 0).
+    fn reset(&mut self);
+}
+
+/// Reads `data.len()` bytes at `offset` of a configuration space;
+/// anything outside it reads as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}

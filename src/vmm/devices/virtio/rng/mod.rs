@@ -1,0 +1,6 @@
+//! virtio-rng: entropy from the host's `getrandom` (`PUT /entropy`).
+
+mod device;
+mod event_handler;
+
+pub use device::{Rng, RngError, MAX_REQUEST_BYTES};
