@@ -39,19 +39,22 @@ fn build(cc: &str, guest: &Path, out: &Path, sources: &[&str]) {
     assert!(status.success(), "building {} failed", out.display());
 }
 
+/// The probe guest's sources, linked into both builds (start.S first: it
+/// holds the entry points at fixed offsets).
+const SOURCES: &[&str] = &["start.S", "probe.c", "virtio.c", "rng.c"];
+
+/// Files the sources include or the link uses.
+const DEPENDENCIES: &[&str] = &["probe.h", "virtio.h", "probe.ld", "pvh_note.S"];
+
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let guest = PathBuf::from("tests/guest");
-    for s in ["start.S", "probe.c", "pvh_note.S", "probe.ld"] {
+    for s in SOURCES.iter().chain(DEPENDENCIES) {
         println!("cargo:rerun-if-changed={}", guest.join(s).display());
     }
     println!("cargo:rerun-if-env-changed=CC");
     let cc = std::env::var("CC").unwrap_or_else(|_| "gcc".into());
-    build(&cc, &guest, &out.join("probe.elf"), &["start.S", "probe.c"]);
-    build(
-        &cc,
-        &guest,
-        &out.join("probe-pvh.elf"),
-        &["start.S", "probe.c", "pvh_note.S"],
-    );
+    build(&cc, &guest, &out.join("probe.elf"), SOURCES);
+    let pvh: Vec<&str> = SOURCES.iter().copied().chain(["pvh_note.S"]).collect();
+    build(&cc, &guest, &out.join("probe-pvh.elf"), &pvh);
 }

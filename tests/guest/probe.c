@@ -14,9 +14,14 @@
  * Emulated guests on PVM hosts cannot take interrupts or exceptions, so
  * the probe never enables interrupts, polls every device, and never faults.
  * Keep each check well under a million instructions.
+ *
+ * Files: probe.h (helpers every check uses), probe.c (boot information,
+ * the built-in checks and the table of all checks), virtio.c/virtio.h (a
+ * polled virtio-mmio driver), one file per virtio check (rng.c). A new
+ * check goes in its own file, is declared in probe.h, listed in `checks[]`
+ * below, and its file added to build.rs's SOURCES.
  */
-#include <stddef.h>
-#include <stdint.h>
+#include "probe.h"
 
 /* ---- boot_params (zero page) offsets, see Documentation/arch/x86/zero-page.rst */
 #define BP_E820_ENTRIES 0x1e8
@@ -75,34 +80,17 @@ void *memcpy(void *dst, const void *src, size_t n)
 	return dst;
 }
 
-static inline void outb(uint16_t port, uint8_t v)
-{
-	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static inline uint8_t inb(uint16_t port)
-{
-	uint8_t v;
-	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
-
-static inline uint8_t rd8(uint64_t addr) { return *(volatile uint8_t *)addr; }
-static inline uint16_t rd16(uint64_t addr) { return *(volatile uint16_t *)addr; }
-static inline uint32_t rd32(uint64_t addr) { return *(volatile uint32_t *)addr; }
-static inline uint64_t rd64(uint64_t addr) { return *(volatile uint64_t *)addr; }
-
 /* ---- serial output */
 
-static void putc_serial(char c) { outb(COM1, (uint8_t)c); }
+void putc_serial(char c) { outb(COM1, (uint8_t)c); }
 
-static void puts_serial(const char *s)
+void puts_serial(const char *s)
 {
 	while (*s)
 		putc_serial(*s++);
 }
 
-static void put_hex(uint64_t v)
+void put_hex(uint64_t v)
 {
 	char buf[19];
 	int i = 18;
@@ -116,7 +104,7 @@ static void put_hex(uint64_t v)
 	puts_serial(&buf[i]);
 }
 
-static void put_dec(uint64_t v)
+void put_dec(uint64_t v)
 {
 	char buf[21];
 	int i = 20;
@@ -128,19 +116,13 @@ static void put_dec(uint64_t v)
 	puts_serial(&buf[i]);
 }
 
-/* A check's name is the whole token, e.g. "count:3". */
-struct check {
-	const char *name;
-	size_t len;
-};
-
 static void put_name(const struct check *c)
 {
 	for (size_t i = 0; i < c->len; i++)
 		putc_serial(c->name[i]);
 }
 
-static void begin(const struct check *c, const char *verdict)
+void begin(const struct check *c, const char *verdict)
 {
 	puts_serial("PROBE ");
 	put_name(c);
@@ -148,9 +130,9 @@ static void begin(const struct check *c, const char *verdict)
 	puts_serial(verdict);
 }
 
-static void ok(const struct check *c) { begin(c, "OK"); }
+void ok(const struct check *c) { begin(c, "OK"); }
 
-static void fail(const struct check *c, const char *why)
+void fail(const struct check *c, const char *why)
 {
 	begin(c, "FAIL ");
 	puts_serial(why);
@@ -162,7 +144,7 @@ static void fail(const struct check *c, const char *why)
 static uint64_t boot_info;
 static uint64_t boot_protocol;
 
-static const char *cmdline(void)
+const char *cmdline(void)
 {
 	uint64_t p;
 	if (boot_protocol == BOOT_PVH)
@@ -215,7 +197,7 @@ static int initrd_range(struct mem_range *r)
 	return r->addr != 0 && r->size != 0;
 }
 
-static int starts_with(const char *s, const char *prefix)
+int starts_with(const char *s, const char *prefix)
 {
 	while (*prefix)
 		if (*s++ != *prefix++)
@@ -223,7 +205,7 @@ static int starts_with(const char *s, const char *prefix)
 	return 1;
 }
 
-static int name_is(const struct check *c, const char *s)
+int name_is(const struct check *c, const char *s)
 {
 	size_t i = 0;
 	for (; i < c->len; i++)
@@ -233,7 +215,7 @@ static int name_is(const struct check *c, const char *s)
 }
 
 /* Parses the decimal argument after "name:". Returns -1 when malformed. */
-static int64_t check_arg(const struct check *c, size_t prefix_len)
+int64_t check_arg(const struct check *c, size_t prefix_len)
 {
 	int64_t v = 0;
 	if (c->len <= prefix_len)
@@ -496,30 +478,44 @@ static void check_triple_fault(const struct check *c)
 	__asm__ volatile("ud2");
 }
 
+/*
+ * Every check, by name. An entry whose name ends with ':' matches tokens
+ * that start with it and carry an argument ("count:3"); any other name
+ * matches the whole token. Checks in other files are declared in probe.h.
+ */
+static const struct {
+	const char *name;
+	void (*run)(const struct check *c);
+} checks[] = {
+	{"boot", check_boot},
+	{"cmdline", check_cmdline},
+	{"e820", check_e820},
+	{"cpus", check_cpus},
+	{"cpuid", check_cpuid},
+	{"serial", check_serial},
+	{"count:", check_count},
+	{"wait-cad", check_wait_cad},
+	{"initrd", check_initrd},
+	{"triple-fault", check_triple_fault},
+	{"rng", check_rng},
+};
+
 static void run_check(const struct check *c)
 {
-	if (name_is(c, "cmdline"))
-		check_cmdline(c);
-	else if (name_is(c, "e820"))
-		check_e820(c);
-	else if (name_is(c, "cpus"))
-		check_cpus(c);
-	else if (name_is(c, "serial"))
-		check_serial(c);
-	else if (c->len > 6 && starts_with(c->name, "count:"))
-		check_count(c);
-	else if (name_is(c, "wait-cad"))
-		check_wait_cad(c);
-	else if (name_is(c, "initrd"))
-		check_initrd(c);
-	else if (name_is(c, "boot"))
-		check_boot(c);
-	else if (name_is(c, "cpuid"))
-		check_cpuid(c);
-	else if (name_is(c, "triple-fault"))
-		check_triple_fault(c);
-	else
-		fail(c, "unknown check");
+	for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]); i++) {
+		const char *n = checks[i].name;
+		size_t len = 0;
+		while (n[len])
+			len++;
+		int match = n[len - 1] == ':'
+				    ? c->len > len && starts_with(c->name, n)
+				    : name_is(c, n);
+		if (match) {
+			checks[i].run(c);
+			return;
+		}
+	}
+	fail(c, "unknown check");
 }
 
 /* Runs every check listed in each `probe=` token, in order. */

@@ -1,0 +1,100 @@
+/*
+ * Shared helpers of the husk probe guest (see probe.c for what it is).
+ *
+ * A check lives in any .c file: it is a `void check_xxx(const struct check *)`
+ * declared below (under "Checks") and listed in the table in probe.c. It
+ * prints exactly one verdict line, through ok() + details + '\n', or
+ * through fail(). Rules for every check: no `sti`, no SSE, never fault,
+ * poll with a bound, and stay well under a million guest instructions.
+ */
+#ifndef PROBE_H
+#define PROBE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- freestanding libc (gcc may emit calls to these) */
+void *memset(void *dst, int c, size_t n);
+void *memcpy(void *dst, const void *src, size_t n);
+
+/* ---- port I/O */
+static inline void outb(uint16_t port, uint8_t v)
+{
+	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline uint8_t inb(uint16_t port)
+{
+	uint8_t v;
+	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+/* ---- memory and MMIO (guest-physical == virtual) */
+static inline uint8_t rd8(uint64_t addr) { return *(volatile uint8_t *)addr; }
+static inline uint16_t rd16(uint64_t addr) { return *(volatile uint16_t *)addr; }
+static inline uint32_t rd32(uint64_t addr) { return *(volatile uint32_t *)addr; }
+static inline uint64_t rd64(uint64_t addr) { return *(volatile uint64_t *)addr; }
+static inline void wr8(uint64_t addr, uint8_t v) { *(volatile uint8_t *)addr = v; }
+static inline void wr16(uint64_t addr, uint16_t v) { *(volatile uint16_t *)addr = v; }
+static inline void wr32(uint64_t addr, uint32_t v) { *(volatile uint32_t *)addr = v; }
+static inline void wr64(uint64_t addr, uint64_t v) { *(volatile uint64_t *)addr = v; }
+
+/*
+ * A full memory barrier. `lock addl` rather than `mfence`, as Linux's
+ * smp_mb() on x86-64: it orders the same, and KVM's instruction emulator
+ * (which runs this guest on hosts without hardware virtualization)
+ * implements locked ALU instructions but not every fence.
+ */
+static inline void mb(void)
+{
+	__asm__ volatile("lock addl $0, -4(%%rsp)" ::: "memory", "cc");
+}
+
+/* Keeps the compiler from reordering memory accesses across it. */
+static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
+
+static inline uint64_t rdtsc(void)
+{
+	uint32_t lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((uint64_t)hi << 32) | lo;
+}
+
+/* ---- serial output (COM1) */
+void putc_serial(char c);
+void puts_serial(const char *s);
+void put_hex(uint64_t v);
+void put_dec(uint64_t v);
+
+/* ---- checks */
+
+/* A check's name is the whole token, e.g. "count:3". */
+struct check {
+	const char *name;
+	size_t len;
+};
+
+/* Prints "PROBE <name> <verdict>" (no newline). */
+void begin(const struct check *c, const char *verdict);
+/* Prints "PROBE <name> OK"; the check adds details, then '\n'. */
+void ok(const struct check *c);
+/* Prints "PROBE <name> FAIL <why>\n". */
+void fail(const struct check *c, const char *why);
+
+/* ---- boot information */
+
+/* The kernel command line ("" when there is none). */
+const char *cmdline(void);
+
+/* ---- strings */
+int starts_with(const char *s, const char *prefix);
+int name_is(const struct check *c, const char *s);
+/* Parses the decimal argument after "name:" (prefix_len = strlen("name:")).
+ * Returns -1 when malformed. */
+int64_t check_arg(const struct check *c, size_t prefix_len);
+
+/* ---- Checks in other files, listed in the table in probe.c */
+void check_rng(const struct check *c); /* rng.c */
+
+#endif
