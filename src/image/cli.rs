@@ -25,6 +25,8 @@ pub struct ImageArgs {
 pub enum ImageCommand {
     /// Pull an image from a registry.
     Pull {
+        /// The image to pull, e.g. `busybox`, `registry.example:5000/team/app:1.2`
+        /// or `name@sha256:...`.
         reference: String,
         /// A registry (host:port) that may be reached over plain HTTP.
         #[arg(long = "insecure-registry")]
@@ -33,6 +35,7 @@ pub enum ImageCommand {
         /// from $HUSK_REGISTRY_PASSWORD or, with --password-stdin, stdin.
         #[arg(long)]
         username: Option<String>,
+        /// Read the password for --username from stdin (one line).
         #[arg(long, requires = "username")]
         password_stdin: bool,
         /// A bearer token to present as is.
@@ -41,6 +44,8 @@ pub enum ImageCommand {
     },
     /// Import a `docker save` archive or an OCI image layout (dir or tar).
     Import {
+        /// A `docker save` tarball, an OCI image layout directory, or a
+        /// tarball of one; plain, gzip or zstd.
         path: PathBuf,
         /// Name the imported image.
         #[arg(long)]
@@ -48,22 +53,30 @@ pub enum ImageCommand {
     },
     /// Write an image out as an OCI image layout directory.
     Export {
+        /// The image to export: a reference or a manifest digest.
         reference: String,
+        /// The directory to write the layout in (created if missing).
         #[arg(long, short)]
         output: PathBuf,
     },
     /// List images.
     Ls {
+        /// Print the image records as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove an image reference, then collect unreferenced blobs.
-    Rm { reference: String },
+    Rm {
+        /// The image reference to remove.
+        reference: String,
+    },
     /// Delete blobs and root filesystems no image refers to.
     Gc,
     /// Write the image's ext4 root filesystem (built once, then cached).
     Rootfs {
+        /// The image to build from: a reference or a manifest digest.
         reference: String,
+        /// Where to write the ext4 image (a private copy of the cached one).
         #[arg(long, short)]
         output: PathBuf,
         /// Grow the copy to this many MiB.

@@ -7,7 +7,10 @@ use std::io::{self, Write};
 use sha2::{Digest as _, Sha256};
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid digest {0:?}: expected sha256:<64 lowercase hex digits>")]
+#[error(
+    "invalid digest \"{}\": expected sha256:<64 lowercase hex digits>",
+    crate::text::echo(.0)
+)]
 pub struct DigestError(String);
 
 /// A validated sha256 digest.

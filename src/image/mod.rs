@@ -9,6 +9,7 @@ pub mod reference;
 pub mod registry;
 pub mod rootfs;
 pub mod store;
+pub mod tarscan;
 pub mod unpack;
 
 pub use digest::Digest;

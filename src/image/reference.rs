@@ -9,7 +9,11 @@ use std::str::FromStr;
 use oci_client::Reference;
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid image reference {input:?}: {reason}")]
+#[error(
+    "invalid image reference \"{}\": {}",
+    crate::text::echo(.input),
+    crate::text::echo(.reason)
+)]
 pub struct ReferenceError {
     input: String,
     reason: String,

@@ -33,7 +33,7 @@ type Result<T> = std::result::Result<T, RootfsError>;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
     move |err| RootfsError::Io {
-        path: path.display().to_string(),
+        path: crate::text::echo_path(path),
         err,
     }
 }

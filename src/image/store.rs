@@ -38,7 +38,7 @@ pub enum StoreError {
     MissingBlob(Digest),
     #[error("the image index is corrupt: {0}")]
     CorruptIndex(serde_json::Error),
-    #[error("no image {0} in the store")]
+    #[error("no image {} in the store", crate::text::echo(.0))]
     NoImage(String),
     #[error(transparent)]
     Reference(#[from] ReferenceError),
@@ -155,6 +155,18 @@ impl BlobWriter {
 
     pub fn written(&self) -> u64 {
         self.out.as_ref().map_or(0, |o| o.written())
+    }
+
+    /// The temporary file, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What was written so far, read back from the start.
+    pub fn reopen(&mut self) -> Result<File> {
+        let path = self.path.clone();
+        self.out().flush().map_err(io_err(&path))?;
+        File::open(&path).map_err(io_err(&path))
     }
 
     /// Throws away what was written, to start the blob over.
@@ -302,6 +314,11 @@ impl Store {
     pub fn put_blob_computed(&self, reader: &mut dyn Read) -> Result<(Digest, u64)> {
         let mut w = self.blob_writer()?;
         io::copy(reader, &mut w).map_err(io_err(&w.path))?;
+        self.commit_computed(w)
+    }
+
+    /// Moves the blob into place under the digest of what it holds.
+    pub fn commit_computed(&self, w: BlobWriter) -> Result<(Digest, u64)> {
         let (path, file, digest, size) = w.finish();
         if self.has_blob(&digest) {
             let _ = fs::remove_file(&path);

@@ -6,6 +6,7 @@
 mod check;
 #[path = "../common/mod.rs"]
 mod common;
+mod import;
 mod layers;
 mod local_registry;
 
