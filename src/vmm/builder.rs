@@ -17,9 +17,11 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::vmm::arch::x86_64::boot::{self, BootError, BootInfo, KernelEntry};
 use crate::vmm::arch::x86_64::cpuid::Topology;
-use crate::vmm::config::{open_regular, OpenRegularError, SerialConfig, VmConfig};
+use crate::vmm::config::{open_regular, CacheType, OpenRegularError, SerialConfig, VmConfig};
 use crate::vmm::device_manager::{DeviceManager, DeviceManagerError};
 use crate::vmm::devices::legacy::{self, Console, I8042Device, SerialDevice};
+use crate::vmm::devices::virtio::block::{Block, BlockOptions};
+use crate::vmm::devices::virtio::mmio::MmioTransport;
 use crate::vmm::devices::virtio::rng::Rng;
 use crate::vmm::exit::ExitNotifier;
 use crate::vmm::kvm::memory::{create_guest_memory, MemoryError};
@@ -58,6 +60,13 @@ pub enum StartError {
     Device(&'static str, String),
 }
 
+/// A virtio-blk device as it runs, for PATCH /drives.
+pub struct AttachedDrive {
+    pub id: String,
+    pub block: Arc<Mutex<Block>>,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
 /// A microVM whose vCPUs are running.
 pub struct RunningVm {
     // Field order is drop order: stop the vCPUs, then close the VM, then
@@ -66,6 +75,7 @@ pub struct RunningVm {
     pub serial: Arc<Mutex<SerialDevice>>,
     pub i8042: Arc<Mutex<I8042Device>>,
     pub devices: DeviceManager,
+    pub drives: Vec<AttachedDrive>,
     pub vm: Vm,
     pub mem: GuestMemoryMmap,
 }
@@ -157,7 +167,25 @@ fn attach_virtio_devices(
     dm: &mut DeviceManager,
     events: &mut EventLoop,
     cfg: &VmConfig,
-) -> Result<(), StartError> {
+) -> Result<Vec<AttachedDrive>, StartError> {
+    // Drives first, the root device leading: they probe as vda, vdb, ...
+    let mut drives = Vec::with_capacity(cfg.drives.len());
+    for d in &cfg.drives {
+        let options = BlockOptions {
+            read_only: d.is_read_only,
+            writeback: d.cache_type == CacheType::Writeback,
+        };
+        let block = Block::new(&d.drive_id, Path::new(&d.path_on_host), options)
+            .map_err(|e| StartError::Device("virtio-blk", e.to_string()))?;
+        let block = Arc::new(Mutex::new(block));
+        let transport =
+            dm.attach_virtio(vm, mem, events, "virtio-blk", &d.drive_id, block.clone())?;
+        drives.push(AttachedDrive {
+            id: d.drive_id.clone(),
+            block,
+            transport,
+        });
+    }
     if cfg.entropy.is_some() {
         let rng = Rng::new().map_err(|e| StartError::Device("virtio-rng", e.to_string()))?;
         dm.attach_virtio(
@@ -169,7 +197,7 @@ fn attach_virtio_devices(
             Arc::new(Mutex::new(rng)),
         )?;
     }
-    Ok(())
+    Ok(drives)
 }
 
 /// Phase 3: the vCPUs, sharing the (now frozen) buses.
@@ -186,10 +214,14 @@ fn create_vcpus(
         .map_err(Into::into)
 }
 
-/// The kernel command line: the user's arguments, then one entry per
-/// virtio-mmio device.
-pub fn full_cmdline(boot_args: &str, dm: &DeviceManager) -> String {
+/// The kernel command line: the user's arguments, the root drive's, then
+/// one entry per virtio-mmio device.
+pub fn full_cmdline(cfg: &VmConfig, boot_args: &str, dm: &DeviceManager) -> String {
     let mut cmdline = boot_args.to_string();
+    if let Some(root) = cfg.drives.iter().find(|d| d.is_root_device) {
+        cmdline.push(' ');
+        cmdline.push_str(&root.root_args());
+    }
     for entry in dm.cmdline_entries() {
         cmdline.push(' ');
         cmdline.push_str(&entry);
@@ -218,7 +250,7 @@ fn load_and_configure(
         }
         None => None,
     };
-    let cmdline = full_cmdline(boot_source.boot_args(), dm);
+    let cmdline = full_cmdline(cfg, boot_source.boot_args(), dm);
     let cmdline_size = boot::load_command_line(mem, &cmdline)?;
     tracing::debug!(?entry.protocol, "kernel loaded");
     boot::configure_system(
@@ -256,7 +288,7 @@ pub fn build_and_start(
     let mut devices = DeviceManager::new();
     let (serial, i8042) =
         attach_legacy_devices(&vm, &mut devices, events, cfg.serial.as_ref(), &exit)?;
-    attach_virtio_devices(&vm, &mem, &mut devices, events, cfg)?;
+    let drives = attach_virtio_devices(&vm, &mem, &mut devices, events, cfg)?;
     // Phase 3.
     let vcpus = create_vcpus(&vm, &devices, machine.vcpu_count, &exit)?;
     // Phase 4.
@@ -271,6 +303,7 @@ pub fn build_and_start(
         serial,
         i8042,
         devices,
+        drives,
         vm,
         mem,
     })

@@ -183,7 +183,7 @@ impl DeviceManager {
         kind: &'static str,
         id: &str,
         device: Arc<Mutex<D>>,
-    ) -> Result<()>
+    ) -> Result<Arc<Mutex<MmioTransport>>>
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
@@ -196,10 +196,14 @@ impl DeviceManager {
                 Self::register_notify(vm, id, evt, base + reg::QUEUE_NOTIFY, queue as u32)?;
             }
         }
-        let transport = MmioTransport::new(device.clone(), mem.clone(), interrupt);
-        self.attach_mmio(kind, id, Arc::new(Mutex::new(transport)), window)?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device.clone(),
+            mem.clone(),
+            interrupt,
+        )));
+        self.attach_mmio(kind, id, transport.clone(), window)?;
         events.add_subscriber(device);
-        Ok(())
+        Ok(transport)
     }
 
     /// The buses, shared with the vCPUs from now on.

@@ -80,6 +80,17 @@ pub struct I8042Metrics {
 }
 
 #[derive(Debug, Default, Serialize)]
+pub struct BlockMetrics {
+    pub requests: Counter,
+    pub read_bytes: Counter,
+    pub write_bytes: Counter,
+    /// Requests answered with an error status, and broken chains.
+    pub errors: Counter,
+    /// Backing files swapped by PATCH /drives.
+    pub swaps: Counter,
+}
+
+#[derive(Debug, Default, Serialize)]
 pub struct RngMetrics {
     pub requests: Counter,
     pub bytes: Counter,
@@ -103,6 +114,7 @@ pub struct Metrics {
     pub vcpu: VcpuMetrics,
     pub serial: SerialMetrics,
     pub i8042: I8042Metrics,
+    pub block: BlockMetrics,
     pub rng: RngMetrics,
     pub vmm: VmmMetrics,
 }
@@ -140,6 +152,13 @@ pub static METRICS: Metrics = Metrics {
         resets,
         ctrl_alt_del,
         missed_keys
+    }),
+    block: zeroed!(BlockMetrics {
+        requests,
+        read_bytes,
+        write_bytes,
+        errors,
+        swaps
     }),
     rng: zeroed!(RngMetrics {
         requests,

@@ -34,8 +34,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use builder::{RunningVm, StartError};
 use config::{
-    BootSourceConfig, EntropyConfig, LoggerConfig, MachineConfig, MetricsConfig, SerialConfig,
-    VmConfig,
+    BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
+    MachineConfig, MetricsConfig, SerialConfig, VmConfig,
 };
 use exit::{ExitNotifier, ExitReason};
 use logger::Logger;
@@ -146,6 +146,10 @@ impl Vmm {
         if let Some(b) = cfg.boot_source {
             self.set_boot_source(b)?;
         }
+        for d in cfg.drives {
+            let id = d.drive_id.clone();
+            self.set_drive(&id, d)?;
+        }
         if let Some(e) = cfg.entropy {
             self.set_entropy(e)?;
         }
@@ -169,6 +173,58 @@ impl Vmm {
     fn set_serial(&mut self, s: SerialConfig) -> Result<(), VmmActionError> {
         self.require_not_started()?;
         self.config.serial = Some(s);
+        Ok(())
+    }
+
+    fn set_drive(&mut self, path_id: &str, d: DriveConfig) -> Result<(), VmmActionError> {
+        self.require_not_started()?;
+        same_id(&d.drive_id, path_id)?;
+        d.validate()?;
+        config::insert_drive(&mut self.config.drives, d)?;
+        Ok(())
+    }
+
+    /// Before start, changes the drive's configuration; after, swaps its
+    /// backing file and tells the guest its configuration changed.
+    fn patch_drive(&mut self, path_id: &str, u: DriveUpdate) -> Result<(), VmmActionError> {
+        same_id(&u.drive_id, path_id)?;
+        let no_such = || ConfigError::NoSuchDrive(crate::text::echo(path_id).into_owned());
+        let i = self
+            .config
+            .drives
+            .iter()
+            .position(|d| d.drive_id == path_id)
+            .ok_or_else(no_such)?;
+        let Some(path) = u.path_on_host else {
+            return Ok(());
+        };
+        if let Some(vm) = &self.running {
+            let drive = vm
+                .drives
+                .iter()
+                .find(|d| d.id == path_id)
+                .ok_or_else(no_such)?;
+            let swapped = drive
+                .block
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .swap_backing(Path::new(&path));
+            swapped.map_err(|e| VmmActionError::DriveUpdate {
+                id: path_id.to_string(),
+                err: e.to_string(),
+            })?;
+            drive
+                .transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .config_changed();
+            METRICS.block.swaps.inc();
+        } else {
+            let mut d = self.config.drives[i].clone();
+            d.path_on_host = path.clone();
+            d.validate()?;
+        }
+        self.config.drives[i].path_on_host = path;
         Ok(())
     }
 
@@ -283,6 +339,8 @@ impl Vmm {
             VmmAction::PutMetrics(m) => done(self.set_metrics(m)),
             VmmAction::PutSerial(s) => done(self.set_serial(s)),
             VmmAction::PutEntropy(e) => done(self.set_entropy(e)),
+            VmmAction::PutDrive(id, d) => done(self.set_drive(&id, d)),
+            VmmAction::PatchDrive(id, u) => done(self.patch_drive(&id, u)),
             // Starting needs the event loop; `run.rs` handles it before
             // the microVM runs. Here it can only be too late.
             VmmAction::InstanceStart => done(
@@ -340,6 +398,18 @@ impl Vmm {
         if let Err(e) = self.metrics.flush() {
             tracing::warn!("{e}");
         }
+    }
+}
+
+/// The drive id in a body must be the one in the path.
+fn same_id(body: &str, path: &str) -> Result<(), ConfigError> {
+    if body == path {
+        Ok(())
+    } else {
+        Err(ConfigError::DriveIdMismatch {
+            body: crate::text::echo(body).into_owned(),
+            path: crate::text::echo(path).into_owned(),
+        })
     }
 }
 

@@ -17,8 +17,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::builder::StartError;
 use crate::vmm::config::{
-    BootSourceConfig, ConfigError, EntropyConfig, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, SerialConfig,
+    BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, SerialConfig,
 };
 use crate::vmm::devices::legacy::i8042::I8042Error;
 use crate::vmm::kvm::vcpu::VcpuError;
@@ -40,6 +40,9 @@ pub enum VmmAction {
     PutMetrics(MetricsConfig),
     PutSerial(SerialConfig),
     PutEntropy(EntropyConfig),
+    /// The drive id from the path, and the body.
+    PutDrive(String, DriveConfig),
+    PatchDrive(String, DriveUpdate),
     InstanceStart,
     SendCtrlAltDel,
     FlushMetrics,
@@ -79,6 +82,8 @@ pub enum VmmActionError {
     Vcpu(#[from] VcpuError),
     #[error("the microVM is shutting down")]
     ShuttingDown,
+    #[error("cannot update drive {id}: {err}")]
+    DriveUpdate { id: String, err: String },
 }
 
 pub type VmmReply = Result<VmmData, VmmActionError>;

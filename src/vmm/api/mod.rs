@@ -15,7 +15,7 @@ use std::path::Path;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::State;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -101,6 +101,7 @@ pub fn router(api: ApiSender) -> Router {
         .route("/metrics", put(put_metrics).get(get_metrics))
         .route("/serial", put(put_serial))
         .route("/entropy", put(put_entropy))
+        .route("/drives/{drive_id}", put(put_drive).patch(patch_drive))
         .fallback(invalid_route)
         .method_not_allowed_fallback(invalid_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -206,6 +207,22 @@ async fn put_metrics(State(api): State<ApiSender>, body: Body) -> Response {
 
 async fn put_serial(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::PutSerial).await
+}
+
+async fn put_drive(
+    State(api): State<ApiSender>,
+    UrlPath(id): UrlPath<String>,
+    body: Body,
+) -> Response {
+    call_with(&api, &body, |d| VmmAction::PutDrive(id, d)).await
+}
+
+async fn patch_drive(
+    State(api): State<ApiSender>,
+    UrlPath(id): UrlPath<String>,
+    body: Body,
+) -> Response {
+    call_with(&api, &body, |d| VmmAction::PatchDrive(id, d)).await
 }
 
 async fn put_entropy(State(api): State<ApiSender>, body: Body) -> Response {

@@ -9,11 +9,13 @@ use serde::{Deserialize, Serialize};
 use crate::vmm::arch::x86_64::layout::MAX_VCPUS;
 
 mod boot;
+mod drive;
 mod entropy;
 mod machine;
 mod output;
 
 pub use boot::{BootSourceConfig, DEFAULT_BOOT_ARGS};
+pub use drive::{insert_drive, CacheType, DriveConfig, DriveUpdate};
 pub use entropy::EntropyConfig;
 pub use machine::{host_memory_mib, MachineConfig, MachineConfigUpdate, MIN_MEM_SIZE_MIB};
 pub use output::{LoggerConfig, MetricsConfig, SerialConfig};
@@ -42,6 +44,20 @@ pub enum ConfigError {
     BootArgs(String),
     #[error("invalid log level {0:?}; use Error, Warning, Info, Debug, Trace or Off")]
     LogLevel(String),
+    #[error("invalid drive_id {0:?}: 1 to 64 letters, digits, '-' or '_'")]
+    DriveId(String),
+    #[error("the drive_id in the body ({body}) differs from the one in the path ({path})")]
+    DriveIdMismatch { body: String, path: String },
+    #[error("io_engine {0:?} is not supported; use \"Sync\"")]
+    IoEngine(String),
+    #[error("invalid partuuid {0:?}")]
+    PartUuid(String),
+    #[error("invalid drive: {0}")]
+    Drive(String),
+    #[error("only one drive can be the root device")]
+    SecondRoot,
+    #[error("no drive {0:?} is configured")]
+    NoSuchDrive(String),
 }
 
 /// A whole VM: the `--config-file` format and `GET /vm/config`.
@@ -62,6 +78,8 @@ pub struct VmConfig {
     pub metrics: Option<MetricsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<DriveConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyConfig>,
 }
@@ -175,8 +193,8 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.machine_config.vcpu_count, 2);
         assert_eq!(cfg.boot_source.unwrap().boot_args(), "console=ttyS0");
-        let err = serde_json::from_str::<VmConfig>(r#"{"drives": []}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field `drives`"), "{err}");
+        let err = serde_json::from_str::<VmConfig>(r#"{"balloon": {}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `balloon`"), "{err}");
         let err = serde_json::from_str::<MachineConfig>(r#"{"vcpu_count": 1}"#).unwrap_err();
         assert!(err.to_string().contains("mem_size_mib"), "{err}");
     }

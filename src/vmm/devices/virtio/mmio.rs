@@ -181,12 +181,17 @@ impl MmioTransport {
             reg::QUEUE_NUM if self.queue_writable() => {
                 let sel = self.queue_sel as usize;
                 if let Some(q) = self.queues.get_mut(sel) {
-                    // virtio-queue ignores sizes that are zero, too large
-                    // or not powers of two; remember it, so that
-                    // DRIVER_OK fails rather than the device using a
-                    // size the driver did not ask for.
-                    q.set_size(v as u16);
-                    self.bad_size[sel] = u32::from(q.size()) != v;
+                    // A size that is zero, too large or not a power of two
+                    // is remembered, so that DRIVER_OK fails rather than
+                    // the device using a size the driver did not ask for.
+                    // (It is checked here, not by virtio-queue, which
+                    // would log every such write: a guest could flood
+                    // the log.)
+                    let valid = v.is_power_of_two() && v <= u32::from(q.max_size());
+                    if valid {
+                        q.set_size(v as u16);
+                    }
+                    self.bad_size[sel] = !valid;
                 }
             }
             reg::QUEUE_READY if self.queue_writable() || v == 0 => {

@@ -6,7 +6,9 @@
 //! interface and the status state machine; on DRIVER_OK it hands the
 //! device its queues, guest memory and interrupt ([`ActiveQueues`]).
 
+pub mod block;
 pub mod mmio;
+pub mod queue;
 pub mod rng;
 
 use std::sync::atomic::{AtomicU32, Ordering};

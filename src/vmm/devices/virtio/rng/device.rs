@@ -1,12 +1,13 @@
 //! The virtio-rng model: one request queue of device-writable buffers,
 //! each filled with random bytes from the host.
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::vmm::devices::virtio::queue::ActiveQueue;
 use crate::vmm::devices::virtio::{
-    read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, INT_USED_RING, TYPE_RNG,
+    read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, TYPE_RNG,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 use crate::vmm::metrics::METRICS;
@@ -22,15 +23,9 @@ pub enum RngError {
     EventFd(std::io::Error),
 }
 
-pub(super) struct Active {
-    pub mem: GuestMemoryMmap,
-    pub queue: Queue,
-    pub interrupt: std::sync::Arc<crate::vmm::devices::virtio::VirtioInterrupt>,
-}
-
 pub struct Rng {
     pub(super) queue_evts: [EventFd; 1],
-    pub(super) active: Option<Active>,
+    pub(super) active: Option<ActiveQueue>,
 }
 
 impl Rng {
@@ -47,64 +42,38 @@ impl Rng {
         let Some(active) = self.active.as_mut() else {
             return 0;
         };
-        let mut served = 0;
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let chains: Vec<_> = match active.queue.iter(&active.mem) {
-                Ok(iter) => iter.collect(),
-                Err(e) => {
-                    tracing::warn!("virtio-rng: broken queue: {e}");
-                    METRICS.rng.errors.inc();
-                    return served;
-                }
-            };
-            if chains.is_empty() {
-                break;
-            }
-            for chain in chains {
-                let head = chain.head_index();
-                let mut written: u32 = 0;
-                for desc in chain {
-                    if !desc.is_write_only() {
-                        // The spec has only device-writable buffers here.
-                        METRICS.rng.errors.inc();
-                        continue;
-                    }
-                    let room = MAX_REQUEST_BYTES.saturating_sub(written as usize);
-                    let want = (desc.len() as usize).min(room).min(buf.len());
-                    if want == 0 {
-                        break;
-                    }
-                    let n = fill_random(&mut buf[..want]);
-                    if active.mem.write_slice(&buf[..n], desc.addr()).is_err() {
-                        // Outside guest memory: the request gets nothing.
-                        METRICS.rng.errors.inc();
-                        break;
-                    }
-                    written += n as u32;
-                }
-                METRICS.rng.bytes.add(u64::from(written));
-                if let Err(e) = active.queue.add_used(&active.mem, head, written) {
-                    tracing::warn!("virtio-rng: cannot return a buffer: {e}");
-                    METRICS.rng.errors.inc();
-                }
-                served += 1;
-            }
-            // With EVENT_IDX, re-check after enabling notifications so no
-            // buffer added in between is missed.
-            match active.queue.enable_notification(&active.mem) {
-                Ok(true) => continue,
-                _ => break,
-            }
-        }
-        if served > 0 {
-            METRICS.rng.requests.add(served as u64);
-            if active.queue.needs_notification(&active.mem).unwrap_or(true) {
-                active.interrupt.signal(INT_USED_RING);
-            }
-        }
+        let served = active.serve(&METRICS.rng.errors, fill_request);
+        METRICS.rng.requests.add(served as u64);
         served
     }
+}
+
+/// Fills a request's device-writable buffers with random bytes, up to
+/// [`MAX_REQUEST_BYTES`]; returns how many were written.
+fn fill_request(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+    let mut buf = [0u8; 4096];
+    let mut written: u32 = 0;
+    for desc in chain {
+        if !desc.is_write_only() {
+            // The spec has only device-writable buffers here.
+            METRICS.rng.errors.inc();
+            continue;
+        }
+        let room = MAX_REQUEST_BYTES.saturating_sub(written as usize);
+        let want = (desc.len() as usize).min(room).min(buf.len());
+        if want == 0 {
+            break;
+        }
+        let n = fill_random(&mut buf[..want]);
+        if mem.write_slice(&buf[..n], desc.addr()).is_err() {
+            // Outside guest memory: the request gets no more.
+            METRICS.rng.errors.inc();
+            break;
+        }
+        written += n as u32;
+    }
+    METRICS.rng.bytes.add(u64::from(written));
+    written
 }
 
 /// Fills `buf` from the host's entropy pool; returns how many bytes.
@@ -144,7 +113,7 @@ impl VirtioDevice for Rng {
             .next()
             .filter(|_| got == 1)
             .ok_or(ActivateError::QueueCount { expected: 1, got })?;
-        self.active = Some(Active {
+        self.active = Some(ActiveQueue {
             mem: active.mem,
             queue,
             interrupt: active.interrupt,

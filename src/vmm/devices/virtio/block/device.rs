@@ -1,0 +1,208 @@
+//! The virtio-blk model: one request queue over a raw file or block
+//! device.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::request::{execute, Disk, ID_BYTES, MAX_SEGMENTS, SECTOR_SIZE};
+use crate::vmm::devices::virtio::queue::ActiveQueue;
+use crate::vmm::devices::virtio::{
+    read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, TYPE_BLOCK,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+};
+use crate::vmm::metrics::METRICS;
+
+pub const QUEUE_SIZE: u16 = 256;
+pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+/// Largest DISCARD / WRITE_ZEROES in sectors (4 GiB - 512).
+const MAX_ZERO_SECTORS: u32 = (u32::MAX >> 9) as u32;
+const CONFIG_LEN: usize = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("cannot open {path}: {err}")]
+    Open { path: String, err: std::io::Error },
+    #[error("{0} is not a regular file or a block device")]
+    NotDisk(String),
+    #[error("cannot size {path}: {err}")]
+    Size { path: String, err: std::io::Error },
+    #[error("cannot create an event fd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// How the drive is backed.
+#[derive(Clone, Debug)]
+pub struct BlockOptions {
+    pub read_only: bool,
+    pub writeback: bool,
+}
+
+pub struct Block {
+    pub(super) queue_evts: [EventFd; 1],
+    pub(super) active: Option<ActiveQueue>,
+    disk: Disk,
+    options: BlockOptions,
+    config: [u8; CONFIG_LEN],
+}
+
+/// Opens a backing file without blocking (a FIFO is refused) and
+/// measures it.
+pub fn open_disk(path: &Path, read_only: bool) -> Result<(File, u64), BlockError> {
+    use std::io::{Seek, SeekFrom};
+    let name = crate::text::echo_path(path);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|err| BlockError::Open {
+            path: name.clone(),
+            err,
+        })?;
+    let kind = file
+        .metadata()
+        .map_err(|err| BlockError::Open {
+            path: name.clone(),
+            err,
+        })?
+        .file_type();
+    if !(kind.is_file() || kind.is_block_device()) {
+        return Err(BlockError::NotDisk(name));
+    }
+    let size = file
+        .seek(SeekFrom::End(0))
+        .map_err(|err| BlockError::Size { path: name, err })?;
+    Ok((file, size - size % SECTOR_SIZE))
+}
+
+impl Block {
+    pub fn new(id: &str, path: &Path, options: BlockOptions) -> Result<Self, BlockError> {
+        let (file, size) = open_disk(path, options.read_only)?;
+        let mut disk_id = [0u8; ID_BYTES];
+        let n = id.len().min(ID_BYTES);
+        disk_id[..n].copy_from_slice(&id.as_bytes()[..n]);
+        let mut b = Block {
+            queue_evts: [EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?],
+            active: None,
+            disk: Disk {
+                file,
+                size,
+                read_only: options.read_only,
+                writeback: options.writeback,
+                id: disk_id,
+            },
+            options,
+            config: [0; CONFIG_LEN],
+        };
+        b.write_config_space();
+        Ok(b)
+    }
+
+    /// virtio_blk_config: capacity, then the discard and write-zeroes
+    /// limits.
+    fn write_config_space(&mut self) {
+        let c = &mut self.config;
+        c[0..8].copy_from_slice(&(self.disk.size / SECTOR_SIZE).to_le_bytes());
+        c[36..40].copy_from_slice(&MAX_ZERO_SECTORS.to_le_bytes());
+        c[40..44].copy_from_slice(&(MAX_SEGMENTS as u32).to_le_bytes());
+        c[44..48].copy_from_slice(&1u32.to_le_bytes());
+        c[48..52].copy_from_slice(&MAX_ZERO_SECTORS.to_le_bytes());
+        c[52..56].copy_from_slice(&(MAX_SEGMENTS as u32).to_le_bytes());
+        c[56] = 1;
+    }
+
+    /// Capacity in sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.size / SECTOR_SIZE
+    }
+
+    /// Swaps the backing file (PATCH /drives after boot). The caller
+    /// raises the configuration-change interrupt.
+    pub fn swap_backing(&mut self, path: &Path) -> Result<(), BlockError> {
+        let (file, size) = open_disk(path, self.options.read_only)?;
+        self.disk.file = file;
+        self.disk.size = size;
+        self.write_config_space();
+        Ok(())
+    }
+
+    /// Serves every request the driver made available; returns how many.
+    pub fn process_queue(&mut self) -> usize {
+        let Some(active) = self.active.as_mut() else {
+            return 0;
+        };
+        let disk = &self.disk;
+        active.serve(&METRICS.block.errors, |mem, chain| {
+            let out = execute(mem, chain, disk);
+            count(&out);
+            out.used_len
+        })
+    }
+}
+
+fn count(out: &super::request::Outcome) {
+    let m = &METRICS.block;
+    m.requests.inc();
+    m.read_bytes.add(out.read_bytes);
+    m.write_bytes.add(out.written_bytes);
+    if out.status != Some(super::request::S_OK) {
+        m.errors.inc();
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn avail_features(&self) -> u64 {
+        let mut f = VIRTIO_F_VERSION_1
+            | VIRTIO_F_RING_EVENT_IDX
+            | VIRTIO_F_RING_INDIRECT_DESC
+            | VIRTIO_BLK_F_FLUSH;
+        if self.options.read_only {
+            f |= VIRTIO_BLK_F_RO;
+        } else {
+            f |= VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        f
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
+        let got = active.queues.len();
+        let queue = active
+            .queues
+            .into_iter()
+            .next()
+            .filter(|_| got == 1)
+            .ok_or(ActivateError::QueueCount { expected: 1, got })?;
+        self.active = Some(ActiveQueue {
+            mem: active.mem,
+            queue,
+            interrupt: active.interrupt,
+        });
+        self.process_queue();
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
