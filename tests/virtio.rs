@@ -131,8 +131,14 @@ fn bad_device_configs_get_clear_400s() {
         ),
         (
             "/entropy",
-            json!({"rate_limiter": {}}),
-            "unknown field `rate_limiter`",
+            json!({"rate_limiter": {"ops": {"size": 5, "refill_time": 0}}}),
+            "refill_time must be more than 0",
+        ),
+        (
+            "/drives/a",
+            json!({"drive_id": "a", "path_on_host": img, "is_root_device": false,
+                   "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1, "burst": 2}}}),
+            "unknown field `burst`",
         ),
     ];
     for (path, body, want) in cases {
@@ -176,6 +182,28 @@ fn a_running_drive_can_be_swapped_but_not_added() {
     assert!(Vmm::fault(&r).contains("cannot update drive data"));
     let msg = Vmm::fault(&vmm.put("/drives/more", drive("more", &first, false, false)));
     assert!(msg.contains("not supported after starting"), "{msg}");
+    vmm.action("SendCtrlAltDel");
+    assert_eq!(vmm.wait().code(), Some(0));
+}
+
+#[test]
+fn a_rate_limiter_holds_the_second_burst_back() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vmm = Vmm::with_api();
+    // 32 bytes fill the bucket; the next 32 wait for it to refill.
+    vmm.put_ok(
+        "/entropy",
+        json!({"rate_limiter": {"bandwidth": {"size": 32, "refill_time": 50}}}),
+    );
+    vmm.configure("probe=rng,rng,wait-cad", 1, 128);
+    vmm.start();
+    assert_eq!(vmm.expect_line("PROBE rng"), "PROBE rng OK bytes=32 irq=1");
+    assert_eq!(vmm.expect_line("PROBE rng"), "PROBE rng OK bytes=32 irq=1");
+    let m = vmm.get("/metrics").json();
+    assert!(m["rng"]["rate_limited"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(m["rng"]["bytes"], 64, "{m}");
     vmm.action("SendCtrlAltDel");
     assert_eq!(vmm.wait().code(), Some(0));
 }

@@ -174,6 +174,7 @@ fn attach_virtio_devices(
         let options = BlockOptions {
             read_only: d.is_read_only,
             writeback: d.cache_type == CacheType::Writeback,
+            rate_limiter: d.rate_limiter.unwrap_or_default(),
         };
         let block = Block::new(&d.drive_id, Path::new(&d.path_on_host), options)
             .map_err(|e| StartError::Device("virtio-blk", e.to_string()))?;
@@ -186,8 +187,9 @@ fn attach_virtio_devices(
             transport,
         });
     }
-    if cfg.entropy.is_some() {
-        let rng = Rng::new().map_err(|e| StartError::Device("virtio-rng", e.to_string()))?;
+    if let Some(e) = &cfg.entropy {
+        let rng = Rng::new(&e.rate_limiter.unwrap_or_default())
+            .map_err(|e| StartError::Device("virtio-rng", e.to_string()))?;
         dm.attach_virtio(
             vm,
             mem,

@@ -88,6 +88,8 @@ pub struct BlockMetrics {
     pub errors: Counter,
     /// Backing files swapped by PATCH /drives.
     pub swaps: Counter,
+    /// Requests a rate limiter held back.
+    pub rate_limited: Counter,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -96,6 +98,8 @@ pub struct RngMetrics {
     pub bytes: Counter,
     /// Malformed requests: read-only buffers, addresses outside memory.
     pub errors: Counter,
+    /// Requests a rate limiter held back.
+    pub rate_limited: Counter,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -158,12 +162,14 @@ pub static METRICS: Metrics = Metrics {
         read_bytes,
         write_bytes,
         errors,
-        swaps
+        swaps,
+        rate_limited
     }),
     rng: zeroed!(RngMetrics {
         requests,
         bytes,
-        errors
+        errors,
+        rate_limited
     }),
     vmm: zeroed!(VmmMetrics {
         instance_starts,

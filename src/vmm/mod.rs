@@ -195,6 +195,29 @@ impl Vmm {
             .iter()
             .position(|d| d.drive_id == path_id)
             .ok_or_else(no_such)?;
+        if let Some(r) = &u.rate_limiter {
+            r.validate()
+                .map_err(|e| ConfigError::RateLimiter(e.to_string()))?;
+        }
+        if let (Some(r), Some(vm)) = (&u.rate_limiter, &self.running) {
+            let drive = vm
+                .drives
+                .iter()
+                .find(|d| d.id == path_id)
+                .ok_or_else(no_such)?;
+            let updated = drive
+                .block
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update_rate_limiter(r);
+            updated.map_err(|e| VmmActionError::DriveUpdate {
+                id: path_id.to_string(),
+                err: e.to_string(),
+            })?;
+        }
+        if u.rate_limiter.is_some() {
+            self.config.drives[i].rate_limiter = u.rate_limiter;
+        }
         let Some(path) = u.path_on_host else {
             return Ok(());
         };
@@ -230,6 +253,7 @@ impl Vmm {
 
     fn set_entropy(&mut self, e: EntropyConfig) -> Result<(), VmmActionError> {
         self.require_not_started()?;
+        e.validate()?;
         self.config.entropy = Some(e);
         Ok(())
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use crate::vmm::devices::rate_limiter::RateLimiterConfig;
 use crate::vmm::devices::virtio::block::open_disk;
 
 /// How writes reach the backing file.
@@ -34,6 +35,8 @@ pub struct DriveConfig {
     /// Only "Sync" (requests are served on the VMM thread).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `PATCH /drives/{drive_id}`.
@@ -42,6 +45,7 @@ pub struct DriveConfig {
 pub struct DriveUpdate {
     pub drive_id: String,
     pub path_on_host: Option<String>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// Drive ids go into paths, logs and the guest's GET_ID answer.
@@ -81,6 +85,10 @@ impl DriveConfig {
             if !ok || p.len() > 36 {
                 return Err(ConfigError::PartUuid(crate::text::echo(p).into_owned()));
             }
+        }
+        if let Some(r) = &self.rate_limiter {
+            r.validate()
+                .map_err(|e| ConfigError::RateLimiter(e.to_string()))?;
         }
         check_backing(&self.path_on_host, self.is_read_only)
     }
@@ -128,6 +136,7 @@ mod tests {
             partuuid: None,
             cache_type: CacheType::Unsafe,
             io_engine: None,
+            rate_limiter: None,
         }
     }
 

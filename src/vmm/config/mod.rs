@@ -58,6 +58,8 @@ pub enum ConfigError {
     SecondRoot,
     #[error("no drive {0:?} is configured")]
     NoSuchDrive(String),
+    #[error("invalid rate_limiter: {0}")]
+    RateLimiter(String),
 }
 
 /// A whole VM: the `--config-file` format and `GET /vm/config`.

@@ -29,7 +29,7 @@ struct Driver {
 impl Driver {
     fn new() -> Driver {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let rng = Arc::new(Mutex::new(Rng::new().unwrap()));
+        let rng = Arc::new(Mutex::new(Rng::new(&Default::default()).unwrap()));
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let interrupt = Arc::new(VirtioInterrupt::new(IrqTrigger(irq.try_clone().unwrap())));
         let t = MmioTransport::new(rng.clone(), mem.clone(), interrupt);

@@ -6,6 +6,8 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::vmm::devices::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
+
 use super::request::{execute, Disk, ID_BYTES, MAX_SEGMENTS, SECTOR_SIZE};
 use crate::vmm::devices::virtio::queue::ActiveQueue;
 use crate::vmm::devices::virtio::{
@@ -33,13 +35,16 @@ pub enum BlockError {
     Size { path: String, err: std::io::Error },
     #[error("cannot create an event fd: {0}")]
     EventFd(std::io::Error),
+    #[error(transparent)]
+    RateLimiter(#[from] RateLimiterError),
 }
 
-/// How the drive is backed.
-#[derive(Clone, Debug)]
+/// How the drive is backed and limited.
+#[derive(Clone, Debug, Default)]
 pub struct BlockOptions {
     pub read_only: bool,
     pub writeback: bool,
+    pub rate_limiter: RateLimiterConfig,
 }
 
 pub struct Block {
@@ -48,6 +53,7 @@ pub struct Block {
     disk: Disk,
     options: BlockOptions,
     config: [u8; CONFIG_LEN],
+    pub(super) limiter: RateLimiter,
 }
 
 /// Opens a backing file without blocking (a FIFO is refused) and
@@ -96,6 +102,7 @@ impl Block {
                 writeback: options.writeback,
                 id: disk_id,
             },
+            limiter: RateLimiter::new(&options.rate_limiter)?,
             options,
             config: [0; CONFIG_LEN],
         };
@@ -137,11 +144,31 @@ impl Block {
             return 0;
         };
         let disk = &self.disk;
+        let limiter = &mut self.limiter;
         active.serve(&METRICS.block.errors, |mem, chain| {
+            // Data bytes: everything but the 16-byte header and the status.
+            let bytes = chain
+                .clone()
+                .map(|d| u64::from(d.len()))
+                .sum::<u64>()
+                .saturating_sub(17);
+            if !limiter.consume(bytes) {
+                METRICS.block.rate_limited.inc();
+                return None;
+            }
             let out = execute(mem, chain, disk);
             count(&out);
-            out.used_len
+            Some(out.used_len)
         })
+    }
+
+    /// Replaces the rate limiter's buckets (PATCH /drives).
+    pub fn update_rate_limiter(&mut self, cfg: &RateLimiterConfig) -> Result<(), BlockError> {
+        self.limiter.update(cfg)?;
+        self.options.rate_limiter = *cfg;
+        // Requests held back may go now.
+        self.process_queue();
+        Ok(())
     }
 }
 

@@ -1,29 +1,34 @@
-//! virtio-blk on the event loop: its queue's event fd.
-
-use std::os::fd::AsRawFd;
+//! virtio-blk on the event loop: its queue's event fd and its rate limiter's
+//! timer.
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vmm_sys_util::epoll::EventSet;
 
 use super::Block;
+use crate::vmm::devices::rate_limiter::RateLimiter;
+use crate::vmm::devices::virtio::queue::{process_one_queue, subscribe_one_queue, OneQueueDevice};
+
+impl OneQueueDevice for Block {
+    const NAME: &'static str = "virtio-blk";
+    fn queue_event(&self) -> &vmm_sys_util::eventfd::EventFd {
+        &self.queue_evts[0]
+    }
+    fn limiter_mut(&mut self) -> &mut RateLimiter {
+        &mut self.limiter
+    }
+    fn limiter_fd(&self) -> std::os::fd::RawFd {
+        self.limiter.timer_fd()
+    }
+    fn process_queue(&mut self) -> usize {
+        Block::process_queue(self)
+    }
+}
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.queue_evts[0], EventSet::IN)) {
-            tracing::error!("virtio-blk: cannot watch its queue: {e:?}");
-        }
+        subscribe_one_queue(self, ops);
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.fd() != self.queue_evts[0].as_raw_fd() {
-            tracing::warn!(
-                fd = events.fd(),
-                "virtio-blk woken for an fd it does not own"
-            );
-            return;
-        }
-        let _ = self.queue_evts[0].read();
-        // Notifications before DRIVER_OK find no queue: nothing to do.
-        self.process_queue();
+        process_one_queue(self, events);
     }
 }

@@ -5,6 +5,7 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::vmm::devices::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::vmm::devices::virtio::queue::ActiveQueue;
 use crate::vmm::devices::virtio::{
     read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, TYPE_RNG,
@@ -21,18 +22,22 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub enum RngError {
     #[error("cannot create an event fd: {0}")]
     EventFd(std::io::Error),
+    #[error(transparent)]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 pub struct Rng {
     pub(super) queue_evts: [EventFd; 1],
     pub(super) active: Option<ActiveQueue>,
+    pub(super) limiter: RateLimiter,
 }
 
 impl Rng {
-    pub fn new() -> Result<Self, RngError> {
+    pub fn new(rate_limiter: &RateLimiterConfig) -> Result<Self, RngError> {
         Ok(Rng {
             queue_evts: [EventFd::new(EFD_NONBLOCK).map_err(RngError::EventFd)?],
             active: None,
+            limiter: RateLimiter::new(rate_limiter)?,
         })
     }
 
@@ -42,7 +47,20 @@ impl Rng {
         let Some(active) = self.active.as_mut() else {
             return 0;
         };
-        let served = active.serve(&METRICS.rng.errors, fill_request);
+        let limiter = &mut self.limiter;
+        let served = active.serve(&METRICS.rng.errors, |mem, chain| {
+            let asked = chain
+                .clone()
+                .filter(|d| d.is_write_only())
+                .map(|d| u64::from(d.len()))
+                .sum::<u64>()
+                .min(MAX_REQUEST_BYTES as u64);
+            if !limiter.consume(asked) {
+                METRICS.rng.rate_limited.inc();
+                return None;
+            }
+            Some(fill_request(mem, chain))
+        });
         METRICS.rng.requests.add(served as u64);
         served
     }
