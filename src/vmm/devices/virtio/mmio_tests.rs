@@ -3,121 +3,62 @@
 
 use std::sync::{Arc, Mutex};
 
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::vmm::devices::virtio::rng::Rng;
+use crate::vmm::devices::virtio::test_utils::{self as tu, F_NEXT, F_WRITE};
 use crate::vmm::devices::virtio::{INT_USED_RING, TYPE_RNG};
-use crate::vmm::devices::IrqTrigger;
 
-const DESC: u64 = 0x1000;
-const AVAIL: u64 = 0x2000;
-const USED: u64 = 0x3000;
-const BUF: u64 = 0x10000;
+const BUF: u64 = tu::BUFFERS;
 const QSIZE: u16 = 16;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
+const DESC: u64 = 0x1000;
 
+/// The shared test driver, with the rng device it drives.
 struct Driver {
-    t: MmioTransport,
-    mem: GuestMemoryMmap,
+    d: tu::Driver,
     rng: Arc<Mutex<Rng>>,
-    irq: EventFd,
 }
 
 impl Driver {
     fn new() -> Driver {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let rng = Arc::new(Mutex::new(Rng::new(&Default::default()).unwrap()));
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let interrupt = Arc::new(VirtioInterrupt::new(IrqTrigger(irq.try_clone().unwrap())));
-        let t = MmioTransport::new(rng.clone(), mem.clone(), interrupt);
-        Driver { t, mem, rng, irq }
+        Driver {
+            d: tu::Driver::new(rng.clone()),
+            rng,
+        }
     }
-
     fn r(&mut self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.t.read(off, &mut b);
-        u32::from_le_bytes(b)
+        self.d.read_reg(off)
     }
-
     fn w(&mut self, off: u64, v: u32) {
-        self.t.write(off, &v.to_le_bytes());
+        self.d.write_reg(off, v)
     }
-
-    /// Reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK: returns the
-    /// status read back.
-    fn negotiate(&mut self, features: u64) -> u32 {
-        self.w(reg::STATUS, 0);
-        self.w(reg::STATUS, status::ACKNOWLEDGE);
-        self.w(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        self.w(reg::DRIVER_FEATURES_SEL, 0);
-        self.w(reg::DRIVER_FEATURES, features as u32);
-        self.w(reg::DRIVER_FEATURES_SEL, 1);
-        self.w(reg::DRIVER_FEATURES, (features >> 32) as u32);
-        self.w(
-            reg::STATUS,
-            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
-        );
-        self.r(reg::STATUS)
+    fn negotiate(&mut self, f: u64) -> u32 {
+        self.d.negotiate(f)
     }
-
     fn setup_queue(&mut self, size: u32, desc: u64) {
-        self.w(reg::QUEUE_SEL, 0);
-        self.w(reg::QUEUE_NUM, size);
-        self.w(reg::QUEUE_DESC_LOW, desc as u32);
-        self.w(reg::QUEUE_DESC_HIGH, (desc >> 32) as u32);
-        self.w(reg::QUEUE_DRIVER_LOW, AVAIL as u32);
-        self.w(reg::QUEUE_DRIVER_HIGH, 0);
-        self.w(reg::QUEUE_DEVICE_LOW, USED as u32);
-        self.w(reg::QUEUE_DEVICE_HIGH, 0);
-        self.w(reg::QUEUE_READY, 1);
+        self.d.setup_queue_at(0, size, desc)
     }
-
     fn driver_ok(&mut self) -> u32 {
-        let s = self.r(reg::STATUS);
-        self.w(reg::STATUS, s | status::DRIVER_OK);
-        self.r(reg::STATUS)
+        self.d.driver_ok()
     }
-
     fn up(&mut self) {
-        assert_ne!(self.negotiate(VIRTIO_F_VERSION_1) & status::FEATURES_OK, 0);
-        self.setup_queue(u32::from(QSIZE), DESC);
-        assert_ne!(self.driver_ok() & status::DRIVER_OK, 0);
+        self.d.up(0, 1, QSIZE)
     }
-
     fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = GuestAddress(DESC + u64::from(i) * 16);
-        self.mem.write_obj(addr, at).unwrap();
-        self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
-        self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-        self.mem.write_obj(next, at.unchecked_add(14)).unwrap();
+        self.d.desc(0, i, addr, len, flags, next)
     }
-
-    /// Makes chain `head` available and notifies the device.
     fn offer(&mut self, head: u16) {
-        let idx: u16 = self.mem.read_obj(GuestAddress(AVAIL + 2)).unwrap();
-        let slot = AVAIL + 4 + u64::from(idx % QSIZE) * 2;
-        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.mem
-            .write_obj(idx.wrapping_add(1), GuestAddress(AVAIL + 2))
-            .unwrap();
+        self.d.make_available(0, head);
         self.w(reg::QUEUE_NOTIFY, 0);
         self.rng.lock().unwrap().process_queue();
     }
-
     fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+        self.d.used_idx(0)
     }
-
-    /// (id, len) of used ring entry `n`.
     fn used(&self, n: u16) -> (u32, u32) {
-        let at = USED + 4 + u64::from(n % QSIZE) * 8;
-        (
-            self.mem.read_obj(GuestAddress(at)).unwrap(),
-            self.mem.read_obj(GuestAddress(at + 4)).unwrap(),
-        )
+        self.d.used(0, n)
     }
 }
 
@@ -131,7 +72,7 @@ fn identity_registers() {
     assert_eq!(d.r(reg::DEVICE_FEATURES) & 1, 1, "VERSION_1 offered");
     // Narrow or unaligned register reads get zeros.
     let mut b = [0xffu8; 2];
-    d.t.read(reg::MAGIC, &mut b);
+    d.d.transport.read(reg::MAGIC, &mut b);
     assert_eq!(b, [0, 0]);
     assert_eq!(d.r(reg::MAGIC + 1), 0);
 }
@@ -145,10 +86,10 @@ fn a_request_is_filled_with_random_bytes_and_interrupts() {
     assert_eq!(d.used_idx(), 1);
     assert_eq!(d.used(0), (0, 32));
     let mut got = [0u8; 32];
-    d.mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+    d.d.mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
     assert_ne!(got, [0u8; 32]);
     assert_eq!(d.r(reg::INTERRUPT_STATUS), INT_USED_RING);
-    assert_eq!(d.irq.read().unwrap(), 1, "the irqfd fired");
+    assert_eq!(d.d.irq.read().unwrap(), 1, "the irqfd fired");
     d.w(reg::INTERRUPT_ACK, INT_USED_RING);
     assert_eq!(d.r(reg::INTERRUPT_STATUS), 0);
 }
@@ -222,7 +163,7 @@ fn hostile_descriptors_get_nothing_and_never_hang() {
     assert_eq!(id, 1);
     assert!(len <= 8 * u32::from(QSIZE), "{len}");
     // A device-readable buffer is not written.
-    d.mem
+    d.d.mem
         .write_slice(&[0u8; 16], GuestAddress(BUF + 0x100))
         .unwrap();
     d.desc(2, BUF + 0x100, 16, 0, 0);

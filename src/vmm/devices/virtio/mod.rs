@@ -10,6 +10,7 @@ pub mod block;
 pub mod mmio;
 pub mod queue;
 pub mod rng;
+pub mod test_utils;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

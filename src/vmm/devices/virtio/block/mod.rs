@@ -5,3 +5,6 @@ mod event_handler;
 pub mod request;
 
 pub use device::{open_disk, Block, BlockError, BlockOptions};
+
+#[cfg(test)]
+mod tests;
