@@ -96,5 +96,6 @@ int64_t check_arg(const struct check *c, size_t prefix_len);
 
 /* ---- Checks in other files, listed in the table in probe.c */
 void check_rng(const struct check *c); /* rng.c */
+void check_blk(const struct check *c); /* blk.c */
 
 #endif

@@ -1,0 +1,276 @@
+/*
+ * Check `blk`: virtio-blk (DeviceID 2, one queue, "requestq").
+ *
+ * A request is one chain: a 16-byte header {u32 type, u32 reserved,
+ * u64 sector} the device reads, the data (device-writable for IN,
+ * device-readable for OUT, none for FLUSH), then one device-writable
+ * status byte (spec section 5.2.6).
+ *
+ * The first block device is a writable drive. The check negotiates FLUSH,
+ * reads the capacity from the configuration space, reads sector 0 (the
+ * host test writes ASCII there), writes sector 1 ("HUSK-PROBE-WRITE",
+ * then zeros), flushes, reads sector 1 back and compares, and reads the
+ * sector at `capacity` (one past the end), which must come back IOERR.
+ * The first request's interrupt must reach the LAPIC IRR.
+ *
+ * A second block device, when there is one, is a read-only drive: it must
+ * offer VIRTIO_BLK_F_RO, refuse a write to sector 0 with IOERR (and not
+ * change it), and serve a read of sector 0.
+ *
+ * Prints `PROBE blk OK capacity=<sectors> head=<16 bytes> wrote=1
+ * past_end=ioerr irq=1[ ro=ioerr]`, the head's bytes outside '!'..'~'
+ * shown as '.'.
+ */
+#include "virtio.h"
+
+/* ---- virtio-blk (spec section 5.2) */
+#define VIRTIO_BLK_F_RO (1ull << 5)
+#define VIRTIO_BLK_F_FLUSH (1ull << 9)
+
+#define VIRTIO_BLK_T_IN 0
+#define VIRTIO_BLK_T_OUT 1
+#define VIRTIO_BLK_T_FLUSH 4
+
+#define VIRTIO_BLK_S_OK 0
+#define VIRTIO_BLK_S_IOERR 1
+#define VIRTIO_BLK_S_UNSUPP 2
+
+#define SECTOR 512
+/* The status byte before the device writes it: no valid status. */
+#define STATUS_UNSET 0xff
+
+#define WRITE_MARK "HUSK-PROBE-WRITE" /* 16 bytes */
+
+struct blk_req_hdr {
+	uint32_t type;
+	uint32_t reserved;
+	uint64_t sector;
+};
+
+static struct virtq blk_queue;
+static struct blk_req_hdr blk_hdr;
+static uint8_t blk_status;
+static uint8_t blk_out[SECTOR]; /* what a write sends */
+static uint8_t blk_in[SECTOR];  /* what a read gets */
+
+/* "<step>: <err>" in a static buffer (err may be virtio_why's buffer). */
+static const char *step_why(const char *step, const char *err)
+{
+	static char buf[160];
+	size_t n = 0;
+	while (*step && n < sizeof(buf) - 3)
+		buf[n++] = *step++;
+	buf[n++] = ':';
+	buf[n++] = ' ';
+	while (*err && n < sizeof(buf) - 1)
+		buf[n++] = *err++;
+	buf[n] = 0;
+	return buf;
+}
+
+/*
+ * One request on blk_queue. `data` is NULL for FLUSH, else one sector
+ * (blk_in for IN, blk_out for OUT). Returns a transport failure; the
+ * device's status goes to *status and the used length to *len.
+ */
+static const char *blk_request(uint32_t type, uint64_t sector, uint8_t *data, uint8_t *status,
+			       uint32_t *len)
+{
+	struct virtq_buf bufs[3];
+	unsigned n = 0;
+	blk_hdr.type = type;
+	blk_hdr.reserved = 0;
+	blk_hdr.sector = sector;
+	wr8((uint64_t)(uintptr_t)&blk_status, STATUS_UNSET);
+	bufs[n++] = (struct virtq_buf){(uint64_t)(uintptr_t)&blk_hdr, sizeof(blk_hdr), 0};
+	if (data)
+		bufs[n++] = (struct virtq_buf){(uint64_t)(uintptr_t)data, SECTOR,
+					       type == VIRTIO_BLK_T_IN};
+	bufs[n++] = (struct virtq_buf){(uint64_t)(uintptr_t)&blk_status, 1, 1};
+	*len = 0;
+	const char *err = virtq_transfer(&blk_queue, bufs, n, len);
+	*status = rd8((uint64_t)(uintptr_t)&blk_status);
+	return err;
+}
+
+/*
+ * A request that must succeed: status OK and the used length the spec
+ * asks for (the data and status bytes the device wrote: 513 for a
+ * one-sector IN, 1 otherwise).
+ */
+static const char *blk_request_ok(const char *step, uint32_t type, uint64_t sector,
+				  uint8_t *data)
+{
+	uint8_t status;
+	uint32_t len;
+	const char *err = blk_request(type, sector, data, &status, &len);
+	if (err)
+		return step_why(step, err);
+	if (status != VIRTIO_BLK_S_OK)
+		return step_why(step, virtio_why("status", status));
+	uint32_t want = type == VIRTIO_BLK_T_IN ? SECTOR + 1 : 1;
+	if (len != want)
+		return step_why(step, virtio_why("used length", len));
+	return NULL;
+}
+
+/* A request that must come back IOERR. */
+static const char *blk_request_ioerr(const char *step, uint32_t type, uint64_t sector,
+				     uint8_t *data)
+{
+	uint8_t status;
+	uint32_t len;
+	const char *err = blk_request(type, sector, data, &status, &len);
+	if (err)
+		return step_why(step, err);
+	if (status != VIRTIO_BLK_S_IOERR)
+		return step_why(step, virtio_why("status (want IOERR 0x1)", status));
+	if (len == 0)
+		return step_why(step, "used length 0 (the status byte was written)");
+	return NULL;
+}
+
+static void fill(uint8_t *buf, uint8_t v)
+{
+	for (unsigned i = 0; i < SECTOR; i++)
+		wr8((uint64_t)(uintptr_t)&buf[i], v);
+}
+
+/* Index of the first byte where blk_in differs from blk_out, or -1. */
+static int in_differs(void)
+{
+	for (unsigned i = 0; i < SECTOR; i++)
+		if (rd8((uint64_t)(uintptr_t)&blk_in[i]) != blk_out[i])
+			return (int)i;
+	return -1;
+}
+
+/* Finds, routes (if `route`) and starts block device `nth`. */
+static const char *blk_start(unsigned nth, struct virtio_dev *dev, int route)
+{
+	const char *err;
+	if ((err = virtio_find(VIRTIO_ID_BLOCK, nth, dev)) ||
+	    (route && (err = virtio_irq_route(dev))) ||
+	    (err = virtio_init(dev, VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_RO)) ||
+	    (err = virtq_setup(dev, &blk_queue, 0, 8)) ||
+	    (err = virtio_driver_ok(dev)))
+		return err;
+	return NULL;
+}
+
+/* The writable drive. Fills *capacity and head[16]. */
+static const char *blk_rw(uint64_t *capacity, char *head)
+{
+	struct virtio_dev dev;
+	const char *err;
+	if ((err = blk_start(0, &dev, 1)))
+		return step_why("drive 0", err);
+	if (dev.device_features & VIRTIO_BLK_F_RO)
+		return "drive 0 offers VIRTIO_BLK_F_RO but is writable";
+	if (!(dev.features & VIRTIO_BLK_F_FLUSH))
+		return "drive 0 does not offer VIRTIO_BLK_F_FLUSH";
+
+	uint64_t cap = virtio_config_read(&dev, 0, 8);
+	*capacity = cap;
+	if (cap < 2)
+		return virtio_why("capacity below 2 sectors:", cap);
+
+	/* Sector 0; its interrupt proves the routing. */
+	fill(blk_in, 0xa5);
+	if ((err = blk_request_ok("read sector 0", VIRTIO_BLK_T_IN, 0, blk_in)))
+		return err;
+	if ((err = virtio_irq_wait(&dev)))
+		return step_why("read sector 0", err);
+	for (unsigned i = 0; i < 16; i++) {
+		uint8_t b = rd8((uint64_t)(uintptr_t)&blk_in[i]);
+		head[i] = b >= '!' && b <= '~' ? (char)b : '.';
+	}
+
+	/* Sector 1: the mark, then zeros; flushed; read back. */
+	memset(blk_out, 0, sizeof(blk_out));
+	memcpy(blk_out, WRITE_MARK, 16);
+	if ((err = blk_request_ok("write sector 1", VIRTIO_BLK_T_OUT, 1, blk_out)))
+		return err;
+	virtio_irq_ack(&dev);
+	if ((err = blk_request_ok("flush", VIRTIO_BLK_T_FLUSH, 0, NULL)))
+		return err;
+	virtio_irq_ack(&dev);
+	fill(blk_in, 0xa5);
+	if ((err = blk_request_ok("read sector 1 back", VIRTIO_BLK_T_IN, 1, blk_in)))
+		return err;
+	virtio_irq_ack(&dev);
+	int at = in_differs();
+	if (at >= 0)
+		return virtio_why("sector 1 read back differs from what was written at byte", (uint64_t)at);
+
+	/* One past the end. */
+	if ((err = blk_request_ioerr("read past the end", VIRTIO_BLK_T_IN, cap, blk_in)))
+		return err;
+	virtio_irq_ack(&dev);
+	if ((err = virtio_reset(&dev)))
+		return step_why("drive 0 reset", err);
+	return NULL;
+}
+
+/* The read-only drive: 1 when tested, 0 when absent, -1 with *why set. */
+static int blk_ro(const char **why)
+{
+	struct virtio_dev dev;
+	const char *err;
+	if ((err = virtio_find(VIRTIO_ID_BLOCK, 1, &dev))) {
+		if (starts_with(err, "no virtio-mmio device"))
+			return 0;
+		*why = step_why("drive 1", err);
+		return -1;
+	}
+	if ((err = blk_start(1, &dev, 0))) {
+		*why = step_why("drive 1", err);
+		return -1;
+	}
+	if (!(dev.device_features & VIRTIO_BLK_F_RO)) {
+		*why = "drive 1 (read-only) does not offer VIRTIO_BLK_F_RO";
+		return -1;
+	}
+	/* blk_out still holds the mark: it must not land on sector 0. */
+	if ((err = blk_request_ioerr("drive 1 write sector 0", VIRTIO_BLK_T_OUT, 0, blk_out)) ||
+	    (err = blk_request_ok("drive 1 read sector 0", VIRTIO_BLK_T_IN, 0, blk_in))) {
+		*why = err;
+		return -1;
+	}
+	virtio_irq_ack(&dev);
+	if (in_differs() < 0) {
+		*why = "drive 1: the refused write landed on sector 0";
+		return -1;
+	}
+	if ((err = virtio_reset(&dev))) {
+		*why = step_why("drive 1 reset", err);
+		return -1;
+	}
+	return 1;
+}
+
+void check_blk(const struct check *c)
+{
+	uint64_t capacity = 0;
+	char head[17];
+	const char *err;
+	head[16] = 0;
+	if ((err = blk_rw(&capacity, head))) {
+		fail(c, err);
+		return;
+	}
+	int ro = blk_ro(&err);
+	if (ro < 0) {
+		fail(c, err);
+		return;
+	}
+	ok(c);
+	puts_serial(" capacity=");
+	put_dec(capacity);
+	puts_serial(" head=");
+	puts_serial(head);
+	puts_serial(" wrote=1 past_end=ioerr irq=1");
+	if (ro)
+		puts_serial(" ro=ioerr");
+	puts_serial("\n");
+}
