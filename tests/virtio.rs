@@ -207,3 +207,57 @@ fn a_rate_limiter_holds_the_second_burst_back() {
     vmm.action("SendCtrlAltDel");
     assert_eq!(vmm.wait().code(), Some(0));
 }
+
+#[test]
+fn blk_writes_land_in_the_backing_file_and_read_only_files_stay_untouched() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vmm = Vmm::with_api();
+    let rw = disk(&vmm, "rw.img", b"HUSK-PROBE-DISK0");
+    let ro = disk(&vmm, "ro.img", b"HUSK-PROBE-DISK1");
+    let ro_before = std::fs::read(&ro).unwrap();
+    vmm.put_ok("/drives/rw", drive("rw", &rw, false, false));
+    let mut ro_drive = drive("ro", &ro, false, true);
+    ro_drive["cache_type"] = json!("Writeback");
+    vmm.put_ok("/drives/ro", ro_drive);
+    vmm.configure("probe=blk", 1, 128);
+    vmm.start();
+    assert_eq!(
+        vmm.expect_line("PROBE blk"),
+        "PROBE blk OK capacity=2048 head=HUSK-PROBE-DISK0 wrote=1 past_end=ioerr irq=1 ro=ioerr"
+    );
+    assert_eq!(vmm.wait().code(), Some(0));
+    let after = std::fs::read(&rw).unwrap();
+    assert_eq!(&after[512..528], b"HUSK-PROBE-WRITE");
+    assert!(after[528..1024].iter().all(|b| *b == 0));
+    assert_eq!(&after[..16], b"HUSK-PROBE-DISK0");
+    assert_eq!(std::fs::read(&ro).unwrap(), ro_before);
+}
+
+#[test]
+fn a_drive_rate_limiter_throttles_the_guests_requests() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vmm = Vmm::with_api();
+    let rw = disk(&vmm, "rw.img", b"HUSK-PROBE-DISK0");
+    let mut d = drive("rw", &rw, false, false);
+    // Two operations at once, then one per 20 ms.
+    d["rate_limiter"] = json!({"ops": {"size": 2, "refill_time": 40}});
+    vmm.put_ok("/drives/rw", d);
+    vmm.configure("probe=blk,wait-cad", 1, 128);
+    vmm.start();
+    let line = vmm.expect_line("PROBE blk");
+    assert!(line.starts_with("PROBE blk OK"), "{line}");
+    let m = vmm.get("/metrics").json();
+    assert!(m["block"]["rate_limited"].as_u64().unwrap() >= 1, "{m}");
+    // Lifting the limit by PATCH applies at once.
+    let r = vmm.patch(
+        "/drives/rw",
+        json!({"drive_id": "rw", "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    vmm.action("SendCtrlAltDel");
+    assert_eq!(vmm.wait().code(), Some(0));
+}
