@@ -67,6 +67,14 @@ pub struct AttachedDrive {
     pub transport: Arc<Mutex<MmioTransport>>,
 }
 
+/// A virtio-net device as it runs, for PATCH /network-interfaces (rate
+/// limiters, once the device takes them).
+pub struct AttachedNet {
+    pub id: String,
+    pub net: Arc<Mutex<crate::vmm::devices::virtio::net::Net>>,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
 /// A microVM whose vCPUs are running.
 pub struct RunningVm {
     // Field order is drop order: stop the vCPUs, then close the VM, then
@@ -76,6 +84,7 @@ pub struct RunningVm {
     pub i8042: Arc<Mutex<I8042Device>>,
     pub devices: DeviceManager,
     pub drives: Vec<AttachedDrive>,
+    pub nets: Vec<AttachedNet>,
     pub vm: Vm,
     pub mem: GuestMemoryMmap,
 }
@@ -126,6 +135,9 @@ fn open_input(what: &'static str, path: &str) -> Result<File, StartError> {
     })
 }
 
+/// COM1 and the i8042, which the VMM thread reaches directly.
+type LegacyDevices = (Arc<Mutex<SerialDevice>>, Arc<Mutex<I8042Device>>);
+
 /// Phase 2: the legacy devices (COM1 with its console, the i8042).
 fn attach_legacy_devices(
     vm: &Vm,
@@ -133,7 +145,7 @@ fn attach_legacy_devices(
     events: &mut EventLoop,
     serial_cfg: Option<&SerialConfig>,
     exit: &Arc<ExitNotifier>,
-) -> Result<(Arc<Mutex<SerialDevice>>, Arc<Mutex<I8042Device>>), StartError> {
+) -> Result<LegacyDevices, StartError> {
     let com1 = DeviceManager::irq_line(vm, legacy::COM1_IRQ)?;
     let serial = Arc::new(Mutex::new(
         SerialDevice::new(com1.0, serial_output(serial_cfg)?).map_err(StartError::EventFd)?,
@@ -199,7 +211,47 @@ fn attach_virtio_devices(
             Arc::new(Mutex::new(rng)),
         )?;
     }
+    if let Some(v) = &cfg.vsock {
+        // Binds uds_path now: a socket taken since PUT /vsock fails the start.
+        let vsock = crate::vmm::devices::virtio::vsock::Vsock::bind(
+            u64::from(v.guest_cid),
+            Path::new(&v.uds_path),
+        )
+        .map_err(|e| StartError::Device("virtio-vsock", e.to_string()))?;
+        let vsock = Arc::new(Mutex::new(vsock));
+        dm.attach_virtio(vm, mem, events, "virtio-vsock", "vsock", vsock)?;
+    }
     Ok(drives)
+}
+
+/// Phase 2: one virtio-net device per interface, each on its TAP (opened
+/// now: a TAP removed since PUT /network-interfaces fails the start).
+fn attach_net_devices(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    dm: &mut DeviceManager,
+    events: &mut EventLoop,
+    cfg: &VmConfig,
+) -> Result<Vec<AttachedNet>, StartError> {
+    use crate::vmm::devices::virtio::net::{Net, NetOptions};
+    let mut nets = Vec::with_capacity(cfg.network_interfaces.len());
+    for n in &cfg.network_interfaces {
+        let options = NetOptions {
+            guest_mac: n.guest_mac.map(|m| m.0),
+            mtu: n.mtu,
+        };
+        let net = Net::new(&n.host_dev_name, options)
+            .map_err(|e| StartError::Device("virtio-net", e.to_string()))?;
+        let net = Arc::new(Mutex::new(net));
+        let transport =
+            dm.attach_virtio(vm, mem, events, "virtio-net", &n.iface_id, net.clone())?;
+        nets.push(AttachedNet {
+            id: n.iface_id.clone(),
+            net,
+            transport,
+        });
+    }
+    Ok(nets)
 }
 
 /// Phase 3: the vCPUs, sharing the (now frozen) buses.
@@ -291,6 +343,7 @@ pub fn build_and_start(
     let (serial, i8042) =
         attach_legacy_devices(&vm, &mut devices, events, cfg.serial.as_ref(), &exit)?;
     let drives = attach_virtio_devices(&vm, &mem, &mut devices, events, cfg)?;
+    let nets = attach_net_devices(&vm, &mem, &mut devices, events, cfg)?;
     // Phase 3.
     let vcpus = create_vcpus(&vm, &devices, machine.vcpu_count, &exit)?;
     // Phase 4.
@@ -306,6 +359,7 @@ pub fn build_and_start(
         i8042,
         devices,
         drives,
+        nets,
         vm,
         mem,
     })

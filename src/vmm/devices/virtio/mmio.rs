@@ -356,7 +356,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Registers are 32 bits wide and aligned; anything else reads 0.
-        if data.len() == 4 && offset % 4 == 0 {
+        if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_register(offset).to_le_bytes());
         } else {
             data.fill(0);
@@ -371,7 +371,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         if let Ok(bytes) = <[u8; 4]>::try_from(data) {
-            if offset % 4 == 0 {
+            if offset.is_multiple_of(4) {
                 self.write_register(offset, u32::from_le_bytes(bytes));
             }
         }

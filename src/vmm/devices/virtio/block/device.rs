@@ -22,7 +22,7 @@ pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
 pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 /// Largest DISCARD / WRITE_ZEROES in sectors (4 GiB - 512).
-const MAX_ZERO_SECTORS: u32 = (u32::MAX >> 9) as u32;
+const MAX_ZERO_SECTORS: u32 = u32::MAX >> 9;
 const CONFIG_LEN: usize = 60;
 
 #[derive(Debug, thiserror::Error)]

@@ -128,7 +128,7 @@ fn run(
 
 /// The byte range of `len` bytes from `sector`, if it lies on the disk.
 fn range(sector: u64, len: u64, disk: &Disk) -> Result<u64, u8> {
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return Err(S_IOERR);
     }
     let start = sector.checked_mul(SECTOR_SIZE).ok_or(S_IOERR)?;
