@@ -41,7 +41,9 @@ fn build(cc: &str, guest: &Path, out: &Path, sources: &[&str]) {
 
 /// The probe guest's sources, linked into both builds (start.S first: it
 /// holds the entry points at fixed offsets).
-const SOURCES: &[&str] = &["start.S", "probe.c", "virtio.c", "rng.c", "blk.c"];
+const SOURCES: &[&str] = &[
+    "start.S", "probe.c", "virtio.c", "rng.c", "blk.c", "vsock.c", "net.c",
+];
 
 /// Files the sources include or the link uses.
 const DEPENDENCIES: &[&str] = &["probe.h", "virtio.h", "probe.ld", "pvh_note.S"];

@@ -338,7 +338,7 @@ fn bad_config_files_exit_with_a_message() {
             r#"{"boot-source": {"kernel_image_path": "/no/such/kernel"}}"#,
             "cannot open kernel image /no/such/kernel",
         ),
-        (r#"{"drives": []}"#, "unknown field `drives`"),
+        (r#"{"balloon": {}}"#, "unknown field `balloon`"),
     ] {
         std::fs::write(&cfg, body).unwrap();
         let out = std::process::Command::new(common::husk_bin())

@@ -102,6 +102,61 @@ pub struct RngMetrics {
     pub rate_limited: Counter,
 }
 
+/// virtio-net. `rx` is TAP to guest, `tx` guest to TAP; bytes are frame
+/// bytes, without the virtio-net header.
+#[derive(Debug, Default, Serialize)]
+pub struct NetMetrics {
+    pub rx_frames: Counter,
+    pub rx_bytes: Counter,
+    /// Frames read from the TAP that no buffer the guest offers can hold.
+    pub rx_dropped: Counter,
+    /// Malformed receive buffers (too short for the header, read-only,
+    /// outside guest memory), broken queues, TAP read errors.
+    pub rx_errors: Counter,
+    /// Times the device stopped reading the TAP for want of guest buffers.
+    pub rx_paused: Counter,
+    pub tx_frames: Counter,
+    pub tx_bytes: Counter,
+    /// Well-formed frames the TAP refused.
+    pub tx_dropped: Counter,
+    /// Malformed frames (shorter than the header, over 65562 bytes,
+    /// outside guest memory), broken queues.
+    pub tx_errors: Counter,
+}
+
+/// virtio-vsock. `tx` is guest to host, `rx` host to guest (the
+/// device's queues).
+#[derive(Debug, Default, Serialize)]
+pub struct VsockMetrics {
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    /// Host clients that sent `CONNECT <port>`.
+    pub host_connections: Counter,
+    /// Guest REQUESTs that reached a host listener.
+    pub guest_connections: Counter,
+    /// Guest REQUESTs with nothing listening at `<uds_path>_<port>`.
+    pub connect_failures: Counter,
+    /// REQUESTs the guest did not answer in time.
+    pub connect_timeouts: Counter,
+    /// Host clients closed before a connection: a bad or late `CONNECT`
+    /// line, too many clients.
+    pub refused_connections: Counter,
+    pub closed_connections: Counter,
+    pub resets_sent: Counter,
+    /// Malformed packets or RX buffers, wrong source CID or type.
+    pub bad_packets: Counter,
+    /// Packets out of order for their connection (reset).
+    pub protocol_errors: Counter,
+    /// Data sent past the credit the device advertised (reset).
+    pub credit_violations: Counter,
+    /// RSTs dropped because the guest left no room for them.
+    pub dropped_packets: Counter,
+    /// Broken queues, failed accepts and registrations.
+    pub errors: Counter,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct VmmMetrics {
     pub instance_starts: Counter,
@@ -120,6 +175,8 @@ pub struct Metrics {
     pub i8042: I8042Metrics,
     pub block: BlockMetrics,
     pub rng: RngMetrics,
+    pub net: NetMetrics,
+    pub vsock: VsockMetrics,
     pub vmm: VmmMetrics,
 }
 
@@ -170,6 +227,35 @@ pub static METRICS: Metrics = Metrics {
         bytes,
         errors,
         rate_limited
+    }),
+    net: zeroed!(NetMetrics {
+        rx_frames,
+        rx_bytes,
+        rx_dropped,
+        rx_errors,
+        rx_paused,
+        tx_frames,
+        tx_bytes,
+        tx_dropped,
+        tx_errors
+    }),
+    vsock: zeroed!(VsockMetrics {
+        tx_packets,
+        tx_bytes,
+        rx_packets,
+        rx_bytes,
+        host_connections,
+        guest_connections,
+        connect_failures,
+        connect_timeouts,
+        refused_connections,
+        closed_connections,
+        resets_sent,
+        bad_packets,
+        protocol_errors,
+        credit_violations,
+        dropped_packets,
+        errors
     }),
     vmm: zeroed!(VmmMetrics {
         instance_starts,

@@ -150,8 +150,16 @@ impl Vmm {
             let id = d.drive_id.clone();
             self.set_drive(&id, d)?;
         }
+        config::check_unique_ids(&cfg.network_interfaces)?;
+        for n in cfg.network_interfaces {
+            let id = n.iface_id.clone();
+            self.set_network_interface(&id, n)?;
+        }
         if let Some(e) = cfg.entropy {
             self.set_entropy(e)?;
+        }
+        if let Some(v) = cfg.vsock {
+            self.set_vsock(v)?;
         }
         Ok(())
     }
@@ -251,10 +259,40 @@ impl Vmm {
         Ok(())
     }
 
+    /// Adds or replaces an interface; its TAP must exist.
+    fn set_network_interface(
+        &mut self,
+        path_id: &str,
+        n: config::NetworkInterfaceConfig,
+    ) -> Result<(), VmmActionError> {
+        self.require_not_started()?;
+        config::put_interface(&mut self.config.network_interfaces, path_id, n)?;
+        Ok(())
+    }
+
+    /// Before or after start: only rate limiters could change, and the
+    /// net device does not take them yet, so this checks the request.
+    fn patch_network_interface(
+        &mut self,
+        path_id: &str,
+        u: config::NetworkInterfaceUpdate,
+    ) -> Result<(), VmmActionError> {
+        config::check_update(&self.config.network_interfaces, path_id, &u)?;
+        Ok(())
+    }
+
     fn set_entropy(&mut self, e: EntropyConfig) -> Result<(), VmmActionError> {
         self.require_not_started()?;
         e.validate()?;
         self.config.entropy = Some(e);
+        Ok(())
+    }
+
+    /// One vsock per VM: a second PUT replaces the first.
+    fn set_vsock(&mut self, v: config::VsockConfig) -> Result<(), VmmActionError> {
+        self.require_not_started()?;
+        v.validate()?;
+        self.config.vsock = Some(v);
         Ok(())
     }
 
@@ -363,8 +401,11 @@ impl Vmm {
             VmmAction::PutMetrics(m) => done(self.set_metrics(m)),
             VmmAction::PutSerial(s) => done(self.set_serial(s)),
             VmmAction::PutEntropy(e) => done(self.set_entropy(e)),
+            VmmAction::PutVsock(v) => done(self.set_vsock(v)),
             VmmAction::PutDrive(id, d) => done(self.set_drive(&id, d)),
             VmmAction::PatchDrive(id, u) => done(self.patch_drive(&id, u)),
+            VmmAction::PutNetworkInterface(id, n) => done(self.set_network_interface(&id, n)),
+            VmmAction::PatchNetworkInterface(id, u) => done(self.patch_network_interface(&id, u)),
             // Starting needs the event loop; `run.rs` handles it before
             // the microVM runs. Here it can only be too late.
             VmmAction::InstanceStart => done(

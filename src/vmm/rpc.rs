@@ -40,9 +40,13 @@ pub enum VmmAction {
     PutMetrics(MetricsConfig),
     PutSerial(SerialConfig),
     PutEntropy(EntropyConfig),
+    PutVsock(crate::vmm::config::VsockConfig),
     /// The drive id from the path, and the body.
     PutDrive(String, DriveConfig),
     PatchDrive(String, DriveUpdate),
+    /// The iface id from the path, and the body.
+    PutNetworkInterface(String, crate::vmm::config::NetworkInterfaceConfig),
+    PatchNetworkInterface(String, crate::vmm::config::NetworkInterfaceUpdate),
     InstanceStart,
     SendCtrlAltDel,
     FlushMetrics,

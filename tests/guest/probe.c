@@ -17,7 +17,7 @@
  *
  * Files: probe.h (helpers every check uses), probe.c (boot information,
  * the built-in checks and the table of all checks), virtio.c/virtio.h (a
- * polled virtio-mmio driver), one file per virtio check (rng.c, blk.c). A new
+ * polled virtio-mmio driver), one file per virtio check (rng.c, blk.c, net.c). A new
  * check goes in its own file, is declared in probe.h, listed in `checks[]`
  * below, and its file added to build.rs's SOURCES.
  */
@@ -499,6 +499,8 @@ static const struct {
 	{"triple-fault", check_triple_fault},
 	{"rng", check_rng},
 	{"blk", check_blk},
+	{"vsock", check_vsock},
+	{"net", check_net},
 };
 
 static void run_check(const struct check *c)

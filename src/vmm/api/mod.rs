@@ -101,7 +101,12 @@ pub fn router(api: ApiSender) -> Router {
         .route("/metrics", put(put_metrics).get(get_metrics))
         .route("/serial", put(put_serial))
         .route("/entropy", put(put_entropy))
+        .route("/vsock", put(put_vsock))
         .route("/drives/{drive_id}", put(put_drive).patch(patch_drive))
+        .route(
+            "/network-interfaces/{iface_id}",
+            put(put_network_interface).patch(patch_network_interface),
+        )
         .fallback(invalid_route)
         .method_not_allowed_fallback(invalid_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -225,8 +230,28 @@ async fn patch_drive(
     call_with(&api, &body, |d| VmmAction::PatchDrive(id, d)).await
 }
 
+async fn put_network_interface(
+    State(api): State<ApiSender>,
+    UrlPath(id): UrlPath<String>,
+    body: Body,
+) -> Response {
+    call_with(&api, &body, |n| VmmAction::PutNetworkInterface(id, n)).await
+}
+
+async fn patch_network_interface(
+    State(api): State<ApiSender>,
+    UrlPath(id): UrlPath<String>,
+    body: Body,
+) -> Response {
+    call_with(&api, &body, |n| VmmAction::PatchNetworkInterface(id, n)).await
+}
+
 async fn put_entropy(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::PutEntropy).await
+}
+
+async fn put_vsock(State(api): State<ApiSender>, body: Body) -> Response {
+    call_with(&api, &body, VmmAction::PutVsock).await
 }
 
 #[derive(Deserialize)]
@@ -392,5 +417,52 @@ mod tests {
             assert!(body["fault_message"].is_string(), "{body}");
         }
         assert!(seen.is_empty(), "{seen:?}");
+    }
+
+    #[test]
+    fn network_interfaces_become_actions_with_the_path_id() {
+        let (results, seen) = with_router(
+            |_| Ok(VmmData::Empty),
+            |r| {
+                vec![
+                    send(
+                        &r,
+                        "PUT",
+                        "/network-interfaces/eth0",
+                        r#"{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1400}"#,
+                    ),
+                    send(
+                        &r,
+                        "PATCH",
+                        "/network-interfaces/eth0",
+                        r#"{"iface_id": "eth0"}"#,
+                    ),
+                    // Never reach the VMM: a missing field, an unknown one.
+                    send(
+                        &r,
+                        "PUT",
+                        "/network-interfaces/eth0",
+                        r#"{"iface_id": "eth0"}"#,
+                    ),
+                    send(
+                        &r,
+                        "PATCH",
+                        "/network-interfaces/eth0",
+                        r#"{"iface_id": "eth0", "host_dev_name": "tap1"}"#,
+                    ),
+                ]
+            },
+        );
+        let codes: Vec<_> = results.iter().map(|r| r.0).collect();
+        assert_eq!(codes, vec![204, 204, 400, 400], "{results:?}");
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(
+            seen[0].starts_with("PutNetworkInterface(\"eth0\", NetworkInterfaceConfig"),
+            "{seen:?}"
+        );
+        assert!(
+            seen[1].starts_with("PatchNetworkInterface(\"eth0\""),
+            "{seen:?}"
+        );
     }
 }

@@ -12,13 +12,20 @@ mod boot;
 mod drive;
 mod entropy;
 mod machine;
+mod net;
 mod output;
+mod vsock;
 
 pub use boot::{BootSourceConfig, DEFAULT_BOOT_ARGS};
 pub use drive::{insert_drive, CacheType, DriveConfig, DriveUpdate};
 pub use entropy::EntropyConfig;
 pub use machine::{host_memory_mib, MachineConfig, MachineConfigUpdate, MIN_MEM_SIZE_MIB};
+pub use net::{
+    check_unique_ids, check_update, insert_interface, put_interface, MacAddr,
+    NetworkInterfaceConfig, NetworkInterfaceUpdate,
+};
 pub use output::{LoggerConfig, MetricsConfig, SerialConfig};
+pub use vsock::VsockConfig;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -60,6 +67,11 @@ pub enum ConfigError {
     NoSuchDrive(String),
     #[error("invalid rate_limiter: {0}")]
     RateLimiter(String),
+    /// A network interface: the message names the field.
+    #[error("{0}")]
+    Net(String),
+    #[error("invalid vsock: {0}")]
+    Vsock(String),
 }
 
 /// A whole VM: the `--config-file` format and `GET /vm/config`.
@@ -82,8 +94,16 @@ pub struct VmConfig {
     pub serial: Option<SerialConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drives: Vec<DriveConfig>,
+    #[serde(
+        rename = "network-interfaces",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
 }
 
 /// No configuration comes close to this; anything larger is refused

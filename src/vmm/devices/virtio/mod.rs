@@ -8,9 +8,11 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod test_utils;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
