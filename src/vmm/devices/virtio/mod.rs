@@ -92,6 +92,27 @@ pub struct ActiveQueues {
     pub features: u64,
 }
 
+impl ActiveQueues {
+    /// Exactly `N` queues, each with the memory and interrupt it needs;
+    /// any other count is refused.
+    pub fn split<const N: usize>(self) -> Result<[queue::ActiveQueue; N], ActivateError> {
+        let got = self.queues.len();
+        let (mem, interrupt) = (self.mem, self.interrupt);
+        let queues: Vec<queue::ActiveQueue> = self
+            .queues
+            .into_iter()
+            .map(|queue| queue::ActiveQueue {
+                mem: mem.clone(),
+                queue,
+                interrupt: interrupt.clone(),
+            })
+            .collect();
+        queues
+            .try_into()
+            .map_err(|_| ActivateError::QueueCount { expected: N, got })
+    }
+}
+
 /// A virtio device model, driven by the transport.
 pub trait VirtioDevice: Send {
     /// The virtio device ID.

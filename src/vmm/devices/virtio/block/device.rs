@@ -213,18 +213,9 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
-        let got = active.queues.len();
-        let queue = active
-            .queues
-            .into_iter()
-            .next()
-            .filter(|_| got == 1)
-            .ok_or(ActivateError::QueueCount { expected: 1, got })?;
-        self.active = Some(ActiveQueue {
-            mem: active.mem,
-            queue,
-            interrupt: active.interrupt,
-        });
+        let [queue] = active.split()?;
+        self.active = Some(queue);
+        // Buffers made available before DRIVER_OK are served now.
         self.process_queue();
         Ok(())
     }
