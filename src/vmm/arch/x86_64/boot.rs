@@ -2,7 +2,7 @@
 //! the zero page (64-bit Linux boot protocol) or `hvm_start_info` (PVH).
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
@@ -13,19 +13,21 @@ use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::kernel_check::{check_kernel, CheckedImage, ImageFormat, KernelImageError};
 use super::layout::*;
 use super::mptable::{setup_mptable, MptableError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("cannot read the kernel image: {0}")]
-    KernelRead(std::io::Error),
-    #[error("the kernel image is neither an ELF vmlinux nor a bzImage: {0}")]
-    KernelFormat(linux_loader::loader::Error),
+    /// The kernel image failed the checks made before it is loaded.
+    #[error(transparent)]
+    KernelImage(#[from] KernelImageError),
     #[error("cannot load the kernel: {0}")]
     KernelLoad(linux_loader::loader::Error),
     #[error("cannot read the initrd: {0}")]
     InitrdRead(std::io::Error),
+    #[error("the initrd is empty")]
+    InitrdEmpty,
     #[error("the initrd ({size} bytes) does not fit in guest memory below {limit:#x}")]
     InitrdTooBig { size: u64, limit: u64 },
     #[error("cannot copy the initrd into guest memory: {0}")]
@@ -72,44 +74,45 @@ const KERNEL_MIN_ALIGNMENT: u32 = 0x0100_0000;
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
 /// Loads `kernel` (ELF vmlinux, with or without a PVH note, or bzImage).
-/// A PVH entry point is preferred when the ELF carries one.
+/// A PVH entry point is preferred when the ELF carries one. The image's
+/// headers are checked against `mem` first (see `kernel_check`), so no
+/// size or count in them makes linux-loader work past what guest memory
+/// and a few headers need.
 pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry> {
-    let mut magic = [0u8; 4];
-    kernel
-        .read_exact(&mut magic)
-        .map_err(BootError::KernelRead)?;
-    kernel
-        .seek(SeekFrom::Start(0))
-        .map_err(BootError::KernelRead)?;
+    let (format, mut image) = check_kernel(mem, kernel)?;
     let himem = Some(GuestAddress(HIMEM_START));
-    if &magic == b"\x7fELF" {
-        let r = Elf::load(mem, None, kernel, himem).map_err(BootError::KernelLoad)?;
-        let (addr, protocol) = match r.pvh_boot_cap {
-            PvhBootCapability::PvhEntryPresent(pvh) => (pvh, BootProtocol::Pvh),
-            _ => (r.kernel_load, BootProtocol::Linux64),
-        };
-        Ok(KernelEntry {
-            addr,
-            protocol,
-            kernel_end: r.kernel_end,
-            setup_header: None,
-        })
-    } else {
-        let r = BzImage::load(mem, None, kernel, himem).map_err(BootError::KernelFormat)?;
-        // The kernel decompresses itself in place and needs `init_size`
-        // bytes there, more than the file holds.
-        let init_size = r.setup_header.map(|h| u64::from(h.init_size)).unwrap_or(0);
-        Ok(KernelEntry {
-            addr: r.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET),
-            protocol: BootProtocol::Linux64,
-            kernel_end: r.kernel_end.max(r.kernel_load.raw_value() + init_size),
-            setup_header: r.setup_header,
-        })
+    match format {
+        ImageFormat::Elf => {
+            let r = Elf::load(mem, None, &mut image, himem).map_err(BootError::KernelLoad)?;
+            let (addr, protocol) = match r.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(pvh) => (pvh, BootProtocol::Pvh),
+                _ => (r.kernel_load, BootProtocol::Linux64),
+            };
+            Ok(KernelEntry {
+                addr,
+                protocol,
+                kernel_end: r.kernel_end,
+                setup_header: None,
+            })
+        }
+        ImageFormat::BzImage => {
+            let r = BzImage::load(mem, None, &mut image, himem).map_err(BootError::KernelLoad)?;
+            // The kernel decompresses itself in place and needs `init_size`
+            // bytes there, more than the file holds.
+            let init_size = r.setup_header.map(|h| u64::from(h.init_size)).unwrap_or(0);
+            Ok(KernelEntry {
+                addr: r.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET),
+                protocol: BootProtocol::Linux64,
+                kernel_end: r.kernel_end.max(r.kernel_load.raw_value() + init_size),
+                setup_header: r.setup_header,
+            })
+        }
     }
 }
 
 /// Copies the initrd to the top of low memory, page aligned, above the
-/// kernel. Returns its address and size.
+/// kernel. Returns its address and size. The size is checked before any
+/// of it is read, and no more than that is read if the file grows.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     mem_size: u64,
@@ -119,18 +122,24 @@ pub fn load_initrd(
     let size = initrd
         .seek(SeekFrom::End(0))
         .map_err(BootError::InitrdRead)?;
-    initrd
-        .seek(SeekFrom::Start(0))
-        .map_err(BootError::InitrdRead)?;
+    if size == 0 {
+        return Err(BootError::InitrdEmpty);
+    }
     let limit = low_memory_end(mem_size);
     let addr = limit
         .checked_sub(size)
         .map(|a| a & !0xfff)
-        .filter(|a| *a >= kernel_end && size > 0)
+        .filter(|a| *a >= kernel_end)
         .ok_or(BootError::InitrdTooBig { size, limit })?;
     let len = usize::try_from(size).map_err(|_| BootError::InitrdTooBig { size, limit })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), initrd, len)
-        .map_err(BootError::InitrdLoad)?;
+    // Read through `CheckedImage`, which fills each guest memory region
+    // whole: a single read() stops short of 2 GiB.
+    mem.read_exact_volatile_from(
+        GuestAddress(addr),
+        &mut CheckedImage::new(initrd, size),
+        len,
+    )
+    .map_err(BootError::InitrdLoad)?;
     Ok((GuestAddress(addr), size))
 }
 
@@ -366,5 +375,48 @@ mod tests {
         m.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
         assert_eq!(&buf, b"console=ttyS0 probe=e820\0");
         assert!(load_command_line(&m, &"x".repeat(CMDLINE_MAX_SIZE)).is_err());
+    }
+
+    /// An initrd file of `bytes`, then a hole to `len`; removed when dropped.
+    struct Initrd(std::path::PathBuf);
+
+    impl Initrd {
+        fn new(name: &str, bytes: &[u8], len: u64) -> Initrd {
+            let path =
+                std::env::temp_dir().join(format!("husk-initrd-{}-{name}", std::process::id()));
+            std::fs::write(&path, bytes).unwrap();
+            let f = File::options().write(true).open(&path).unwrap();
+            f.set_len(len.max(bytes.len() as u64)).unwrap();
+            Initrd(path)
+        }
+
+        fn load(&self, mem_size: u64, kernel_end: u64) -> Result<(GuestAddress, u64)> {
+            let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).unwrap();
+            load_initrd(&m, mem_size, kernel_end, &mut File::open(&self.0).unwrap())
+        }
+    }
+
+    impl Drop for Initrd {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn initrd_size_is_checked_before_it_is_read() {
+        let mem = 128 << 20;
+        let r = Initrd::new("ok", b"initrd", 0x1800).load(mem, 0x20_0000);
+        assert_eq!(r.unwrap(), (GuestAddress(mem - 0x2000), 0x1800));
+        let r = Initrd::new("empty", b"", 0).load(mem, 0x20_0000);
+        assert!(matches!(r, Err(BootError::InitrdEmpty)), "{r:?}");
+        // Bigger than guest memory: refused without reading 4 GiB.
+        let r = Initrd::new("huge", b"initrd", 4 << 30).load(mem, 0x20_0000);
+        assert!(
+            matches!(r, Err(BootError::InitrdTooBig { size: 0x1_0000_0000, limit }) if limit == mem),
+            "{r:?}"
+        );
+        // Fits in memory, but not above the kernel.
+        let r = Initrd::new("over-kernel", b"initrd", 64 << 20).load(mem, 65 << 20);
+        assert!(matches!(r, Err(BootError::InitrdTooBig { .. })), "{r:?}");
     }
 }

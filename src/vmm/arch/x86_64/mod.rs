@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;
+pub mod kernel_check;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
