@@ -62,11 +62,7 @@ pub struct VmmArgs {
 
 /// Instance ids end up in paths and logs, so they are kept plain.
 pub fn parse_id(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
+    if super::config::is_plain_id(s) {
         Ok(s.to_string())
     } else {
         Err("an id is 1 to 64 letters, digits, '-' or '_'".into())

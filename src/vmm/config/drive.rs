@@ -50,12 +50,7 @@ pub struct DriveUpdate {
 
 /// Drive ids go into paths, logs and the guest's GET_ID answer.
 pub fn check_id(id: &str) -> Result<(), ConfigError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
+    if super::is_plain_id(id) {
         Ok(())
     } else {
         Err(ConfigError::DriveId(crate::text::echo(id).into_owned()))

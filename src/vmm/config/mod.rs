@@ -106,6 +106,17 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
 }
 
+/// Ids (instance, drive, interface) end up in paths, logs and what the
+/// guest sees, so they are kept plain: 1 to 64 letters, digits, '-' or
+/// '_'.
+pub fn is_plain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// No configuration comes close to this; anything larger is refused
 /// before it is read.
 pub const MAX_CONFIG_FILE_SIZE: u64 = 1 << 20;

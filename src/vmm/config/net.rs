@@ -108,12 +108,7 @@ fn echo(s: &str) -> String {
 
 /// Interface ids follow the drive-id rules: they go into paths and logs.
 pub fn check_iface_id(id: &str) -> Result<(), ConfigError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
+    if super::is_plain_id(id) {
         Ok(())
     } else {
         Err(net_error(format!(

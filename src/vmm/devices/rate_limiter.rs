@@ -224,6 +224,12 @@ impl RateLimiter {
         self.blocked = false;
     }
 
+    /// Whether no bucket is set: every request may go, and the caller
+    /// need not even size it.
+    pub fn is_unlimited(&self) -> bool {
+        self.ops.is_none() && self.bandwidth.is_none()
+    }
+
     pub fn is_blocked(&self) -> bool {
         self.blocked
     }

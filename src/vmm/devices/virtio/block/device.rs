@@ -4,6 +4,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
+use virtio_queue::DescriptorChain;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::devices::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
@@ -146,13 +148,7 @@ impl Block {
         let disk = &self.disk;
         let limiter = &mut self.limiter;
         active.serve(&METRICS.block.errors, |mem, chain| {
-            // Data bytes: everything but the 16-byte header and the status.
-            let bytes = chain
-                .clone()
-                .map(|d| u64::from(d.len()))
-                .sum::<u64>()
-                .saturating_sub(17);
-            if !limiter.consume(bytes) {
+            if !limiter.is_unlimited() && !limiter.consume(data_bytes(&chain)) {
                 METRICS.block.rate_limited.inc();
                 return None;
             }
@@ -170,6 +166,16 @@ impl Block {
         self.process_queue();
         Ok(())
     }
+}
+
+/// A request's data bytes: everything but the 16-byte header and the
+/// status byte.
+fn data_bytes(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
+    chain
+        .clone()
+        .map(|d| u64::from(d.len()))
+        .sum::<u64>()
+        .saturating_sub(17)
 }
 
 fn count(out: &super::request::Outcome) {
