@@ -79,7 +79,9 @@ fn the_probe_echoes_a_host_stream_and_opens_one_to_the_host() {
         vmm.get("/vm/config").json()["vsock"],
         json!({"guest_cid": 3, "uds_path": uds})
     );
-    vmm.configure("probe=vsock", 1, 128);
+    // The guest waits for Ctrl-Alt-Del after its check, so the metrics
+    // below are read from a running VMM.
+    vmm.configure("probe=vsock,wait-cad", 1, 128);
     vmm.start();
     // Right away: the device holds the REQUEST until the guest listens.
     let (mut s, local) = connect(&uds, 1234);
@@ -114,6 +116,7 @@ fn the_probe_echoes_a_host_stream_and_opens_one_to_the_host() {
     ] {
         assert_eq!(m["vsock"][k], 0, "{k}: {m}");
     }
+    vmm.action("SendCtrlAltDel");
     assert_eq!(vmm.wait().code(), Some(0));
 }
 
