@@ -190,11 +190,16 @@ impl Packets {
         }
     }
 
-    /// Sends an Ethernet frame out of the TAP (towards the guest).
+    /// Sends an Ethernet frame of the probe's ethertype out of the TAP
+    /// (towards the guest).
     fn send(&self, dst: [u8; 6], payload: &[u8]) {
+        self.send_typed(dst, ETHERTYPE, payload)
+    }
+
+    fn send_typed(&self, dst: [u8; 6], ethertype: u16, payload: &[u8]) {
         let mut f = dst.to_vec();
         f.extend_from_slice(&HOST_MAC);
-        f.extend_from_slice(&ETHERTYPE.to_be_bytes());
+        f.extend_from_slice(&ethertype.to_be_bytes());
         f.extend_from_slice(payload);
         // SAFETY: the buffer is valid for its length.
         let n = unsafe { libc::send(self.0.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
@@ -257,7 +262,7 @@ fn frames_cross_a_real_tap_both_ways() {
     assert_eq!(m["rx_bytes"], 44, "{m}");
     assert_eq!(m["tx_errors"], 0, "{m}");
     assert_eq!(m["rx_errors"], 0, "{m}");
-    // After start: no new interface; a PATCH is checked and changes
+    // After start: no new interface; a PATCH without limiters changes
     // nothing.
     let msg = Vmm::fault(&vmm.put("/network-interfaces/eth1", iface("eth1", "tapx")));
     assert!(msg.contains("not supported after starting"), "{msg}");
@@ -322,7 +327,7 @@ fn bad_interfaces_get_clear_400s() {
     let mut mtu = iface("eth1", &other.name);
     mtu["mtu"] = json!(10);
     let mut limited = iface("eth1", &other.name);
-    limited["rx_rate_limiter"] = json!({"bandwidth": {"size": 1000, "refill_time": 100}});
+    limited["rx_rate_limiter"] = json!({"bandwidth": {"size": 1000, "refill_time": 0}});
     let cases = [
         (
             "/network-interfaces/eth1",
@@ -363,7 +368,7 @@ fn bad_interfaces_get_clear_400s() {
         (
             "/network-interfaces/eth1",
             limited,
-            "rx_rate_limiter is not supported",
+            "rx_rate_limiter: a rate limiter's refill_time must be more than 0 ms",
         ),
         (
             "/network-interfaces/eth1",
@@ -386,9 +391,9 @@ fn bad_interfaces_get_clear_400s() {
     assert!(Vmm::fault(&r).contains("no network interface \"nope\""));
     let r = vmm.patch(
         "/network-interfaces/eth0",
-        json!({"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 5, "refill_time": 100}}}),
+        json!({"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 1u64 << 60, "refill_time": 100}}}),
     );
-    assert!(Vmm::fault(&r).contains("tx_rate_limiter is not supported"));
+    assert!(Vmm::fault(&r).contains("tx_rate_limiter: a rate limiter's size is at most"));
     assert_eq!(
         vmm.get("/vm/config").json()["network-interfaces"]
             .as_array()
@@ -416,4 +421,49 @@ fn a_config_file_naming_an_interface_twice_is_refused() {
         })
     });
     assert_eq!(vmm.wait().code(), Some(1));
+}
+
+#[test]
+fn a_receive_limit_holds_a_frame_until_a_patch_lifts_it() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(tap) = TestTap::create("e") else {
+        return;
+    };
+    let mut vmm = Vmm::with_api();
+    let mut body = iface("eth0", &tap.name);
+    // One frame a minute: the second waits far longer than the guest.
+    body["rx_rate_limiter"] = json!({"ops": {"size": 1, "refill_time": 60000}});
+    vmm.put_ok("/network-interfaces/eth0", body);
+    let packets = Packets::open(&tap);
+    vmm.configure("probe=net,wait-cad", 1, 128);
+    vmm.start();
+    check_guest_frame(&packets.recv(Duration::from_secs(10)).unwrap());
+    // The guest skips the first (another ethertype) and waits for the
+    // second, which the limiter holds.
+    packets.send_typed(GUEST_MAC, 0x88b6, b"HUSK-OTHER");
+    packets.send(GUEST_MAC, b"HUSK-HELD");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metrics(&vmm)["rx_rate_limited"] == 0 {
+        assert!(Instant::now() < deadline, "the limiter never held a frame");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(metrics(&vmm)["rx_frames"], 1);
+    let r = vmm.patch(
+        "/network-interfaces/eth0",
+        json!({"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        vmm.expect_line("PROBE net"),
+        "PROBE net OK sent=1 got=HUSK-HELD"
+    );
+    assert_eq!(metrics(&vmm)["rx_frames"], 2);
+    assert_eq!(
+        vmm.get("/vm/config").json()["network-interfaces"][0]["rx_rate_limiter"],
+        json!({"ops": {"size": 0, "refill_time": 0}})
+    );
+    vmm.action("SendCtrlAltDel");
+    assert_eq!(vmm.wait().code(), Some(0));
 }

@@ -68,7 +68,7 @@ pub struct AttachedDrive {
 }
 
 /// A virtio-net device as it runs, for PATCH /network-interfaces (rate
-/// limiters, once the device takes them).
+/// limiters).
 pub struct AttachedNet {
     pub id: String,
     pub net: Arc<Mutex<crate::vmm::devices::virtio::net::Net>>,
@@ -239,6 +239,8 @@ fn attach_net_devices(
         let options = NetOptions {
             guest_mac: n.guest_mac.map(|m| m.0),
             mtu: n.mtu,
+            rx_rate_limiter: n.rx_rate_limiter.unwrap_or_default(),
+            tx_rate_limiter: n.tx_rate_limiter.unwrap_or_default(),
         };
         let net = Net::new(&n.host_dev_name, options)
             .map_err(|e| StartError::Device("virtio-net", e.to_string()))?;

@@ -115,6 +115,8 @@ pub struct NetMetrics {
     pub rx_errors: Counter,
     /// Times the device stopped reading the TAP for want of guest buffers.
     pub rx_paused: Counter,
+    /// Frames the receive rate limiter held back.
+    pub rx_rate_limited: Counter,
     pub tx_frames: Counter,
     pub tx_bytes: Counter,
     /// Well-formed frames the TAP refused.
@@ -122,6 +124,8 @@ pub struct NetMetrics {
     /// Malformed frames (shorter than the header, over 65562 bytes,
     /// outside guest memory), broken queues.
     pub tx_errors: Counter,
+    /// Frames the transmit rate limiter held back.
+    pub tx_rate_limited: Counter,
 }
 
 /// virtio-vsock. `tx` is guest to host, `rx` host to guest (the
@@ -234,10 +238,12 @@ pub static METRICS: Metrics = Metrics {
         rx_dropped,
         rx_errors,
         rx_paused,
+        rx_rate_limited,
         tx_frames,
         tx_bytes,
         tx_dropped,
-        tx_errors
+        tx_errors,
+        tx_rate_limited
     }),
     vsock: zeroed!(VsockMetrics {
         tx_packets,

@@ -270,14 +270,32 @@ impl Vmm {
         Ok(())
     }
 
-    /// Before or after start: only rate limiters could change, and the
-    /// net device does not take them yet, so this checks the request.
+    /// Before or after start: the rate limiters change, on the running
+    /// device too, and a limiter left out keeps what it had.
     fn patch_network_interface(
         &mut self,
         path_id: &str,
         u: config::NetworkInterfaceUpdate,
     ) -> Result<(), VmmActionError> {
-        config::check_update(&self.config.network_interfaces, path_id, &u)?;
+        let i = config::check_update(&self.config.network_interfaces, path_id, &u)?;
+        if let Some(vm) = &self.running {
+            if let Some(n) = vm.nets.iter().find(|n| n.id == path_id) {
+                let mut net = n.net.lock().unwrap_or_else(|e| e.into_inner());
+                net.update_rate_limiters(u.rx_rate_limiter.as_ref(), u.tx_rate_limiter.as_ref())
+                    .map_err(|e| VmmActionError::NetUpdate {
+                        id: path_id.to_string(),
+                        err: e.to_string(),
+                    })?;
+                net.retry_after_update();
+            }
+        }
+        let iface = &mut self.config.network_interfaces[i];
+        if u.rx_rate_limiter.is_some() {
+            iface.rx_rate_limiter = u.rx_rate_limiter;
+        }
+        if u.tx_rate_limiter.is_some() {
+            iface.tx_rate_limiter = u.tx_rate_limiter;
+        }
         Ok(())
     }
 

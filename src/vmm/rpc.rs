@@ -88,6 +88,8 @@ pub enum VmmActionError {
     ShuttingDown,
     #[error("cannot update drive {id}: {err}")]
     DriveUpdate { id: String, err: String },
+    #[error("cannot update network interface {id}: {err}")]
+    NetUpdate { id: String, err: String },
 }
 
 pub type VmmReply = Result<VmmData, VmmActionError>;

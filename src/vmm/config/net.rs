@@ -78,9 +78,8 @@ pub struct NetworkInterfaceConfig {
     /// Advertised to the guest (VIRTIO_NET_F_MTU), 68 to 65535.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
-    /// Rate limiters, in Firecracker's shape. The net device does not
-    /// apply them yet, so they are refused rather than ignored; this is
-    /// where they plug in.
+    /// Rate limiters, in Firecracker's shape: `rx` is TAP to guest, `tx`
+    /// guest to TAP; bandwidth counts frame bytes, ops count frames.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<RateLimiterConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,18 +130,15 @@ pub fn same_iface_id(body: &str, path: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Refused until the net device applies rate limiters.
-fn no_rate_limiters(
+/// Both limiters' buckets are within bounds.
+fn check_rate_limiters(
     rx: &Option<RateLimiterConfig>,
     tx: &Option<RateLimiterConfig>,
 ) -> Result<(), ConfigError> {
     for (name, r) in [("rx_rate_limiter", rx), ("tx_rate_limiter", tx)] {
         if let Some(r) = r {
             r.validate()
-                .map_err(|e| ConfigError::RateLimiter(e.to_string()))?;
-            return Err(net_error(format!(
-                "{name} is not supported on network interfaces yet"
-            )));
+                .map_err(|e| ConfigError::RateLimiter(format!("{name}: {e}")))?;
         }
     }
     Ok(())
@@ -167,7 +163,7 @@ impl NetworkInterfaceConfig {
                 )));
             }
         }
-        no_rate_limiters(&self.rx_rate_limiter, &self.tx_rate_limiter)?;
+        check_rate_limiters(&self.rx_rate_limiter, &self.tx_rate_limiter)?;
         Tap::open(&self.host_dev_name)
             .map(drop)
             .map_err(|e| net_error(e.to_string()))
@@ -228,22 +224,22 @@ pub fn check_unique_ids(list: &[NetworkInterfaceConfig]) -> Result<(), ConfigErr
     Ok(())
 }
 
-/// PATCH: the interface must exist; only rate limiters can change, and
-/// those are not supported yet, so an update without them is accepted
-/// and changes nothing.
+/// PATCH: the interface must exist and only rate limiters change.
+/// Returns the interface's place in `list`.
 pub fn check_update(
     list: &[NetworkInterfaceConfig],
     path_id: &str,
     u: &NetworkInterfaceUpdate,
-) -> Result<(), ConfigError> {
+) -> Result<usize, ConfigError> {
     same_iface_id(&u.iface_id, path_id)?;
-    if !list.iter().any(|n| n.iface_id == path_id) {
+    let Some(i) = list.iter().position(|n| n.iface_id == path_id) else {
         return Err(net_error(format!(
             "no network interface {:?} is configured",
             echo(path_id)
         )));
-    }
-    no_rate_limiters(&u.rx_rate_limiter, &u.tx_rate_limiter)
+    };
+    check_rate_limiters(&u.rx_rate_limiter, &u.tx_rate_limiter)?;
+    Ok(i)
 }
 
 #[cfg(test)]
@@ -316,8 +312,11 @@ mod tests {
         n.mtu = Some(10);
         assert!(msg(n).contains("mtu must be between 68"));
         let mut n = iface("a", "tap0", None);
-        n.tx_rate_limiter = Some(RateLimiterConfig::default());
-        assert!(msg(n).contains("tx_rate_limiter is not supported"));
+        n.tx_rate_limiter =
+            Some(serde_json::from_str(r#"{"ops": {"size": 5, "refill_time": 0}}"#).unwrap());
+        assert!(
+            msg(n).contains("tx_rate_limiter: a rate limiter's refill_time must be more than 0")
+        );
         assert!(msg(iface("a", "husk-none0", None)).contains("no such network interface"));
         assert!(msg(iface("a", "a/b", None)).contains("invalid host_dev_name"));
     }

@@ -17,6 +17,13 @@
 //! receive queue resumes it. Frames wait in the TAP's own bounded queue
 //! meanwhile, so nothing here grows with the traffic.
 //!
+//! Each direction may have a rate limiter (`rx_rate_limiter`,
+//! `tx_rate_limiter`). A transmit chain the limiter holds back stays in
+//! the ring until its timer fires. A received frame the limiter holds
+//! back is the one frame kept; the TAP is not read meanwhile, so the
+//! rest wait in the TAP's queue, as they do when the guest has no
+//! buffers.
+//!
 //! A guest cannot make the device misbehave: chains too short for the
 //! header, read-only receive buffers, addresses outside guest memory and
 //! frames over [`MAX_FRAME_LEN`] are answered (used length 0) and counted
@@ -27,6 +34,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
+use crate::vmm::devices::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use crate::vmm::devices::virtio::queue::ActiveQueue;
 use crate::vmm::devices::virtio::{
     read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, INT_USED_RING, TYPE_NET,
@@ -69,6 +77,10 @@ pub struct NetOptions {
     pub guest_mac: Option<[u8; 6]>,
     /// Offered as VIRTIO_NET_F_MTU when set.
     pub mtu: Option<u16>,
+    /// TAP to guest.
+    pub rx_rate_limiter: RateLimiterConfig,
+    /// Guest to TAP.
+    pub tx_rate_limiter: RateLimiterConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +89,8 @@ pub enum NetError {
     Tap(#[from] TapError),
     #[error("cannot create an event fd: {0}")]
     EventFd(std::io::Error),
+    #[error(transparent)]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// What the receive path needs from the event loop afterwards.
@@ -88,6 +102,9 @@ pub enum RxState {
     /// No room in the guest's buffers: stop reading the TAP until the
     /// driver adds buffers.
     NeedBuffers,
+    /// The receive rate limiter holds a frame back: stop reading the TAP
+    /// until its timer fires.
+    Throttled,
 }
 
 /// How one frame went into the receive queue.
@@ -113,6 +130,10 @@ pub struct Net {
     /// room in the guest's buffers.
     rx_frame: Vec<u8>,
     rx_pending: usize,
+    /// Whether the receive limiter let the pending frame through.
+    rx_admitted: bool,
+    pub(super) rx_limiter: RateLimiter,
+    pub(super) tx_limiter: RateLimiter,
     /// (head, length) of the chains one frame fills.
     rx_used: Vec<(u16, u32)>,
     tx_frame: Vec<u8>,
@@ -164,6 +185,8 @@ impl Net {
         Ok(Net {
             tap,
             queue_evts: [evt()?, evt()?],
+            rx_limiter: RateLimiter::new(&options.rx_rate_limiter)?,
+            tx_limiter: RateLimiter::new(&options.tx_rate_limiter)?,
             options,
             config,
             rx: None,
@@ -171,6 +194,7 @@ impl Net {
             acked: 0,
             rx_frame: Vec::new(),
             rx_pending: 0,
+            rx_admitted: false,
             rx_used: Vec::new(),
             tx_frame: Vec::new(),
             tap_watched: false,
@@ -184,9 +208,36 @@ impl Net {
         self.offloads
     }
 
-    /// Whether a frame read from the TAP waits for guest buffers.
+    /// Whether a frame read from the TAP waits for guest buffers or for
+    /// the receive rate limiter.
     pub fn has_pending_frame(&self) -> bool {
         self.rx_pending > 0
+    }
+
+    /// Replaces either direction's rate limiter (PATCH
+    /// /network-interfaces); what they held back is tried at once by the
+    /// caller.
+    pub fn update_rate_limiters(
+        &mut self,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), NetError> {
+        // Both are checked before either changes.
+        for cfg in [rx, tx].into_iter().flatten() {
+            cfg.validate()?;
+        }
+        if let Some(cfg) = rx {
+            self.rx_limiter.update(cfg)?;
+            self.options.rx_rate_limiter = *cfg;
+            if self.rx_limiter.is_unlimited() {
+                self.rx_admitted = true;
+            }
+        }
+        if let Some(cfg) = tx {
+            self.tx_limiter.update(cfg)?;
+            self.options.tx_rate_limiter = *cfg;
+        }
+        Ok(())
     }
 
     /// Sends every frame the driver made available on the transmit queue;
@@ -198,8 +249,12 @@ impl Net {
         if self.tx_frame.len() < MAX_FRAME_LEN {
             self.tx_frame.resize(MAX_FRAME_LEN, 0);
         }
-        let (tap, buf) = (&self.tap, &mut self.tx_frame);
+        let (tap, buf, limiter) = (&self.tap, &mut self.tx_frame, &mut self.tx_limiter);
         tx.serve(&METRICS.net.tx_errors, |mem, chain| {
+            if !limiter.is_unlimited() && !limiter.consume(frame_bytes(&chain)) {
+                METRICS.net.tx_rate_limited.inc();
+                return None;
+            }
             send_frame(mem, chain, tap, buf);
             // The device writes nothing into transmit buffers.
             Some(0)
@@ -228,6 +283,10 @@ impl Net {
                 break;
             };
             if self.rx_pending == 0 {
+                if self.rx_limiter.is_blocked() {
+                    state = RxState::Throttled;
+                    break;
+                }
                 if !has_available(rx) {
                     // Nothing to put a frame in: leave it in the TAP, and
                     // stop watching the TAP if something is waiting there.
@@ -237,7 +296,10 @@ impl Net {
                     break;
                 }
                 match self.tap.read_frame(&mut self.rx_frame) {
-                    Ok(n) if n >= VNET_HDR_LEN => self.rx_pending = n,
+                    Ok(n) if n >= VNET_HDR_LEN => {
+                        self.rx_pending = n;
+                        self.rx_admitted = self.rx_limiter.is_unlimited();
+                    }
                     Ok(_) => {
                         METRICS.net.rx_errors.inc();
                         continue;
@@ -252,6 +314,15 @@ impl Net {
                         break;
                     }
                 }
+            }
+            if !self.rx_admitted {
+                let bytes = (self.rx_pending - VNET_HDR_LEN) as u64;
+                if !self.rx_limiter.consume(bytes) {
+                    METRICS.net.rx_rate_limited.inc();
+                    state = RxState::Throttled;
+                    break;
+                }
+                self.rx_admitted = true;
             }
             let frame = &mut self.rx_frame[..self.rx_pending];
             match deliver(&mut rx.queue, &rx.mem, frame, mrg, &mut self.rx_used) {
@@ -292,6 +363,16 @@ fn has_available(q: &ActiveQueue) -> bool {
         .avail_idx(&q.mem, std::sync::atomic::Ordering::Acquire)
         .map(|idx| idx.0 != q.queue.next_avail())
         .unwrap_or(false)
+}
+
+/// The frame bytes of a transmit chain (without the virtio-net header),
+/// as the transmit limiter counts them.
+fn frame_bytes(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
+    chain
+        .clone()
+        .map(|d| u64::from(d.len()))
+        .sum::<u64>()
+        .saturating_sub(VNET_HDR_LEN as u64)
 }
 
 /// Writes one transmit chain (header and frame) to the TAP.
@@ -536,6 +617,7 @@ impl VirtioDevice for Net {
         if self.rx_pending > 0 {
             METRICS.net.rx_dropped.inc();
             self.rx_pending = 0;
+            self.rx_admitted = false;
         }
     }
 }

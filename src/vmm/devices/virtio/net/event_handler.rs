@@ -5,7 +5,8 @@
 //! busy TAP cannot spin the loop, and a notification on the receive
 //! queue (the driver added buffers) switches it back on. A TAP that
 //! reports an error or hang-up (its interface was deleted) is dropped
-//! from the loop for good.
+//! from the loop for good. Each direction's rate limiter has a timer
+//! here too: when it fires, what the limiter held back is tried again.
 
 use std::os::fd::AsRawFd;
 
@@ -16,7 +17,9 @@ use super::device::{Net, RxState, RX_QUEUE, TX_QUEUE};
 use crate::vmm::metrics::METRICS;
 
 impl Net {
-    fn watch_tap(&mut self, ops: &mut EventOps, on: bool) {
+    /// Switches the TAP's interest; `for_buffers` counts a pause for want
+    /// of guest buffers.
+    fn watch_tap(&mut self, ops: &mut EventOps, on: bool, for_buffers: bool) {
         if self.tap_dead || self.tap_watched == on {
             return;
         }
@@ -24,7 +27,7 @@ impl Net {
         match ops.modify(Events::new(&self.tap, set)) {
             Ok(()) => {
                 self.tap_watched = on;
-                if !on {
+                if for_buffers {
                     METRICS.net.rx_paused.inc();
                 }
             }
@@ -46,7 +49,17 @@ impl Net {
     /// Receives, then watches the TAP or not, as the receive path says.
     fn receive(&mut self, ops: &mut EventOps) {
         let state = self.process_rx();
-        self.watch_tap(ops, state == RxState::Watch);
+        self.watch_tap(ops, state == RxState::Watch, state == RxState::NeedBuffers);
+    }
+
+    /// After PATCH /network-interfaces: what the old limiters held back
+    /// goes now if the new ones allow it.
+    pub fn retry_after_update(&mut self) {
+        // The queue events bring the device back through the loop, which
+        // can change what it watches.
+        for evt in &self.queue_evts {
+            let _ = evt.write(1);
+        }
     }
 }
 
@@ -60,6 +73,11 @@ impl MutEventSubscriber for Net {
         match ops.add(Events::new(&self.tap, EventSet::IN)) {
             Ok(()) => self.tap_watched = true,
             Err(e) => tracing::error!("virtio-net: cannot watch the TAP: {e:?}"),
+        }
+        for fd in [self.rx_limiter.timer_fd(), self.tx_limiter.timer_fd()] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                tracing::error!("virtio-net: cannot watch a rate limiter: {e:?}");
+            }
         }
     }
 
@@ -82,6 +100,12 @@ impl MutEventSubscriber for Net {
                 return;
             }
             self.receive(ops);
+        } else if fd == self.rx_limiter.timer_fd() {
+            self.rx_limiter.on_timer();
+            self.receive(ops);
+        } else if fd == self.tx_limiter.timer_fd() {
+            self.tx_limiter.on_timer();
+            self.process_tx();
         } else {
             tracing::warn!(fd, "virtio-net woken for an fd it does not own");
         }

@@ -1,8 +1,8 @@
 //! virtio-net over guest memory built in the test, behind the real
 //! transport, with a datagram socket pair standing in for the TAP (one
 //! datagram is one frame, header first, as on a TAP): both directions,
-//! the pause when the guest has no buffers, and every malformed buffer a
-//! guest can post.
+//! the pause when the guest has no buffers, every malformed buffer a
+//! guest can post, and the rate limiters.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -293,6 +293,7 @@ fn config_space_features_and_offloads_follow_the_options() {
     let options = NetOptions {
         guest_mac: Some(mac),
         mtu: Some(1400),
+        ..NetOptions::default()
     };
     let n = Nic::new(F_MAC | F_MTU | F_GUEST_CSUM | F_GUEST_TSO4, options);
     let f = n.net().avail_features();
@@ -391,4 +392,130 @@ fn a_tap_that_hangs_up_leaves_the_loop_for_good() {
     assert!(n.net().tap_dead);
     assert_eq!(errors(), 1);
     assert_eq!(events.run_with_timeout(20).unwrap(), 0, "no busy loop");
+}
+
+type Loop = event_manager::EventManager<Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>>>;
+
+/// An event loop with the device on it, past the activation's own
+/// notifications.
+fn on_a_loop(n: &Nic) -> Loop {
+    use event_manager::SubscriberOps;
+    let mut events = Loop::new().unwrap();
+    events.add_subscriber(n.net.clone());
+    events.run_with_timeout(0).unwrap();
+    events
+}
+
+fn limiter(json: &str) -> crate::vmm::devices::rate_limiter::RateLimiterConfig {
+    serde_json::from_str(json).unwrap()
+}
+
+/// Runs the loop until `done` or five seconds have passed.
+fn run_until(events: &mut Loop, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never happened");
+        events.run_with_timeout(100).unwrap();
+    }
+}
+
+#[test]
+fn the_transmit_limiter_holds_a_chain_in_the_ring_until_its_timer_fires() {
+    let _t = turn();
+    let (limited, frames) = (at(&METRICS.net.tx_rate_limited), at(&METRICS.net.tx_frames));
+    let options = NetOptions {
+        tx_rate_limiter: limiter(r#"{"ops": {"size": 1, "refill_time": 50}}"#),
+        ..NetOptions::default()
+    };
+    let mut n = Nic::new(F_MRG_RXBUF, options);
+    let mut events = on_a_loop(&n);
+    for k in 0..2u64 {
+        let at = GuestAddress(BUFFERS + 0x1000 * k);
+        n.drv.mem.write_slice(&frame(20), at).unwrap();
+        n.post(TX, &[(at.0, 32, 0)]);
+    }
+    n.drv.write_reg(reg::QUEUE_NOTIFY, u32::from(TX));
+    events.run_with_timeout(100).unwrap();
+    assert_eq!(n.drv.used_idx(TX), 1, "the second frame waits");
+    assert!(n.sent().is_some() && n.sent().is_none());
+    assert_eq!(limited(), 1);
+    // The timer fires within the refill time and the frame goes.
+    run_until(&mut events, || n.drv.used_idx(TX) == 2);
+    assert_eq!(n.sent().unwrap(), frame(20));
+    assert_eq!(frames(), 2);
+}
+
+#[test]
+fn the_receive_limiter_keeps_one_frame_and_leaves_the_rest_in_the_tap() {
+    let _t = turn();
+    let (limited, frames, paused) = (
+        at(&METRICS.net.rx_rate_limited),
+        at(&METRICS.net.rx_frames),
+        at(&METRICS.net.rx_paused),
+    );
+    // 100 bytes per 50 ms: one frame of 100 bytes at a time.
+    let options = NetOptions {
+        rx_rate_limiter: limiter(r#"{"bandwidth": {"size": 100, "refill_time": 50}}"#),
+        ..NetOptions::default()
+    };
+    let mut n = Nic::new(F_MRG_RXBUF, options);
+    n.post_rx(SIZE, 256);
+    let mut events = on_a_loop(&n);
+    for _ in 0..3 {
+        n.peer.send(&frame(100)).unwrap();
+    }
+    events.run_with_timeout(100).unwrap();
+    assert_eq!(n.drv.used_idx(RX), 1);
+    assert!(n.net().has_pending_frame(), "the second frame is kept");
+    assert!(n.net().tap.readable(), "the third waits in the TAP");
+    assert!(!n.net().tap_watched, "the TAP is not read meanwhile");
+    assert_eq!(limited(), 1);
+    assert_eq!(events.run_with_timeout(10).unwrap(), 0, "no busy loop");
+    // A notification from the driver does not get past the limiter.
+    n.drv.write_reg(reg::QUEUE_NOTIFY, u32::from(RX));
+    events.run_with_timeout(10).unwrap();
+    assert_eq!(n.drv.used_idx(RX), 1);
+    // The timer lets the others through, one per refill.
+    run_until(&mut events, || n.drv.used_idx(RX) == 3);
+    assert_eq!(frames(), 3);
+    assert_eq!(&n.read(rx_buf(2), 112)[12..], &frame(100)[12..]);
+    assert_eq!(paused(), 0, "throttling is not a want of buffers");
+    run_until(&mut events, || n.net().tap_watched);
+}
+
+#[test]
+fn a_new_limit_applies_at_once_to_what_the_old_one_held() {
+    let _t = turn();
+    let options = NetOptions {
+        rx_rate_limiter: limiter(r#"{"ops": {"size": 1, "refill_time": 60000}}"#),
+        tx_rate_limiter: limiter(r#"{"ops": {"size": 1, "refill_time": 60000}}"#),
+        ..NetOptions::default()
+    };
+    let mut n = Nic::new(F_MRG_RXBUF, options);
+    n.post_rx(4, 256);
+    let mut events = on_a_loop(&n);
+    n.peer.send(&frame(10)).unwrap();
+    n.peer.send(&frame(10)).unwrap();
+    for k in 0..2u64 {
+        let at = GuestAddress(BUFFERS + 0x1000 * k);
+        n.drv.mem.write_slice(&frame(20), at).unwrap();
+        n.post(TX, &[(at.0, 32, 0)]);
+    }
+    n.drv.write_reg(reg::QUEUE_NOTIFY, u32::from(TX));
+    events.run_with_timeout(100).unwrap();
+    events.run_with_timeout(100).unwrap();
+    assert_eq!((n.drv.used_idx(RX), n.drv.used_idx(TX)), (1, 1));
+    // A bad limit changes nothing.
+    let bad = limiter(r#"{"ops": {"size": 1, "refill_time": 0}}"#);
+    assert!(n.net().update_rate_limiters(None, Some(&bad)).is_err());
+    let none = limiter("{}");
+    {
+        let mut net = n.net();
+        net.update_rate_limiters(Some(&none), Some(&none)).unwrap();
+        net.retry_after_update();
+    }
+    run_until(&mut events, || {
+        n.drv.used_idx(RX) == 2 && n.drv.used_idx(TX) == 2
+    });
+    assert!(n.net().tap_watched);
 }
