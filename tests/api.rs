@@ -307,6 +307,33 @@ fn logger_writes_to_its_file() {
     assert!(text.contains("INFO"), "{text}");
 }
 
+/// `module` keeps the lines of that module path and drops the others.
+#[test]
+fn the_logger_module_filters_by_target() {
+    if !kvm_available() {
+        return;
+    }
+    let run = |module: &str| {
+        let mut vmm = Vmm::with_api();
+        let log = vmm.dir.path("vmm.log");
+        let body =
+            json!({"log_path": log, "level": "Info", "module": module, "show_log_origin": true});
+        vmm.put_ok("/logger", body);
+        vmm.configure("probe=count:1", 1, 128);
+        vmm.start();
+        assert_eq!(vmm.wait().code(), Some(0));
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let kept = run("husk::vmm");
+    assert!(kept.contains("microVM started"), "{kept}");
+    assert!(kept.contains("husk::vmm"), "{kept}");
+    let other = run("husk::image");
+    assert!(!other.contains("microVM started"), "{other}");
+    let vmm = Vmm::with_api();
+    let msg = Vmm::fault(&vmm.put("/logger", json!({"level": "Info", "module": "a b=c"})));
+    assert!(msg.contains("module"), "{msg}");
+}
+
 #[test]
 fn a_live_socket_is_not_stolen() {
     if !kvm_available() {

@@ -2,17 +2,20 @@
 //! `PUT /logger` (or the config file's `logger`) redirects it.
 //!
 //! The filter and the formatter are each behind a reload handle; the
-//! formatter writes through a shared, swappable sink.
+//! formatter writes through a shared, swappable sink. The filter takes
+//! `target=level` directives (`Targets`), which is all Firecracker's
+//! `module` field needs; it keeps a regex engine out of every VMM.
 
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{DefaultFields, Format};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
+use tracing_subscriber::{fmt, reload, Registry};
 
 use crate::vmm::config::{ConfigError, LoggerConfig};
 use crate::vmm::metrics::METRICS;
@@ -66,11 +69,11 @@ impl Write for LogFile {
     }
 }
 
-type FilterLayer = reload::Layer<EnvFilter, Registry>;
+type FilterLayer = reload::Layer<Targets, Registry>;
 type FmtLayer = fmt::Layer<Layered<FilterLayer, Registry>, DefaultFields, Format, LogSink>;
 
 struct Handles {
-    filter: reload::Handle<EnvFilter, Registry>,
+    filter: reload::Handle<Targets, Registry>,
     format: reload::Handle<FmtLayer, Layered<FilterLayer, Registry>>,
 }
 
@@ -95,7 +98,10 @@ impl Logger {
     /// VMMs in one process) leaves the first in place.
     pub fn init() -> Logger {
         let sink = LogSink(Arc::new(Mutex::new(Box::new(io::stderr()))));
-        let filter = EnvFilter::try_from_env("HUSK_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+        let filter = std::env::var("HUSK_LOG")
+            .ok()
+            .and_then(|v| v.parse::<Targets>().ok())
+            .unwrap_or_else(|| Targets::new().with_default(tracing::Level::WARN));
         let (filter, filter_handle) = reload::Layer::new(filter);
         let (format, format_handle) = reload::Layer::new(fmt_layer(sink.clone(), true, false));
         let installed = tracing_subscriber::registry()
@@ -119,7 +125,8 @@ impl Logger {
             Some(m) => format!("{m}={level}"),
             None => level.to_string(),
         };
-        let filter = EnvFilter::try_new(&directive)
+        let filter = directive
+            .parse::<Targets>()
             .map_err(|_| LoggerError::Module(cfg.module.clone().unwrap_or_default()))?;
         let out: Box<dyn Write + Send> = match &cfg.log_path {
             Some(path) => Box::new(LogFile(OutputFile::open(Path::new(path)).map_err(
