@@ -4,7 +4,10 @@
 #   scripts/setup.sh run    to build husk and boot the probe guest: a C
 #                           toolchain (gcc, libc6-dev) besides cargo
 #   scripts/setup.sh test   also what the test suite uses: e2fsprogs,
-#                           docker-registry, busybox-static, openssl, tar
+#                           docker-registry, busybox-static, openssl, tar,
+#                           qemu-system-x86 (QEMU's microvm machine runs the
+#                           real guest kernel under TCG) and its vsock
+#                           backend vhost-device-vsock (cargo install)
 #
 # Packages already present are not touched. Installing needs root. No
 # package's service is started, and docker-registry is left disabled at
@@ -37,6 +40,10 @@ if [[ $mode == test ]]; then
     [[ -x /bin/busybox ]] || need_apt+=(busybox-static)
     command -v openssl >/dev/null || need_apt+=(openssl)
     command -v tar >/dev/null || need_apt+=(tar)
+    # The guest kernel tests boot it under QEMU's software emulation
+    # (tests/common/qemu.rs): a stock Linux guest cannot run on a PVM
+    # host's KVM. Only the emulator itself, not its recommends.
+    command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 fi
 
 # Keeps the services of the packages being installed from starting
@@ -103,6 +110,43 @@ fi
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo (the Rust toolchain) is required: https://rustup.rs" >&2
     exit 1
+fi
+
+if [[ $mode == test ]]; then
+    # QEMU's microvm machine with a vhost-user vsock device is how the tests
+    # reach a real guest; make sure this QEMU has both.
+    # (Read whole before grep -q, which would otherwise close the pipe early
+    # and fail the pipeline under pipefail.)
+    machines=$(qemu-system-x86_64 -machine help)
+    if ! grep -qw microvm <<<"$machines"; then
+        echo "setup: qemu-system-x86_64 has no microvm machine" >&2
+        exit 1
+    fi
+    devices=$(qemu-system-x86_64 -device help)
+    if ! grep -q '"vhost-user-vsock-device"' <<<"$devices"; then
+        echo "setup: qemu-system-x86_64 has no vhost-user-vsock-device" >&2
+        exit 1
+    fi
+    # The vhost-user backend for that vsock device is a rust-vmm program
+    # from crates.io; cargo puts it in $CARGO_HOME/bin.
+    cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
+    if ! command -v vhost-device-vsock >/dev/null && [[ ! -x $cargo_bin/vhost-device-vsock ]]; then
+        echo "setup: installing vhost-device-vsock (cargo install)" >&2
+        for attempt in 1 2 3; do
+            if cargo install --locked --quiet vhost-device-vsock; then
+                break
+            fi
+            if ((attempt == 3)); then
+                echo "setup: cannot install vhost-device-vsock" >&2
+                exit 1
+            fi
+            sleep $((attempt * 5))
+        done
+    fi
+    if ! command -v vhost-device-vsock >/dev/null; then
+        echo "setup: note: vhost-device-vsock is in $cargo_bin, which is not on PATH;" \
+            "the tests look there too" >&2
+    fi
 fi
 
 if [[ ! -r /dev/kvm || ! -w /dev/kvm ]]; then

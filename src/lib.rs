@@ -1,5 +1,6 @@
 //! husk: a KVM microVM monitor.
 
+pub mod agent;
 pub mod bench;
 pub mod doctor;
 pub mod image;

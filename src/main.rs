@@ -33,6 +33,30 @@ enum Command {
     Image(husk::image::cli::ImageArgs),
     /// Measure start-up, boot, memory, API-under-load and image figures; prints JSON.
     Bench(husk::bench::BenchArgs),
+    /// The guest agent (husk-agent): build what carries it into a guest.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Write the initramfs that carries husk-agent as /init (gzip'd cpio;
+    /// built once per agent binary, then cached in the state directory).
+    Initramfs {
+        /// File to write the initramfs to (replaced if it exists).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// The husk-agent binary (default: $HUSK_AGENT, else husk-agent
+        /// beside husk, else one directory up).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Where the cache is kept (default: $HUSK_STATE_DIR, else
+        /// /var/lib/husk for root, else ~/.local/share/husk).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +73,32 @@ fn main() -> ExitCode {
         Command::Doctor => husk::doctor::run(),
         Command::Image(args) => husk::image::cli::run(args),
         Command::Bench(args) => husk::bench::run(args),
+        Command::Agent { command } => agent(command),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn agent(command: AgentCommand) -> i32 {
+    use husk::agent::initramfs;
+    match command {
+        AgentCommand::Initramfs {
+            output,
+            agent,
+            state_dir,
+        } => {
+            let state = state_dir.unwrap_or_else(husk::image::cli::default_state_dir);
+            let written = match agent {
+                Some(a) => Ok(a),
+                None => initramfs::find_agent(),
+            }
+            .and_then(|a| initramfs::export(&a, &state, &output));
+            match written {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("husk agent initramfs: {e}");
+                    1
+                }
+            }
+        }
+    }
 }

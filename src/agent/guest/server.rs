@@ -1,0 +1,733 @@
+//! The agent's loop: one host connection at a time, the container's
+//! processes and their streams, and the signals PID 1 receives, all on
+//! one thread with poll(2).
+//!
+//! Memory stays bounded whatever either side does:
+//! - output is read from a process only while the host has granted
+//!   credit for it, so a slow host stops the process at its pipe;
+//! - stdin from the host is buffered up to the credit the agent granted,
+//!   and more credit is granted only as the pipe takes it;
+//! - a frame from the host is decoded as it arrives, at most one frame
+//!   (1 MiB) buffered.
+//!
+//! While no host is connected, processes keep running and their output
+//! is read and dropped.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::spawn::{self, Context, Spawned};
+use crate::agent::protocol::{
+    encode_data, encode_message, Frame, FrameReader, Message, Stream, Timings, MAX_DATA, VERSION,
+    WINDOW,
+};
+
+/// How long a process's output may stay open after it exited (a
+/// background child holding the pipe) before its exit is reported.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long the agent tries to deliver its last frames before the VM ends.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Signals PID 1 passes on to the main process.
+const FORWARDED: [i32; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// How the agent ends when the container does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Reboot the VM (PID 1 of a guest).
+    EndVm,
+    /// Exit the process (host tests, in a PID namespace).
+    Exit,
+}
+
+struct Output {
+    fd: OwnedFd,
+    credit: u32,
+    eof: bool,
+}
+
+struct Proc {
+    pid: i32,
+    stdin: Option<OwnedFd>,
+    stdin_buf: Vec<u8>,
+    /// Close stdin (or send ^D to a terminal) once the buffer is written.
+    stdin_closing: bool,
+    tty: bool,
+    out: [Option<Output>; 2],
+    status: Option<(Option<i32>, Option<i32>)>,
+    exited_at: Option<Instant>,
+}
+
+impl Proc {
+    fn new(s: Spawned, tty: bool) -> Proc {
+        let out = |fd| Output {
+            fd,
+            credit: WINDOW,
+            eof: false,
+        };
+        Proc {
+            pid: s.pid,
+            stdin: Some(s.stdin),
+            stdin_buf: Vec::new(),
+            stdin_closing: false,
+            tty,
+            out: [Some(out(s.stdout)), s.stderr.map(out)],
+            status: None,
+            exited_at: None,
+        }
+    }
+
+    fn output_done(&self) -> bool {
+        self.out.iter().flatten().all(|o| o.eof)
+    }
+}
+
+struct Conn {
+    fd: OwnedFd,
+    reader: FrameReader,
+    out: Vec<u8>,
+}
+
+/// The agent once the guest is set up.
+pub struct Agent {
+    listener: OwnedFd,
+    conn: Option<Conn>,
+    procs: BTreeMap<u32, Proc>,
+    /// The main process's id, once started, and its container's context.
+    main: Option<(u32, bool)>,
+    context: Option<Context>,
+    signals: OwnedFd,
+    timings: Timings,
+    t0: Instant,
+    ending: Ending,
+    setup_error: Option<String>,
+    /// The container root, for user lookups (`/` once switched).
+    root: PathBuf,
+    /// The main process ended and the agent is on its way out.
+    finished: bool,
+}
+
+fn errno() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// A signalfd for SIGCHLD and the forwarded signals, which are blocked
+/// for normal delivery (children get an empty mask at spawn).
+fn signal_fd() -> io::Result<OwnedFd> {
+    // SAFETY: the sigset is initialised by sigemptyset before use, and
+    // every call gets valid pointers to it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED.iter().chain(&[libc::SIGCHLD]) {
+            libc::sigaddset(&mut set, *s);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(errno());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(errno());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for writes of its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(errno())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for reads of its length. MSG_NOSIGNAL
+    // is not available for pipes; SIGPIPE is ignored by the agent.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(errno())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// What one entry of the poll set stands for.
+#[derive(Clone, Copy)]
+enum Slot {
+    Listener,
+    Conn,
+    Signals,
+    Out(u32, usize),
+    In(u32),
+}
+
+impl Agent {
+    pub fn new(
+        listener: OwnedFd,
+        timings: Timings,
+        t0: Instant,
+        ending: Ending,
+        setup_error: Option<String>,
+    ) -> io::Result<Agent> {
+        // SAFETY: ignoring SIGPIPE takes no pointers; a closed pipe then
+        // shows as EPIPE on write.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        Ok(Agent {
+            listener,
+            conn: None,
+            procs: BTreeMap::new(),
+            main: None,
+            context: None,
+            signals: signal_fd()?,
+            timings,
+            t0,
+            ending,
+            setup_error,
+            root: PathBuf::from("/"),
+            finished: false,
+        })
+    }
+
+    fn send(&mut self, msg: &Message) {
+        if let Some(c) = &mut self.conn {
+            encode_message(msg, &mut c.out);
+        }
+    }
+
+    fn error(&mut self, id: Option<u32>, message: String) {
+        self.send(&Message::Error { id, message });
+    }
+
+    /// Serves until the container ends; never returns with `EndVm`.
+    pub fn run(mut self) -> i32 {
+        let mut buf = vec![0u8; MAX_DATA];
+        loop {
+            let (mut fds, slots) = self.poll_set();
+            let timeout = self.timeout_ms();
+            // SAFETY: fds is a valid array of pollfd of the given length.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 && !would_block(&errno()) {
+                eprintln!("husk-agent: poll: {}", errno());
+            }
+            for (pfd, slot) in fds.iter().zip(slots) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                match slot {
+                    Slot::Listener => self.accept(),
+                    Slot::Conn => self.on_conn(pfd.revents, &mut buf),
+                    Slot::Signals => self.on_signals(),
+                    Slot::Out(id, i) => self.on_output(id, i, &mut buf),
+                    Slot::In(id) => self.on_stdin(id),
+                }
+            }
+            self.report_exits();
+            if self.finished || self.setup_failed_and_told() {
+                return self.finish();
+            }
+        }
+    }
+
+    /// With a failed setup, the first host is told, then the VM ends;
+    /// without a host, it ends after a while all the same.
+    fn setup_failed_and_told(&self) -> bool {
+        if self.setup_error.is_none() {
+            return false;
+        }
+        let told = self.conn.as_ref().is_some_and(|c| c.out.is_empty());
+        told || self.t0.elapsed() > Duration::from_secs(10)
+    }
+
+    fn poll_set(&self) -> (Vec<libc::pollfd>, Vec<Slot>) {
+        let mut fds = Vec::with_capacity(4 + 3 * self.procs.len());
+        let mut slots = Vec::with_capacity(fds.capacity());
+        let mut add = |fd: RawFd, events: i16, slot: Slot| {
+            fds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+            slots.push(slot);
+        };
+        add(self.signals.as_raw_fd(), libc::POLLIN, Slot::Signals);
+        match &self.conn {
+            None => add(self.listener.as_raw_fd(), libc::POLLIN, Slot::Listener),
+            Some(c) => {
+                let mut ev = libc::POLLIN;
+                if !c.out.is_empty() {
+                    ev |= libc::POLLOUT;
+                }
+                add(c.fd.as_raw_fd(), ev, Slot::Conn);
+            }
+        }
+        let attached = self.conn.is_some();
+        for (&id, p) in &self.procs {
+            for (i, o) in p.out.iter().enumerate() {
+                if let Some(o) = o {
+                    // Without a host, output is read and dropped.
+                    if !o.eof && (o.credit > 0 || !attached) {
+                        add(o.fd.as_raw_fd(), libc::POLLIN, Slot::Out(id, i));
+                    }
+                }
+            }
+            if let Some(fd) = &p.stdin {
+                if !p.stdin_buf.is_empty() || p.stdin_closing {
+                    add(fd.as_raw_fd(), libc::POLLOUT, Slot::In(id));
+                }
+            }
+        }
+        (fds, slots)
+    }
+
+    /// Until the next exit grace runs out, or forever.
+    fn timeout_ms(&self) -> i32 {
+        let mut next: Option<Duration> = None;
+        for p in self.procs.values() {
+            if let Some(at) = p.exited_at {
+                let left = EXIT_GRACE.saturating_sub(at.elapsed());
+                next = Some(next.map_or(left, |n| n.min(left)));
+            }
+        }
+        if self.setup_error.is_some() {
+            next = Some(
+                next.unwrap_or(Duration::from_secs(1))
+                    .min(Duration::from_secs(1)),
+            );
+        }
+        next.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32 + 1)
+    }
+
+    fn accept(&mut self) {
+        // SAFETY: accept4 with null address pointers is valid.
+        let fd = unsafe {
+            libc::accept4(
+                self.listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            )
+        };
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: accept4 returned a new descriptor that we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        self.conn = Some(Conn {
+            fd,
+            reader: FrameReader::default(),
+            out: Vec::new(),
+        });
+        // Output credit starts afresh with each host.
+        for p in self.procs.values_mut() {
+            for o in p.out.iter_mut().flatten() {
+                o.credit = WINDOW;
+            }
+        }
+        let ready = Message::Ready {
+            version: VERSION,
+            timings: self.timings,
+            error: self.setup_error.clone(),
+        };
+        self.send(&ready);
+    }
+
+    fn drop_conn(&mut self) {
+        self.conn = None;
+    }
+
+    fn on_conn(&mut self, revents: i16, buf: &mut [u8]) {
+        if revents & libc::POLLOUT != 0 {
+            self.flush();
+        }
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+            return;
+        }
+        let Some(c) = &mut self.conn else {
+            return;
+        };
+        match read_fd(c.fd.as_raw_fd(), buf) {
+            Ok(0) => return self.drop_conn(),
+            Ok(n) => c.reader.push(&buf[..n]),
+            Err(e) if would_block(&e) => return,
+            Err(_) => return self.drop_conn(),
+        }
+        loop {
+            let Some(c) = &mut self.conn else {
+                return;
+            };
+            match c.reader.next_frame() {
+                Ok(None) => return,
+                Ok(Some(Ok(frame))) => self.on_frame(frame),
+                Ok(Some(Err(e))) => self.error(None, e.to_string()),
+                Err(e) => {
+                    // The stream cannot be followed any more.
+                    self.error(None, e.to_string());
+                    self.flush();
+                    return self.drop_conn();
+                }
+            }
+        }
+    }
+
+    /// Writes what the connection will take now.
+    fn flush(&mut self) {
+        let Some(c) = &mut self.conn else {
+            return;
+        };
+        while !c.out.is_empty() {
+            match write_fd(c.fd.as_raw_fd(), &c.out) {
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if would_block(&e) => return,
+                Err(_) => return self.drop_conn(),
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Data {
+                id,
+                stream: Stream::Stdin,
+                data,
+            } => self.stdin_data(id, data),
+            Frame::Data { id, .. } => {
+                self.error(Some(id), "the host sends only stdin".into());
+            }
+            Frame::Control(msg) => self.on_message(msg),
+        }
+    }
+
+    fn stdin_data(&mut self, id: u32, data: Vec<u8>) {
+        let Some(p) = self.procs.get_mut(&id) else {
+            return self.error(Some(id), format!("no process {id}"));
+        };
+        if p.stdin.is_none() || p.stdin_closing {
+            return self.error(Some(id), "stdin is closed".into());
+        }
+        if p.stdin_buf.len() + data.len() > WINDOW as usize {
+            return self.error(Some(id), "stdin sent beyond its credit".into());
+        }
+        p.stdin_buf.extend_from_slice(&data);
+    }
+
+    fn on_message(&mut self, msg: Message) {
+        match msg {
+            Message::Start { id, spec } => self.start(id, *spec),
+            Message::Exec { id, spec } => self.exec(id, spec),
+            Message::Signal { id, signal } => self.signal(id, signal),
+            Message::Resize { id, window } => {
+                let r = self.procs.get(&id).filter(|p| p.tty).map(|p| {
+                    let ws = libc::winsize {
+                        ws_row: window.rows,
+                        ws_col: window.cols,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    let fd = p.out[0].as_ref().map_or(-1, |o| o.fd.as_raw_fd());
+                    // SAFETY: TIOCSWINSZ reads the winsize we pass.
+                    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }
+                });
+                if r != Some(0) {
+                    self.error(Some(id), format!("process {id} has no terminal to resize"));
+                }
+            }
+            Message::CloseStdin { id } => match self.procs.get_mut(&id) {
+                Some(p) => {
+                    if p.tty {
+                        // End of input on a terminal is ^D.
+                        p.stdin_buf.push(4);
+                    } else {
+                        p.stdin_closing = true;
+                    }
+                }
+                None => self.error(Some(id), format!("no process {id}")),
+            },
+            Message::Credit { id, stream, bytes } => {
+                let i = match stream {
+                    Stream::Stdout => 0,
+                    Stream::Stderr => 1,
+                    Stream::Stdin => {
+                        return self.error(Some(id), "stdin credit is the agent's to give".into())
+                    }
+                };
+                if let Some(o) = self.procs.get_mut(&id).and_then(|p| p.out[i].as_mut()) {
+                    // Never more than a window outstanding, whatever the host says.
+                    o.credit = o.credit.saturating_add(bytes).min(WINDOW);
+                }
+            }
+            Message::Shutdown => self.finished = true,
+            other => {
+                let name = format!("{other:?}");
+                let name = name.split([' ', '{']).next().unwrap_or("");
+                self.error(None, format!("{name} is not a message for the agent"));
+            }
+        }
+    }
+
+    fn start(&mut self, id: u32, spec: crate::agent::protocol::ContainerSpec) {
+        if self.main.is_some() {
+            return self.error(Some(id), "the container was already started".into());
+        }
+        if self.procs.contains_key(&id) {
+            return self.error(Some(id), format!("process id {id} is in use"));
+        }
+        if let Err(e) = super::setup::identity(&spec) {
+            return self.error(Some(id), e.to_string());
+        }
+        let (launch, ctx) = match spawn::container_launch(&spec, &self.root) {
+            Ok(l) => l,
+            Err(e) => return self.error(Some(id), e.to_string()),
+        };
+        if self.launch(id, &launch) {
+            self.main = Some((id, spec.keep_running));
+            self.context = Some(ctx);
+        }
+    }
+
+    fn exec(&mut self, id: u32, spec: crate::agent::protocol::ProcessSpec) {
+        if self.procs.contains_key(&id) || self.main.is_some_and(|(m, _)| m == id) {
+            return self.error(Some(id), format!("process id {id} is in use"));
+        }
+        let Some(ctx) = &self.context else {
+            return self.error(Some(id), "no container was started".into());
+        };
+        match spawn::exec_launch(&spec, ctx, &self.root) {
+            Ok(l) => {
+                self.launch(id, &l);
+            }
+            Err(e) => self.error(Some(id), e.to_string()),
+        }
+    }
+
+    fn launch(&mut self, id: u32, l: &spawn::Launch) -> bool {
+        match spawn::spawn(l) {
+            Ok(s) => {
+                let pid = s.pid;
+                self.procs.insert(id, Proc::new(s, l.tty.is_some()));
+                let spawn_us = self.t0.elapsed().as_micros() as u64;
+                self.send(&Message::Started { id, pid, spawn_us });
+                true
+            }
+            Err(e) => {
+                self.error(Some(id), e.to_string());
+                false
+            }
+        }
+    }
+
+    fn signal(&mut self, id: u32, signal: i32) {
+        if !(1..=64).contains(&signal) {
+            return self.error(Some(id), format!("{signal} is not a signal"));
+        }
+        match self.procs.get(&id) {
+            Some(p) if p.status.is_none() => {
+                // SAFETY: kill takes no pointers.
+                if unsafe { libc::kill(p.pid, signal) } != 0 {
+                    let e = errno();
+                    self.error(Some(id), format!("kill: {e}"));
+                }
+            }
+            _ => self.error(Some(id), format!("no running process {id}")),
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        while let Ok(n) = read_fd(self.signals.as_raw_fd(), &mut info) {
+            if n < info.len() {
+                break;
+            }
+            let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32;
+            if signo == libc::SIGCHLD {
+                self.reap();
+            } else if let Some((id, _)) = self.main {
+                if let Some(p) = self.procs.get(&id) {
+                    // SAFETY: kill takes no pointers.
+                    unsafe { libc::kill(p.pid, signo) };
+                }
+            }
+        }
+        // A SIGCHLD may have been merged with one read before: reap anyway.
+        self.reap();
+    }
+
+    /// Collects every exited child: ours get their status, orphans that
+    /// PID 1 inherited are just reaped.
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes the status into the local.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return;
+            }
+            let exit = if libc::WIFEXITED(status) {
+                (Some(libc::WEXITSTATUS(status)), None)
+            } else if libc::WIFSIGNALED(status) {
+                (None, Some(libc::WTERMSIG(status)))
+            } else {
+                continue;
+            };
+            if let Some(p) = self
+                .procs
+                .values_mut()
+                .find(|p| p.pid == pid && p.status.is_none())
+            {
+                p.status = Some(exit);
+                p.exited_at = Some(Instant::now());
+            }
+        }
+    }
+
+    fn on_output(&mut self, id: u32, i: usize, buf: &mut [u8]) {
+        let attached = self.conn.is_some();
+        let Some(p) = self.procs.get_mut(&id) else {
+            return;
+        };
+        let Some(o) = p.out[i].as_mut() else {
+            return;
+        };
+        let want = if attached {
+            (o.credit as usize).min(buf.len())
+        } else {
+            buf.len()
+        };
+        if want == 0 {
+            return;
+        }
+        match read_fd(o.fd.as_raw_fd(), &mut buf[..want]) {
+            Ok(0) => o.eof = true,
+            Ok(n) => {
+                if let Some(c) = &mut self.conn {
+                    o.credit -= n as u32;
+                    let stream = if i == 0 {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    };
+                    encode_data(id, stream, &buf[..n], &mut c.out);
+                }
+            }
+            Err(e) if would_block(&e) => {}
+            // EIO: the terminal's last user closed it.
+            Err(_) => o.eof = true,
+        }
+        if self.conn.as_ref().is_some_and(|c| c.out.len() >= MAX_DATA) {
+            self.flush();
+        }
+    }
+
+    fn on_stdin(&mut self, id: u32) {
+        let Some(p) = self.procs.get_mut(&id) else {
+            return;
+        };
+        let Some(fd) = &p.stdin else {
+            return;
+        };
+        let mut written = 0;
+        while written < p.stdin_buf.len() {
+            match write_fd(fd.as_raw_fd(), &p.stdin_buf[written..]) {
+                Ok(n) => written += n,
+                Err(e) if would_block(&e) => break,
+                Err(_) => {
+                    // The process closed its stdin: what is left is dropped.
+                    written = p.stdin_buf.len();
+                    p.stdin = None;
+                    break;
+                }
+            }
+        }
+        p.stdin_buf.drain(..written);
+        if p.stdin_buf.is_empty() && p.stdin_closing {
+            p.stdin = None;
+        }
+        if written > 0 {
+            let bytes = written as u32;
+            self.send(&Message::Credit {
+                id,
+                stream: Stream::Stdin,
+                bytes,
+            });
+        }
+    }
+
+    /// Reports processes whose exit and output are both done (or whose
+    /// output outlived the grace period).
+    fn report_exits(&mut self) {
+        let done: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| {
+                p.status.is_some()
+                    && (p.output_done() || p.exited_at.is_some_and(|t| t.elapsed() >= EXIT_GRACE))
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in done {
+            let Some(p) = self.procs.remove(&id) else {
+                continue;
+            };
+            let (code, signal) = p.status.unwrap_or((None, None));
+            self.send(&Message::Exit { id, code, signal });
+            if let Some((main, keep)) = self.main {
+                if main == id && !keep {
+                    self.finished = true;
+                }
+            }
+        }
+    }
+
+    /// Delivers what is queued for the host (bounded in time), then ends.
+    fn finish(mut self) -> i32 {
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        while self.conn.as_ref().is_some_and(|c| !c.out.is_empty()) && Instant::now() < deadline {
+            self.flush();
+            if let Some(c) = &self.conn {
+                let mut pfd = libc::pollfd {
+                    fd: c.fd.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, 50) };
+            }
+        }
+        if let Some(msg) = &self.setup_error {
+            eprintln!("husk-agent: ending the VM after the error above: {msg}");
+        }
+        match self.ending {
+            Ending::EndVm => super::setup::end_vm(),
+            Ending::Exit => {
+                // SAFETY: getpid and kill take no pointers. Only as PID 1
+                // of its own PID namespace does kill(-1) stay inside it.
+                unsafe {
+                    if libc::getpid() == 1 {
+                        libc::kill(-1, libc::SIGKILL);
+                    }
+                }
+                i32::from(self.setup_error.is_some())
+            }
+        }
+    }
+}
