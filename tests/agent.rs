@@ -506,3 +506,38 @@ async fn hostile_frames_get_errors_and_the_agent_keeps_serving() {
     let out = client.start(cmd(&["echo", "still"])).await.unwrap();
     assert_eq!(text(&out.output().await.unwrap().stdout), "still\n");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn signals_to_pid_1_reach_the_main_process() {
+    if cannot_run() {
+        return;
+    }
+    let mut agent = HostAgent::start();
+    let client = agent.client().await;
+    let main = client.start(cmd(&["sleep", "100"])).await.unwrap();
+    // What a VMM's shutdown request looks like to the guest's PID 1.
+    let server = agent.server_pid();
+    // SAFETY: kill takes no pointers.
+    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGTERM) }, 0);
+    let out = main.output().await.unwrap();
+    assert_eq!(out.status.signal, Some(libc::SIGTERM));
+    assert_eq!(agent.wait(), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn keep_running_outlives_the_main_process_until_shutdown() {
+    if cannot_run() {
+        return;
+    }
+    let mut agent = HostAgent::start();
+    let client = agent.client().await;
+    let mut spec = cmd(&["true"]);
+    spec.keep_running = true;
+    let out = client.start(spec).await.unwrap().output().await.unwrap();
+    assert_eq!(out.status, code(0));
+    let out = client.exec(exec(&["echo", "still here"])).await.unwrap();
+    assert_eq!(text(&out.output().await.unwrap().stdout), "still here\n");
+    assert!(agent.child.try_wait().unwrap().is_none());
+    client.shutdown().await.unwrap();
+    assert_eq!(agent.wait(), 0);
+}

@@ -259,11 +259,22 @@ pub fn spawn(l: &Launch) -> Result<Spawned, SpawnError> {
     }
     let id = l.identity.clone();
     let tty = pty.is_some();
+    // The agent blocks the signals it reads through its signalfd; the
+    // process starts with none blocked.
+    // SAFETY: sigemptyset initialises the set it is given.
+    let unblocked = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    };
     // SAFETY: the closure runs in the child between fork and exec: it only
     // makes system calls on values prepared before the fork (no
     // allocation, no locks).
     unsafe {
         cmd.pre_exec(move || {
+            if libc::pthread_sigmask(libc::SIG_SETMASK, &unblocked, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
