@@ -174,9 +174,13 @@ fn rootfs(dir: &Path) -> PathBuf {
 /// guest would unpack into RAM), in an initramfs written by husk.
 fn initramfs(dir: &Path) -> PathBuf {
     let agent = dir.join("husk-agent");
+    // $HUSK_AGENT picks another build (a release one, for its figures).
+    let built = std::env::var_os("HUSK_AGENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_husk-agent").into());
     let status = Command::new("objcopy")
         .arg("--strip-all")
-        .arg(env!("CARGO_BIN_EXE_husk-agent"))
+        .arg(&built)
         .arg(&agent)
         .status()
         .unwrap();
