@@ -541,3 +541,35 @@ async fn keep_running_outlives_the_main_process_until_shutdown() {
     client.shutdown().await.unwrap();
     assert_eq!(agent.wait(), 0);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_new_host_attaches_and_loses_nothing() {
+    if cannot_run() {
+        return;
+    }
+    let mut agent = HostAgent::start();
+    let first = agent.client().await;
+    let script = "echo one; read x; echo two; exit 4";
+    let mut main = first.start(cmd(&["sh", "-c", script])).await.unwrap();
+    assert_eq!(
+        main.next().await.unwrap(),
+        Some(Event::Output(Stream::Stdout, b"one\n".to_vec()))
+    );
+    main.write_stdin(b"go\n").await.unwrap();
+    let id = main.id();
+    // The host goes away (a daemon restart) while "two" and the exit
+    // happen.
+    drop(main);
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = agent.client().await;
+    let out = second.attach(id).await.unwrap().output().await.unwrap();
+    assert_eq!((text(&out.stdout), out.status), ("two\n".into(), code(4)));
+    assert_eq!(agent.wait(), 0);
+    let err = {
+        let again = HostAgent::start();
+        let c = again.client().await;
+        c.attach(77).await.unwrap_err()
+    };
+    assert!(err.to_string().contains("no process 77"), "{err}");
+}

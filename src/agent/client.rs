@@ -283,6 +283,17 @@ impl AgentClient {
         self.launch(id, Message::Exec { id, spec }).await
     }
 
+    /// Follows a process that an earlier connection started (after the
+    /// host restarted): its output from here on, and its exit.
+    pub async fn attach(&self, id: u32) -> Result<Process, ClientError> {
+        {
+            let mut n = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
+            // New ids must not collide with the ones the earlier host used.
+            *n = (*n).max(id.saturating_add(1));
+        }
+        self.launch(id, Message::Attach { id }).await
+    }
+
     /// Stops everything in the guest and ends the VM.
     pub async fn shutdown(&self) -> Result<(), ClientError> {
         send_message(&self.writer, &Message::Shutdown).await

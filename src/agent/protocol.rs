@@ -198,6 +198,12 @@ pub enum Message {
     CloseStdin {
         id: u32,
     },
+    /// Follow a process started over an earlier connection (a host that
+    /// restarted): the agent answers `Started` and sends its output and
+    /// exit from here on.
+    Attach {
+        id: u32,
+    },
     /// Stop everything and end the VM.
     Shutdown,
     // Either way.

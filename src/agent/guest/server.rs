@@ -10,8 +10,11 @@
 //! - a frame from the host is decoded as it arrives, at most one frame
 //!   (1 MiB) buffered.
 //!
-//! While no host is connected, processes keep running and their output
-//! is read and dropped.
+//! Each process belongs to the connection that started it, or that
+//! attached to it since (`Attach`, after a host restarts). A process no
+//! connection holds keeps running, but its output stays in its pipe and
+//! its exit is kept until a host attaches: nothing is lost while the host
+//! is away, and a process that writes a lot waits for it.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -65,6 +68,9 @@ struct Proc {
     out: [Option<Output>; 2],
     status: Option<(Option<i32>, Option<i32>)>,
     exited_at: Option<Instant>,
+    /// The current connection follows this process.
+    attached: bool,
+    spawn_us: u64,
 }
 
 impl Proc {
@@ -83,6 +89,8 @@ impl Proc {
             out: [Some(out(s.stdout)), s.stderr.map(out)],
             status: None,
             exited_at: None,
+            attached: true,
+            spawn_us: 0,
         }
     }
 
@@ -283,8 +291,7 @@ impl Agent {
         for (&id, p) in &self.procs {
             for (i, o) in p.out.iter().enumerate() {
                 if let Some(o) = o {
-                    // Without a host, output is read and dropped.
-                    if !o.eof && (o.credit > 0 || !attached) {
+                    if attached && p.attached && !o.eof && o.credit > 0 {
                         add(o.fd.as_raw_fd(), libc::POLLIN, Slot::Out(id, i));
                     }
                 }
@@ -336,8 +343,10 @@ impl Agent {
             reader: FrameReader::default(),
             out: Vec::new(),
         });
-        // Output credit starts afresh with each host.
+        // A new host follows a process once it attaches to it, with fresh
+        // credit.
         for p in self.procs.values_mut() {
+            p.attached = false;
             for o in p.out.iter_mut().flatten() {
                 o.credit = WINDOW;
             }
@@ -352,6 +361,9 @@ impl Agent {
 
     fn drop_conn(&mut self) {
         self.conn = None;
+        for p in self.procs.values_mut() {
+            p.attached = false;
+        }
     }
 
     fn on_conn(&mut self, revents: i16, buf: &mut [u8]) {
@@ -477,6 +489,14 @@ impl Agent {
                 }
             }
             Message::Shutdown => self.finished = true,
+            Message::Attach { id } => match self.procs.get_mut(&id) {
+                Some(p) => {
+                    p.attached = true;
+                    let (pid, spawn_us) = (p.pid, p.spawn_us);
+                    self.send(&Message::Started { id, pid, spawn_us });
+                }
+                None => self.error(Some(id), format!("no process {id}")),
+            },
             other => {
                 let name = format!("{other:?}");
                 let name = name.split([' ', '{']).next().unwrap_or("");
@@ -524,8 +544,10 @@ impl Agent {
         match spawn::spawn(l) {
             Ok(s) => {
                 let pid = s.pid;
-                self.procs.insert(id, Proc::new(s, l.tty.is_some()));
                 let spawn_us = self.t0.elapsed().as_micros() as u64;
+                let mut p = Proc::new(s, l.tty.is_some());
+                p.spawn_us = spawn_us;
+                self.procs.insert(id, p);
                 self.send(&Message::Started { id, pid, spawn_us });
                 true
             }
@@ -601,18 +623,13 @@ impl Agent {
     }
 
     fn on_output(&mut self, id: u32, i: usize, buf: &mut [u8]) {
-        let attached = self.conn.is_some();
         let Some(p) = self.procs.get_mut(&id) else {
             return;
         };
         let Some(o) = p.out[i].as_mut() else {
             return;
         };
-        let want = if attached {
-            (o.credit as usize).min(buf.len())
-        } else {
-            buf.len()
-        };
+        let want = (o.credit as usize).min(buf.len());
         if want == 0 {
             return;
         }
@@ -673,13 +690,17 @@ impl Agent {
     }
 
     /// Reports processes whose exit and output are both done (or whose
-    /// output outlived the grace period).
+    /// output outlived the grace period) to the host that follows them.
     fn report_exits(&mut self) {
+        if self.conn.is_none() {
+            return;
+        }
         let done: Vec<u32> = self
             .procs
             .iter()
             .filter(|(_, p)| {
-                p.status.is_some()
+                p.attached
+                    && p.status.is_some()
                     && (p.output_done() || p.exited_at.is_some_and(|t| t.elapsed() >= EXIT_GRACE))
             })
             .map(|(&id, _)| id)
