@@ -55,7 +55,7 @@ pub fn classify(loaded: &dyn Fn(&str) -> bool, cpu_flags: &str) -> HostVirt {
     }
 }
 
-fn host_virt() -> HostVirt {
+pub fn host_virt() -> HostVirt {
     let flags = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("flags")).map(String::from))

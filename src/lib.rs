@@ -2,6 +2,9 @@
 
 pub mod agent;
 pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod daemon;
 pub mod doctor;
 pub mod image;
 pub mod probe;

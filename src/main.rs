@@ -8,12 +8,21 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "husk", version, about = "KVM microVM monitor")]
 struct Cli {
+    /// The daemon's socket, for the container verbs (default: $HUSK_HOST,
+    /// else /run/husk/husk.sock for root, else
+    /// $XDG_RUNTIME_DIR/husk/husk.sock, else /tmp/husk-$UID/husk.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon that the container verbs talk to.
+    Serve(husk::daemon::ServeArgs),
+    #[command(flatten)]
+    Container(husk::cli::Verb),
     /// Run one microVM, controlled through a Firecracker-compatible API.
     Vmm(husk::vmm::VmmArgs),
     /// Write the embedded probe guest out as a kernel (ELF vmlinux or bzImage).
@@ -74,6 +83,8 @@ fn main() -> ExitCode {
         Command::Image(args) => husk::image::cli::run(args),
         Command::Bench(args) => husk::bench::run(args),
         Command::Agent { command } => agent(command),
+        Command::Container(verb) => husk::cli::dispatch(cli.socket.as_deref(), verb),
+        Command::Serve(args) => husk::daemon::serve(args),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }

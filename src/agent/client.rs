@@ -193,19 +193,33 @@ async fn hybrid_connect(uds: &Path, port: u32) -> Result<Option<UnixStream>, Cli
     Ok(line.starts_with(b"OK ").then_some(s))
 }
 
+/// How long one CONNECT (and the agent's `Ready` after it) may take.
+const ATTEMPT: Duration = Duration::from_secs(2);
+
 impl AgentClient {
     /// Through a VM's hybrid vsock socket (`uds_path`), retrying until the
     /// agent listens or `timeout` passes.
     pub async fn connect_vsock(uds: &Path, timeout: Duration) -> Result<AgentClient, ClientError> {
         let attempt = async {
             loop {
-                if let Some(s) = hybrid_connect(uds, AGENT_PORT).await? {
-                    match Self::handshake(s).await {
-                        // The guest's listener can go away under a
-                        // connection made during its start: try again.
-                        Err(ClientError::Broken(_)) => {}
-                        r => return r,
+                // A vsock backend may hold a CONNECT that the guest does
+                // not answer yet: each attempt gets its own deadline.
+                let attempt = tokio::time::timeout(ATTEMPT, hybrid_connect(uds, AGENT_PORT));
+                match attempt.await {
+                    Ok(Ok(Some(s))) => {
+                        match tokio::time::timeout(ATTEMPT, Self::handshake(s)).await {
+                            // The guest's listener can go away under a
+                            // connection made during its start: try again.
+                            Err(_) => tracing::debug!("agent handshake timed out"),
+                            Ok(Err(ClientError::Broken(e))) => {
+                                tracing::debug!("agent handshake broken: {e}")
+                            }
+                            Ok(r) => return r,
+                        }
                     }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => tracing::debug!("vsock connect: {e}"),
+                    Err(_) => tracing::debug!("vsock CONNECT went unanswered"),
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -292,6 +306,11 @@ impl AgentClient {
             *n = (*n).max(id.saturating_add(1));
         }
         self.launch(id, Message::Attach { id }).await
+    }
+
+    /// Sends `signal` to process `id` (one this connection follows or not).
+    pub async fn signal(&self, id: u32, signal: i32) -> Result<(), ClientError> {
+        send_message(&self.writer, &Message::Signal { id, signal }).await
     }
 
     /// Stops everything in the guest and ends the VM.

@@ -1,0 +1,459 @@
+//! `husk run` and `husk create`.
+//!
+//! `run` creates the container, opens its log stream and a wait on it,
+//! starts it, copies its output to this process's stdout and stderr until
+//! it exits, and exits with its exit code. With `-d` it prints the id once
+//! the container runs. The first Ctrl-C sends SIGINT to the container, a
+//! second one detaches (exit 130; the container keeps running).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::logs::OutputWriter;
+use super::{parse, report, EXIT_DAEMON};
+use crate::client::types::{CreateRequest, CreateResponse, LogsOptions};
+use crate::client::{ClientError, DaemonClient};
+
+/// What `run` and `create` share: the container's configuration.
+#[derive(Args, Debug)]
+pub struct ContainerOpts {
+    /// Assign a name to the container.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set environment variables (KEY=VALUE, or KEY to pass this one's).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Read in a file of environment variables.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// User (name|uid[:group|gid]) to run as.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Overwrite the image's entrypoint ("" clears it).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Number of vCPUs (a fraction is rounded up).
+    #[arg(long, value_parser = parse::cpus)]
+    pub cpus: Option<u8>,
+    /// Memory (e.g. 512m, 1g; a bare number is MiB).
+    #[arg(short, long, value_parser = parse::memory_mib)]
+    pub memory: Option<u32>,
+    /// Container host name.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Set metadata on the container (key=value).
+    #[arg(short, long = "label", value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Keep STDIN open (needs the daemon's attach endpoint: refused for now).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY (needs the daemon's attach endpoint: refused for now).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Pull the image before creating: "missing" (when the daemon does
+    /// not have it), "always" or "never".
+    #[arg(long, value_enum, default_value = "missing")]
+    pub pull: PullPolicy,
+    /// The image to run.
+    pub image: String,
+    /// The command and its arguments (default: the image's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PullPolicy {
+    Missing,
+    Always,
+    Never,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run the container in the background and print its id.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Remove the container when it exits (the daemon does it).
+    #[arg(long)]
+    pub rm: bool,
+    #[command(flatten)]
+    pub opts: ContainerOpts,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Remove the container when it exits (the daemon does it).
+    #[arg(long)]
+    pub rm: bool,
+    #[command(flatten)]
+    pub opts: ContainerOpts,
+}
+
+pub const ATTACH_REFUSED: &str =
+    "interactive attach (-i/-t) needs the daemon's attach endpoint, not available yet";
+
+impl ContainerOpts {
+    /// The create body, with env files read and `-e KEY` resolved here.
+    pub fn request(&self, auto_remove: bool) -> Result<CreateRequest, String> {
+        let mut env = Vec::new();
+        for f in &self.env_file {
+            env.extend(parse::env_file(f)?);
+        }
+        for e in &self.env {
+            env.extend(parse::env_entry(e, |k| std::env::var(k).ok())?);
+        }
+        Ok(CreateRequest {
+            image: self.image.clone(),
+            name: self.name.clone(),
+            cmd: (!self.command.is_empty()).then(|| self.command.clone()),
+            entrypoint: self.entrypoint.as_ref().map(|e| {
+                if e.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![e.clone()]
+                }
+            }),
+            env,
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
+            hostname: self.hostname.clone(),
+            vcpus: self.cpus,
+            memory_mib: self.memory,
+            tty: self.tty,
+            stdin: self.interactive,
+            auto_remove,
+            labels: parse::labels(&self.label)?,
+        })
+    }
+}
+
+/// Creates the container, pulling the image first as `--pull` says
+/// (progress on stderr). Errors are reported here.
+async fn create_container(
+    client: &DaemonClient,
+    opts: &ContainerOpts,
+    auto_remove: bool,
+) -> Option<CreateResponse> {
+    let req = match opts.request(auto_remove) {
+        Ok(r) => r,
+        Err(e) => {
+            report(e);
+            return None;
+        }
+    };
+    if opts.pull == PullPolicy::Always && !pull(client, &req.image).await {
+        return None;
+    }
+    match client.create(&req).await {
+        Ok(c) => Some(c),
+        // On create, "not found" is the image.
+        Err(e) if e.is_not_found() && opts.pull == PullPolicy::Missing => {
+            eprintln!("Unable to find image '{}' locally", req.image);
+            if !pull(client, &req.image).await {
+                return None;
+            }
+            client.create(&req).await.map_err(report).ok()
+        }
+        Err(e) => {
+            report(e);
+            None
+        }
+    }
+}
+
+async fn pull(client: &DaemonClient, image: &str) -> bool {
+    let mut err = std::io::stderr();
+    let tty = err.is_terminal();
+    match super::images::pull_with_progress(client, image, &mut err, tty).await {
+        Ok(_) => true,
+        Err(e) => {
+            report(e);
+            false
+        }
+    }
+}
+
+pub async fn create(client: &DaemonClient, args: CreateArgs) -> i32 {
+    match create_container(client, &args.opts, args.rm).await {
+        Some(c) => {
+            println!("{}", c.id);
+            0
+        }
+        None => 1,
+    }
+}
+
+pub async fn run(client: &DaemonClient, args: RunArgs) -> i32 {
+    if args.opts.interactive || args.opts.tty {
+        report(ATTACH_REFUSED);
+        return EXIT_DAEMON;
+    }
+    let Some(created) = create_container(client, &args.opts, args.rm).await else {
+        return EXIT_DAEMON;
+    };
+    if args.detach {
+        return match client.start(&created.id).await {
+            Ok(()) => {
+                println!("{}", created.id);
+                0
+            }
+            Err(e) => {
+                report(e);
+                EXIT_DAEMON
+            }
+        };
+    }
+    attach(client, &created.id).await
+}
+
+/// How an attached run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// The container exited with this code.
+    Exited(i32),
+    /// The user detached (a second Ctrl-C).
+    Detached,
+    /// husk or the daemon failed.
+    Failed,
+}
+
+impl Attached {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Attached::Exited(c) => *c,
+            Attached::Detached => 130,
+            Attached::Failed => EXIT_DAEMON,
+        }
+    }
+}
+
+/// Starts a created container and follows it until it exits.
+async fn attach(client: &DaemonClient, id: &str) -> i32 {
+    let mut w = OutputWriter::stdio(false);
+    let end = attach_with(client, id, &mut |s, t, d| {
+        // A closed stdout is no reason to stop following: the exit code
+        // still matters.
+        let _ = w.write(s, t, d);
+    })
+    .await;
+    if end == Attached::Detached {
+        eprintln!(
+            "husk: detached from {}; the container keeps running",
+            super::format::short_id(id)
+        );
+    }
+    end.exit_code()
+}
+
+/// The attach loop, with the output going to `out`.
+pub async fn attach_with(
+    client: &DaemonClient,
+    id: &str,
+    out: &mut dyn FnMut(crate::client::types::StreamKind, u64, &str),
+) -> Attached {
+    let mut sigint = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(e) => {
+            report(format!("cannot catch SIGINT: {e}"));
+            return Attached::Failed;
+        }
+    };
+    // The log stream and the wait go in before the start, so that no
+    // output is missed and an auto-removed container's exit is still seen.
+    let follow = LogsOptions {
+        follow: true,
+        ..Default::default()
+    };
+    let mut logs = match client.logs(id, &follow).await {
+        Ok(l) => l,
+        Err(e) => {
+            report(e);
+            return Attached::Failed;
+        }
+    };
+    let waiter = {
+        let (client, id) = (client.clone(), id.to_string());
+        tokio::spawn(async move { client.wait(&id).await })
+    };
+    // Let the wait's request reach the daemon before the start's.
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+
+    let start = client.start(id);
+    tokio::pin!(start);
+    let (mut started, mut logs_open) = (false, true);
+    let mut interrupts = 0u32;
+    let mut kill_pending = false;
+    while !started || logs_open {
+        tokio::select! {
+            r = &mut start, if !started => {
+                started = true;
+                if let Err(e) = r {
+                    report(e);
+                    return Attached::Failed;
+                }
+                if kill_pending {
+                    interrupt(client, id).await;
+                }
+            }
+            line = logs.next(), if logs_open => match line {
+                Ok(Some(l)) => out(l.stream, l.time_ms, &l.data),
+                Ok(None) => logs_open = false,
+                Err(e) => {
+                    report(e);
+                    return Attached::Failed;
+                }
+            },
+            _ = sigint.recv() => {
+                interrupts += 1;
+                if interrupts > 1 {
+                    return Attached::Detached;
+                }
+                if started {
+                    interrupt(client, id).await;
+                } else {
+                    kill_pending = true;
+                }
+            }
+        }
+    }
+    let waited = tokio::select! {
+        w = waiter => w,
+        _ = sigint.recv() => return Attached::Detached,
+    };
+    match waited {
+        Ok(Ok(w)) => Attached::Exited(w.exit_code),
+        Ok(Err(e)) => {
+            report(format!("cannot get the container's exit status: {e}"));
+            Attached::Failed
+        }
+        Err(e) => {
+            report(format!("cannot get the container's exit status: {e}"));
+            Attached::Failed
+        }
+    }
+}
+
+/// Forwards a Ctrl-C; "not running" means it is exiting anyway.
+async fn interrupt(client: &DaemonClient, id: &str) {
+    match client.kill(id, libc::SIGINT).await {
+        Ok(()) => {}
+        Err(ClientError::Api { status: 409, .. }) => {}
+        Err(e) => report(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::tests::parse as parse_args;
+    use crate::cli::Verb;
+
+    fn run_args(a: &[&str]) -> RunArgs {
+        let mut v = vec!["run"];
+        v.extend_from_slice(a);
+        match parse_args(&v).unwrap() {
+            Verb::Run(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_then_image_then_command() {
+        let r = run_args(&[
+            "-d",
+            "--rm",
+            "--name",
+            "web",
+            "-e",
+            "A=1",
+            "--env",
+            "B=2",
+            "-w",
+            "/srv",
+            "-u",
+            "1000:1000",
+            "--cpus",
+            "1.5",
+            "-m",
+            "1g",
+            "--hostname",
+            "box",
+            "-l",
+            "team=a",
+            "--entrypoint",
+            "/bin/sh",
+            "busybox",
+            "-c",
+            "echo hi -d --rm",
+        ]);
+        assert!(r.detach && r.rm);
+        let req = r.opts.request(r.rm).unwrap();
+        assert_eq!(req.image, "busybox");
+        assert_eq!(req.name.as_deref(), Some("web"));
+        assert_eq!(req.env, ["A=1", "B=2"]);
+        assert_eq!(req.workdir.as_deref(), Some("/srv"));
+        assert_eq!(req.user.as_deref(), Some("1000:1000"));
+        assert_eq!(req.vcpus, Some(2));
+        assert_eq!(req.memory_mib, Some(1024));
+        assert_eq!(req.hostname.as_deref(), Some("box"));
+        assert_eq!(req.labels["team"], "a");
+        assert_eq!(req.entrypoint, Some(vec!["/bin/sh".to_string()]));
+        assert_eq!(
+            req.cmd,
+            Some(vec!["-c".to_string(), "echo hi -d --rm".to_string()])
+        );
+        assert!(req.auto_remove && !req.tty && !req.stdin);
+    }
+
+    #[test]
+    fn defaults() {
+        let r = run_args(&["busybox"]);
+        assert!(!r.detach && !r.rm);
+        assert_eq!(r.opts.pull, PullPolicy::Missing);
+        let req = r.opts.request(false).unwrap();
+        assert_eq!(
+            req,
+            CreateRequest {
+                image: "busybox".into(),
+                ..Default::default()
+            }
+        );
+        let r = run_args(&["--entrypoint", "", "busybox", "ls", "-la"]);
+        let req = r.opts.request(false).unwrap();
+        assert_eq!(req.entrypoint, Some(vec![]));
+        assert_eq!(req.cmd, Some(vec!["ls".to_string(), "-la".to_string()]));
+        let r = run_args(&["-it", "busybox", "sh"]);
+        assert!(r.opts.interactive && r.opts.tty);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse_args(&["run", "-m", "lots", "busybox"]).is_err());
+        assert!(parse_args(&["run", "--cpus", "0", "busybox"]).is_err());
+        assert!(parse_args(&["run"]).is_err());
+        let r = run_args(&["-l", "=x", "busybox"]);
+        assert!(r.opts.request(false).is_err());
+        let r = run_args(&["--env-file", "/nonexistent/husk.env", "busybox"]);
+        assert!(r.opts.request(false).unwrap_err().contains("env file"));
+    }
+
+    #[test]
+    fn create_args() {
+        match parse_args(&["create", "--rm", "--name", "x", "busybox", "true"]).unwrap() {
+            Verb::Create(c) => {
+                let req = c.opts.request(c.rm).unwrap();
+                assert!(req.auto_remove);
+                assert_eq!(req.cmd, Some(vec!["true".to_string()]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! A typed async client of the daemon's API (`husk serve`): HTTP/1.1 and
+//! JSON on a Unix socket, one connection per request, so that nothing is
+//! kept open between calls and a long stream (logs, events) never blocks
+//! another request.
+
+pub mod ndjson;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+pub use ndjson::NdjsonStream;
+use types::*;
+
+/// The largest whole (not streamed) answer accepted.
+const MAX_BODY: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the husk daemon at {path}: {err}; is `husk serve` running?")]
+    Unreachable { path: String, err: String },
+    #[error("Error response from daemon: {message}")]
+    Api {
+        status: u16,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("the connection to the husk daemon broke: {0}")]
+    Broken(String),
+    #[error("the husk daemon answered something unexpected: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The API's error kind, for an API error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(ErrorCode::NotFound)
+    }
+}
+
+/// The daemon's socket when nothing says otherwise:
+/// `/run/husk/husk.sock` for root, else `$XDG_RUNTIME_DIR/husk/husk.sock`,
+/// else `/tmp/husk-$UID/husk.sock`.
+pub fn default_socket_path() -> PathBuf {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let uid = unsafe { libc::geteuid() };
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty());
+    default_socket_for(uid, xdg.as_deref().map(Path::new))
+}
+
+fn default_socket_for(uid: u32, xdg_runtime_dir: Option<&Path>) -> PathBuf {
+    if uid == 0 {
+        PathBuf::from("/run/husk/husk.sock")
+    } else if let Some(dir) = xdg_runtime_dir {
+        dir.join("husk/husk.sock")
+    } else {
+        PathBuf::from(format!("/tmp/husk-{uid}/husk.sock"))
+    }
+}
+
+/// The socket to use: `flag` (`--socket`), else `$HUSK_HOST`, else the
+/// default. Either may be a path or `unix:///path`.
+pub fn resolve_socket(flag: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = flag {
+        return parse_host(&p.to_string_lossy());
+    }
+    match std::env::var("HUSK_HOST") {
+        Ok(v) if !v.is_empty() => parse_host(&v).map_err(|e| format!("$HUSK_HOST: {e}")),
+        _ => Ok(default_socket_path()),
+    }
+}
+
+/// A path, or `unix://` and a path.
+fn parse_host(s: &str) -> Result<PathBuf, String> {
+    if let Some(path) = s.strip_prefix("unix://") {
+        if path.is_empty() {
+            return Err("unix:// names no socket".into());
+        }
+        return Ok(PathBuf::from(path));
+    }
+    if let Some((scheme, _)) = s.split_once("://") {
+        return Err(format!(
+            "\"{}\" is not a Unix socket: the daemon listens on one only (unix:///path)",
+            crate::text::echo(scheme)
+        ));
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// `s` with everything but unreserved characters percent-encoded, for a
+/// path segment or a query value.
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Builds `?k=v&...` from pairs (empty when there are none).
+fn query(pairs: &[(&str, String)]) -> String {
+    let mut q = String::new();
+    for (k, v) in pairs {
+        q.push(if q.is_empty() { '?' } else { '&' });
+        q.push_str(k);
+        q.push('=');
+        q.push_str(&encode_component(v));
+    }
+    q
+}
+
+fn container_path(id: &str, rest: &str) -> String {
+    format!("/v1/containers/{}{rest}", encode_component(id))
+}
+
+/// The client. Cheap to clone: it holds only the socket's path.
+#[derive(Clone, Debug)]
+pub struct DaemonClient {
+    socket: PathBuf,
+}
+
+impl DaemonClient {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        DaemonClient {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends one request on a new connection; a non-2xx answer becomes
+    /// [`ClientError::Api`].
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    path: crate::text::echo_path(&self.socket),
+                    err: e.to_string(),
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        // The connection runs until the answer's body is read or dropped.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "localhost")
+            .header(header::ACCEPT, "application/json");
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Protocol(format!("cannot build the request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(api_error(resp).await)
+        }
+    }
+
+    async fn send_json<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Protocol(format!("cannot encode the request: {e}")))?;
+        self.send(method, path, Some(body)).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        read_json(self.send(Method::GET, path, None).await?).await
+    }
+
+    // --- containers ---
+
+    /// `POST /v1/containers`.
+    pub async fn create(&self, req: &CreateRequest) -> Result<CreateResponse, ClientError> {
+        read_json(self.send_json(Method::POST, "/v1/containers", req).await?).await
+    }
+
+    /// `POST /v1/containers/{id}/start`: returns once the process runs.
+    pub async fn start(&self, id: &str) -> Result<(), ClientError> {
+        let path = container_path(id, "/start");
+        drain(self.send(Method::POST, &path, None).await?).await
+    }
+
+    /// `GET /v1/containers`.
+    pub async fn list(&self, opts: &ListOptions) -> Result<Vec<ContainerRecord>, ClientError> {
+        let mut q = vec![("all", opts.all.to_string())];
+        if let Some(s) = opts.state {
+            q.push(("state", s.as_str().to_string()));
+        }
+        if let Some(l) = &opts.label {
+            q.push(("label", l.clone()));
+        }
+        self.get(&format!("/v1/containers{}", query(&q))).await
+    }
+
+    /// `GET /v1/containers/{id}`: by id, unique id prefix, or name.
+    pub async fn inspect(&self, id: &str) -> Result<ContainerRecord, ClientError> {
+        self.get(&container_path(id, "")).await
+    }
+
+    /// `GET /v1/containers/{id}/logs`.
+    pub async fn logs(
+        &self,
+        id: &str,
+        opts: &LogsOptions,
+    ) -> Result<NdjsonStream<LogLine>, ClientError> {
+        let mut q = vec![
+            ("follow", opts.follow.to_string()),
+            ("stdout", opts.stdout.to_string()),
+            ("stderr", opts.stderr.to_string()),
+        ];
+        if let Some(t) = opts.tail {
+            q.push(("tail", t.to_string()));
+        }
+        if let Some(s) = opts.since {
+            q.push(("since", s.to_string()));
+        }
+        let path = container_path(id, &format!("/logs{}", query(&q)));
+        Ok(NdjsonStream::new(
+            self.send(Method::GET, &path, None).await?.into_body(),
+        ))
+    }
+
+    /// `POST /v1/containers/{id}/wait`: returns once the container has
+    /// exited.
+    pub async fn wait(&self, id: &str) -> Result<WaitResponse, ClientError> {
+        let path = container_path(id, "/wait");
+        read_json(self.send(Method::POST, &path, None).await?).await
+    }
+
+    /// `POST /v1/containers/{id}/kill`.
+    pub async fn kill(&self, id: &str, signal: i32) -> Result<(), ClientError> {
+        let path = container_path(id, "/kill");
+        let body = KillRequest { signal };
+        drain(self.send_json(Method::POST, &path, &body).await?).await
+    }
+
+    /// `POST /v1/containers/{id}/stop`: returns once it has stopped.
+    pub async fn stop(&self, id: &str, timeout: Option<u64>) -> Result<(), ClientError> {
+        let path = container_path(id, "/stop");
+        let body = match timeout {
+            Some(timeout) => StopRequest { timeout },
+            None => StopRequest::default(),
+        };
+        drain(self.send_json(Method::POST, &path, &body).await?).await
+    }
+
+    /// `DELETE /v1/containers/{id}`.
+    pub async fn remove(&self, id: &str, force: bool) -> Result<(), ClientError> {
+        let path = container_path(id, &query(&[("force", force.to_string())]));
+        drain(self.send(Method::DELETE, &path, None).await?).await
+    }
+
+    /// `POST /v1/containers/{id}/exec`: the process's output, then its
+    /// exit (or an error).
+    pub async fn exec(
+        &self,
+        id: &str,
+        req: &ExecRequest,
+    ) -> Result<NdjsonStream<ExecEvent>, ClientError> {
+        let path = container_path(id, "/exec");
+        Ok(NdjsonStream::new(
+            self.send_json(Method::POST, &path, req).await?.into_body(),
+        ))
+    }
+
+    // --- images ---
+
+    /// `GET /v1/images`.
+    pub async fn images(&self) -> Result<Vec<ImageSummary>, ClientError> {
+        self.get("/v1/images").await
+    }
+
+    /// `POST /v1/images/pull`: progress, then `done` or an error.
+    pub async fn pull(&self, reference: &str) -> Result<NdjsonStream<PullEvent>, ClientError> {
+        let body = PullRequest {
+            reference: reference.to_string(),
+        };
+        Ok(NdjsonStream::new(
+            self.send_json(Method::POST, "/v1/images/pull", &body)
+                .await?
+                .into_body(),
+        ))
+    }
+
+    /// `DELETE /v1/images/{reference}`.
+    pub async fn remove_image(&self, reference: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/images/{}", encode_component(reference));
+        drain(self.send(Method::DELETE, &path, None).await?).await
+    }
+
+    // --- system ---
+
+    /// `GET /v1/info`.
+    pub async fn info(&self) -> Result<Info, ClientError> {
+        self.get("/v1/info").await
+    }
+
+    /// `GET /v1/events`: runs until the daemon ends it.
+    pub async fn events(&self) -> Result<NdjsonStream<Event>, ClientError> {
+        Ok(NdjsonStream::new(
+            self.send(Method::GET, "/v1/events", None)
+                .await?
+                .into_body(),
+        ))
+    }
+}
+
+async fn read_body(resp: Response<Incoming>) -> Result<Bytes, ClientError> {
+    Limited::new(resp.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| ClientError::Broken(e.to_string()))
+}
+
+async fn read_json<T: DeserializeOwned>(resp: Response<Incoming>) -> Result<T, ClientError> {
+    let body = read_body(resp).await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ClientError::Protocol(format!(
+            "bad answer {}: {e}",
+            crate::text::echo_bytes(&body)
+        ))
+    })
+}
+
+/// Reads (and drops) an answer's body, so the request is complete.
+async fn drain(resp: Response<Incoming>) -> Result<(), ClientError> {
+    read_body(resp).await.map(drop)
+}
+
+/// A non-2xx answer as an error: its `{code, message}` body, or the
+/// status and whatever the body held.
+async fn api_error(resp: Response<Incoming>) -> ClientError {
+    let status = resp.status();
+    let body = match read_body(resp).await {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    match serde_json::from_slice::<ApiErrorBody>(&body) {
+        Ok(b) => ClientError::Api {
+            status: status.as_u16(),
+            code: b.code,
+            message: b.message,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: ErrorCode::from_status(status.as_u16()),
+            message: status_message(status, &body),
+        },
+    }
+}
+
+fn status_message(status: StatusCode, body: &[u8]) -> String {
+    let text = crate::text::echo_bytes(body);
+    let text = text.trim();
+    if text.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status}: {text}")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

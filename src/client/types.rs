@@ -1,0 +1,483 @@
+//! The daemon API's bodies and records, shared by the client and the
+//! daemon. Optional fields are left out of the JSON when unset, and
+//! default when missing, so either side may omit them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `POST /v1/containers`: what to run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CreateRequest {
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The command (the image's when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// The entrypoint (the image's when unset; `[]` clears it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// `K=V` pairs, on top of the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stdin: bool,
+    /// The daemon removes the container once it has exited.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub auto_remove: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The answer to a create.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CreateResponse {
+    /// 64 hex digits.
+    pub id: String,
+    pub name: String,
+}
+
+/// Where a container is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    Created,
+    Starting,
+    Running,
+    Exited,
+    Dead,
+}
+
+impl ContainerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerState::Created => "created",
+            ContainerState::Starting => "starting",
+            ContainerState::Running => "running",
+            ContainerState::Exited => "exited",
+            ContainerState::Dead => "dead",
+        }
+    }
+
+    /// Parses the API's lower-case name.
+    pub fn parse(s: &str) -> Option<ContainerState> {
+        Some(match s {
+            "created" => ContainerState::Created,
+            "starting" => ContainerState::Starting,
+            "running" => ContainerState::Running,
+            "exited" => ContainerState::Exited,
+            "dead" => ContainerState::Dead,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a VM runs its guest: hardware virtualization, or emulation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Kvm,
+    Tcg,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Kvm => "kvm",
+            Backend::Tcg => "tcg",
+        })
+    }
+}
+
+/// One container, as `GET /v1/containers[/{id}]` shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    /// The create body.
+    pub config: CreateRequest,
+    pub state: ContainerState,
+    /// Shell convention: the code, or 128 + the signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Unix time, milliseconds.
+    pub created_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
+    #[serde(default)]
+    pub pids: Vec<i32>,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+}
+
+/// The query of `GET /v1/containers` (flat, so that it works as an axum
+/// `Query`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Every container, not only running ones.
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ContainerState>,
+    /// `k=v`, or `k` (the label is set, whatever its value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// Which output stream.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamKind {
+    Stdout,
+    Stderr,
+}
+
+/// The query of `GET /v1/containers/{id}/logs` (flat, for an axum `Query`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LogsOptions {
+    /// Stay open, sending new output, until the container exits.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<u64>,
+    /// Only output at or after this unix time (milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    #[serde(default = "yes")]
+    pub stdout: bool,
+    #[serde(default = "yes")]
+    pub stderr: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for LogsOptions {
+    fn default() -> Self {
+        LogsOptions {
+            follow: false,
+            tail: None,
+            since: None,
+            stdout: true,
+            stderr: true,
+        }
+    }
+}
+
+/// One line of a logs stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub stream: StreamKind,
+    /// Unix time, milliseconds.
+    #[serde(default)]
+    pub time_ms: u64,
+    pub data: String,
+}
+
+/// The answer to a wait: how the container ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitResponse {
+    /// Shell convention: the code, or 128 + the signal.
+    pub exit_code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
+fn sigkill() -> i32 {
+    9
+}
+
+/// `POST /v1/containers/{id}/kill`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KillRequest {
+    #[serde(default = "sigkill")]
+    pub signal: i32,
+}
+
+impl Default for KillRequest {
+    fn default() -> Self {
+        KillRequest { signal: sigkill() }
+    }
+}
+
+fn ten() -> u64 {
+    10
+}
+
+/// `POST /v1/containers/{id}/stop`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopRequest {
+    /// Seconds between SIGTERM and powering the VM off.
+    #[serde(default = "ten")]
+    pub timeout: u64,
+}
+
+impl Default for StopRequest {
+    fn default() -> Self {
+        StopRequest { timeout: ten() }
+    }
+}
+
+/// `POST /v1/containers/{id}/exec`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tty: bool,
+}
+
+/// One line of an exec stream: output, then the exit or an error last.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ExecEvent {
+    Output { stream: StreamKind, data: String },
+    Exit { exit_code: i32 },
+    Error { error: String },
+}
+
+/// One image, as `GET /v1/images` lists it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ImageSummary {
+    /// Canonical reference, e.g. `docker.io/library/busybox:latest`.
+    pub reference: String,
+    /// The config digest, `sha256:...`.
+    pub id: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// `POST /v1/images/pull`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PullRequest {
+    pub reference: String,
+}
+
+/// One line of a pull stream: progress, then `done` or an error last.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PullEvent {
+    Done {
+        done: bool,
+        reference: String,
+    },
+    Error {
+        error: String,
+    },
+    Progress {
+        status: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layer: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+    },
+}
+
+/// `GET /v1/info`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Info {
+    pub version: String,
+    pub backend: Backend,
+    /// Why the daemon fell back to emulation (TCG).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+    /// The guest kernel.
+    pub kernel: String,
+    /// What the host offers (e.g. "kvm (VT-x)", "pvm").
+    pub virtualization: String,
+    pub containers: u64,
+    pub running: u64,
+    pub images: u64,
+}
+
+/// One line of `GET /v1/events`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub time_ms: u64,
+    pub id: String,
+    pub name: String,
+    /// `create`, `start`, `die`, `destroy`, ...
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// The kind of an API error.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    NotFound,
+    Conflict,
+    BadRequest,
+    Internal,
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The HTTP status that goes with it.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+
+    /// The kind for a status whose body said none.
+    pub fn from_status(status: u16) -> ErrorCode {
+        match status {
+            404 => ErrorCode::NotFound,
+            409 => ErrorCode::Conflict,
+            400..=499 => ErrorCode::BadRequest,
+            503 => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+/// The body of every non-2xx answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ApiErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn optional_fields_are_left_out() {
+        let r = CreateRequest {
+            image: "busybox".into(),
+            ..Default::default()
+        };
+        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"image":"busybox"}"#);
+        let back: CreateRequest = serde_json::from_str(r#"{"image":"busybox"}"#).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let j = r#"{"id":"ab","name":"n","image":"busybox","config":{"image":"busybox","cmd":["true"]},
+            "state":"exited","exit_code":137,"signal":9,"created_ms":1,"started_ms":2,"finished_ms":3,
+            "backend":"tcg","pids":[],"vcpus":1,"memory_mib":128}"#;
+        let r: ContainerRecord = serde_json::from_str(j).unwrap();
+        assert_eq!(r.state, ContainerState::Exited);
+        assert_eq!(r.backend, Some(Backend::Tcg));
+        assert_eq!(r.config.cmd, Some(vec!["true".to_string()]));
+        let again: ContainerRecord =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(again, r);
+    }
+
+    #[test]
+    fn exec_and_pull_lines() {
+        let e: ExecEvent = serde_json::from_str(r#"{"stream":"stdout","data":"hi\n"}"#).unwrap();
+        assert_eq!(
+            e,
+            ExecEvent::Output {
+                stream: StreamKind::Stdout,
+                data: "hi\n".into()
+            }
+        );
+        let e: ExecEvent = serde_json::from_str(r#"{"exit_code":3}"#).unwrap();
+        assert_eq!(e, ExecEvent::Exit { exit_code: 3 });
+        let e: ExecEvent = serde_json::from_str(r#"{"error":"no such file"}"#).unwrap();
+        assert_eq!(
+            e,
+            ExecEvent::Error {
+                error: "no such file".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&ExecEvent::Exit { exit_code: 0 }).unwrap(),
+            r#"{"exit_code":0}"#
+        );
+
+        let p: PullEvent = serde_json::from_str(
+            r#"{"status":"Downloading","layer":"sha256:aa","current":1,"total":2}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            p,
+            PullEvent::Progress {
+                current: Some(1),
+                ..
+            }
+        ));
+        let p: PullEvent = serde_json::from_str(r#"{"status":"Resolved"}"#).unwrap();
+        assert!(matches!(p, PullEvent::Progress { layer: None, .. }));
+        let p: PullEvent = serde_json::from_str(r#"{"done":true,"reference":"r"}"#).unwrap();
+        assert!(matches!(p, PullEvent::Done { done: true, .. }));
+        let p: PullEvent = serde_json::from_str(r#"{"error":"denied"}"#).unwrap();
+        assert!(matches!(p, PullEvent::Error { .. }));
+    }
+
+    #[test]
+    fn defaults_of_kill_and_stop() {
+        let k: KillRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(k.signal, 9);
+        let s: StopRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(s.timeout, 10);
+        let l: LogsOptions = serde_json::from_str("{}").unwrap();
+        assert!(l.stdout && l.stderr && !l.follow);
+    }
+
+    #[test]
+    fn error_codes() {
+        let b: ApiErrorBody =
+            serde_json::from_str(r#"{"code":"not_found","message":"no such container: x"}"#)
+                .unwrap();
+        assert_eq!(b.code, ErrorCode::NotFound);
+        assert_eq!(b.code.status(), 404);
+        assert_eq!(ErrorCode::from_status(409), ErrorCode::Conflict);
+        assert_eq!(ErrorCode::from_status(422), ErrorCode::BadRequest);
+        assert_eq!(ErrorCode::from_status(502), ErrorCode::Internal);
+    }
+}

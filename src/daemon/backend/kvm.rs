@@ -1,0 +1,281 @@
+//! The `kvm` backend: one `husk-vmm` process per VM.
+//!
+//! The VM is described in `<dir>/vm.json` (the Firecracker-style config
+//! file of `husk-vmm --config-file`), and `husk-vmm` boots it at once
+//! while it serves its per-VM API on `<dir>/vmm.sock`. The guest's serial
+//! console is the VMM's stdout (`console.log`), its own messages go to
+//! stderr (`vmm.log`).
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::process::{detach, spawn};
+use super::{
+    base_cmdline, create_log, free_socket, io_err, wait_started, with_extra, BackendError,
+    BackendKind, VmHandle, VmSpec, CONSOLE_LOG, GUEST_CID, VMM_LOG, VSOCK_SOCK,
+};
+use crate::text::echo_path;
+use crate::vmm::config::{
+    BootSourceConfig, CacheType, ConfigFileError, DriveConfig, EntropyConfig, MachineConfig,
+    VmConfig, VsockConfig,
+};
+
+/// The per-VM API socket.
+pub const API_SOCK: &str = "vmm.sock";
+/// The config file the VM boots from.
+pub const CONFIG_FILE: &str = "vm.json";
+/// The rootfs drive's id.
+pub const ROOTFS_DRIVE: &str = "rootfs";
+
+/// husk's own i8042 and bus flags (its `DEFAULT_BOOT_ARGS`): nothing to
+/// probe that is not there, so a faster boot. `reboot=k` ends the VM.
+const HUSK_ARGS: &str = "pci=off nomodule i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// The kernel command line for `spec` under husk-vmm.
+pub fn cmdline(spec: &VmSpec) -> String {
+    with_extra(
+        format!("{} {HUSK_ARGS}", base_cmdline("k")),
+        &spec.boot_args,
+    )
+}
+
+fn path_string(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The VM config for `spec`, its vsock socket at `vsock_uds`.
+pub fn config(spec: &VmSpec, vsock_uds: &Path) -> VmConfig {
+    VmConfig {
+        boot_source: Some(BootSourceConfig {
+            kernel_image_path: path_string(&spec.kernel),
+            initrd_path: Some(path_string(&spec.initramfs)),
+            boot_args: Some(cmdline(spec)),
+        }),
+        machine_config: MachineConfig {
+            vcpu_count: spec.vcpus,
+            mem_size_mib: u64::from(spec.memory_mib),
+            ..MachineConfig::default()
+        },
+        // The agent mounts /dev/vda itself (husk.root=): the kernel must
+        // not take it as its root, so it is not the root device.
+        drives: vec![DriveConfig {
+            drive_id: ROOTFS_DRIVE.into(),
+            path_on_host: path_string(&spec.rootfs),
+            is_root_device: false,
+            is_read_only: false,
+            partuuid: None,
+            cache_type: CacheType::Unsafe,
+            io_engine: None,
+            rate_limiter: None,
+        }],
+        entropy: Some(EntropyConfig::default()),
+        vsock: Some(VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: path_string(vsock_uds),
+            vsock_id: None,
+        }),
+        ..VmConfig::default()
+    }
+}
+
+/// `husk-vmm`: `$HUSK_VMM`, else the one beside the running program (or
+/// beside the directory of a test binary in `target/*/deps/`), else the
+/// one on PATH.
+pub fn vmm_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("HUSK_VMM").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if super::is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(format!(
+                "HUSK_VMM={} is not an executable file",
+                echo_path(&p)
+            ))
+        };
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        let mut dirs = vec![dir.clone()];
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dirs.extend(dir.parent().map(Path::to_path_buf));
+        }
+        if let Some(p) = dirs
+            .into_iter()
+            .map(|d| d.join("husk-vmm"))
+            .find(|p| super::is_executable(p))
+        {
+            return Ok(p);
+        }
+    }
+    super::find_tool("husk-vmm", "HUSK_VMM").ok_or_else(|| {
+        "husk-vmm is not installed beside husk (or set HUSK_VMM to its path)".to_string()
+    })
+}
+
+/// `Ok` when /dev/kvm opens and offers what husk-vmm needs.
+pub fn kvm_usable() -> Result<(), String> {
+    use crate::vmm::kvm::vm::{KVM_API_VERSION, REQUIRED_CAPS};
+    let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
+    let version = kvm.get_api_version();
+    if version != KVM_API_VERSION {
+        return Err(format!(
+            "KVM API version {version}, husk needs {KVM_API_VERSION}"
+        ));
+    }
+    for (cap, name) in REQUIRED_CAPS {
+        if !kvm.check_extension(*cap) {
+            return Err(format!("KVM lacks {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// The VMM's instance id: the run directory's name when it is a plain
+/// id (so `ps` and `GET /` tell VMs apart).
+fn instance_id(dir: &Path) -> Option<&str> {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| crate::vmm::config::is_plain_id(n))
+}
+
+pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
+    let dir = &spec.dir;
+    let api = dir.join(API_SOCK);
+    let vsock = dir.join(VSOCK_SOCK);
+    let cfg_path = dir.join(CONFIG_FILE);
+    let log_path = dir.join(VMM_LOG);
+    free_socket(&api)?;
+    free_socket(&vsock)?;
+
+    // Checked here (files, machine shape, command line) so that a bad
+    // spec fails the launch with a clear error, not a VMM that exits.
+    let text = serde_json::to_vec_pretty(&config(spec, &vsock))
+        .map_err(|e| BackendError::Config(e.to_string()))?;
+    VmConfig::from_slice(&echo_path(&cfg_path), &text).map_err(|e| match e {
+        ConfigFileError::Invalid(_, e) => BackendError::Config(e.to_string()),
+        e => BackendError::Config(e.to_string()),
+    })?;
+    let bin = vmm_binary().map_err(BackendError::Unavailable)?;
+    std::fs::write(&cfg_path, &text).map_err(io_err("VM config", &cfg_path))?;
+
+    let console = create_log(&dir.join(CONSOLE_LOG))?;
+    let log = create_log(&log_path)?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--api-sock")
+        .arg(&api)
+        .arg("--config-file")
+        .arg(&cfg_path);
+    if let Some(id) = instance_id(dir) {
+        cmd.args(["--id", id]);
+    }
+    cmd.current_dir(dir).stdout(console).stderr(log);
+    detach(&mut cmd);
+    let main = spawn(&mut cmd).map_err(|err| BackendError::Spawn {
+        prog: "husk-vmm",
+        err,
+    })?;
+    // Connected, not only present: the socket file exists between the
+    // VMM's bind and its listen.
+    wait_started("husk-vmm", "serve its API", &main, &log_path, || {
+        UnixStream::connect(&api).is_ok()
+    })?;
+    // The API is bound before the VM is built from the config, and the
+    // VMM answers requests only once the VM started (or exits when the
+    // config fails): an answer means the vCPUs run.
+    let answer = crate::vmm::client::request(&api, "GET", "/", None);
+    if !matches!(&answer, Ok(r) if r.status == 200) {
+        let log = super::log_tail(&log_path);
+        let err = match answer {
+            _ if !main.is_alive() => BackendError::Exited {
+                prog: "husk-vmm",
+                log,
+            },
+            Ok(r) => BackendError::Config(format!("GET / answered {}: {}", r.status, r.body)),
+            Err(e) => BackendError::Config(format!("GET /: {e}")),
+        };
+        let handle = VmHandle {
+            kind: BackendKind::Kvm,
+            procs: vec![main],
+            vsock_uds: vsock,
+            api_sock: Some(api),
+            console_log: dir.join(CONSOLE_LOG),
+        };
+        handle.cleanup();
+        return Err(err);
+    }
+    Ok(VmHandle {
+        kind: BackendKind::Kvm,
+        procs: vec![main],
+        vsock_uds: vsock,
+        api_sock: Some(api),
+        console_log: dir.join(CONSOLE_LOG),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{spec, Scratch};
+    use super::*;
+
+    #[test]
+    fn the_config_names_the_spec_files_and_a_non_root_drive() {
+        let dir = Scratch::new("kvm-config");
+        let s = spec(&dir.0);
+        let vsock = s.dir.join(VSOCK_SOCK);
+        let json = serde_json::to_value(config(&s, &vsock)).unwrap();
+        let boot = &json["boot-source"];
+        assert_eq!(boot["kernel_image_path"], s.kernel.to_str().unwrap());
+        assert_eq!(boot["initrd_path"], s.initramfs.to_str().unwrap());
+        assert_eq!(
+            boot["boot_args"],
+            "console=ttyS0 reboot=k panic=-1 quiet husk.root=/dev/vda pci=off nomodule \
+             i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd probe=x"
+        );
+        assert_eq!(json["machine-config"]["vcpu_count"], 2);
+        assert_eq!(json["machine-config"]["mem_size_mib"], 256);
+        let drives = json["drives"].as_array().unwrap();
+        assert_eq!(drives.len(), 1);
+        assert_eq!(drives[0]["drive_id"], "rootfs");
+        assert_eq!(drives[0]["path_on_host"], s.rootfs.to_str().unwrap());
+        assert_eq!(drives[0]["is_root_device"], false);
+        assert_eq!(drives[0]["is_read_only"], false);
+        assert_eq!(json["vsock"]["guest_cid"], 3);
+        assert_eq!(json["vsock"]["uds_path"], vsock.to_str().unwrap());
+        assert!(json["entropy"].is_object());
+        // What husk-vmm reads back is what was written.
+        let text = serde_json::to_vec(&json).unwrap();
+        let back = VmConfig::from_slice("vm.json", &text).unwrap();
+        assert_eq!(back, config(&s, &vsock));
+    }
+
+    #[test]
+    fn no_extra_arguments_leave_the_command_line_clean() {
+        let dir = Scratch::new("kvm-cmdline");
+        let mut s = spec(&dir.0);
+        s.boot_args = "  ".into();
+        assert!(cmdline(&s).ends_with("i8042.dumbkbd"));
+    }
+
+    #[test]
+    fn a_bad_machine_shape_fails_before_any_process_starts() {
+        let dir = Scratch::new("kvm-bad");
+        let mut s = spec(&dir.0);
+        s.vcpus = 0;
+        let e = super::super::launch(BackendKind::Kvm, &s).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid VM config: vcpu_count must be between 1 and 32, not 0"
+        );
+        assert!(!s.dir.join(CONFIG_FILE).exists());
+    }
+
+    #[test]
+    fn instance_ids_come_from_plain_directory_names() {
+        assert_eq!(instance_id(Path::new("/run/husk/c-1f2e")), Some("c-1f2e"));
+        assert_eq!(instance_id(Path::new("/run/husk/a b")), None);
+        assert_eq!(instance_id(Path::new("/")), None);
+    }
+}

@@ -1,0 +1,749 @@
+//! Containers and their lifecycle: create (resolve the image and its
+//! config), start (a private root filesystem, the VM, the agent, the main
+//! process), the pump that keeps logs and notices the exit, kill, stop,
+//! remove, and finding running VMs again after a daemon restart.
+//!
+//! Each container has its own locks, so many start at once; the map of
+//! containers is locked only to add, find or remove one.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+
+use super::backend::{self, BackendKind, VmHandle, VmSpec};
+use super::logs::{self, LogLine, LogWriter};
+use super::state::{now_ms, ContainerRecord, ContainerState, CreateRequest, Records};
+use crate::agent::client::{AgentClient, Event, ExitStatus, Process};
+use crate::agent::protocol::{ContainerSpec, ImageConfig, ProcessSpec};
+
+/// How long a VM may take from launch to the agent's `Ready`.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the API answers with when a request fails.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The daemon's settings for new containers.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    /// VMs' sockets and consoles, one short directory each (a Unix
+    /// socket's path must fit in 108 bytes).
+    pub run_dir: PathBuf,
+    pub kernel: PathBuf,
+    /// The `husk-agent` binary (found beside husk when unset).
+    pub agent: Option<PathBuf>,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub backend: BackendKind,
+    /// Why `auto` chose software emulation, if it did.
+    pub fallback_reason: Option<String>,
+}
+
+/// One container in memory.
+pub struct Container {
+    pub record: Mutex<ContainerRecord>,
+    live: broadcast::Sender<LogLine>,
+    exited: watch::Sender<bool>,
+    agent: tokio::sync::Mutex<Option<Arc<AgentClient>>>,
+    /// Start, stop and remove of one container happen one at a time.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+impl Container {
+    fn new(record: ContainerRecord) -> Arc<Container> {
+        let done = matches!(record.state, ContainerState::Exited | ContainerState::Dead);
+        Arc::new(Container {
+            record: Mutex::new(record),
+            live: logs::live_channel(),
+            exited: watch::channel(done).0,
+            agent: tokio::sync::Mutex::new(None),
+            lifecycle: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn snapshot(&self) -> ContainerRecord {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ContainerRecord)) -> ContainerRecord {
+        let mut r = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut r);
+        r.clone()
+    }
+
+    /// Live output from now on.
+    pub fn follow(&self) -> broadcast::Receiver<LogLine> {
+        self.live.subscribe()
+    }
+
+    /// Resolves once the container is no longer running.
+    pub async fn wait_exit(&self) {
+        let mut rx = self.exited.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+}
+
+pub struct Manager {
+    pub cfg: DaemonConfig,
+    records: Records,
+    containers: Mutex<BTreeMap<String, Arc<Container>>>,
+    events: broadcast::Sender<serde_json::Value>,
+}
+
+fn random_id() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if ok.is_err() {
+        // Unique enough without the kernel's randomness: time and pid.
+        let seed = format!("{}-{}", now_ms(), std::process::id());
+        let d = crate::image::Digest::of(seed.as_bytes()).to_string();
+        return d[7..].to_string();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn valid_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// The image config's fields the agent applies.
+fn image_config(blob: &[u8]) -> ImageConfig {
+    let v: serde_json::Value = serde_json::from_slice(blob).unwrap_or_default();
+    let c = &v["config"];
+    let strings = |k: &str| -> Option<Vec<String>> {
+        c[k].as_array().map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+    };
+    let text = |k: &str| c[k].as_str().filter(|s| !s.is_empty()).map(String::from);
+    ImageConfig {
+        entrypoint: strings("Entrypoint"),
+        cmd: strings("Cmd"),
+        env: strings("Env").unwrap_or_default(),
+        working_dir: text("WorkingDir"),
+        user: text("User"),
+    }
+}
+
+fn check_request(req: &CreateRequest) -> Result<(), ApiError> {
+    let bad = |m: String| Err(ApiError::BadRequest(m));
+    if req.image.trim().is_empty() {
+        return bad("image is required".into());
+    }
+    if let Some(n) = &req.name {
+        if !valid_name(n) {
+            return bad(format!(
+                "invalid name {:?}: letters, digits, '_', '.' and '-', starting with a letter or digit",
+                crate::text::echo(n)
+            ));
+        }
+    }
+    if let Some(e) = req
+        .env
+        .iter()
+        .find(|e| !e.contains('=') || e.starts_with('='))
+    {
+        return bad(format!(
+            "invalid env entry {:?}: KEY=value",
+            crate::text::echo(e)
+        ));
+    }
+    if req.vcpus.is_some_and(|v| v == 0 || v > 32) {
+        return bad("vcpus must be 1 to 32".into());
+    }
+    if req.memory_mib.is_some_and(|m| !(64..=65536).contains(&m)) {
+        return bad("memory_mib must be 64 to 65536".into());
+    }
+    for list in [&req.cmd, &req.entrypoint].into_iter().flatten() {
+        if list.iter().any(|a| a.contains('\0')) {
+            return bad("arguments cannot hold NUL bytes".into());
+        }
+    }
+    Ok(())
+}
+
+impl Manager {
+    /// Loads the records, and finds the VMs of running containers again.
+    pub fn open(cfg: DaemonConfig) -> Result<Arc<Manager>, ApiError> {
+        let records =
+            Records::open(&cfg.state_dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let m = Arc::new(Manager {
+            cfg,
+            containers: Mutex::new(BTreeMap::new()),
+            events: broadcast::channel(256).0,
+            records,
+        });
+        for r in m.records.load_all() {
+            let c = Container::new(r);
+            let id = c.snapshot().id;
+            m.containers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, c);
+        }
+        Ok(m)
+    }
+
+    /// After a restart: reattach to the VMs that still run; record the
+    /// ones that ended while the daemon was away.
+    pub fn recover(self: &Arc<Self>) {
+        for c in self.all() {
+            let r = c.snapshot();
+            if !r.state.is_active() {
+                continue;
+            }
+            match (&r.vm, r.agent_id) {
+                (Some(vm), Some(agent_id)) if vm.is_running() => {
+                    let (m, vm) = (self.clone(), vm.clone());
+                    tokio::spawn(async move { m.reattach(c, vm, agent_id).await });
+                }
+                _ => {
+                    if let Some(vm) = &r.vm {
+                        self.retire(&r.id, vm);
+                    }
+                    self.settle(
+                        &c,
+                        None,
+                        Some("the VM ended while the daemon was not running".into()),
+                    );
+                }
+            }
+        }
+    }
+
+    async fn reattach(self: Arc<Self>, c: Arc<Container>, vm: VmHandle, agent_id: u32) {
+        let attached = async {
+            let client = AgentClient::connect_vsock(&vm.vsock_uds, BOOT_TIMEOUT).await?;
+            let p = client.attach(agent_id).await?;
+            Ok::<_, crate::agent::client::ClientError>((Arc::new(client), p))
+        };
+        match attached.await {
+            Ok((client, p)) => {
+                tracing::info!(id = %c.snapshot().id, "reattached to a running container");
+                *c.agent.lock().await = Some(client);
+                self.pump(c, p).await;
+            }
+            Err(e) => {
+                self.retire(&c.snapshot().id, &vm);
+                self.settle(
+                    &c,
+                    None,
+                    Some(format!("cannot reach the container's agent again: {e}")),
+                );
+            }
+        }
+    }
+
+    fn event(&self, r: &ContainerRecord, action: &str) {
+        let mut e =
+            serde_json::json!({"time_ms": now_ms(), "id": r.id, "name": r.name, "action": action});
+        if let Some(code) = r.exit_code {
+            e["exit_code"] = code.into();
+        }
+        let _ = self.events.send(e);
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<serde_json::Value> {
+        self.events.subscribe()
+    }
+
+    fn save(&self, r: &ContainerRecord) {
+        if let Err(e) = self.records.save(r) {
+            tracing::error!("{e}");
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<Container>> {
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// By full id, name, or a unique prefix of the id.
+    pub fn find(&self, key: &str) -> Result<Arc<Container>, ApiError> {
+        let map = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(key) {
+            return Ok(c.clone());
+        }
+        if let Some(c) = map.values().find(|c| c.snapshot().name == key) {
+            return Ok(c.clone());
+        }
+        let hits: Vec<_> = if key.is_empty() {
+            Vec::new()
+        } else {
+            map.range(key.to_string()..)
+                .take_while(|(id, _)| id.starts_with(key))
+                .map(|(_, c)| c.clone())
+                .collect()
+        };
+        match hits.len() {
+            1 => Ok(hits[0].clone()),
+            0 => Err(ApiError::NotFound(format!(
+                "no such container: {}",
+                crate::text::echo(key)
+            ))),
+            _ => Err(ApiError::BadRequest(format!(
+                "{} matches more than one container",
+                crate::text::echo(key)
+            ))),
+        }
+    }
+
+    /// Records a new container; the image must be in the store (or is
+    /// pulled first).
+    pub async fn create(&self, req: CreateRequest) -> Result<ContainerRecord, ApiError> {
+        check_request(&req)?;
+        let state_dir = self.cfg.state_dir.clone();
+        let image_ref = req.image.clone();
+        let (reference, config) =
+            tokio::task::spawn_blocking(move || resolve_image(&state_dir, &image_ref))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+        let id = random_id();
+        let name = req
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("husk-{}", &id[..12]));
+        let r = ContainerRecord {
+            id: id.clone(),
+            name: name.clone(),
+            image: reference,
+            image_config: config,
+            state: ContainerState::Created,
+            exit_code: None,
+            signal: None,
+            error: None,
+            created_ms: now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            backend: None,
+            vcpus: req.vcpus.unwrap_or(self.cfg.vcpus),
+            memory_mib: req.memory_mib.unwrap_or(self.cfg.memory_mib),
+            vm: None,
+            agent_id: None,
+            guest_pid: None,
+            config: req,
+        };
+        {
+            let mut map = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+            if map.values().any(|c| c.snapshot().name == name) {
+                return Err(ApiError::Conflict(format!(
+                    "the name {:?} is already in use",
+                    crate::text::echo(&name)
+                )));
+            }
+            map.insert(id, Container::new(r.clone()));
+        }
+        self.save(&r);
+        self.event(&r, "create");
+        Ok(r)
+    }
+
+    /// Boots the container's VM and starts its main process; returns once
+    /// it runs.
+    pub async fn start(self: &Arc<Self>, key: &str) -> Result<(), ApiError> {
+        let c = self.find(key)?;
+        let _turn = c.lifecycle.lock().await;
+        let r = c.snapshot();
+        if r.state != ContainerState::Created {
+            return Err(ApiError::Conflict(format!(
+                "container {} is {}; only a created container can start",
+                &r.id[..12],
+                r.state.name()
+            )));
+        }
+        c.update(|r| r.state = ContainerState::Starting);
+        c.exited.send_replace(false);
+        match self.boot(&c).await {
+            Ok((client, p)) => {
+                let r = c.update(|r| {
+                    r.state = ContainerState::Running;
+                    r.started_ms = Some(now_ms());
+                    r.agent_id = Some(p.id());
+                    r.guest_pid = Some(p.pid());
+                });
+                self.save(&r);
+                self.event(&r, "start");
+                *c.agent.lock().await = Some(Arc::new(client));
+                let (m, c) = (self.clone(), c.clone());
+                tokio::spawn(async move { m.pump(c, p).await });
+                Ok(())
+            }
+            Err(msg) => {
+                if let Some(vm) = c.snapshot().vm {
+                    self.retire(&c.snapshot().id, &vm);
+                }
+                self.settle(&c, None, Some(msg.clone()));
+                Err(ApiError::Internal(msg))
+            }
+        }
+    }
+
+    async fn boot(&self, c: &Arc<Container>) -> Result<(AgentClient, Process), String> {
+        let r = c.snapshot();
+        let dir = self.records.dir(&r.id);
+        let (state_dir, image, agent) = (
+            self.cfg.state_dir.clone(),
+            r.image.clone(),
+            self.cfg.agent.clone(),
+        );
+        let rootfs = dir.join("rootfs.ext4");
+        let (rootfs_path, initramfs) = {
+            let rootfs = rootfs.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, String> {
+                use crate::image::{rootfs as fs, store::Store};
+                let store = Store::open(&state_dir).map_err(|e| e.to_string())?;
+                let record = store.get(&image).map_err(|e| e.to_string())?;
+                fs::export(&store, &record, fs::RootfsOptions::default(), &rootfs, None)
+                    .map_err(|e| format!("cannot build the root filesystem: {e}"))?;
+                let agent = match agent {
+                    Some(a) => a,
+                    None => crate::agent::initramfs::find_agent().map_err(|e| e.to_string())?,
+                };
+                let initramfs = crate::agent::initramfs::cached_initramfs(&agent, &state_dir)
+                    .map_err(|e| e.to_string())?;
+                Ok((rootfs, initramfs))
+            })
+            .await
+            .map_err(|e| e.to_string())??
+        };
+        let vm_dir = self.cfg.run_dir.join(&r.id[..12]);
+        std::fs::create_dir_all(&vm_dir).map_err(|e| format!("{}: {e}", vm_dir.display()))?;
+        let spec = VmSpec {
+            dir: vm_dir,
+            kernel: self.cfg.kernel.clone(),
+            initramfs,
+            rootfs: rootfs_path,
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            boot_args: String::new(),
+        };
+        let kind = self.cfg.backend;
+        let vm = tokio::task::spawn_blocking(move || backend::launch(kind, &spec))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot start the VM: {e}"))?;
+        let rec = c.update(|r| {
+            r.vm = Some(vm.clone());
+            r.backend = Some(kind);
+        });
+        self.save(&rec);
+        vm.agent_started(BOOT_TIMEOUT)
+            .await
+            .map_err(|e| format!("{e}{}", console_tail(&vm)))?;
+        let client = AgentClient::connect_vsock(&vm.vsock_uds, BOOT_TIMEOUT)
+            .await
+            .map_err(|e| format!("{e}{}", console_tail(&vm)))?;
+        let cfg = &r.config;
+        let spec = ContainerSpec {
+            image: r.image_config.clone(),
+            overrides: ImageConfig {
+                entrypoint: cfg.entrypoint.clone(),
+                cmd: cfg.cmd.clone().filter(|c| !c.is_empty()),
+                env: cfg.env.clone(),
+                working_dir: cfg.workdir.clone(),
+                user: cfg.user.clone(),
+            },
+            hostname: Some(
+                cfg.hostname
+                    .clone()
+                    .unwrap_or_else(|| r.id[..12].to_string()),
+            ),
+            tty: cfg.tty,
+            ..Default::default()
+        };
+        let p = client.start(spec).await.map_err(|e| e.to_string())?;
+        Ok((client, p))
+    }
+
+    /// Keeps the logs and waits for the main process's exit.
+    async fn pump(self: Arc<Self>, c: Arc<Container>, mut p: Process) {
+        let dir = self.records.dir(&c.snapshot().id);
+        let mut log = LogWriter::new(&dir, c.live.clone());
+        let status = loop {
+            match p.next().await {
+                Ok(Some(Event::Output(stream, data))) => log.write(stream, &data),
+                Ok(Some(Event::Exit(s))) => break Ok(s),
+                Ok(None) => break Err("the agent sent no exit status".to_string()),
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        let vm = c.snapshot().vm;
+        if let Some(vm) = vm {
+            // The agent ends the VM after the exit; give it a moment.
+            let vm2 = vm.clone();
+            let ended = tokio::task::spawn_blocking(move || vm2.wait_exit(Duration::from_secs(10)))
+                .await
+                .unwrap_or(false);
+            if !ended {
+                tracing::warn!("the VM did not end by itself; killing it");
+            }
+            self.retire(&c.snapshot().id, &vm);
+        }
+        *c.agent.lock().await = None;
+        match status {
+            Ok(s) => self.settle(&c, Some(s), None),
+            // The VM went away under the process (a stop that powered it
+            // off, or a crash): as killed.
+            Err(e) => self.settle(
+                &c,
+                Some(ExitStatus {
+                    code: None,
+                    signal: Some(libc::SIGKILL),
+                }),
+                Some(e),
+            ),
+        }
+    }
+
+    /// Ends a VM for good: its processes, its sockets and run directory;
+    /// the guest's console is kept with the container's record.
+    fn retire(&self, id: &str, vm: &VmHandle) {
+        vm.cleanup();
+        let _ = std::fs::copy(&vm.console_log, self.records.dir(id).join("console.log"));
+        let _ = std::fs::remove_dir_all(vm.dir());
+    }
+
+    /// Records how a container ended and wakes its waiters.
+    fn settle(&self, c: &Arc<Container>, status: Option<ExitStatus>, error: Option<String>) {
+        let r = c.update(|r| {
+            r.state = match status {
+                Some(_) => ContainerState::Exited,
+                None => ContainerState::Dead,
+            };
+            if let Some(s) = status {
+                r.exit_code = Some(s.shell_code());
+                r.signal = s.signal;
+            }
+            r.error = error;
+            r.finished_ms = Some(now_ms());
+            r.vm = None;
+        });
+        self.save(&r);
+        self.event(&r, "die");
+        c.exited.send_replace(true);
+        if r.config.auto_remove {
+            self.forget(&r.id);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        let removed = self
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Some(c) = removed {
+            if let Err(e) = self.records.remove(id) {
+                tracing::error!("{e}");
+            }
+            self.event(&c.snapshot(), "destroy");
+        }
+    }
+
+    async fn agent_of(&self, c: &Container) -> Result<(Arc<AgentClient>, u32), ApiError> {
+        let r = c.snapshot();
+        let not_running =
+            || ApiError::Conflict(format!("container {} is not running", &r.id[..12]));
+        if r.state != ContainerState::Running {
+            return Err(not_running());
+        }
+        let client = c.agent.lock().await.clone().ok_or_else(not_running)?;
+        Ok((client, r.agent_id.unwrap_or(1)))
+    }
+
+    pub async fn kill(&self, key: &str, signal: i32) -> Result<(), ApiError> {
+        if !(1..=64).contains(&signal) {
+            return Err(ApiError::BadRequest(format!("{signal} is not a signal")));
+        }
+        let c = self.find(key)?;
+        let (client, id) = self.agent_of(&c).await?;
+        client
+            .signal(id, signal)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// SIGTERM, then after `timeout` the VM is powered off.
+    pub async fn stop(&self, key: &str, timeout: Duration) -> Result<(), ApiError> {
+        let c = self.find(key)?;
+        if !c.snapshot().state.is_active() {
+            return Ok(());
+        }
+        if let Ok((client, id)) = self.agent_of(&c).await {
+            let _ = client.signal(id, libc::SIGTERM).await;
+        }
+        if tokio::time::timeout(timeout, c.wait_exit()).await.is_err() {
+            if let Some(vm) = c.snapshot().vm {
+                vm.kill();
+            }
+            c.wait_exit().await;
+        }
+        Ok(())
+    }
+
+    pub async fn remove(&self, key: &str, force: bool) -> Result<(), ApiError> {
+        let c = self.find(key)?;
+        let _turn = c.lifecycle.lock().await;
+        let r = c.snapshot();
+        if r.state.is_active() {
+            if !force {
+                return Err(ApiError::Conflict(format!(
+                    "container {} is running: stop it first, or remove it with force",
+                    &r.id[..12]
+                )));
+            }
+            if let Some(vm) = &r.vm {
+                vm.kill();
+            }
+            c.wait_exit().await;
+        }
+        self.forget(&r.id);
+        Ok(())
+    }
+
+    /// Another process in a running container.
+    pub async fn exec(&self, key: &str, spec: ProcessSpec) -> Result<Process, ApiError> {
+        if spec.args.is_empty() {
+            return Err(ApiError::BadRequest("cmd is required".into()));
+        }
+        let c = self.find(key)?;
+        let (client, _) = self.agent_of(&c).await?;
+        client.exec(spec).await.map_err(|e| match e {
+            crate::agent::client::ClientError::Refused(m) => ApiError::BadRequest(m),
+            e => ApiError::Internal(e.to_string()),
+        })
+    }
+
+    pub fn log_dir(&self, id: &str) -> PathBuf {
+        self.records.dir(id)
+    }
+}
+
+/// The last lines the guest printed, for a boot that failed.
+fn console_tail(vm: &VmHandle) -> String {
+    let text = std::fs::read_to_string(&vm.console_log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    format!(
+        "; the guest's console ended with: {}",
+        crate::text::echo(&tail.join(" | "))
+    )
+}
+
+/// The image's canonical reference and config, from the store.
+fn resolve_image(
+    state_dir: &std::path::Path,
+    reference: &str,
+) -> Result<(String, ImageConfig), ApiError> {
+    use crate::image::store::Store;
+    let store = Store::open(state_dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let record = store.get(reference).map_err(|e| {
+        ApiError::NotFound(format!(
+            "{e}; pull or import it first (husk pull, husk image import)"
+        ))
+    })?;
+    let blob = store
+        .read_blob(&record.config)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((record.reference, image_config(&blob)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_checked_before_anything_happens() {
+        let ok = CreateRequest {
+            image: "busybox".into(),
+            ..Default::default()
+        };
+        assert!(check_request(&ok).is_ok());
+        for (bad, why) in [
+            (
+                CreateRequest {
+                    image: " ".into(),
+                    ..ok.clone()
+                },
+                "image is required",
+            ),
+            (
+                CreateRequest {
+                    name: Some("-x".into()),
+                    ..ok.clone()
+                },
+                "invalid name",
+            ),
+            (
+                CreateRequest {
+                    env: vec!["NOEQ".into()],
+                    ..ok.clone()
+                },
+                "invalid env",
+            ),
+            (
+                CreateRequest {
+                    vcpus: Some(0),
+                    ..ok.clone()
+                },
+                "vcpus",
+            ),
+            (
+                CreateRequest {
+                    memory_mib: Some(1),
+                    ..ok.clone()
+                },
+                "memory_mib",
+            ),
+        ] {
+            let e = check_request(&bad).unwrap_err();
+            assert!(
+                matches!(e, ApiError::BadRequest(_)) && e.to_string().contains(why),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_image_config_is_read_leniently() {
+        let c = image_config(
+            br#"{"config": {"Entrypoint": ["/ep"], "Cmd": null, "Env": ["A=1"], "WorkingDir": "", "User": "app"}}"#,
+        );
+        assert_eq!(c.entrypoint, Some(vec!["/ep".to_string()]));
+        assert_eq!((c.cmd, c.working_dir), (None, None));
+        assert_eq!(
+            (c.env, c.user),
+            (vec!["A=1".to_string()], Some("app".into()))
+        );
+        assert_eq!(image_config(b"not json"), ImageConfig::default());
+    }
+}

@@ -1,0 +1,249 @@
+//! `husk serve`: settings (flags, then a config file, then embedded
+//! defaults), the listeners, and the start-up that finds running VMs
+//! again. The daemon can be killed at any moment: containers' VMs run on
+//! in their own processes, and the next `husk serve` picks them up.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::backend::{self, BackendKind};
+use super::containers::{DaemonConfig, Manager};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// KVM when this host can run the guest kernel, else software emulation.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// Run the husk daemon: containers in microVMs, behind an HTTP/JSON API.
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// The API's Unix socket (default: /run/husk/husk.sock for root, else
+    /// $XDG_RUNTIME_DIR/husk/husk.sock, else /tmp/husk-$UID/husk.sock).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Also listen on TCP (e.g. 127.0.0.1:2375); needs --token-file.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// A file holding the bearer token TCP clients must send.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Where images and containers are kept.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The guest kernel (default: <state-dir>/kernels/vmlinux, which
+    /// resources/guest-kernel/build.sh maintains).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// The husk-agent binary (default: beside husk).
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
+    /// vCPUs of a container that asks for none.
+    #[arg(long)]
+    pub vcpus: Option<u8>,
+    /// Memory (MiB) of a container that asks for none.
+    #[arg(long)]
+    pub memory_mib: Option<u32>,
+    #[arg(long, value_enum)]
+    pub vm_backend: Option<BackendChoice>,
+    /// A JSON file with any of the settings above (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// The config file's shape: the flags' names with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<PathBuf>,
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    kernel: Option<PathBuf>,
+    agent: Option<PathBuf>,
+    vcpus: Option<u8>,
+    memory_mib: Option<u32>,
+    vm_backend: Option<BackendChoice>,
+}
+
+/// Where the daemon listens by default (the CLI looks there too).
+pub fn default_socket() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/husk/husk.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("husk/husk.sock"),
+        None => PathBuf::from(format!("/tmp/husk-{uid}/husk.sock")),
+    }
+}
+
+struct Settings {
+    socket: PathBuf,
+    listen: Option<(String, String)>,
+    config: DaemonConfig,
+}
+
+fn settings(args: ServeArgs) -> Result<Settings, String> {
+    let file: FileConfig = match &args.config {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let state_dir = args
+        .state_dir
+        .or(file.state_dir)
+        .unwrap_or_else(crate::image::cli::default_state_dir);
+    let kernel = args
+        .kernel
+        .or(file.kernel)
+        .unwrap_or_else(|| state_dir.join("kernels/vmlinux"));
+    if !kernel.exists() {
+        return Err(format!(
+            "no guest kernel at {}: build it with resources/guest-kernel/build.sh, or pass --kernel",
+            kernel.display()
+        ));
+    }
+    let listen = match (
+        args.listen.or(file.listen),
+        args.token_file.or(file.token_file),
+    ) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err("--listen needs --token-file: the TCP API is never open".into())
+        }
+        (Some(addr), Some(tf)) => {
+            let token =
+                std::fs::read_to_string(&tf).map_err(|e| format!("{}: {e}", tf.display()))?;
+            let token = token.trim().to_string();
+            if token.len() < 16 {
+                return Err(format!(
+                    "the token in {} is shorter than 16 characters",
+                    tf.display()
+                ));
+            }
+            Some((addr, token))
+        }
+    };
+    let choice = args
+        .vm_backend
+        .or(file.vm_backend)
+        .unwrap_or(BackendChoice::Auto);
+    let (backend, fallback_reason) = match choice {
+        BackendChoice::Kvm => (BackendKind::Kvm, None),
+        BackendChoice::Tcg => (BackendKind::Tcg, None),
+        BackendChoice::Auto => backend::auto(&kernel),
+    };
+    backend::available(backend)
+        .map_err(|e| format!("the {backend:?} backend cannot run here: {e}"))?;
+    let socket = args.socket.or(file.socket).unwrap_or_else(default_socket);
+    let run_dir = socket.parent().unwrap_or(Path::new("/")).join("vms");
+    Ok(Settings {
+        socket,
+        listen,
+        config: DaemonConfig {
+            run_dir,
+            state_dir,
+            kernel,
+            agent: args.agent.or(file.agent),
+            vcpus: args.vcpus.or(file.vcpus).unwrap_or(1),
+            memory_mib: args.memory_mib.or(file.memory_mib).unwrap_or(256),
+            backend,
+            fallback_reason,
+        },
+    })
+}
+
+/// A socket path that no live daemon holds: a stale one is removed.
+fn claim_socket(path: &Path) -> Result<tokio::net::UnixListener, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "{} is in use: another husk daemon runs",
+            path.display()
+        ));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(_) => return Err(format!("{} exists and is not a socket", path.display())),
+        Err(_) => {}
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+    Ok(l)
+}
+
+/// The process entry; returns the exit code.
+pub fn serve(args: ServeArgs) -> i32 {
+    crate::vmm::logger::Logger::init();
+    let s = match settings(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("husk serve: {e}");
+            return 1;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("husk serve: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(s)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("husk serve: {e}");
+            1
+        }
+    }
+}
+
+async fn run(s: Settings) -> Result<(), String> {
+    if let Some(why) = &s.config.fallback_reason {
+        tracing::warn!("{why}");
+        eprintln!("husk serve: warning: {why}");
+    }
+    let unix = claim_socket(&s.socket)?;
+    let manager = Manager::open(s.config).map_err(|e| e.to_string())?;
+    manager.recover();
+    let app = super::api::router(manager.clone(), None);
+    eprintln!("husk serve: listening on {}", s.socket.display());
+    let mut tasks = Vec::new();
+    if let Some((addr, token)) = s.listen {
+        let tcp = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let app = super::api::router(manager.clone(), Some(token));
+        eprintln!("husk serve: listening on {addr} (bearer token required)");
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(tcp, app).await;
+        }));
+    }
+    let unix_app = tokio::spawn(async move { axum::serve(unix, app).await });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::select! {
+        r = unix_app => r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?,
+        _ = term.recv() => eprintln!("husk serve: stopping; containers keep running"),
+        _ = tokio::signal::ctrl_c() => eprintln!("husk serve: stopping; containers keep running"),
+    }
+    let _ = std::fs::remove_file(&s.socket);
+    Ok(())
+}

@@ -1,0 +1,429 @@
+//! `husk serve` end to end: a real daemon on a Unix socket, a busybox
+//! image imported into its store, and containers that run in real Linux
+//! guests. On these hosts no Linux guest runs under KVM, so the daemon
+//! uses its software-emulation backend (`--vm-backend tcg`); the kernel,
+//! initramfs and agent are the real ones.
+//!
+//! Prints `skipped: <reason>` where QEMU, vhost-device-vsock or the guest
+//! kernel is missing (a failure under HUSK_REQUIRE_QEMU).
+
+#[path = "common/busybox_image.rs"]
+mod busybox_image;
+#[path = "common/qemu.rs"]
+mod qemu;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// One HTTP response: status and body (chunked bodies decoded).
+struct Response {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// NDJSON lines.
+    fn lines(&self) -> Vec<Value> {
+        String::from_utf8_lossy(&self.body)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(i) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + n]);
+        b = &b[i + 2 + n + 2..];
+    }
+}
+
+fn request(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Response {
+    let mut s = UnixStream::connect(sock).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: husk\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let rest = &raw[end + 4..];
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Response { status, body }
+}
+
+struct Daemon {
+    child: Child,
+    sock: PathBuf,
+    state: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, kernel: &Path) -> Daemon {
+        let state = dir.join("state");
+        busybox_image::import(dir, &state);
+        let agent = busybox_image::stripped_agent(dir);
+        let sock = dir.join("husk.sock");
+        let args: Vec<String> = [
+            "serve",
+            "--socket",
+            sock.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--agent",
+            agent.to_str().unwrap(),
+            "--vm-backend",
+            "tcg",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut d = Daemon {
+            child: Self::spawn(&args),
+            sock,
+            state,
+            args,
+            dir: dir.into(),
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn spawn(args: &[String]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_husk"))
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&self.sock).is_err() {
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "the daemon exited"
+            );
+            assert!(Instant::now() < deadline, "the daemon never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9, then a new daemon on the same state.
+    fn crash_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(&self.args);
+        self.wait_ready();
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
+        request(&self.sock, method, path, body)
+    }
+
+    /// Creates and starts a container; returns its id.
+    fn run(&self, body: Value) -> String {
+        let r = self.call("POST", "/v1/containers", Some(body));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let r = self.call("POST", &format!("/v1/containers/{id}/start"), None);
+        assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+        id
+    }
+
+    fn wait(&self, id: &str) -> Value {
+        self.call("POST", &format!("/v1/containers/{id}/wait"), None)
+            .json()
+    }
+
+    fn logs(&self, id: &str, query: &str) -> String {
+        let r = self.call("GET", &format!("/v1/containers/{id}/logs?{query}"), None);
+        assert_eq!(r.status, 200);
+        r.lines()
+            .iter()
+            .map(|l| l["data"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The VMs run on without the daemon: end them too.
+        let _ = Command::new("pkill")
+            .arg("-9")
+            .arg("-f")
+            .arg(self.dir.to_str().unwrap())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn setup(name: &str) -> Option<Daemon> {
+    let kernel = match qemu::tools_available().and_then(|()| qemu::guest_kernel()) {
+        Ok(k) => k,
+        Err(reason) => {
+            qemu::skip(&reason);
+            return None;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("husk-daemon-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Some(Daemon::start(&dir, &kernel))
+}
+
+const IMAGE: &str = busybox_image::IMAGE;
+
+#[test]
+fn containers_run_to_their_exit_codes_with_their_config() {
+    let Some(d) = setup("run") else {
+        return;
+    };
+    let info = d.call("GET", "/v1/info", None).json();
+    assert_eq!(info["backend"], "tcg");
+
+    let id = d.run(json!({"image": IMAGE, "cmd": ["echo", "hello"]}));
+    let w = d.wait(&id);
+    let rec = d.call("GET", &format!("/v1/containers/{id}"), None).json();
+    assert_eq!(w["exit_code"], 0, "{w} {rec}");
+    assert_eq!(d.logs(&id, ""), "hello\n");
+    let r = d
+        .call("GET", &format!("/v1/containers/{}", &id[..12]), None)
+        .json();
+    assert_eq!(
+        (r["state"].clone(), r["backend"].clone()),
+        (json!("exited"), json!("tcg"))
+    );
+    assert!(r["finished_ms"].as_u64() >= r["started_ms"].as_u64());
+
+    let id = d.run(json!({"image": IMAGE, "cmd": ["sh", "-c", "echo out; echo err >&2; exit 3"], "name": "three"}));
+    assert_eq!(d.wait("three")["exit_code"], 3);
+    assert_eq!(d.logs(&id, "stdout=false"), "err\n");
+    assert_eq!(d.logs(&id, "tail=1"), "err\n");
+
+    let id = d.run(json!({
+        "image": IMAGE,
+        "cmd": ["sh", "-c", "echo $FOO $FROM_IMAGE; pwd; id -u; hostname"],
+        "env": ["FOO=bar"], "workdir": "/tmp/w", "user": "1000", "hostname": "box",
+    }));
+    assert_eq!(d.wait(&id)["exit_code"], 0);
+    assert_eq!(d.logs(&id, ""), "bar busybox\n/tmp/w\n1000\nbox\n");
+
+    // --rm: the record goes once the container ends.
+    let id = d.run(json!({"image": IMAGE, "cmd": ["true"], "auto_remove": true}));
+    d.wait(&id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.call("GET", &format!("/v1/containers/{id}"), None).status != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the auto_remove container stayed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let all = d.call("GET", "/v1/containers?all=true", None).json();
+    assert_eq!(all.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn exec_logs_follow_kill_and_stop() {
+    let Some(d) = setup("exec") else {
+        return;
+    };
+    let id = d.run(json!({"image": IMAGE, "cmd": ["sh", "-c", "echo start; sleep 600"]}));
+    let r = d.call(
+        "POST",
+        &format!("/v1/containers/{id}/exec"),
+        Some(json!({"cmd": ["sh", "-c", "echo in-exec; exit 5"]})),
+    );
+    let lines = r.lines();
+    assert_eq!(lines[0]["data"], "in-exec\n");
+    assert_eq!(lines.last().unwrap()["exit_code"], 5);
+    let running = d.call("GET", "/v1/containers", None).json();
+    assert_eq!(running.as_array().unwrap().len(), 1);
+    // Conflicts: a second start, a remove without force.
+    assert_eq!(
+        d.call("POST", &format!("/v1/containers/{id}/start"), None)
+            .status,
+        409
+    );
+    let r = d.call("DELETE", &format!("/v1/containers/{id}"), None);
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (409, json!("conflict"))
+    );
+    // logs -f follows until the container ends.
+    let follow = {
+        let sock = d.sock.clone();
+        let id = id.clone();
+        std::thread::spawn(move || {
+            request(
+                &sock,
+                "GET",
+                &format!("/v1/containers/{id}/logs?follow=true"),
+                None,
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let r = d.call(
+        "POST",
+        &format!("/v1/containers/{id}/kill"),
+        Some(json!({"signal": 9})),
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(d.wait(&id)["exit_code"], 137);
+    let followed = follow.join().unwrap();
+    assert_eq!(followed.lines()[0]["data"], "start\n");
+
+    // stop: SIGTERM reaches the process (sh ignores nothing here).
+    let id = d.run(json!({"image": IMAGE, "cmd": ["sleep", "600"]}));
+    let r = d.call(
+        "POST",
+        &format!("/v1/containers/{id}/stop"),
+        Some(json!({"timeout": 20})),
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(d.wait(&id)["exit_code"], 143);
+    assert_eq!(
+        d.call("DELETE", &format!("/v1/containers/{id}"), None)
+            .status,
+        204
+    );
+    assert_eq!(
+        d.call("GET", &format!("/v1/containers/{id}"), None).status,
+        404
+    );
+}
+
+#[test]
+fn the_daemon_survives_kill_9_and_finds_its_containers_again() {
+    let Some(mut d) = setup("restart") else {
+        return;
+    };
+    let id = d.run(json!({"image": IMAGE, "cmd": ["sh", "-c", "echo before; read x; echo after; sleep 600"], "name": "keep"}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.logs(&id, "") != "before\n" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.crash_and_restart();
+    let r = d.call("GET", "/v1/containers/keep", None).json();
+    assert_eq!(r["state"], "running", "{r}");
+    // The new daemon reattached: signals reach the process, its logs
+    // and exit are recorded.
+    let r = d.call(
+        "POST",
+        "/v1/containers/keep/stop",
+        Some(json!({"timeout": 20})),
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(d.wait("keep")["exit_code"], 143);
+    assert_eq!(d.logs("keep", ""), "before\n");
+    assert!(d
+        .state
+        .join("containers")
+        .join(&id)
+        .join("record.json")
+        .exists());
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let Some(d) = setup("bad") else {
+        return;
+    };
+    for (method, path, body, status, code) in [
+        ("GET", "/v1/containers/nope", None, 404, "not_found"),
+        ("POST", "/v1/containers/nope/start", None, 404, "not_found"),
+        (
+            "POST",
+            "/v1/containers",
+            Some(json!({"image": "no/such:image"})),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/v1/containers",
+            Some(json!({"image": IMAGE, "bogus": 1})),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/containers",
+            Some(json!({"image": IMAGE, "env": ["NOEQ"]})),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/containers",
+            Some(json!({"image": IMAGE, "memory_mib": 1})),
+            400,
+            "bad_request",
+        ),
+        ("GET", "/v1/nothing", None, 404, "not_found"),
+    ] {
+        let r = d.call(method, path, body.clone());
+        assert_eq!(r.status, status, "{method} {path} {body:?}");
+        assert_eq!(r.json()["code"], code, "{method} {path}");
+    }
+    let r = d.call(
+        "POST",
+        "/v1/containers",
+        Some(json!({"image": IMAGE, "name": "dup"})),
+    );
+    assert_eq!(r.status, 201);
+    let r = d.call(
+        "POST",
+        "/v1/containers",
+        Some(json!({"image": IMAGE, "name": "dup"})),
+    );
+    assert_eq!(r.status, 409);
+    // Not JSON at all.
+    let mut s = UnixStream::connect(&d.sock).unwrap();
+    s.write_all(b"POST /v1/containers HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 5\r\n\r\n{{{{{").unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    // And the daemon still serves.
+    assert_eq!(d.call("GET", "/v1/info", None).status, 200);
+}
