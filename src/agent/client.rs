@@ -35,6 +35,10 @@ pub enum ClientError {
     GuestSetup(String),
     #[error("the agent refused: {0}")]
     Refused(String),
+    /// The process could not be started: its program is missing (127) or
+    /// cannot be executed (126).
+    #[error("{message}")]
+    CannotRun { message: String, exit_code: i32 },
     #[error("the connection to the agent broke: {0}")]
     Broken(String),
     #[error("the agent broke the protocol: {0}")]
@@ -75,7 +79,7 @@ enum ProcEvent {
 }
 
 /// A process's pid and spawn time, or why it did not start.
-type StartReply = Result<(i32, u64), String>;
+type StartReply = Result<(i32, u64), ClientError>;
 
 #[derive(Default)]
 struct Shared {
@@ -360,7 +364,7 @@ impl AgentClient {
             Err(e) => {
                 let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
                 s.procs.remove(&id);
-                Err(ClientError::Refused(e))
+                Err(e)
             }
         }
     }
@@ -396,7 +400,7 @@ async fn read_loop(
     drop(writer);
     let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
     for (_, tx) in s.starting.drain() {
-        let _ = tx.send(Err(why.clone()));
+        let _ = tx.send(Err(ClientError::Broken(why.clone())));
     }
     for (_, p) in s.procs.drain() {
         let _ = p.events.send(ProcEvent::Failed(why.clone()));
@@ -439,14 +443,20 @@ fn dispatch(frame: Frame, shared: &Mutex<Shared>) {
         Frame::Control(Message::Error {
             id: Some(id),
             message,
+            exit_code,
         }) => {
             if let Some(tx) = s.starting.remove(&id) {
-                let _ = tx.send(Err(message));
+                let _ = tx.send(Err(match exit_code {
+                    Some(exit_code) => ClientError::CannotRun { message, exit_code },
+                    None => ClientError::Refused(message),
+                }));
             } else {
                 tracing::warn!("agent: process {id}: {message}");
             }
         }
-        Frame::Control(Message::Error { id: None, message }) => {
+        Frame::Control(Message::Error {
+            id: None, message, ..
+        }) => {
             tracing::warn!("agent: {message}");
         }
         Frame::Control(other) => tracing::warn!("agent sent an unexpected {other:?}"),

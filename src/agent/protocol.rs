@@ -242,6 +242,11 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u32>,
         message: String,
+        /// For a process that could not be started, the code a shell
+        /// would give: 127 when the program does not exist, 126 when it
+        /// cannot be executed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
     },
 }
 

@@ -64,8 +64,8 @@ pub async fn exec(client: &DaemonClient, args: ExecArgs) -> i32 {
     let stream = match client.exec(&args.container, &req).await {
         Ok(s) => s,
         Err(e) => {
-            report(e);
-            return EXIT_DAEMON;
+            report(&e);
+            return e.exit_code().unwrap_or(EXIT_DAEMON);
         }
     };
     let mut w = OutputWriter::stdio(false);

@@ -204,8 +204,8 @@ pub async fn run(client: &DaemonClient, args: RunArgs) -> i32 {
                 0
             }
             Err(e) => {
-                report(e);
-                EXIT_DAEMON
+                report(&e);
+                e.exit_code().unwrap_or(EXIT_DAEMON)
             }
         };
     }
@@ -296,8 +296,8 @@ pub async fn attach_with(
             r = &mut start, if !started => {
                 started = true;
                 if let Err(e) = r {
-                    report(e);
-                    return Attached::Failed;
+                    report(&e);
+                    return e.exit_code().map_or(Attached::Failed, Attached::Exited);
                 }
                 if kill_pending {
                     interrupt(client, id).await;

@@ -32,6 +32,8 @@ pub enum ClientError {
         status: u16,
         code: ErrorCode,
         message: String,
+        /// With `cannot_run`: the exit code `husk run` gives.
+        exit_code: Option<i32>,
     },
     #[error("the connection to the husk daemon broke: {0}")]
     Broken(String),
@@ -44,6 +46,16 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// For a container whose program could not be started: the code a
+    /// shell gives (127 missing, 126 not executable), which `husk run` and
+    /// `husk exec` exit with, as Docker's do.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            ClientError::Api { exit_code, .. } => *exit_code,
             _ => None,
         }
     }
@@ -382,11 +394,13 @@ async fn api_error(resp: Response<Incoming>) -> ClientError {
             status: status.as_u16(),
             code: b.code,
             message: b.message,
+            exit_code: b.exit_code,
         },
         Err(_) => ClientError::Api {
             status: status.as_u16(),
             code: ErrorCode::from_status(status.as_u16()),
             message: status_message(status, &body),
+            exit_code: None,
         },
     }
 }

@@ -217,6 +217,7 @@ async fn api_errors() {
             status,
             code,
             message,
+            ..
         } => {
             assert_eq!(*status, 404);
             assert_eq!(*code, ErrorCode::NotFound);
@@ -238,6 +239,7 @@ async fn api_errors() {
             status,
             code,
             message,
+            ..
         } => {
             assert_eq!(status, 502);
             assert_eq!(code, ErrorCode::Internal);

@@ -352,6 +352,8 @@ pub enum ErrorCode {
     NotFound,
     Conflict,
     BadRequest,
+    /// The container's program is missing or cannot be executed.
+    CannotRun,
     Internal,
     Unavailable,
 }
@@ -362,7 +364,7 @@ impl ErrorCode {
         match self {
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
-            ErrorCode::BadRequest => 400,
+            ErrorCode::BadRequest | ErrorCode::CannotRun => 400,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
         }
@@ -385,6 +387,9 @@ impl ErrorCode {
 pub struct ApiErrorBody {
     pub code: ErrorCode,
     pub message: String,
+    /// With `cannot_run`: the code a shell gives (126 or 127).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The daemon's HTTP/JSON API (`/v1/...`). Errors are `{code, message}`
 //! with a stable code: `not_found` (404), `conflict` (409), `bad_request`
-//! (400), `unauthorized` (401), `internal` (500). Streams (logs, exec
+//! (400), `cannot_run` (400, with the `exit_code` a shell would give: 127
+//! for a missing program, 126 for one that cannot run), `unauthorized`
+//! (401), `internal` (500). Streams (logs, exec
 //! output, pull progress, events) are NDJSON: one JSON object per line.
 
 use std::collections::HashMap;
@@ -30,8 +32,12 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::CannotRun { .. } => (StatusCode::BAD_REQUEST, "cannot_run"),
         };
-        let body = serde_json::json!({"code": code, "message": self.to_string()});
+        let mut body = serde_json::json!({"code": code, "message": self.to_string()});
+        if let ApiError::CannotRun { exit_code, .. } = self {
+            body["exit_code"] = exit_code.into();
+        }
         (status, Json(body)).into_response()
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, watch};
 use super::backend::{self, BackendKind, VmHandle, VmSpec};
 use super::logs::{self, LogLine, LogWriter};
 use super::state::{now_ms, ContainerRecord, ContainerState, CreateRequest, Records};
-use crate::agent::client::{AgentClient, Event, ExitStatus, Process};
+use crate::agent::client::{AgentClient, ClientError, Event, ExitStatus, Process};
 use crate::agent::protocol::{ContainerSpec, ImageConfig, ProcessSpec};
 
 /// How long a VM may take from launch to the agent's `Ready`.
@@ -33,6 +33,26 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Internal(String),
+    /// The process could not be started: its program is missing (127) or
+    /// cannot be executed (126), the code `docker run` exits with.
+    #[error("{message}")]
+    CannotRun { message: String, exit_code: i32 },
+}
+
+/// Why a container's VM or process did not come up.
+enum BootFailure {
+    Other(String),
+    /// The agent could not start the program.
+    CannotRun {
+        message: String,
+        exit_code: i32,
+    },
+}
+
+impl From<String> for BootFailure {
+    fn from(s: String) -> Self {
+        BootFailure::Other(s)
+    }
 }
 
 /// The daemon's settings for new containers.
@@ -394,17 +414,29 @@ impl Manager {
                 tokio::spawn(async move { m.pump(c, p).await });
                 Ok(())
             }
-            Err(msg) => {
+            Err(failure) => {
                 if let Some(vm) = c.snapshot().vm {
                     self.retire(&c.snapshot().id, &vm);
                 }
-                self.settle(&c, None, Some(msg.clone()));
-                Err(ApiError::Internal(msg))
+                match failure {
+                    BootFailure::Other(msg) => {
+                        self.settle(&c, None, Some(msg.clone()));
+                        Err(ApiError::Internal(msg))
+                    }
+                    BootFailure::CannotRun { message, exit_code } => {
+                        let status = ExitStatus {
+                            code: Some(exit_code),
+                            signal: None,
+                        };
+                        self.settle(&c, Some(status), Some(message.clone()));
+                        Err(ApiError::CannotRun { message, exit_code })
+                    }
+                }
             }
         }
     }
 
-    async fn boot(&self, c: &Arc<Container>) -> Result<(AgentClient, Process), String> {
+    async fn boot(&self, c: &Arc<Container>) -> Result<(AgentClient, Process), BootFailure> {
         let r = c.snapshot();
         let dir = self.records.dir(&r.id);
         let (state_dir, image, agent) = (
@@ -477,7 +509,12 @@ impl Manager {
             tty: cfg.tty,
             ..Default::default()
         };
-        let p = client.start(spec).await.map_err(|e| e.to_string())?;
+        let p = client.start(spec).await.map_err(|e| match e {
+            ClientError::CannotRun { message, exit_code } => {
+                BootFailure::CannotRun { message, exit_code }
+            }
+            e => BootFailure::Other(e.to_string()),
+        })?;
         Ok((client, p))
     }
 
@@ -635,7 +672,10 @@ impl Manager {
         let c = self.find(key)?;
         let (client, _) = self.agent_of(&c).await?;
         client.exec(spec).await.map_err(|e| match e {
-            crate::agent::client::ClientError::Refused(m) => ApiError::BadRequest(m),
+            ClientError::Refused(m) => ApiError::BadRequest(m),
+            ClientError::CannotRun { message, exit_code } => {
+                ApiError::CannotRun { message, exit_code }
+            }
             e => ApiError::Internal(e.to_string()),
         })
     }

@@ -222,7 +222,11 @@ impl Agent {
     }
 
     fn error(&mut self, id: Option<u32>, message: String) {
-        self.send(&Message::Error { id, message });
+        self.send(&Message::Error {
+            id,
+            message,
+            exit_code: None,
+        });
     }
 
     /// Serves until the container ends; never returns with `EndVm`.
@@ -552,7 +556,11 @@ impl Agent {
                 true
             }
             Err(e) => {
-                self.error(Some(id), e.to_string());
+                self.send(&Message::Error {
+                    id: Some(id),
+                    message: e.to_string(),
+                    exit_code: e.exit_code(),
+                });
                 false
             }
         }

@@ -31,6 +31,20 @@ pub enum SpawnError {
     Exec { cmd: String, err: std::io::Error },
 }
 
+impl SpawnError {
+    /// The code a shell gives for a command it cannot run: 127 when the
+    /// program is not there, 126 when it is but cannot be executed.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            SpawnError::Exec { err, .. } => Some(match err.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) => 127,
+                _ => 126,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Everything about a process but its command, shared by the container's
 /// processes.
 #[derive(Clone, Debug)]

@@ -1,0 +1,205 @@
+//! A real `husk serve` for tests: a busybox image imported into its
+//! store, the stripped agent, the software-emulation backend, and a small
+//! HTTP client for its Unix socket. The including test declares the
+//! `busybox_image` and `qemu` modules beside this one.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{busybox_image, qemu};
+
+/// One HTTP response: status and body (chunked bodies decoded).
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// NDJSON lines.
+    pub fn lines(&self) -> Vec<Value> {
+        String::from_utf8_lossy(&self.body)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(i) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + n]);
+        b = &b[i + 2 + n + 2..];
+    }
+}
+
+pub fn request(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Response {
+    let mut s = UnixStream::connect(sock).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: husk\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let rest = &raw[end + 4..];
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Response { status, body }
+}
+
+pub struct Daemon {
+    child: Child,
+    pub sock: PathBuf,
+    pub state: PathBuf,
+    args: Vec<String>,
+    pub dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, kernel: &Path) -> Daemon {
+        let state = dir.join("state");
+        busybox_image::import(dir, &state);
+        let agent = busybox_image::stripped_agent(dir);
+        let sock = dir.join("husk.sock");
+        let args: Vec<String> = [
+            "serve",
+            "--socket",
+            sock.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--agent",
+            agent.to_str().unwrap(),
+            "--vm-backend",
+            "tcg",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut d = Daemon {
+            child: Self::spawn(&args),
+            sock,
+            state,
+            args,
+            dir: dir.into(),
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn spawn(args: &[String]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_husk"))
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&self.sock).is_err() {
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "the daemon exited"
+            );
+            assert!(Instant::now() < deadline, "the daemon never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9, then a new daemon on the same state.
+    pub fn crash_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(&self.args);
+        self.wait_ready();
+    }
+
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
+        request(&self.sock, method, path, body)
+    }
+
+    /// Creates and starts a container; returns its id.
+    pub fn run(&self, body: Value) -> String {
+        let r = self.call("POST", "/v1/containers", Some(body));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let r = self.call("POST", &format!("/v1/containers/{id}/start"), None);
+        assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+        id
+    }
+
+    pub fn wait(&self, id: &str) -> Value {
+        self.call("POST", &format!("/v1/containers/{id}/wait"), None)
+            .json()
+    }
+
+    pub fn logs(&self, id: &str, query: &str) -> String {
+        let r = self.call("GET", &format!("/v1/containers/{id}/logs?{query}"), None);
+        assert_eq!(r.status, 200);
+        r.lines()
+            .iter()
+            .map(|l| l["data"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The VMs run on without the daemon: end them too.
+        let _ = Command::new("pkill")
+            .arg("-9")
+            .arg("-f")
+            .arg(self.dir.to_str().unwrap())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn setup(name: &str) -> Option<Daemon> {
+    let kernel = match qemu::tools_available().and_then(|()| qemu::guest_kernel()) {
+        Ok(k) => k,
+        Err(reason) => {
+            qemu::skip(&reason);
+            return None;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("husk-daemon-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Some(Daemon::start(&dir, &kernel))
+}
