@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Installs what husk needs on a fresh Debian machine, and nothing more.
 #
-#   scripts/setup.sh run    to build husk and boot the probe guest: a C
-#                           toolchain (gcc, libc6-dev) besides cargo
-#   scripts/setup.sh test   also what the test suite uses: e2fsprogs,
-#                           docker-registry, busybox-static, openssl, tar,
-#                           qemu-system-x86 (QEMU's microvm machine runs the
-#                           real guest kernel under TCG) and its vsock
-#                           backend vhost-device-vsock (cargo install)
+#   scripts/setup.sh run        to build husk and boot the probe guest: a C
+#                               toolchain (gcc, libc6-dev) besides cargo
+#   scripts/setup.sh container  also what running a container needs:
+#                               e2fsprogs (root filesystems) and
+#                               busybox-static (the demo image)
+#   scripts/setup.sh fallback   also the software-emulation backend, for
+#                               hosts whose KVM cannot run the guest kernel:
+#                               qemu-system-x86 (its microvm machine) and
+#                               the vsock backend vhost-device-vsock (cargo
+#                               install)
+#   scripts/setup.sh test       all of the above, and what the test suite
+#                               uses besides: docker-registry, openssl, tar
 #
 # Packages already present are not touched. Installing needs root. No
 # package's service is started, and docker-registry is left disabled at
@@ -15,10 +20,14 @@
 set -euo pipefail
 
 mode=${1:-run}
+container=false fallback=false
 case $mode in
-run | test) ;;
+run) ;;
+container) container=true ;;
+fallback) container=true fallback=true ;;
+test) container=true fallback=true ;;
 *)
-    echo "usage: scripts/setup.sh [run|test]" >&2
+    echo "usage: scripts/setup.sh [run|container|fallback|test]" >&2
     exit 2
     ;;
 esac
@@ -31,19 +40,24 @@ if ! command -v gcc >/dev/null; then
 elif [[ $(gcc -print-file-name=libc.a) != /* ]]; then
     need_apt+=(libc6-dev)
 fi
-if [[ $mode == test ]]; then
+if $container; then
     # Root filesystems are built with mkfs.ext4 -d and checked with debugfs.
     [[ -x /usr/sbin/mkfs.ext4 && -x /usr/sbin/debugfs ]] || need_apt+=(e2fsprogs)
-    # The image tests run a real registry on loopback (openssl makes its
-    # TLS certificate), build images from busybox and read archives with tar.
-    [[ -x /usr/bin/docker-registry ]] || need_apt+=(docker-registry)
+    # Images are made here from busybox-static (no registry needed).
     [[ -x /bin/busybox ]] || need_apt+=(busybox-static)
+fi
+if $fallback; then
+    # A stock Linux guest cannot run on a PVM host's KVM: the daemon and the
+    # guest tests then boot it under QEMU's software emulation. Only the
+    # emulator itself, not its recommends.
+    command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
+fi
+if [[ $mode == test ]]; then
+    # The image tests run a real registry on loopback (openssl makes its
+    # TLS certificate) and read archives with tar.
+    [[ -x /usr/bin/docker-registry ]] || need_apt+=(docker-registry)
     command -v openssl >/dev/null || need_apt+=(openssl)
     command -v tar >/dev/null || need_apt+=(tar)
-    # The guest kernel tests boot it under QEMU's software emulation
-    # (tests/common/qemu.rs): a stock Linux guest cannot run on a PVM
-    # host's KVM. Only the emulator itself, not its recommends.
-    command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 fi
 
 # Keeps the services of the packages being installed from starting
@@ -112,9 +126,9 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
-if [[ $mode == test ]]; then
-    # QEMU's microvm machine with a vhost-user vsock device is how the tests
-    # reach a real guest; make sure this QEMU has both.
+if $fallback; then
+    # QEMU's microvm machine with a vhost-user vsock device is how the
+    # fallback reaches a real guest; make sure this QEMU has both.
     # (Read whole before grep -q, which would otherwise close the pipe early
     # and fail the pipeline under pipefail.)
     machines=$(qemu-system-x86_64 -machine help)

@@ -102,7 +102,16 @@ fn husk_run_gives_back_output_and_exit_code() {
     assert_eq!(stdout(&husk(&d, &["ps", "-q"])), "");
 
     // Errors: an unknown image, a command that does not exist.
-    let o = husk(&d, &["run", "--pull", "never", "no/such:image", "true"]);
+    let o = husk(
+        &d,
+        &[
+            "run",
+            "--pull",
+            "never",
+            "127.0.0.1:1/no/such:image",
+            "true",
+        ],
+    );
     assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
     assert!(stderr(&o).contains("no/such"), "{}", stderr(&o));
     let o = husk(&d, &["run", "--name", "missing", IMAGE, "/no/such/program"]);

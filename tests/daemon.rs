@@ -187,7 +187,8 @@ fn bad_requests_get_clear_errors() {
         (
             "POST",
             "/v1/containers",
-            Some(json!({"image": "no/such:image"})),
+            // Not in the store, and its registry (a closed port) cannot give it.
+            Some(json!({"image": "127.0.0.1:1/no/such:image"})),
             404,
             "not_found",
         ),
@@ -238,4 +239,123 @@ fn bad_requests_get_clear_errors() {
     assert!(got.starts_with("HTTP/1.1 400"), "{got}");
     // And the daemon still serves.
     assert_eq!(d.call("GET", "/v1/info", None).status, 200);
+
+    // A client that hangs up right after asking for a start does not
+    // leave the container half started: the start goes on without it,
+    // and a forced remove ends it.
+    let r = d.call(
+        "POST",
+        "/v1/containers",
+        Some(json!({"image": IMAGE, "name": "hangup", "cmd": ["sleep", "600"]})),
+    );
+    assert_eq!(r.status, 201);
+    let mut s = UnixStream::connect(&d.sock).unwrap();
+    s.write_all(
+        b"POST /v1/containers/hangup/start HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = d.call("GET", "/v1/containers/hangup", None).json()["state"].clone();
+        if state == "running" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the start without its client ended {state}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        d.call("DELETE", "/v1/containers/hangup?force=true", None)
+            .status,
+        204
+    );
+
+    // Its OpenAPI document names every route and the types' fields.
+    let doc = d.call("GET", "/v1/openapi.json", None).json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    for (path, method) in [
+        ("/v1/containers", "post"),
+        ("/v1/containers", "get"),
+        ("/v1/containers/{id}", "delete"),
+        ("/v1/containers/{id}/start", "post"),
+        ("/v1/containers/{id}/exec", "post"),
+        ("/v1/containers/{id}/logs", "get"),
+        ("/v1/images/pull", "post"),
+        ("/v1/images/import", "post"),
+        ("/v1/events", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+    let create = &doc["components"]["schemas"]["CreateRequest"]["properties"];
+    for field in ["image", "cmd", "env", "auto_remove", "pull", "labels"] {
+        assert!(
+            create[field].is_object(),
+            "CreateRequest.{field} missing: {create}"
+        );
+    }
+}
+
+/// One request over TCP, with an optional bearer token: the status.
+fn tcp_status(addr: &str, path: &str, token: Option<&str>) -> u16 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: husk\r\nConnection: close\r\n{auth}\r\n"
+    )
+    .unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    got.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_tcp_listener_wants_the_token() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("husk-daemon-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-token-of-some-length\n").unwrap();
+    let Some(d) = daemon::setup_with(
+        "tcp",
+        &[
+            "--listen",
+            &addr,
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    ) else {
+        return;
+    };
+    // The socket needs no token; TCP does.
+    assert_eq!(d.call("GET", "/v1/info", None).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "the TCP listener never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(tcp_status(&addr, "/v1/info", None), 401);
+    assert_eq!(
+        tcp_status(&addr, "/v1/info", Some("wrong-token-of-some-length")),
+        401
+    );
+    assert_eq!(
+        tcp_status(&addr, "/v1/containers", Some("s3cret-token-of-some-length")),
+        200
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

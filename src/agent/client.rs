@@ -359,6 +359,7 @@ impl AgentClient {
                 events: events_rx,
                 writer: self.writer.clone(),
                 stdin_credit,
+                shared: self.shared.clone(),
                 done: false,
             }),
             Err(e) => {
@@ -427,6 +428,8 @@ fn dispatch(frame: Frame, shared: &Mutex<Shared>) {
                 let _ = p
                     .events
                     .send(ProcEvent::Event(Event::Exit(ExitStatus { code, signal })));
+                // A `ProcessInput` waiting for stdin credit learns it is gone.
+                p.stdin_credit.1.notify_waiters();
             }
         }
         Frame::Control(Message::Credit {
@@ -471,6 +474,7 @@ pub struct Process {
     events: mpsc::UnboundedReceiver<ProcEvent>,
     writer: Writer,
     stdin_credit: Arc<(Mutex<u32>, Notify)>,
+    shared: Arc<Mutex<Shared>>,
     done: bool,
 }
 
@@ -504,6 +508,17 @@ impl Process {
     /// From the agent's first instruction to this process's start.
     pub fn spawn_us(&self) -> u64 {
         self.spawn_us
+    }
+
+    /// A handle on the process's input (stdin, signals, terminal size)
+    /// that other tasks can use while this one reads the output.
+    pub fn input(&self) -> ProcessInput {
+        ProcessInput {
+            id: self.id,
+            writer: self.writer.clone(),
+            stdin_credit: self.stdin_credit.clone(),
+            shared: self.shared.clone(),
+        }
     }
 
     /// The next output or the exit; `Ok(None)` after the exit.
@@ -608,6 +623,99 @@ impl Process {
                 window,
             },
         )
+        .await
+    }
+}
+
+/// A process's input side, apart from its output: it can be cloned and
+/// used by other tasks while one task reads the output with
+/// [`Process::next`] (a writer blocked on stdin credit must not stop the
+/// output from being read, or a process that writes before it reads would
+/// never free the credit).
+///
+/// Each frame is written by a task of its own, so a caller that drops one
+/// of these futures half-way never leaves half a frame on the connection.
+#[derive(Clone)]
+pub struct ProcessInput {
+    id: u32,
+    writer: Writer,
+    stdin_credit: Arc<(Mutex<u32>, Notify)>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl std::fmt::Debug for ProcessInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessInput")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProcessInput {
+    /// Whether the agent still follows the process on this connection.
+    fn alive(&self) -> bool {
+        let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        s.broken.is_none() && s.procs.contains_key(&self.id)
+    }
+
+    async fn send_whole(&self, frame: Vec<u8>) -> Result<(), ClientError> {
+        let writer = self.writer.clone();
+        tokio::spawn(async move { send(&writer, frame).await })
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))?
+    }
+
+    /// Sends `data` to the process's stdin within the agent's credit;
+    /// fails once the process has exited.
+    pub async fn write_stdin(&self, mut data: &[u8]) -> Result<(), ClientError> {
+        while !data.is_empty() {
+            let (credit, notify) = &*self.stdin_credit;
+            let wait = notify.notified();
+            let n = {
+                let mut c = credit.lock().unwrap_or_else(|e| e.into_inner());
+                let n = (*c as usize).min(data.len()).min(MAX_DATA);
+                *c -= n as u32;
+                n
+            };
+            if n == 0 {
+                if !self.alive() {
+                    return Err(ClientError::Broken("the process is gone".into()));
+                }
+                wait.await;
+                continue;
+            }
+            let mut f = Vec::with_capacity(n + 16);
+            encode_data(self.id, Stream::Stdin, &data[..n], &mut f);
+            self.send_whole(f).await?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    async fn send_message(&self, msg: &Message) -> Result<(), ClientError> {
+        let mut f = Vec::new();
+        encode_message(msg, &mut f);
+        self.send_whole(f).await
+    }
+
+    pub async fn close_stdin(&self) -> Result<(), ClientError> {
+        self.send_message(&Message::CloseStdin { id: self.id })
+            .await
+    }
+
+    pub async fn signal(&self, signal: i32) -> Result<(), ClientError> {
+        self.send_message(&Message::Signal {
+            id: self.id,
+            signal,
+        })
+        .await
+    }
+
+    pub async fn resize(&self, window: WindowSize) -> Result<(), ClientError> {
+        self.send_message(&Message::Resize {
+            id: self.id,
+            window,
+        })
         .await
     }
 }

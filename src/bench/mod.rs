@@ -2,6 +2,7 @@
 //! real `husk vmm` processes booting the probe guest, and against a real
 //! registry on loopback for images. Prints JSON.
 
+mod containers;
 mod images;
 mod soak;
 
@@ -26,9 +27,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub vmm: Option<PathBuf>,
     /// Which figures: the microVM's, the image store's, the API under
-    /// load (soak), or all of them.
+    /// load (soak), containers run by a daemon of the bench's own, or all
+    /// of them.
     #[arg(long, value_enum, default_value = "all")]
     pub suite: Suite,
+    /// The guest kernel the containers suite boots (default:
+    /// $HUSK_GUEST_KERNEL, else the daemon's default).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -36,6 +42,7 @@ pub enum Suite {
     Vmm,
     Images,
     Soak,
+    Containers,
     All,
 }
 
@@ -369,6 +376,13 @@ pub fn run(args: BenchArgs) -> i32 {
             let r = images::measure(&dir);
             let _ = std::fs::remove_dir_all(&dir);
             out.insert("images".into(), r?);
+        }
+        if wants(Suite::Containers) {
+            let opts = containers::Options {
+                runs: args.runs,
+                kernel: args.kernel.as_deref(),
+            };
+            out.insert("containers".into(), containers::measure(opts)?);
         }
         Ok::<_, String>(serde_json::Value::Object(out))
     })();

@@ -1,5 +1,7 @@
-//! `husk exec`: run a command in a running container, non-interactively,
-//! and exit with its exit code.
+//! `husk exec`: run a command in a running container and exit with its
+//! exit code. Its output comes as NDJSON; with `-i` or `-t`, the session
+//! is interactive (`attach.rs`): stdin goes to the process, `-t` gives it
+//! a terminal.
 
 use clap::Args;
 
@@ -20,10 +22,10 @@ pub struct ExecArgs {
     /// User (name|uid[:group|gid]) to run as.
     #[arg(short, long)]
     pub user: Option<String>,
-    /// Keep STDIN open (needs the daemon's attach endpoint: refused for now).
+    /// Keep STDIN open and send this one's to the process.
     #[arg(short, long)]
     pub interactive: bool,
-    /// Allocate a pseudo-TTY (needs the daemon's attach endpoint: refused for now).
+    /// Allocate a pseudo-TTY.
     #[arg(short, long)]
     pub tty: bool,
     /// The container: id, id prefix or name.
@@ -45,15 +47,13 @@ impl ExecArgs {
             workdir: self.workdir.clone(),
             user: self.user.clone(),
             tty: self.tty,
+            stdin: self.interactive,
+            window: None,
         })
     }
 }
 
 pub async fn exec(client: &DaemonClient, args: ExecArgs) -> i32 {
-    if args.interactive || args.tty {
-        report(super::run::ATTACH_REFUSED);
-        return EXIT_DAEMON;
-    }
     let req = match args.request() {
         Ok(r) => r,
         Err(e) => {
@@ -61,6 +61,9 @@ pub async fn exec(client: &DaemonClient, args: ExecArgs) -> i32 {
             return EXIT_DAEMON;
         }
     };
+    if args.interactive || args.tty {
+        return super::attach::exec(client, &args.container, req).await;
+    }
     let stream = match client.exec(&args.container, &req).await {
         Ok(s) => s,
         Err(e) => {
@@ -132,8 +135,22 @@ mod tests {
     }
 
     #[test]
-    fn interactive_is_refused() {
-        // Refused before the daemon is asked: no socket needed.
+    fn interactive_asks_for_stdin_and_a_terminal() {
+        match parse_args(&["exec", "-it", "web", "sh"]).unwrap() {
+            Verb::Exec(a) => {
+                let r = a.request().unwrap();
+                assert!(r.stdin && r.tty);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_args(&["exec", "-i", "web", "cat"]).unwrap() {
+            Verb::Exec(a) => {
+                let r = a.request().unwrap();
+                assert!(r.stdin && !r.tty);
+            }
+            other => panic!("{other:?}"),
+        }
+        // An unreachable daemon is still the daemon's error.
         let v = parse_args(&["exec", "-it", "web", "sh"]).unwrap();
         let code = crate::cli::dispatch(Some(std::path::Path::new("/nonexistent/h.sock")), v);
         assert_eq!(code, EXIT_DAEMON);

@@ -1,4 +1,4 @@
-//! `husk images`, `husk pull` and `husk rmi`.
+//! `husk images`, `husk pull`, `husk load` and `husk rmi`.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -30,6 +30,16 @@ pub struct PullArgs {
     /// Suppress the progress output.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Read from this `docker save` or OCI archive instead of stdin.
+    #[arg(short, long, value_name = "FILE")]
+    pub input: Option<std::path::PathBuf>,
+    /// Name the image when the archive does not, or override its name.
+    #[arg(long)]
+    pub tag: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -98,6 +108,27 @@ pub async fn images(client: &DaemonClient, args: ImagesArgs) -> i32 {
         Ok(mut list) => {
             list.sort_by(|a, b| a.reference.cmp(&b.reference));
             print!("{}", render(&list, &args));
+            0
+        }
+        Err(e) => {
+            report(e);
+            1
+        }
+    }
+}
+
+/// `husk load`: uploads an archive to the daemon, which imports it.
+pub async fn load(client: &DaemonClient, args: LoadArgs) -> i32 {
+    let input = args.input.unwrap_or_else(|| "-".into());
+    if input.as_os_str() == "-" && std::io::stdin().is_terminal() {
+        report("refusing to read an archive from a terminal: give -i FILE or pipe one in");
+        return 1;
+    }
+    match client.import(&input, args.tag.as_deref()).await {
+        Ok(images) => {
+            for i in images {
+                println!("Loaded image: {}", i.reference);
+            }
             0
         }
         Err(e) => {
@@ -314,6 +345,7 @@ mod tests {
             reference: "docker.io/library/busybox:latest".into(),
             id: format!("sha256:{}", "ab".repeat(32)),
             size: 2_156_000,
+            manifest: None,
         }];
         let args = |a: &[&str]| {
             let mut v = vec!["images"];

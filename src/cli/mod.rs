@@ -7,6 +7,7 @@
 //! container's process could not be run (the daemon's error), else the
 //! process's own exit code.
 
+pub mod attach;
 pub mod containers;
 pub mod exec;
 pub mod format;
@@ -57,6 +58,8 @@ pub enum Verb {
     Images(images::ImagesArgs),
     /// Pull an image from a registry.
     Pull(images::PullArgs),
+    /// Load an image from a `docker save` or OCI archive (stdin or -i).
+    Load(images::LoadArgs),
     /// Remove one or more images.
     Rmi(images::RmiArgs),
     /// Show what the daemon runs on and how much it holds.
@@ -95,6 +98,7 @@ pub fn dispatch(socket: Option<&Path>, verb: Verb) -> i32 {
             Verb::Inspect(a) => containers::inspect(&client, a).await,
             Verb::Images(a) => images::images(&client, a).await,
             Verb::Pull(a) => images::pull(&client, a).await,
+            Verb::Load(a) => images::load(&client, a).await,
             Verb::Rmi(a) => images::rmi(&client, a).await,
             Verb::Info(a) => system::info(&client, a).await,
             Verb::Events(a) => system::events(&client, a).await,

@@ -5,6 +5,9 @@
 //! it exits, and exits with its exit code. With `-d` it prints the id once
 //! the container runs. The first Ctrl-C sends SIGINT to the container, a
 //! second one detaches (exit 130; the container keeps running).
+//! With `-i` or `-t` it attaches to the container's stdio instead, before
+//! the start (`attach.rs`): stdin goes to the container, `-t` gives it a
+//! terminal.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -50,10 +53,10 @@ pub struct ContainerOpts {
     /// Set metadata on the container (key=value).
     #[arg(short, long = "label", value_name = "KEY=VALUE")]
     pub label: Vec<String>,
-    /// Keep STDIN open (needs the daemon's attach endpoint: refused for now).
+    /// Keep STDIN open and send this one's to the container.
     #[arg(short, long)]
     pub interactive: bool,
-    /// Allocate a pseudo-TTY (needs the daemon's attach endpoint: refused for now).
+    /// Allocate a pseudo-TTY.
     #[arg(short, long)]
     pub tty: bool,
     /// Pull the image before creating: "missing" (when the daemon does
@@ -95,9 +98,6 @@ pub struct CreateArgs {
     pub opts: ContainerOpts,
 }
 
-pub const ATTACH_REFUSED: &str =
-    "interactive attach (-i/-t) needs the daemon's attach endpoint, not available yet";
-
 impl ContainerOpts {
     /// The create body, with env files read and `-e KEY` resolved here.
     pub fn request(&self, auto_remove: bool) -> Result<CreateRequest, String> {
@@ -129,6 +129,8 @@ impl ContainerOpts {
             stdin: self.interactive,
             auto_remove,
             labels: parse::labels(&self.label)?,
+            // `--pull` is done here, with progress on stderr.
+            pull: Some(false),
         })
     }
 }
@@ -190,10 +192,6 @@ pub async fn create(client: &DaemonClient, args: CreateArgs) -> i32 {
 }
 
 pub async fn run(client: &DaemonClient, args: RunArgs) -> i32 {
-    if args.opts.interactive || args.opts.tty {
-        report(ATTACH_REFUSED);
-        return EXIT_DAEMON;
-    }
     let Some(created) = create_container(client, &args.opts, args.rm).await else {
         return EXIT_DAEMON;
     };
@@ -208,6 +206,13 @@ pub async fn run(client: &DaemonClient, args: RunArgs) -> i32 {
                 e.exit_code().unwrap_or(EXIT_DAEMON)
             }
         };
+    }
+    if args.opts.interactive || args.opts.tty {
+        let opts = super::attach::Options {
+            stdin: args.opts.interactive,
+            tty: args.opts.tty,
+        };
+        return super::attach::run(client, &created.id, opts).await;
     }
     attach(client, &created.id).await
 }
@@ -423,6 +428,8 @@ mod tests {
             req,
             CreateRequest {
                 image: "busybox".into(),
+                // The CLI pulls, with progress; the daemon must not.
+                pull: Some(false),
                 ..Default::default()
             }
         );

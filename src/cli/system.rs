@@ -47,6 +47,9 @@ pub fn render_info(info: &Info, socket: &std::path::Path) -> String {
     }
     s.push_str(&format!(" Virtualization: {}\n", info.virtualization));
     s.push_str(&format!(" Kernel: {}\n", info.kernel));
+    if !info.state_dir.is_empty() {
+        s.push_str(&format!(" State Dir: {}\n", info.state_dir));
+    }
     s
 }
 
@@ -128,6 +131,7 @@ mod tests {
             containers: 3,
             running: 1,
             images: 2,
+            state_dir: "/var/lib/husk".into(),
         };
         let t = render_info(&i, std::path::Path::new("/run/husk/husk.sock"));
         assert!(t.contains(" Socket:     /run/husk/husk.sock\n"), "{t}");

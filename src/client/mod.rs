@@ -5,6 +5,7 @@
 
 pub mod ndjson;
 pub mod types;
+mod upload;
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::UnixStream;
 
 pub use ndjson::NdjsonStream;
@@ -27,6 +29,8 @@ const MAX_BODY: usize = 64 << 20;
 pub enum ClientError {
     #[error("cannot reach the husk daemon at {path}: {err}; is `husk serve` running?")]
     Unreachable { path: String, err: String },
+    #[error("{path}: {err}")]
+    Local { path: String, err: String },
     #[error("Error response from daemon: {message}")]
     Api {
         status: u16,
@@ -316,6 +320,76 @@ impl DaemonClient {
         ))
     }
 
+    /// `POST /v1/containers/{id}/attach`, upgraded: the main process's
+    /// stdio as [`AttachFrame`]s. Attached before the start, nothing of
+    /// the output is missed.
+    pub async fn attach(&self, id: &str, req: &AttachRequest) -> Result<AttachStream, ClientError> {
+        self.upgrade(&container_path(id, "/attach"), req).await
+    }
+
+    /// `POST /v1/containers/{id}/exec`, upgraded: a process with stdin
+    /// (and a TTY), as [`AttachFrame`]s. Returns once it runs.
+    pub async fn exec_attached(
+        &self,
+        id: &str,
+        req: &ExecRequest,
+    ) -> Result<AttachStream, ClientError> {
+        self.upgrade(&container_path(id, "/exec"), req).await
+    }
+
+    /// A request with `Connection: Upgrade` and `Upgrade: tcp`; the
+    /// connection after the daemon's `101 Switching Protocols`.
+    async fn upgrade<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<AttachStream, ClientError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Protocol(format!("cannot encode the request: {e}")))?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    path: crate::text::echo_path(&self.socket),
+                    err: e.to_string(),
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::HOST, "localhost")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "tcp")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Protocol(format!("cannot build the request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        match resp.status() {
+            StatusCode::SWITCHING_PROTOCOLS => {
+                let io = hyper::upgrade::on(resp)
+                    .await
+                    .map_err(|e| ClientError::Broken(e.to_string()))?;
+                let (r, w) = tokio::io::split(TokioIo::new(io));
+                Ok(AttachStream {
+                    reader: AttachReader::new(r),
+                    writer: AttachWriter::new(w),
+                })
+            }
+            s if s.is_success() => Err(ClientError::Protocol(format!(
+                "{s} where 101 Switching Protocols was expected"
+            ))),
+            _ => Err(api_error(resp).await),
+        }
+    }
+
     // --- images ---
 
     /// `GET /v1/images`.
@@ -325,11 +399,20 @@ impl DaemonClient {
 
     /// `POST /v1/images/pull`: progress, then `done` or an error.
     pub async fn pull(&self, reference: &str) -> Result<NdjsonStream<PullEvent>, ClientError> {
-        let body = PullRequest {
+        self.pull_with(&PullRequest {
             reference: reference.to_string(),
-        };
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// `POST /v1/images/pull` with credentials for the registry.
+    pub async fn pull_with(
+        &self,
+        body: &PullRequest,
+    ) -> Result<NdjsonStream<PullEvent>, ClientError> {
         Ok(NdjsonStream::new(
-            self.send_json(Method::POST, "/v1/images/pull", &body)
+            self.send_json(Method::POST, "/v1/images/pull", body)
                 .await?
                 .into_body(),
         ))
@@ -355,6 +438,82 @@ impl DaemonClient {
                 .await?
                 .into_body(),
         ))
+    }
+}
+
+/// An upgraded connection to the daemon.
+pub type AttachConn = TokioIo<hyper::upgrade::Upgraded>;
+
+/// The two directions of an attached session.
+pub struct AttachStream {
+    pub reader: AttachReader<ReadHalf<AttachConn>>,
+    pub writer: AttachWriter<WriteHalf<AttachConn>>,
+}
+
+/// Reads [`AttachFrame`]s (the daemon and the client both use it).
+pub struct AttachReader<R> {
+    r: R,
+    buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> AttachReader<R> {
+    pub fn new(r: R) -> Self {
+        AttachReader { r, buf: Vec::new() }
+    }
+
+    /// The next frame; `Ok(None)` when the peer closed the connection
+    /// between frames. Cancel-safe: a frame is taken whole or not at all.
+    pub async fn recv(&mut self) -> Result<Option<AttachFrame>, ClientError> {
+        loop {
+            match AttachFrame::decode(&self.buf) {
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+                Ok(Some((f, n))) => {
+                    self.buf.drain(..n);
+                    return Ok(Some(f));
+                }
+                Ok(None) => {}
+            }
+            self.buf.reserve(32 * 1024);
+            let n = self
+                .r
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| ClientError::Broken(e.to_string()))?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ClientError::Broken(
+                        "the connection ended inside a frame".into(),
+                    ))
+                };
+            }
+        }
+    }
+}
+
+/// Writes [`AttachFrame`]s.
+pub struct AttachWriter<W> {
+    w: W,
+}
+
+impl<W: AsyncWrite + Unpin> AttachWriter<W> {
+    pub fn new(w: W) -> Self {
+        AttachWriter { w }
+    }
+
+    /// Writes and flushes one frame (several for long data).
+    pub async fn send(&mut self, frame: &AttachFrame) -> Result<(), ClientError> {
+        let mut b = Vec::new();
+        frame.encode(&mut b);
+        let broken = |e: std::io::Error| ClientError::Broken(e.to_string());
+        self.w.write_all(&b).await.map_err(broken)?;
+        self.w.flush().await.map_err(broken)
+    }
+
+    /// Ends this direction of the connection.
+    pub async fn shutdown(&mut self) {
+        let _ = self.w.shutdown().await;
     }
 }
 

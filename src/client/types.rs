@@ -42,6 +42,10 @@ pub struct CreateRequest {
     /// The daemon removes the container once it has exited.
     #[serde(default, skip_serializing_if = "is_false")]
     pub auto_remove: bool,
+    /// Whether the daemon pulls a missing image (its default: yes). The
+    /// CLI pulls itself, to show progress, and sends `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<bool>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
@@ -266,6 +270,176 @@ pub struct ExecRequest {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub tty: bool,
+    /// Keep stdin open (only on an upgraded connection: see
+    /// [`AttachFrame`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stdin: bool,
+    /// The terminal's size to start with (with `tty`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSize>,
+}
+
+/// `POST /v1/containers/{id}/attach` (on an upgraded connection).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttachRequest {
+    /// The terminal's size, for a container with a TTY; a container
+    /// attached before its start starts with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSize>,
+}
+
+pub use crate::agent::protocol::WindowSize;
+
+/// The most bytes one attach frame carries.
+pub const ATTACH_MAX_PAYLOAD: usize = 64 * 1024;
+/// Bytes before an attach frame's payload: kind and length.
+pub const ATTACH_HEADER: usize = 5;
+
+/// One frame on an attached connection (`/attach`, or `/exec` with
+/// `Connection: Upgrade`), after `101 Switching Protocols`:
+/// `u8 kind`, `u32 LE payload length` (0 ..= [`ATTACH_MAX_PAYLOAD`]),
+/// payload. The kinds are listed in `src/daemon/attach.rs` and in
+/// `docs/agent-protocol.md`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttachFrame {
+    /// Client to daemon: bytes for the process's stdin.
+    Stdin(Vec<u8>),
+    /// Daemon to client: the process's stdout (everything, with a TTY).
+    Stdout(Vec<u8>),
+    /// Daemon to client: the process's stderr.
+    Stderr(Vec<u8>),
+    /// Client to daemon: the end of stdin (EOF; ^D on a terminal).
+    CloseStdin,
+    /// Client to daemon: the terminal's new size.
+    Resize(WindowSize),
+    /// Client to daemon: a signal for the process.
+    Signal(i32),
+    /// Daemon to client, last: the exit code (128 + N after signal N).
+    Exit(i32),
+    /// Daemon to client, last: the session ended without an exit code.
+    Error(String),
+}
+
+/// An attach frame that cannot be decoded: the connection is closed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AttachFrameError {
+    #[error("unknown attach frame kind {0}")]
+    Kind(u8),
+    #[error("attach frame of {0} bytes is longer than {ATTACH_MAX_PAYLOAD}")]
+    Length(usize),
+    #[error("attach frame kind {kind} needs {want} bytes, not {got}")]
+    Size { kind: u8, want: usize, got: usize },
+}
+
+impl AttachFrame {
+    fn kind(&self) -> u8 {
+        match self {
+            AttachFrame::Stdin(_) => 0,
+            AttachFrame::Stdout(_) => 1,
+            AttachFrame::Stderr(_) => 2,
+            AttachFrame::CloseStdin => 3,
+            AttachFrame::Resize(_) => 4,
+            AttachFrame::Signal(_) => 5,
+            AttachFrame::Exit(_) => 6,
+            AttachFrame::Error(_) => 7,
+        }
+    }
+
+    /// Appends the frame to `out`. Data longer than
+    /// [`ATTACH_MAX_PAYLOAD`] becomes several frames; an error message
+    /// is cut to fit.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let kind = self.kind();
+        let mut put = |payload: &[u8]| {
+            out.push(kind);
+            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            out.extend_from_slice(payload);
+        };
+        match self {
+            AttachFrame::Stdin(d) | AttachFrame::Stdout(d) | AttachFrame::Stderr(d) => {
+                if d.is_empty() {
+                    put(d);
+                }
+                for c in d.chunks(ATTACH_MAX_PAYLOAD) {
+                    put(c);
+                }
+            }
+            AttachFrame::CloseStdin => put(&[]),
+            AttachFrame::Resize(w) => {
+                let mut p = [0u8; 4];
+                p[..2].copy_from_slice(&w.rows.to_le_bytes());
+                p[2..].copy_from_slice(&w.cols.to_le_bytes());
+                put(&p)
+            }
+            AttachFrame::Signal(n) | AttachFrame::Exit(n) => put(&n.to_le_bytes()),
+            AttachFrame::Error(m) => {
+                let mut end = m.len().min(ATTACH_MAX_PAYLOAD);
+                while !m.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put(&m.as_bytes()[..end])
+            }
+        }
+    }
+
+    /// Decodes the frame at the start of `buf`: `Ok(None)` when more
+    /// bytes are needed, else the frame and the bytes it took.
+    pub fn decode(buf: &[u8]) -> Result<Option<(AttachFrame, usize)>, AttachFrameError> {
+        let Some(&kind) = buf.first() else {
+            return Ok(None);
+        };
+        if kind > 7 {
+            return Err(AttachFrameError::Kind(kind));
+        }
+        let Some(len) = buf.get(1..ATTACH_HEADER) else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if len > ATTACH_MAX_PAYLOAD {
+            return Err(AttachFrameError::Length(len));
+        }
+        let Some(p) = buf.get(ATTACH_HEADER..ATTACH_HEADER + len) else {
+            return Ok(None);
+        };
+        let fixed = |want: usize| {
+            if p.len() == want {
+                Ok(())
+            } else {
+                Err(AttachFrameError::Size {
+                    kind,
+                    want,
+                    got: p.len(),
+                })
+            }
+        };
+        let int = || i32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+        let frame = match kind {
+            0 => AttachFrame::Stdin(p.to_vec()),
+            1 => AttachFrame::Stdout(p.to_vec()),
+            2 => AttachFrame::Stderr(p.to_vec()),
+            3 => {
+                fixed(0)?;
+                AttachFrame::CloseStdin
+            }
+            4 => {
+                fixed(4)?;
+                AttachFrame::Resize(WindowSize {
+                    rows: u16::from_le_bytes([p[0], p[1]]),
+                    cols: u16::from_le_bytes([p[2], p[3]]),
+                })
+            }
+            5 => {
+                fixed(4)?;
+                AttachFrame::Signal(int())
+            }
+            6 => {
+                fixed(4)?;
+                AttachFrame::Exit(int())
+            }
+            _ => AttachFrame::Error(String::from_utf8_lossy(p).into_owned()),
+        };
+        Ok(Some((frame, ATTACH_HEADER + len)))
+    }
 }
 
 /// One line of an exec stream: output, then the exit or an error last.
@@ -286,12 +460,23 @@ pub struct ImageSummary {
     pub id: String,
     /// Bytes.
     pub size: u64,
+    /// The manifest's digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 /// `POST /v1/images/pull`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct PullRequest {
     pub reference: String,
+    /// Basic auth (or a token service's) for the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A bearer token presented as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_token: Option<String>,
 }
 
 /// One line of a pull stream: progress, then `done` or an error last.
@@ -331,6 +516,9 @@ pub struct Info {
     pub containers: u64,
     pub running: u64,
     pub images: u64,
+    /// Where the daemon keeps images and containers.
+    #[serde(default)]
+    pub state_dir: String,
 }
 
 /// One line of `GET /v1/events`.
@@ -484,5 +672,67 @@ mod tests {
         assert_eq!(ErrorCode::from_status(409), ErrorCode::Conflict);
         assert_eq!(ErrorCode::from_status(422), ErrorCode::BadRequest);
         assert_eq!(ErrorCode::from_status(502), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn attach_frames_round_trip() {
+        let frames = [
+            AttachFrame::Stdin(b"hi\n".to_vec()),
+            AttachFrame::Stdout(vec![0xff, 0, 1]),
+            AttachFrame::Stderr(Vec::new()),
+            AttachFrame::CloseStdin,
+            AttachFrame::Resize(WindowSize {
+                rows: 50,
+                cols: 132,
+            }),
+            AttachFrame::Signal(15),
+            AttachFrame::Exit(-1),
+            AttachFrame::Error("gone \u{e9}".into()),
+        ];
+        let mut wire = Vec::new();
+        for f in &frames {
+            f.encode(&mut wire);
+        }
+        assert_eq!(&wire[..5], &[0, 3, 0, 0, 0]);
+        // Byte by byte: no frame is taken before it is whole.
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        for b in wire {
+            buf.push(b);
+            while let Some((f, n)) = AttachFrame::decode(&buf).unwrap() {
+                buf.drain(..n);
+                got.push(f);
+            }
+        }
+        assert!(buf.is_empty());
+        assert_eq!(got, frames);
+    }
+
+    #[test]
+    fn long_data_is_split_and_bad_frames_are_refused() {
+        let mut wire = Vec::new();
+        AttachFrame::Stdout(vec![7; ATTACH_MAX_PAYLOAD + 1]).encode(&mut wire);
+        let (f, n) = AttachFrame::decode(&wire).unwrap().unwrap();
+        assert_eq!(f, AttachFrame::Stdout(vec![7; ATTACH_MAX_PAYLOAD]));
+        let (f, _) = AttachFrame::decode(&wire[n..]).unwrap().unwrap();
+        assert_eq!(f, AttachFrame::Stdout(vec![7]));
+
+        assert_eq!(
+            AttachFrame::decode(&[9, 0, 0, 0, 0]),
+            Err(AttachFrameError::Kind(9))
+        );
+        assert_eq!(
+            AttachFrame::decode(&[0, 1, 0, 1, 0]),
+            Err(AttachFrameError::Length(65537))
+        );
+        assert_eq!(
+            AttachFrame::decode(&[4, 1, 0, 0, 0, 9]),
+            Err(AttachFrameError::Size {
+                kind: 4,
+                want: 4,
+                got: 1
+            })
+        );
+        assert_eq!(AttachFrame::decode(&[5, 4, 0]), Ok(None));
     }
 }

@@ -3,7 +3,9 @@
 //! (400), `cannot_run` (400, with the `exit_code` a shell would give: 127
 //! for a missing program, 126 for one that cannot run), `unauthorized`
 //! (401), `internal` (500). Streams (logs, exec
-//! output, pull progress, events) are NDJSON: one JSON object per line.
+//! output, pull progress, events) are NDJSON: one JSON object per line;
+//! interactive stdio (attach, and exec with `Connection: Upgrade`) is on
+//! an upgraded connection, framed as `attach.rs` describes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,10 +22,47 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::containers::{ApiError, Manager};
+use super::images;
 use super::logs::{self, LogFilter};
-use super::state::{ContainerState, CreateRequest};
+use super::state::{ContainerState, ContainerView, CreateRequest};
 use crate::agent::client::Event;
 use crate::agent::protocol::{ProcessSpec, Stream};
+
+/// Every error: a stable `code` and a message.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorBody {
+    /// `not_found`, `conflict`, `bad_request`, `cannot_run`,
+    /// `unauthorized` or `internal`.
+    code: &'static str,
+    message: String,
+    /// With `cannot_run`: 127 (no such program) or 126 (cannot execute).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+}
+
+/// The answer to a create.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Created {
+    id: String,
+    name: String,
+}
+
+/// The answer to a wait.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Waited {
+    /// The shell's code: the exit status, or 128+N after signal N; -1
+    /// when the container died without one.
+    exit_code: i32,
+    /// The process's own exit status, when it exited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<i32>,
+    /// The signal that ended it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal: Option<i32>,
+    /// Why it died, if it did not exit by itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -34,16 +73,20 @@ impl IntoResponse for ApiError {
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::CannotRun { .. } => (StatusCode::BAD_REQUEST, "cannot_run"),
         };
-        let mut body = serde_json::json!({"code": code, "message": self.to_string()});
-        if let ApiError::CannotRun { exit_code, .. } = self {
-            body["exit_code"] = exit_code.into();
-        }
+        let body = ErrorBody {
+            code,
+            message: self.to_string(),
+            exit_code: match self {
+                ApiError::CannotRun { exit_code, .. } => Some(exit_code),
+                _ => None,
+            },
+        };
         (status, Json(body)).into_response()
     }
 }
 
 /// JSON bodies whose errors come back as `{code, message}`.
-struct JsonBody<T>(T);
+pub(super) struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
@@ -78,9 +121,16 @@ pub fn router(m: Arc<Manager>, token: Option<String>) -> Router {
         .route("/v1/containers/{id}/stop", post(stop))
         .route("/v1/containers/{id}/logs", get(logs_of))
         .route("/v1/containers/{id}/exec", post(exec))
-        .route("/v1/images", get(images))
-        .route("/v1/images/{*reference}", delete(remove_image))
+        .route("/v1/containers/{id}/attach", post(super::attach::attach))
+        .route("/v1/images", get(images::list))
+        .route("/v1/images/pull", post(images::pull))
+        .route("/v1/images/import", post(images::import))
+        .route("/v1/images/{*reference}", delete(images::remove))
         .route("/v1/info", get(info))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(super::openapi::document()) }),
+        )
         .route("/v1/events", get(events))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(m);
@@ -118,6 +168,7 @@ async fn bearer(token: &str, req: Request, next: Next) -> Response {
     }
 }
 
+#[utoipa::path(post, path = "/v1/containers", tag = "containers", request_body = CreateRequest, responses((status = 201, description = "Created", body = Created), (status = 400, description = "Bad input", body = ErrorBody), (status = 404, description = "No such image, and it could not be pulled", body = ErrorBody), (status = 409, description = "The name is in use", body = ErrorBody)))]
 async fn create(
     State(m): Shared,
     JsonBody(req): JsonBody<CreateRequest>,
@@ -125,24 +176,35 @@ async fn create(
     let r = m.create(req).await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({"id": r.id, "name": r.name})),
+        Json(Created {
+            id: r.id,
+            name: r.name,
+        }),
     )
         .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/containers/{id}/start", tag = "containers", params(("id" = String, Path, description = "A container's id, unique id prefix, or name")), responses((status = 204, description = "Its main process runs"), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state does not allow it", body = ErrorBody), (status = 400, description = "Its program cannot run: `cannot_run` with the shell's `exit_code` (126, 127)", body = ErrorBody), (status = 500, description = "The daemon failed", body = ErrorBody)))]
 async fn start(State(m): Shared, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    m.start(&id).await?;
+    // In a task of its own: a client that hangs up must not cancel a start
+    // half way (the container would stay "starting", its VM unwatched).
+    detached(async move { m.start(&id).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Also the containers that are not running.
     #[serde(default)]
     all: bool,
+    /// Only those in this state (`created`, `running`, `exited`, `dead`, ...).
     state: Option<String>,
+    /// Only those with this label: `KEY` or `KEY=VALUE`.
     label: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/containers", tag = "containers", params(ListQuery), responses((status = 200, description = "The containers", body = [ContainerView])))]
 async fn list(State(m): Shared, Query(q): Query<ListQuery>) -> Json<Vec<serde_json::Value>> {
     let label = q
         .label
@@ -167,6 +229,7 @@ async fn list(State(m): Shared, Query(q): Query<ListQuery>) -> Json<Vec<serde_js
     Json(out)
 }
 
+#[utoipa::path(get, path = "/v1/containers/{id}", tag = "containers", params(("id" = String, Path, description = "A container's id, unique id prefix, or name")), responses((status = 200, description = "The container", body = ContainerView), (status = 404, description = "No such container", body = ErrorBody)))]
 async fn inspect(
     State(m): Shared,
     Path(id): Path<String>,
@@ -174,45 +237,44 @@ async fn inspect(
     Ok(Json(m.find(&id)?.snapshot().to_api()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RemoveQuery {
+    /// Kill it first if it runs.
     #[serde(default)]
     force: bool,
 }
 
+#[utoipa::path(delete, path = "/v1/containers/{id}", tag = "containers", params(("id" = String, Path, description = "A container's id, unique id prefix, or name"), RemoveQuery), responses((status = 204, description = "Removed, with its files"), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state does not allow it", body = ErrorBody)))]
 async fn remove(
     State(m): Shared,
     Path(id): Path<String>,
     Query(q): Query<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
-    m.remove(&id, q.force).await?;
+    detached(async move { m.remove(&id, q.force).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn wait(
-    State(m): Shared,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(post, path = "/v1/containers/{id}/wait", tag = "containers", params(("id" = String, Path, description = "A container's id, unique id prefix, or name")), responses((status = 200, description = "It is no longer running (answered then)", body = Waited), (status = 404, description = "No such container", body = ErrorBody)))]
+async fn wait(State(m): Shared, Path(id): Path<String>) -> Result<Json<Waited>, ApiError> {
     let c = m.find(&id)?;
     c.wait_exit().await;
     let r = c.snapshot();
-    let mut v = serde_json::json!({"exit_code": r.exit_code.unwrap_or(-1)});
-    if let Some(s) = r.signal {
-        v["signal"] = s.into();
-    } else if let Some(code) = r.exit_code {
-        v["code"] = code.into();
-    }
-    if let Some(e) = r.error {
-        v["error"] = e.into();
-    }
-    Ok(Json(v))
+    Ok(Json(Waited {
+        exit_code: r.exit_code.unwrap_or(-1),
+        code: r.exit_code.filter(|_| r.signal.is_none()),
+        signal: r.signal,
+        error: r.error,
+    }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct KillBody {
+    /// The signal number (default 9, SIGKILL).
     signal: Option<i32>,
 }
 
+#[utoipa::path(post, path = "/v1/containers/{id}/kill", tag = "containers", params(("id" = String, Path, description = "A container's id, unique id prefix, or name")), request_body = KillBody, responses((status = 204, description = "Sent to the main process"), (status = 400, description = "Bad input", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state does not allow it", body = ErrorBody)))]
 async fn kill(
     State(m): Shared,
     Path(id): Path<String>,
@@ -222,23 +284,36 @@ async fn kill(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct StopBody {
+    /// Seconds between SIGTERM and powering the VM off (default 10).
     timeout: Option<u64>,
 }
 
+#[utoipa::path(post, path = "/v1/containers/{id}/stop", tag = "containers", params(("id" = String, Path, description = "A container's id, unique id prefix, or name")), request_body = StopBody, responses((status = 204, description = "It has stopped"), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state does not allow it", body = ErrorBody)))]
 async fn stop(
     State(m): Shared,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<StopBody>,
 ) -> Result<StatusCode, ApiError> {
     let t = Duration::from_secs(b.timeout.unwrap_or(10).min(3600));
-    m.stop(&id, t).await?;
+    detached(async move { m.stop(&id, t).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Runs a lifecycle step to its end even when the request that asked for
+/// it is dropped (hyper drops a handler whose client hangs up).
+async fn detached<F>(f: F) -> Result<(), ApiError>
+where
+    F: std::future::Future<Output = Result<(), ApiError>> + Send + 'static,
+{
+    tokio::spawn(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("the request's task failed: {e}")))?
+}
+
 /// A streamed NDJSON body fed by a channel.
-fn ndjson(rx: mpsc::Receiver<serde_json::Value>) -> Response {
+pub(super) fn ndjson(rx: mpsc::Receiver<serde_json::Value>) -> Response {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|v| {
             let mut line = serde_json::to_vec(&v).expect("JSON values serialize");
@@ -252,16 +327,23 @@ fn ndjson(rx: mpsc::Receiver<serde_json::Value>) -> Response {
         .expect("a valid response")
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogsQuery {
+    /// Keep streaming until the container ends.
     #[serde(default)]
     follow: bool,
+    /// Only the last N lines.
     tail: Option<usize>,
+    /// Only lines from this time on (ms since the epoch).
     since: Option<u64>,
+    /// Include stdout (default true).
     stdout: Option<bool>,
+    /// Include stderr (default true).
     stderr: Option<bool>,
 }
 
+#[utoipa::path(get, path = "/v1/containers/{id}/logs", tag = "containers", params(("id" = String, Path, description = "A container's id, unique id prefix, or name"), LogsQuery), responses((status = 200, description = "NDJSON lines `{stream, time_ms, data}`", content_type = "application/x-ndjson", body = String), (status = 404, description = "No such container", body = ErrorBody)))]
 async fn logs_of(
     State(m): Shared,
     Path(id): Path<String>,
@@ -330,7 +412,7 @@ async fn logs_of(
     Ok(ndjson(rx))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExecBody {
     cmd: Vec<String>,
@@ -340,11 +422,21 @@ struct ExecBody {
     user: Option<String>,
     #[serde(default)]
     tty: bool,
+    /// Keep stdin open: only on an upgraded connection (`attach.rs`).
+    #[serde(default)]
+    stdin: bool,
+    /// The terminal's size, with `tty`: `{rows, cols}`.
+    #[schema(value_type = Option<Object>)]
+    window: Option<crate::agent::protocol::WindowSize>,
 }
 
+#[utoipa::path(post, path = "/v1/containers/{id}/exec", tag = "containers", params(("id" = String, Path, description = "A container's id, unique id prefix, or name")), request_body = ExecBody, responses((status = 200, description = "NDJSON lines `{stream, data}`, then `{exit_code}`", content_type = "application/x-ndjson", body = String), (status = 101, description = "With `Connection: Upgrade` and `Upgrade: tcp`: an interactive session, framed as docs/agent-protocol.md (Interactive stdio through the daemon) says"), (status = 400, description = "Bad input, or `cannot_run` with the shell's `exit_code`", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state does not allow it", body = ErrorBody)))]
+/// With `Connection: Upgrade`, an interactive session (`attach.rs`);
+/// else the output as NDJSON.
 async fn exec(
     State(m): Shared,
     Path(id): Path<String>,
+    super::attach::Upgrade(up): super::attach::Upgrade,
     JsonBody(b): JsonBody<ExecBody>,
 ) -> Result<Response, ApiError> {
     let spec = ProcessSpec {
@@ -353,9 +445,23 @@ async fn exec(
         working_dir: b.workdir,
         user: b.user,
         tty: b.tty,
-        window: None,
+        window: b.window.filter(|_| b.tty),
     };
+    if let Some(up) = up {
+        return super::attach::exec(m, &id, spec, b.stdin, up).await;
+    }
+    if b.stdin {
+        return Err(ApiError::BadRequest(
+            "stdin needs an upgraded connection: send Connection: Upgrade and Upgrade: tcp".into(),
+        ));
+    }
+    let tty = spec.tty;
     let mut p = m.exec(&id, spec).await?;
+    if !tty {
+        // No stdin here: the process reads an empty one, as with
+        // `docker exec` without -i.
+        let _ = p.close_stdin().await;
+    }
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -388,50 +494,7 @@ async fn exec(
     Ok(ndjson(rx))
 }
 
-async fn images(State(m): Shared) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    let dir = m.cfg.state_dir.clone();
-    let list = tokio::task::spawn_blocking(move || {
-        let store = crate::image::store::Store::open(&dir)?;
-        store.list()
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(
-        list.iter()
-            .map(|i| serde_json::json!({"reference": i.reference, "id": i.config.to_string(), "size": i.size()}))
-            .collect(),
-    ))
-}
-
-async fn remove_image(
-    State(m): Shared,
-    Path(reference): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let dir = m.cfg.state_dir.clone();
-    let in_use = m.all().iter().any(|c| {
-        let r = c.snapshot();
-        r.state.is_active() && (r.image == reference || r.config.image == reference)
-    });
-    if in_use {
-        return Err(ApiError::Conflict(format!(
-            "image {} is used by a running container",
-            crate::text::echo(&reference)
-        )));
-    }
-    tokio::task::spawn_blocking(move || {
-        let store = crate::image::store::Store::open(&dir)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        store
-            .remove(&reference)
-            .map(drop)
-            .map_err(|e| ApiError::NotFound(e.to_string()))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(StatusCode::NO_CONTENT)
-}
-
+#[utoipa::path(get, path = "/v1/info", tag = "system", responses((status = 200, description = "`version`, `backend`, `fallback_reason`, `kernel`, `virtualization`, `containers`, `running`, `images`, `state_dir`", body = Object)))]
 async fn info(State(m): Shared) -> Json<serde_json::Value> {
     let all: Vec<_> = m.all().iter().map(|c| c.snapshot()).collect();
     let running = all
@@ -463,6 +526,7 @@ async fn info(State(m): Shared) -> Json<serde_json::Value> {
     Json(v)
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "system", responses((status = 200, description = "NDJSON lines `{time_ms, id, name, action, exit_code}` as they happen", content_type = "application/x-ndjson", body = String)))]
 async fn events(State(m): Shared, Query(_q): Query<HashMap<String, String>>) -> Response {
     let mut rx = m.events();
     let (tx, out) = mpsc::channel(64);

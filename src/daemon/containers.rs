@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
+use super::attach::AttachPoint;
 use super::backend::{self, BackendKind, VmHandle, VmSpec};
 use super::logs::{self, LogLine, LogWriter};
 use super::state::{now_ms, ContainerRecord, ContainerState, CreateRequest, Records};
@@ -70,6 +71,8 @@ pub struct DaemonConfig {
     pub backend: BackendKind,
     /// Why `auto` chose software emulation, if it did.
     pub fallback_reason: Option<String>,
+    /// Registries pulls may reach over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 /// One container in memory.
@@ -80,6 +83,8 @@ pub struct Container {
     agent: tokio::sync::Mutex<Option<Arc<AgentClient>>>,
     /// Start, stop and remove of one container happen one at a time.
     lifecycle: tokio::sync::Mutex<()>,
+    /// Clients attached to the main process's stdio (`attach.rs`).
+    pub(super) stdio: AttachPoint,
 }
 
 impl Container {
@@ -91,6 +96,7 @@ impl Container {
             exited: watch::channel(done).0,
             agent: tokio::sync::Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
+            stdio: AttachPoint::default(),
         })
     }
 
@@ -263,6 +269,7 @@ impl Manager {
             Ok((client, p)) => {
                 tracing::info!(id = %c.snapshot().id, "reattached to a running container");
                 *c.agent.lock().await = Some(client);
+                c.stdio.started(p.input());
                 self.pump(c, p).await;
             }
             Err(e) => {
@@ -336,14 +343,34 @@ impl Manager {
 
     /// Records a new container; the image must be in the store (or is
     /// pulled first).
-    pub async fn create(&self, req: CreateRequest) -> Result<ContainerRecord, ApiError> {
+    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<ContainerRecord, ApiError> {
         check_request(&req)?;
         let state_dir = self.cfg.state_dir.clone();
         let image_ref = req.image.clone();
-        let (reference, config) =
-            tokio::task::spawn_blocking(move || resolve_image(&state_dir, &image_ref))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??;
+        let may_pull = req.pull.unwrap_or(true);
+        let (reference, config) = {
+            let m = self.clone();
+            tokio::task::spawn_blocking(move || match resolve_image(&state_dir, &image_ref) {
+                // Not in the store: pull it, as `docker run` would.
+                Err(ApiError::NotFound(here)) if may_pull => {
+                    match super::images::pull_blocking(
+                        &m,
+                        &image_ref,
+                        oci_client::secrets::RegistryAuth::Anonymous,
+                        &|_| {},
+                    ) {
+                        Ok(_) => resolve_image(&state_dir, &image_ref),
+                        Err(ApiError::BadRequest(e)) => Err(ApiError::BadRequest(e)),
+                        Err(e) => Err(ApiError::NotFound(format!(
+                            "{here}, and pulling it failed: {e}"
+                        ))),
+                    }
+                }
+                r => r,
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
+        };
         let id = random_id();
         let name = req
             .name
@@ -410,6 +437,7 @@ impl Manager {
                 self.save(&r);
                 self.event(&r, "start");
                 *c.agent.lock().await = Some(Arc::new(client));
+                c.stdio.started(p.input());
                 let (m, c) = (self.clone(), c.clone());
                 tokio::spawn(async move { m.pump(c, p).await });
                 Ok(())
@@ -507,6 +535,8 @@ impl Manager {
                     .unwrap_or_else(|| r.id[..12].to_string()),
             ),
             tty: cfg.tty,
+            // The size of a terminal attached before the start.
+            window: c.stdio.window().filter(|_| cfg.tty),
             ..Default::default()
         };
         let p = client.start(spec).await.map_err(|e| match e {
@@ -524,12 +554,16 @@ impl Manager {
         let mut log = LogWriter::new(&dir, c.live.clone());
         let status = loop {
             match p.next().await {
-                Ok(Some(Event::Output(stream, data))) => log.write(stream, &data),
+                Ok(Some(Event::Output(stream, data))) => {
+                    log.write(stream, &data);
+                    c.stdio.output(stream, &data).await;
+                }
                 Ok(Some(Event::Exit(s))) => break Ok(s),
                 Ok(None) => break Err("the agent sent no exit status".to_string()),
                 Err(e) => break Err(e.to_string()),
             }
         };
+        c.stdio.ended();
         let vm = c.snapshot().vm;
         if let Some(vm) = vm {
             // The agent ends the VM after the exit; give it a moment.

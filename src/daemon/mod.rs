@@ -5,9 +5,12 @@
 //! emulation where the host cannot run the guest kernel).
 
 pub mod api;
+pub mod attach;
 pub mod backend;
 pub mod containers;
+pub mod images;
 pub mod logs;
+pub mod openapi;
 pub mod serve;
 pub mod state;
 

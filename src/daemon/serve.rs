@@ -50,6 +50,10 @@ pub struct ServeArgs {
     pub memory_mib: Option<u32>,
     #[arg(long, value_enum)]
     pub vm_backend: Option<BackendChoice>,
+    /// A registry (host:port) that pulls may reach over plain HTTP
+    /// (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
     /// A JSON file with any of the settings above (flags win).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -68,6 +72,8 @@ struct FileConfig {
     vcpus: Option<u8>,
     memory_mib: Option<u32>,
     vm_backend: Option<BackendChoice>,
+    #[serde(default)]
+    insecure_registries: Vec<String>,
 }
 
 /// Where the daemon listens by default (the CLI looks there too).
@@ -157,6 +163,11 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
             memory_mib: args.memory_mib.or(file.memory_mib).unwrap_or(256),
             backend,
             fallback_reason,
+            insecure_registries: if args.insecure_registries.is_empty() {
+                file.insecure_registries
+            } else {
+                args.insecure_registries
+            },
         },
     })
 }

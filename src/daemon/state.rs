@@ -25,7 +25,7 @@ pub enum StateError {
 }
 
 /// What `POST /v1/containers` asks for (and `husk run` sends).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     pub image: String,
@@ -53,11 +53,14 @@ pub struct CreateRequest {
     pub stdin: bool,
     #[serde(default)]
     pub auto_remove: bool,
+    /// Pull the image when it is not in the store (default: yes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<bool>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ContainerState {
     Created,
@@ -122,34 +125,72 @@ pub struct ContainerRecord {
     pub guest_pid: Option<i32>,
 }
 
+/// A container as the API shows it (`GET /v1/containers[/{id}]`).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ContainerView {
+    pub id: String,
+    pub name: String,
+    /// The image's canonical reference.
+    pub image: String,
+    /// What the create asked for.
+    pub config: CreateRequest,
+    pub state: ContainerState,
+    pub created_ms: u64,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// The VM's host processes (the VMM first), while it runs.
+    pub pids: Vec<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that ended the main process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Why the container is dead, or could not start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// The VM backend it ran on (`kvm` or `tcg`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub backend: Option<BackendKind>,
+    /// The main process's pid in the guest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_pid: Option<i32>,
+}
+
 impl ContainerRecord {
     /// The record as the API shows it.
+    pub fn view(&self) -> ContainerView {
+        ContainerView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            image: self.image.clone(),
+            config: self.config.clone(),
+            state: self.state,
+            created_ms: self.created_ms,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            pids: self
+                .vm
+                .as_ref()
+                .map(|vm| vm.procs.iter().map(|p| p.pid).collect())
+                .unwrap_or_default(),
+            exit_code: self.exit_code,
+            signal: self.signal,
+            error: self.error.clone(),
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            backend: self.backend,
+            guest_pid: self.guest_pid,
+        }
+    }
+
+    /// The record as the API shows it, as JSON.
     pub fn to_api(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "id": self.id,
-            "name": self.name,
-            "image": self.image,
-            "config": self.config,
-            "state": self.state,
-            "created_ms": self.created_ms,
-            "vcpus": self.vcpus,
-            "memory_mib": self.memory_mib,
-            "pids": self.vm.as_ref().map(|vm| vm.procs.iter().map(|p| p.pid).collect::<Vec<_>>()).unwrap_or_default(),
-        });
-        let o = v.as_object_mut().expect("an object");
-        let mut put = |k: &str, val: serde_json::Value| {
-            if !val.is_null() {
-                o.insert(k.into(), val);
-            }
-        };
-        put("exit_code", serde_json::json!(self.exit_code));
-        put("signal", serde_json::json!(self.signal));
-        put("error", serde_json::json!(self.error));
-        put("started_ms", serde_json::json!(self.started_ms));
-        put("finished_ms", serde_json::json!(self.finished_ms));
-        put("backend", serde_json::json!(self.backend));
-        put("guest_pid", serde_json::json!(self.guest_pid));
-        v
+        serde_json::to_value(self.view()).expect("a container view serializes")
     }
 }
 

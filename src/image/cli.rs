@@ -178,13 +178,54 @@ impl ProgressView {
 }
 
 pub fn run(args: ImageArgs) -> i32 {
-    let state = args.state_dir.unwrap_or_else(default_state_dir);
-    match run_command(&state, args.command) {
+    let (state, command) = match super::via_daemon::running_daemon(args.state_dir.as_deref()) {
+        Some(socket) => {
+            let password = match &args.command {
+                ImageCommand::Pull {
+                    username: Some(_),
+                    password_stdin,
+                    ..
+                } => match read_password(*password_stdin) {
+                    Ok(p) => Some(p),
+                    Err(e) => return finish(Err(e)),
+                },
+                _ => None,
+            };
+            match super::via_daemon::run(socket, args.command, password) {
+                super::via_daemon::Outcome::Done(r) => return finish(r),
+                super::via_daemon::Outcome::Direct { state_dir, command } => (state_dir, command),
+            }
+        }
+        None => (
+            args.state_dir.unwrap_or_else(default_state_dir),
+            args.command,
+        ),
+    };
+    finish(run_command(&state, command))
+}
+
+fn finish(r: Result<(), String>) -> i32 {
+    match r {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("husk image: {e}");
             1
         }
+    }
+}
+
+/// The password for `--username`: one line of stdin, or
+/// $HUSK_REGISTRY_PASSWORD.
+fn read_password(from_stdin: bool) -> Result<String, String> {
+    if from_stdin {
+        let mut p = String::new();
+        std::io::stdin()
+            .read_to_string(&mut p)
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        Ok(p.trim_end_matches(['\r', '\n']).to_string())
+    } else {
+        std::env::var("HUSK_REGISTRY_PASSWORD")
+            .map_err(|_| "--username needs $HUSK_REGISTRY_PASSWORD or --password-stdin".to_string())
     }
 }
 
@@ -199,21 +240,7 @@ fn run_command(state: &Path, cmd: ImageCommand) -> Result<(), String> {
             registry_token,
         } => {
             let auth = match (username, registry_token) {
-                (Some(user), _) => {
-                    let password = if password_stdin {
-                        let mut p = String::new();
-                        std::io::stdin()
-                            .read_to_string(&mut p)
-                            .map_err(|e| format!("cannot read the password: {e}"))?;
-                        p.trim_end_matches(['\r', '\n']).to_string()
-                    } else {
-                        std::env::var("HUSK_REGISTRY_PASSWORD").map_err(|_| {
-                            "--username needs $HUSK_REGISTRY_PASSWORD or --password-stdin"
-                                .to_string()
-                        })?
-                    };
-                    RegistryAuth::Basic(user, password)
-                }
+                (Some(user), _) => RegistryAuth::Basic(user, read_password(password_stdin)?),
                 (None, Some(token)) => RegistryAuth::Bearer(token),
                 (None, None) => RegistryAuth::Anonymous,
             };

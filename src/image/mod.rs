@@ -11,6 +11,7 @@ pub mod rootfs;
 pub mod store;
 pub mod tarscan;
 pub mod unpack;
+pub mod via_daemon;
 
 pub use digest::Digest;
 pub use reference::ImageRef;

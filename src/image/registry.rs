@@ -25,6 +25,13 @@ pub enum PullError {
     Reference(#[from] ReferenceError),
     #[error("registry {registry}: {err}")]
     Registry { registry: String, err: String },
+    /// The registry has no such repository or tag.
+    #[error("registry {registry}: no image {reference}: {err}")]
+    NotFound {
+        registry: String,
+        reference: String,
+        err: String,
+    },
     #[error("blob {digest}: {err}")]
     Blob { digest: String, err: String },
     #[error("blob {digest}: gave up after {attempts} attempts: {err}")]
@@ -133,6 +140,22 @@ fn transient(e: &OciDistributionError) -> bool {
     }
 }
 
+/// Whether the registry said it has no such repository or tag.
+fn unknown_image(e: &OciDistributionError) -> bool {
+    use oci_client::errors::OciErrorCode;
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound
+            )
+        }),
+        _ => false,
+    }
+}
+
 /// Pulls `reference` into the store and records it.
 pub fn pull(
     store: &Store,
@@ -171,6 +194,13 @@ async fn pull_async(
             Err(e) if transient(&e) && attempt < opts.attempts => {
                 tracing::warn!("retrying the manifest after: {}", chain(&e));
                 tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
+            }
+            Err(e) if unknown_image(&e) => {
+                return Err(PullError::NotFound {
+                    registry: image.registry().to_string(),
+                    reference: image.canonical(),
+                    err: chain(&e),
+                })
             }
             Err(e) => return Err(registry_err(e)),
         }

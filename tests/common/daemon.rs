@@ -87,7 +87,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn start(dir: &Path, kernel: &Path) -> Daemon {
+    fn start(dir: &Path, kernel: &Path, extra: &[&str]) -> Daemon {
         let state = dir.join("state");
         busybox_image::import(dir, &state);
         let agent = busybox_image::stripped_agent(dir);
@@ -106,6 +106,7 @@ impl Daemon {
             "tcg",
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         let mut d = Daemon {
@@ -191,6 +192,11 @@ impl Drop for Daemon {
 }
 
 pub fn setup(name: &str) -> Option<Daemon> {
+    setup_with(name, &[])
+}
+
+/// A daemon started with these flags besides the harness's own.
+pub fn setup_with(name: &str, extra: &[&str]) -> Option<Daemon> {
     let kernel = match qemu::tools_available().and_then(|()| qemu::guest_kernel()) {
         Ok(k) => k,
         Err(reason) => {
@@ -201,5 +207,5 @@ pub fn setup(name: &str) -> Option<Daemon> {
     let dir = std::env::temp_dir().join(format!("husk-daemon-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    Some(Daemon::start(&dir, &kernel))
+    Some(Daemon::start(&dir, &kernel, extra))
 }

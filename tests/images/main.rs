@@ -3,12 +3,19 @@
 //! busybox-static, pulled and turned into ext4 images that debugfs (not
 //! our own reader) checks.
 
+#[path = "../common/busybox_image.rs"]
+mod busybox_image;
 mod check;
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/daemon.rs"]
+mod daemon;
 mod import;
 mod layers;
 mod local_registry;
+#[path = "../common/qemu.rs"]
+mod qemu;
+mod through_daemon;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};

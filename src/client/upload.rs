@@ -1,0 +1,93 @@
+//! `POST /v1/images/import`: an archive streamed from a file (or stdin) as
+//! the request body, never held in memory whole.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::{header, Method, Request};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::UnixStream;
+
+use super::types::ImageSummary;
+use super::{api_error, read_json, ClientError, DaemonClient};
+
+/// Read size of one body chunk.
+const CHUNK: usize = 256 << 10;
+
+type Reader = Box<dyn AsyncRead + Unpin + Send + 'static>;
+
+/// The body's next frame: up to [`CHUNK`] bytes of the archive.
+async fn next_chunk(mut r: Reader) -> Option<(std::io::Result<Frame<Bytes>>, Reader)> {
+    let mut buf = vec![0u8; CHUNK];
+    match r.read(&mut buf).await {
+        Ok(0) => None,
+        Ok(n) => {
+            buf.truncate(n);
+            Some((Ok(Frame::data(Bytes::from(buf))), r))
+        }
+        Err(e) => Some((Err(e), r)),
+    }
+}
+
+impl DaemonClient {
+    /// Imports the `docker save` or OCI archive in `path` (`-` for stdin);
+    /// `tag` names the image when the archive does not, or overrides it.
+    pub async fn import(
+        &self,
+        path: &Path,
+        tag: Option<&str>,
+    ) -> Result<Vec<ImageSummary>, ClientError> {
+        let reader: Reader = if path == Path::new("-") {
+            Box::new(tokio::io::stdin())
+        } else {
+            let f = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| ClientError::Local {
+                    path: crate::text::echo_path(path),
+                    err: e.to_string(),
+                })?;
+            Box::new(f)
+        };
+        let mut uri = "/v1/images/import".to_string();
+        if let Some(t) = tag {
+            uri.push_str("?tag=");
+            uri.push_str(&super::encode_component(t));
+        }
+        // Boxed: the body's type then names no function (hyper's connection
+        // task must be `Send` for any lifetime).
+        let body = StreamBody::new(stream::unfold(reader, next_chunk)).boxed_unsync();
+        let conn =
+            UnixStream::connect(self.socket())
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    path: crate::text::echo_path(self.socket()),
+                    err: e.to_string(),
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::HOST, "localhost")
+            .header(header::CONTENT_TYPE, "application/x-tar")
+            .body(body)
+            .map_err(|e| ClientError::Protocol(format!("cannot build the request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        if resp.status().is_success() {
+            read_json(resp).await
+        } else {
+            Err(api_error(resp).await)
+        }
+    }
+}
