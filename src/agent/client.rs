@@ -361,6 +361,7 @@ impl AgentClient {
                 stdin_credit,
                 shared: self.shared.clone(),
                 done: false,
+                taken: [0; 2],
             }),
             Err(e) => {
                 let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -476,7 +477,14 @@ pub struct Process {
     stdin_credit: Arc<(Mutex<u32>, Notify)>,
     shared: Arc<Mutex<Shared>>,
     done: bool,
+    /// Output taken but not yet given back as credit: stdout, stderr.
+    taken: [u32; 2],
 }
+
+/// Credit goes back to the agent in batches of this much output taken,
+/// not per frame: far fewer frames against the output's direction, and
+/// none at all for an output under this size.
+const CREDIT_BATCH: u32 = WINDOW / 4;
 
 impl std::fmt::Debug for Process {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -528,15 +536,20 @@ impl Process {
         }
         match self.events.recv().await {
             Some(ProcEvent::Event(Event::Output(stream, data))) => {
-                // Taken: the agent may send as much again.
-                let credit = Message::Credit {
-                    id: self.id,
-                    stream,
-                    bytes: data.len() as u32,
-                };
-                // An agent that already finished cannot take it; the
-                // events that follow say so if that matters.
-                let _ = send_message(&self.writer, &credit).await;
+                // Taken: the agent may send as much again, once a batch
+                // has gathered (the window holds four).
+                let i = usize::from(stream == Stream::Stderr);
+                self.taken[i] = self.taken[i].saturating_add(data.len() as u32);
+                if self.taken[i] >= CREDIT_BATCH {
+                    let credit = Message::Credit {
+                        id: self.id,
+                        stream,
+                        bytes: std::mem::take(&mut self.taken[i]),
+                    };
+                    // An agent that already finished cannot take it; the
+                    // events that follow say so if that matters.
+                    let _ = send_message(&self.writer, &credit).await;
+                }
                 Ok(Some(Event::Output(stream, data)))
             }
             Some(ProcEvent::Event(exit)) => {
