@@ -145,6 +145,68 @@ fn exec_logs_follow_kill_and_stop() {
 }
 
 #[test]
+fn a_vm_that_dies_is_noticed_and_recorded() {
+    let Some(d) = setup("vmdies") else {
+        return;
+    };
+    let id = d.run(json!({"image": IMAGE, "cmd": ["sleep", "600"]}));
+    let r = d.call("GET", &format!("/v1/containers/{id}"), None).json();
+    let vmm = r["pids"][0].as_i64().unwrap() as i32;
+    // SAFETY: kill takes no pointers; the pid is the VM's main process.
+    assert_eq!(unsafe { libc::kill(vmm, libc::SIGKILL) }, 0);
+    let w = d.wait(&id);
+    assert_eq!(w["exit_code"], 137, "{w}");
+    let r = d.call("GET", &format!("/v1/containers/{id}"), None).json();
+    assert_eq!(r["state"], "exited", "{r}");
+    let error = r["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("QEMU pid {vmm}) ended under the container")),
+        "{r}"
+    );
+    assert_eq!(r["pids"], json!([]), "{r}");
+    // Its helper (vhost-device-vsock) went too.
+    // (The VMs' directories are under <socket dir>/vms.)
+    let vms = d.dir.join("vms");
+    let leftovers = std::process::Command::new("pgrep")
+        .arg("-f")
+        .arg(vms.to_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        leftovers.stdout.is_empty(),
+        "left running: {}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
+}
+
+#[test]
+fn kvm_backend_runs_containers() {
+    let Some(d) = daemon::setup_kvm("kvm") else {
+        return;
+    };
+    assert_eq!(d.call("GET", "/v1/info", None).json()["backend"], "kvm");
+    let id = d.run(json!({"image": IMAGE, "cmd": ["sh", "-c", "echo hello; exit 3"]}));
+    assert_eq!(d.wait(&id)["exit_code"], 3);
+    assert_eq!(d.logs(&id, ""), "hello\n");
+    let r = d.call("GET", &format!("/v1/containers/{id}"), None).json();
+    assert_eq!(r["backend"], "kvm");
+    let id = d.run(json!({"image": IMAGE, "cmd": ["sleep", "600"]}));
+    let r = d.call(
+        "POST",
+        &format!("/v1/containers/{id}/exec"),
+        Some(json!({"cmd": ["echo", "in-exec"]})),
+    );
+    assert_eq!(r.lines()[0]["data"], "in-exec\n");
+    let r = d.call(
+        "POST",
+        &format!("/v1/containers/{id}/stop"),
+        Some(json!({"timeout": 20})),
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(d.wait(&id)["exit_code"], 143);
+}
+
+#[test]
 fn the_daemon_survives_kill_9_and_finds_its_containers_again() {
     let Some(mut d) = setup("restart") else {
         return;

@@ -565,6 +565,32 @@ impl Manager {
         };
         c.stdio.ended();
         let vm = c.snapshot().vm;
+        // The connection broke: say whether the VM went with it (its VMM
+        // process died or was killed) or the agent alone.
+        let status = match (status, &vm) {
+            (Err(e), Some(vm)) => {
+                // A VMM that is killed closes its files (so the
+                // connection breaks) a moment before it is gone.
+                let vm2 = vm.clone();
+                let alive =
+                    tokio::task::spawn_blocking(move || !vm2.wait_exit(Duration::from_secs(1)))
+                        .await
+                        .unwrap_or(false);
+                Err(if alive {
+                    e
+                } else {
+                    format!(
+                        "the VM's process ({} pid {}) ended under the container: {e}",
+                        match vm.kind {
+                            BackendKind::Kvm => "husk-vmm",
+                            BackendKind::Tcg => "QEMU",
+                        },
+                        vm.procs.first().map_or(0, |p| p.pid)
+                    )
+                })
+            }
+            (s, _) => s,
+        };
         if let Some(vm) = vm {
             // The agent ends the VM after the exit; give it a moment.
             let vm2 = vm.clone();

@@ -87,7 +87,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn start(dir: &Path, kernel: &Path, extra: &[&str]) -> Daemon {
+    fn start(dir: &Path, kernel: &Path, backend: &str, extra: &[&str]) -> Daemon {
         let state = dir.join("state");
         busybox_image::import(dir, &state);
         let agent = busybox_image::stripped_agent(dir);
@@ -103,7 +103,7 @@ impl Daemon {
             "--agent",
             agent.to_str().unwrap(),
             "--vm-backend",
-            "tcg",
+            backend,
         ]
         .iter()
         .chain(extra)
@@ -207,5 +207,40 @@ pub fn setup_with(name: &str, extra: &[&str]) -> Option<Daemon> {
     let dir = std::env::temp_dir().join(format!("husk-daemon-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    Some(Daemon::start(&dir, &kernel, extra))
+    Some(Daemon::start(&dir, &kernel, "tcg", extra))
+}
+
+/// A daemon on the `kvm` backend (`husk-vmm`), when `HUSK_TEST_KERNEL`
+/// (a kernel built from resources/guest-kernel) can boot under this
+/// host's KVM: on a PVM host only a PVM-enabled one can, which
+/// `HUSK_TEST_KERNEL_IS_PVM=1` declares.
+pub fn setup_kvm(name: &str) -> Option<Daemon> {
+    let skip = |reason: &str| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "skipped: {reason}");
+    };
+    let Some(kernel) = std::env::var_os("HUSK_TEST_KERNEL") else {
+        skip("HUSK_TEST_KERNEL is not set: the kvm backend's containers need a kernel that boots here");
+        return None;
+    };
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        skip(&format!("/dev/kvm is not usable: {e}"));
+        return None;
+    }
+    let pvm = husk::doctor::host_virt() == husk::doctor::HostVirt::Pvm;
+    if pvm && std::env::var_os("HUSK_TEST_KERNEL_IS_PVM").is_none() {
+        skip(
+            "this host virtualizes with PVM and only PVM-enabled kernels boot here; \
+             set HUSK_TEST_KERNEL_IS_PVM=1 if HUSK_TEST_KERNEL is one",
+        );
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("husk-daemon-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Some(Daemon::start(&dir, Path::new(&kernel), "kvm", &[]))
 }
