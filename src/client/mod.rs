@@ -165,6 +165,34 @@ impl DaemonClient {
         &self.socket
     }
 
+    /// A new HTTP/1.1 connection to the daemon: the request sender, and
+    /// the connection, which the caller drives (spawns).
+    pub(crate) async fn open<B>(
+        &self,
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<B>,
+            hyper::client::conn::http1::Connection<TokioIo<UnixStream>, B>,
+        ),
+        ClientError,
+    >
+    where
+        B: hyper::body::Body + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    path: crate::text::echo_path(&self.socket),
+                    err: e.to_string(),
+                })?;
+        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))
+    }
+
     /// Sends one request on a new connection; a non-2xx answer becomes
     /// [`ClientError::Api`].
     async fn send(
@@ -173,16 +201,7 @@ impl DaemonClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|e| ClientError::Unreachable {
-                    path: crate::text::echo_path(&self.socket),
-                    err: e.to_string(),
-                })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        let (mut sender, conn) = self.open().await?;
         // The connection runs until the answer's body is read or dropped.
         tokio::spawn(async move {
             let _ = conn.await;
@@ -346,16 +365,7 @@ impl DaemonClient {
     ) -> Result<AttachStream, ClientError> {
         let body = serde_json::to_vec(body)
             .map_err(|e| ClientError::Protocol(format!("cannot encode the request: {e}")))?;
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|e| ClientError::Unreachable {
-                    path: crate::text::echo_path(&self.socket),
-                    err: e.to_string(),
-                })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        let (mut sender, conn) = self.open().await?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });

@@ -10,8 +10,10 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// `POST /v1/containers`: what to run.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+/// `POST /v1/containers`: what to run (and what the daemon's records
+/// keep of it). Unknown fields are refused, so a typo is an error.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     pub image: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

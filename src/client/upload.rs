@@ -8,9 +8,7 @@ use futures_util::stream;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::{header, Method, Request};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::UnixStream;
 
 use super::types::ImageSummary;
 use super::{api_error, read_json, ClientError, DaemonClient};
@@ -60,16 +58,7 @@ impl DaemonClient {
         // Boxed: the body's type then names no function (hyper's connection
         // task must be `Send` for any lifetime).
         let body = StreamBody::new(stream::unfold(reader, next_chunk)).boxed_unsync();
-        let conn =
-            UnixStream::connect(self.socket())
-                .await
-                .map_err(|e| ClientError::Unreachable {
-                    path: crate::text::echo_path(self.socket()),
-                    err: e.to_string(),
-                })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
-            .await
-            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        let (mut sender, conn) = self.open().await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });

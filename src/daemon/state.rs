@@ -7,7 +7,6 @@
 //! memory too, but after a `kill -9` and a restart it rebuilds everything
 //! from these files.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -24,41 +23,9 @@ pub enum StateError {
     Read { path: String, err: std::io::Error },
 }
 
-/// What `POST /v1/containers` asks for (and `husk run` sends).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRequest {
-    pub image: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cmd: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entrypoint: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workdir: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vcpus: Option<u8>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_mib: Option<u32>,
-    #[serde(default)]
-    pub tty: bool,
-    #[serde(default)]
-    pub stdin: bool,
-    #[serde(default)]
-    pub auto_remove: bool,
-    /// Pull the image when it is not in the store (default: yes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pull: Option<bool>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
+/// What `POST /v1/containers` asks for (and `husk run` sends): one type
+/// for the daemon, its records and the client.
+pub use crate::client::types::CreateRequest;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
