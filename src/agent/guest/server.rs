@@ -33,6 +33,11 @@ use crate::agent::protocol::{
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How long the agent tries to deliver its last frames before the VM ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most one write to the host's connection carries: a page. The guest
+/// kernel makes a vsock packet of each write, and a packet whose payload
+/// spans more than one descriptor is dropped whole by vhost-device-vsock
+/// 0.3.0 (`DescriptorLengthTooSmall`), silently losing output.
+const MAX_WRITE: usize = 4096;
 /// Signals PID 1 passes on to the main process.
 const FORWARDED: [i32; 6] = [
     libc::SIGTERM,
@@ -410,7 +415,8 @@ impl Agent {
             return;
         };
         while !c.out.is_empty() {
-            match write_fd(c.fd.as_raw_fd(), &c.out) {
+            let n = c.out.len().min(MAX_WRITE);
+            match write_fd(c.fd.as_raw_fd(), &c.out[..n]) {
                 Ok(n) => {
                     c.out.drain(..n);
                 }
