@@ -266,6 +266,7 @@ mod tests {
             pids: vec![],
             vcpus: 1,
             memory_mib: 256,
+            guest_pid: None,
         }
     }
 

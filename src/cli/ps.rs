@@ -193,6 +193,7 @@ mod tests {
             pids: vec![],
             vcpus: 1,
             memory_mib: 256,
+            guest_pid: None,
         }
     }
 

@@ -61,17 +61,23 @@ pub struct CreateResponse {
 }
 
 /// Where a container is in its life.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ContainerState {
     Created,
     Starting,
     Running,
     Exited,
+    /// The VM could not boot, or ended without the agent's word.
     Dead,
 }
 
 impl ContainerState {
+    /// Running or on its way: its VM may be up.
+    pub fn is_active(self) -> bool {
+        matches!(self, ContainerState::Starting | ContainerState::Running)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ContainerState::Created => "created",
@@ -102,7 +108,7 @@ impl std::fmt::Display for ContainerState {
 }
 
 /// How a VM runs its guest: hardware virtualization, or emulation.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     Kvm,
@@ -119,7 +125,7 @@ impl std::fmt::Display for Backend {
 }
 
 /// One container, as `GET /v1/containers[/{id}]` shows it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ContainerRecord {
     pub id: String,
     pub name: String,
@@ -142,10 +148,14 @@ pub struct ContainerRecord {
     pub finished_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<Backend>,
+    /// The VM's host processes (the VMM first), while it runs.
     #[serde(default)]
     pub pids: Vec<i32>,
     pub vcpus: u8,
     pub memory_mib: u32,
+    /// The main process's pid in the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_pid: Option<i32>,
 }
 
 /// The query of `GET /v1/containers` (flat, so that it works as an axum

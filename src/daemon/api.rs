@@ -215,7 +215,7 @@ async fn list(State(m): Shared, Query(q): Query<ListQuery>) -> Json<Vec<serde_js
         .iter()
         .map(|c| c.snapshot())
         .filter(|r| q.all || q.state.is_some() || r.state == ContainerState::Running)
-        .filter(|r| q.state.as_deref().is_none_or(|s| r.state.name() == s))
+        .filter(|r| q.state.as_deref().is_none_or(|s| r.state.as_str() == s))
         .filter(|r| {
             label.is_none_or(|(k, v)| {
                 r.config

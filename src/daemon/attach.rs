@@ -234,7 +234,7 @@ pub(super) async fn attach(
         return Err(ApiError::Conflict(format!(
             "container {} is {}: only a created or running container can be attached",
             &r.id[..12],
-            r.state.name()
+            r.state.as_str()
         )));
     }
     if let Some(w) = b.window.filter(usable) {

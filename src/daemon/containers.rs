@@ -421,7 +421,7 @@ impl Manager {
             return Err(ApiError::Conflict(format!(
                 "container {} is {}; only a created container can start",
                 &r.id[..12],
-                r.state.name()
+                r.state.as_str()
             )));
         }
         c.update(|r| r.state = ContainerState::Starting);

@@ -27,33 +27,8 @@ pub enum StateError {
 /// for the daemon, its records and the client.
 pub use crate::client::types::CreateRequest;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ContainerState {
-    Created,
-    Starting,
-    Running,
-    Exited,
-    /// The VM could not boot, or ended without the agent's word.
-    Dead,
-}
-
-impl ContainerState {
-    pub fn name(self) -> &'static str {
-        match self {
-            ContainerState::Created => "created",
-            ContainerState::Starting => "starting",
-            ContainerState::Running => "running",
-            ContainerState::Exited => "exited",
-            ContainerState::Dead => "dead",
-        }
-    }
-
-    /// Running or on its way: its VM may be up.
-    pub fn is_active(self) -> bool {
-        matches!(self, ContainerState::Starting | ContainerState::Running)
-    }
-}
+/// Where a container is in its life (the API's type).
+pub use crate::client::types::ContainerState;
 
 /// One container, as kept on disk.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -92,41 +67,8 @@ pub struct ContainerRecord {
     pub guest_pid: Option<i32>,
 }
 
-/// A container as the API shows it (`GET /v1/containers[/{id}]`).
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct ContainerView {
-    pub id: String,
-    pub name: String,
-    /// The image's canonical reference.
-    pub image: String,
-    /// What the create asked for.
-    pub config: CreateRequest,
-    pub state: ContainerState,
-    pub created_ms: u64,
-    pub vcpus: u8,
-    pub memory_mib: u32,
-    /// The VM's host processes (the VMM first), while it runs.
-    pub pids: Vec<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    /// The signal that ended the main process.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<i32>,
-    /// Why the container is dead, or could not start.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_ms: Option<u64>,
-    /// The VM backend it ran on (`kvm` or `tcg`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    pub backend: Option<BackendKind>,
-    /// The main process's pid in the guest.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub guest_pid: Option<i32>,
-}
+/// A container as the API shows it (the client's type).
+pub use crate::client::types::ContainerRecord as ContainerView;
 
 impl ContainerRecord {
     /// The record as the API shows it.
@@ -150,7 +92,10 @@ impl ContainerRecord {
             error: self.error.clone(),
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
-            backend: self.backend,
+            backend: self.backend.map(|b| match b {
+                BackendKind::Kvm => crate::client::types::Backend::Kvm,
+                BackendKind::Tcg => crate::client::types::Backend::Tcg,
+            }),
             guest_pid: self.guest_pid,
         }
     }
