@@ -151,80 +151,25 @@ fn busybox_archive(dir: &Path) -> Result<PathBuf, String> {
             "{BUSYBOX} is not a static x86-64 program (install busybox-static)"
         ));
     }
-    let list = Command::new(BUSYBOX)
-        .arg("--list")
-        .output()
-        .map_err(|e| format!("{BUSYBOX} --list: {e}"))?;
-    let err = |e: std::io::Error| e.to_string();
-    let mut layer = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, data: &[u8], mode: u32, kind: tar::EntryType, link: Option<&str>| {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        h.set_mtime(1_700_000_000);
-        if let Some(l) = link {
-            h.set_link_name(l).map_err(err)?;
-        }
-        layer.append_data(&mut h, path, data).map_err(err)
-    };
-    for d in ["bin/", "etc/", "home/", "tmp/"] {
-        add(d, b"", 0o755, tar::EntryType::Directory, None)?;
-    }
-    add(
-        "bin/busybox",
-        &busybox,
-        0o755,
-        tar::EntryType::Regular,
-        None,
+    use crate::image::local::{busybox_layer, docker_save, BusyboxLayer};
+    let layer = busybox_layer(
+        Path::new(BUSYBOX),
+        &BusyboxLayer {
+            dirs: &["home/", "tmp/"],
+            passwd: "root:x:0:0:root:/root:/bin/sh\n",
+            group: "root:x:0:\n",
+        },
     )?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let applet = applet.trim();
-        if !applet.is_empty() && applet != "busybox" && !applet.contains('/') {
-            let path = format!("bin/{applet}");
-            add(&path, b"", 0o777, tar::EntryType::Symlink, Some("busybox"))?;
-        }
-    }
-    let passwd = b"root:x:0:0:root:/root:/bin/sh\n";
-    add("etc/passwd", passwd, 0o644, tar::EntryType::Regular, None)?;
-    add(
-        "etc/group",
-        b"root:x:0:\n",
-        0o644,
-        tar::EntryType::Regular,
-        None,
-    )?;
-    let layer = layer.into_inner().map_err(err)?;
-    let diff_id = crate::image::Digest::of(&layer).to_string();
-    let config = json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
+    let archive = docker_save(
+        layer,
+        json!({
             "Cmd": ["sh"],
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-        },
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    })
-    .to_string();
-    let config_name = format!(
-        "{}.json",
-        &crate::image::Digest::of(config.as_bytes()).to_string()[7..]
-    );
-    let manifest = json!([{"Config": config_name, "RepoTags": [IMAGE], "Layers": ["l/layer.tar"]}]);
-    let mut out = tar::Builder::new(Vec::new());
-    for (name, data) in [
-        ("l/layer.tar", layer),
-        (config_name.as_str(), config.into_bytes()),
-        ("manifest.json", manifest.to_string().into_bytes()),
-    ] {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        out.append_data(&mut h, name, &data[..]).map_err(err)?;
-    }
+        }),
+        IMAGE,
+    )?;
     let path = dir.join("busybox.tar");
-    std::fs::write(&path, out.into_inner().map_err(err)?)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(&path, archive).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }
 

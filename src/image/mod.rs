@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod cli;
 pub mod digest;
+pub mod local;
 pub mod reference;
 pub mod registry;
 pub mod rootfs;

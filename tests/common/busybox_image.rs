@@ -29,83 +29,20 @@ pub fn image_config() -> ImageConfig {
 
 /// A `docker save` archive of a one-layer busybox image.
 pub fn busybox_archive(dir: &Path) -> PathBuf {
-    let mut layer = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, data: &[u8], mode: u32, kind: tar::EntryType, link: Option<&str>| {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        h.set_mtime(1_700_000_000);
-        if let Some(l) = link {
-            h.set_link_name(l).unwrap();
-        }
-        layer.append_data(&mut h, path, data).unwrap();
-    };
-    let dir_entry = tar::EntryType::Directory;
-    for d in ["bin/", "etc/", "home/", "home/app/", "tmp/"] {
-        add(d, b"", 0o755, dir_entry, None);
-    }
-    add(
-        "bin/busybox",
-        &std::fs::read("/bin/busybox").unwrap(),
-        0o755,
-        tar::EntryType::Regular,
-        None,
-    );
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            add(
-                &format!("bin/{applet}"),
-                b"",
-                0o777,
-                tar::EntryType::Symlink,
-                Some("busybox"),
-            );
-        }
-    }
-    add(
-        "etc/passwd",
-        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-        0o644,
-        tar::EntryType::Regular,
-        None,
-    );
-    add(
-        "etc/group",
-        b"root:x:0:\napp:x:1000:\n",
-        0o644,
-        tar::EntryType::Regular,
-        None,
-    );
-    let layer = layer.into_inner().unwrap();
-    let diff_id = husk::image::Digest::of(&layer).to_string();
+    use husk::image::local::{busybox_layer, docker_save, BusyboxLayer};
+    let layer = busybox_layer(
+        Path::new("/bin/busybox"),
+        &BusyboxLayer {
+            dirs: &["home/", "home/app/", "tmp/"],
+            passwd: "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+            group: "root:x:0:\napp:x:1000:\n",
+        },
+    )
+    .unwrap();
     let c = image_config();
-    let config = json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Cmd": c.cmd, "Env": c.env, "WorkingDir": c.working_dir},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    })
-    .to_string();
-    let config_name = format!(
-        "{}.json",
-        &husk::image::Digest::of(config.as_bytes()).to_string()[7..]
-    );
-    let manifest = json!([{"Config": config_name, "RepoTags": [IMAGE], "Layers": ["l/layer.tar"]}]);
-    let mut out = tar::Builder::new(Vec::new());
-    for (name, data) in [
-        ("l/layer.tar", layer),
-        (config_name.as_str(), config.into_bytes()),
-        ("manifest.json", manifest.to_string().into_bytes()),
-    ] {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        out.append_data(&mut h, name, &data[..]).unwrap();
-    }
+    let config = json!({"Cmd": c.cmd, "Env": c.env, "WorkingDir": c.working_dir});
     let path = dir.join("busybox.tar");
-    std::fs::write(&path, out.into_inner().unwrap()).unwrap();
+    std::fs::write(&path, docker_save(layer, config, IMAGE).unwrap()).unwrap();
     path
 }
 

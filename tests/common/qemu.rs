@@ -488,27 +488,9 @@ fn scratch_dir() -> Result<PathBuf, String> {
 }
 
 /// A program on PATH, or (for what `cargo install` put there)
-/// in `$CARGO_HOME/bin` or `~/.cargo/bin`.
+/// in `$CARGO_HOME/bin` or `~/.cargo/bin`: the daemon's own lookup.
 pub fn find_tool(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("CARGO_HOME") {
-        dirs.push(PathBuf::from(home).join("bin"));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    husk::daemon::backend::find_tool(name, None)
 }
 
 /// `Err(reason)` when `qemu-system-x86_64` or `vhost-device-vsock` is

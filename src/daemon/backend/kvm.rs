@@ -110,7 +110,7 @@ pub fn vmm_binary() -> Result<PathBuf, String> {
             return Ok(p);
         }
     }
-    super::find_tool("husk-vmm", "HUSK_VMM").ok_or_else(|| {
+    super::find_tool("husk-vmm", Some("HUSK_VMM")).ok_or_else(|| {
         "husk-vmm is not installed beside husk (or set HUSK_VMM to its path)".to_string()
     })
 }

@@ -382,10 +382,10 @@ pub fn available(kind: BackendKind) -> Result<(), String> {
     }
 }
 
-/// `$env` when set, else `name` on PATH or (for what `cargo install` put
-/// there) in `$CARGO_HOME/bin` or `~/.cargo/bin`.
-fn find_tool(name: &str, env: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
+/// `$env` when given and set, else `name` on PATH or (for what `cargo
+/// install` put there) in `$CARGO_HOME/bin` or `~/.cargo/bin`.
+pub fn find_tool(name: &str, env: Option<&str>) -> Option<PathBuf> {
+    if let Some(p) = env.and_then(std::env::var_os).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         return is_executable(&p).then_some(p);
     }

@@ -47,10 +47,10 @@ pub struct Tools {
 /// `vhost-device-vsock` (`$HUSK_VHOST_VSOCK` overrides; `cargo install`
 /// puts it in `~/.cargo/bin`, which is searched too).
 pub fn tools() -> Result<Tools, String> {
-    let qemu = find_tool("qemu-system-x86_64", "HUSK_QEMU").ok_or(
+    let qemu = find_tool("qemu-system-x86_64", Some("HUSK_QEMU")).ok_or(
         "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86, or set HUSK_QEMU)",
     )?;
-    let vhost = find_tool("vhost-device-vsock", "HUSK_VHOST_VSOCK").ok_or(
+    let vhost = find_tool("vhost-device-vsock", Some("HUSK_VHOST_VSOCK")).ok_or(
         "vhost-device-vsock is not installed (cargo install vhost-device-vsock, or set \
          HUSK_VHOST_VSOCK)",
     )?;
