@@ -12,7 +12,7 @@ use husk::vmm::devices::virtio::block::{Block, BlockOptions};
 use husk::vmm::devices::virtio::net::{Net, NetOptions, TX_QUEUE, VNET_HDR_LEN};
 use husk::vmm::devices::virtio::test_utils::{rings, Driver, BUFFERS, F_NEXT, F_WRITE};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 const QSIZE: u16 = 256;
 
@@ -25,7 +25,7 @@ fn three_descriptor_chain(drv: &Driver, data_len: u32) {
 }
 
 fn queue_bookkeeping(c: &mut Criterion) {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+    let mem = husk::vmm::kvm::memory::anonymous(&[(GuestAddress(0), 16 << 20)]).unwrap();
     let (desc, avail, used) = rings(0);
     let mut q = Queue::new(QSIZE).unwrap();
     q.set_size(QSIZE);

@@ -40,6 +40,9 @@ if ! command -v gcc >/dev/null; then
 elif [[ $(gcc -print-file-name=libc.a) != /* ]]; then
     need_apt+=(libc6-dev)
 fi
+# The userfaultfd crate generates its kernel bindings with bindgen, which
+# loads libclang at build time.
+compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || need_apt+=(libclang-dev)
 if $container; then
     # Root filesystems are built with mkfs.ext4 -d and checked with debugfs.
     [[ -x /usr/sbin/mkfs.ext4 && -x /usr/sbin/debugfs ]] || need_apt+=(e2fsprogs)

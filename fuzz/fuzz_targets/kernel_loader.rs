@@ -15,18 +15,19 @@ use std::os::fd::FromRawFd;
 
 use husk::vmm::arch::x86_64::boot::load_kernel;
 use libfuzzer_sys::fuzz_target;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use husk::vmm::kvm::memory::GuestMem;
+use vm_memory::GuestAddress;
 
 const MEM_SIZE: u64 = 128 << 20;
 const HOLE_UNIT: u64 = 16 << 20;
 
 struct State {
-    mem: GuestMemoryMmap,
+    mem: GuestMem,
     file: File,
 }
 
 fn state() -> State {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
+    let mem = husk::vmm::kvm::memory::anonymous(&[(GuestAddress(0), MEM_SIZE as usize)])
         .expect("cannot create guest memory");
     // SAFETY: memfd_create reads only the NUL-terminated name and returns
     // a new file descriptor or -1; it touches no memory of ours.

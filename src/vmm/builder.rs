@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use event_manager::SubscriberOps;
-use vm_memory::GuestMemoryMmap;
+use crate::vmm::kvm::memory::GuestMem;
 
 use crate::vmm::arch::x86_64::boot::{self, BootError, BootInfo, KernelEntry};
 use crate::vmm::arch::x86_64::cpuid::Topology;
@@ -86,7 +86,7 @@ pub struct RunningVm {
     pub drives: Vec<AttachedDrive>,
     pub nets: Vec<AttachedNet>,
     pub vm: Vm,
-    pub mem: GuestMemoryMmap,
+    pub mem: GuestMem,
 }
 
 impl RunningVm {
@@ -175,7 +175,7 @@ fn attach_legacy_devices(
 /// Phase 2: the virtio devices, in the order the kernel will probe them.
 fn attach_virtio_devices(
     vm: &Vm,
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     dm: &mut DeviceManager,
     events: &mut EventLoop,
     cfg: &VmConfig,
@@ -228,7 +228,7 @@ fn attach_virtio_devices(
 /// now: a TAP removed since PUT /network-interfaces fails the start).
 fn attach_net_devices(
     vm: &Vm,
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     dm: &mut DeviceManager,
     events: &mut EventLoop,
     cfg: &VmConfig,
@@ -289,7 +289,7 @@ pub fn full_cmdline(cfg: &VmConfig, boot_args: &str, dm: &DeviceManager) -> Stri
 /// information, then each vCPU's registers.
 fn load_and_configure(
     vm: &Vm,
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     cfg: &VmConfig,
     dm: &DeviceManager,
     vcpus: &[Vcpu],
@@ -337,7 +337,7 @@ pub fn build_and_start(
 ) -> Result<RunningVm, StartError> {
     let machine = &cfg.machine_config;
     // Phase 1.
-    let mem = create_guest_memory(machine.mem_size_mib)?;
+    let mem = create_guest_memory(machine.mem_size_mib, machine.track_dirty_pages)?;
     vm.set_up(&mem, machine.track_dirty_pages)?;
     tracing::debug!("KVM VM set up");
     // Phase 2.

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use event_manager::{MutEventSubscriber, SubscriberOps};
-use vm_memory::GuestMemoryMmap;
+use crate::vmm::kvm::memory::GuestMem;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::arch::x86_64::layout::{
@@ -178,7 +178,7 @@ impl DeviceManager {
     pub fn attach_virtio<D>(
         &mut self,
         vm: &Vm,
-        mem: &GuestMemoryMmap,
+        mem: &GuestMem,
         events: &mut EventLoop,
         kind: &'static str,
         id: &str,

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod rpc;
 pub mod run;
 pub mod sink;
+pub mod snapshot;
 
 pub use run::{parse_id, run, VmmArgs, VmmOptions};
 

@@ -1,33 +1,114 @@
-//! Guest memory: anonymous private mappings with MAP_NORESERVE, so pages
-//! cost nothing until the guest touches them.
+//! Guest memory: private mappings with MAP_NORESERVE, so pages cost
+//! nothing until the guest touches them. A cold boot maps anonymous
+//! memory; a restore maps the snapshot's memory file `MAP_PRIVATE`, so
+//! pages load on first touch and writes stay in this process.
+//!
+//! With dirty-page tracking each region carries a bitmap of the pages the
+//! VMM's devices wrote (KVM's dirty log only sees the guest's writes).
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use std::fs::File;
+use std::num::NonZeroUsize;
+
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
 
 use crate::vmm::arch::x86_64::layout::memory_ranges;
+
+/// Guest memory as every part of the VMM sees it: regions with an
+/// optional bitmap of pages written through vm-memory.
+pub type GuestMem = GuestMemoryMmap<Option<AtomicBitmap>>;
+
+/// The bitmap slice of a [`GuestMem`] access.
+pub type MemSlice<'a> = vm_memory::bitmap::MS<'a, GuestMem>;
+/// A descriptor chain's readable buffers in [`GuestMem`].
+pub type ChainReader<'a> = virtio_queue::Reader<'a, MemSlice<'a>>;
+/// A descriptor chain's writable buffers in [`GuestMem`].
+pub type ChainWriter<'a> = virtio_queue::Writer<'a, MemSlice<'a>>;
+
+/// The page size dirty tracking works in.
+pub const PAGE_SIZE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     #[error("cannot map {size_mib} MiB of guest memory: {err}")]
-    Map {
-        size_mib: u64,
-        err: vm_memory::mmap::FromRangesError,
-    },
+    Map { size_mib: u64, err: MmapRegionError },
     #[error("guest memory of {0} bytes does not fit this host's address space")]
     TooLarge(u64),
+    #[error("guest memory regions overlap or are out of order")]
+    Layout,
+    #[error("cannot use the memory file: {0}")]
+    File(std::io::Error),
 }
 
-/// Maps `size_mib` MiB of guest RAM, split around the MMIO gap.
-pub fn create_guest_memory(size_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+/// The guest-physical ranges of `size_mib` MiB of RAM, split around the
+/// MMIO gap.
+pub fn ram_ranges(size_mib: u64) -> Result<Vec<(GuestAddress, usize)>, MemoryError> {
     let size = size_mib
         .checked_mul(1 << 20)
         .ok_or(MemoryError::TooLarge(u64::MAX))?;
-    let ranges: Vec<(GuestAddress, usize)> = memory_ranges(size)
+    memory_ranges(size)
         .into_iter()
         .map(|(a, len)| usize::try_from(len).map(|l| (a, l)))
         .collect::<Result<_, _>>()
-        .map_err(|_| MemoryError::TooLarge(size))?;
-    let mem =
-        GuestMemoryMmap::from_ranges(&ranges).map_err(|err| MemoryError::Map { size_mib, err })?;
+        .map_err(|_| MemoryError::TooLarge(size))
+}
+
+/// Maps `size_mib` MiB of anonymous guest RAM, split around the MMIO gap,
+/// with a bitmap of device writes when `track_dirty` is set.
+pub fn create_guest_memory(size_mib: u64, track_dirty: bool) -> Result<GuestMem, MemoryError> {
+    build(&ram_ranges(size_mib)?, None, track_dirty)
+}
+
+/// Anonymous memory over `ranges`, without dirty tracking (tests and
+/// tools).
+pub fn anonymous(ranges: &[(GuestAddress, usize)]) -> Result<GuestMem, MemoryError> {
+    build(ranges, None, false)
+}
+
+/// Maps `file` `MAP_PRIVATE` over `ranges`, the regions one after the
+/// other in the file (the layout of a snapshot's memory file).
+pub fn from_file(
+    file: &File,
+    ranges: &[(GuestAddress, usize)],
+    track_dirty: bool,
+) -> Result<GuestMem, MemoryError> {
+    build(ranges, Some(file), track_dirty)
+}
+
+fn build(
+    ranges: &[(GuestAddress, usize)],
+    file: Option<&File>,
+    track_dirty: bool,
+) -> Result<GuestMem, MemoryError> {
+    let size_mib = ranges.iter().map(|r| r.1 as u64).sum::<u64>() >> 20;
+    let page = NonZeroUsize::new(PAGE_SIZE).unwrap_or(NonZeroUsize::MIN);
+    let mut regions = Vec::with_capacity(ranges.len());
+    let mut offset = 0u64;
+    for &(addr, len) in ranges {
+        let bitmap = track_dirty.then(|| AtomicBitmap::new(len, page));
+        let mut builder = MmapRegionBuilder::new_with_bitmap(len, bitmap)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
+        builder = match file {
+            Some(f) => builder
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .with_file_offset(FileOffset::new(
+                    f.try_clone().map_err(MemoryError::File)?,
+                    offset,
+                )),
+            None => builder
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE),
+        };
+        let region = builder
+            .build()
+            .map_err(|err| MemoryError::Map { size_mib, err })?;
+        regions.push(GuestRegionMmap::new(region, addr).ok_or(MemoryError::Layout)?);
+        offset += len as u64;
+    }
+    let mem = GuestMem::from_regions(regions).map_err(|_| MemoryError::Layout)?;
     for region in mem.iter() {
         // Keep guest RAM out of VMM core dumps. This also gives the mapping
         // its own VMA, so /proc/PID/smaps shows guest pages on their own.
@@ -50,19 +131,49 @@ pub fn create_guest_memory(size_mib: u64) -> Result<GuestMemoryMmap, MemoryError
     Ok(mem)
 }
 
+/// The guest-physical layout of `mem`: (start, length) of each region.
+pub fn layout(mem: &GuestMem) -> Vec<(u64, u64)> {
+    mem.iter().map(|r| (r.start_addr().0, r.len())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::Bytes;
 
     #[test]
     fn regions_follow_the_layout() {
-        let m = create_guest_memory(128).unwrap();
+        let m = create_guest_memory(128, false).unwrap();
         assert_eq!(m.num_regions(), 1);
         assert_eq!(m.iter().next().unwrap().len(), 128 << 20);
         // 4 GiB of address space costs nothing until touched.
-        let m = create_guest_memory(4096).unwrap();
+        let m = create_guest_memory(4096, true).unwrap();
         assert_eq!(m.num_regions(), 2);
         let starts: Vec<u64> = m.iter().map(|r| r.start_addr().0).collect();
         assert_eq!(starts, vec![0, 1 << 32]);
+    }
+
+    #[test]
+    fn device_writes_mark_pages_dirty() {
+        let m = create_guest_memory(16, true).unwrap();
+        m.write_obj(7u32, GuestAddress(3 * PAGE_SIZE as u64 + 8))
+            .unwrap();
+        use vm_memory::bitmap::Bitmap;
+        let bitmap = m.iter().next().unwrap().bitmap();
+        assert!(bitmap.dirty_at(3 * PAGE_SIZE));
+        assert!(!bitmap.dirty_at(2 * PAGE_SIZE) && !bitmap.dirty_at(4 * PAGE_SIZE));
+    }
+
+    #[test]
+    fn a_file_mapping_is_private() {
+        let path = std::env::temp_dir().join(format!("husk-mem-{}", std::process::id()));
+        std::fs::write(&path, vec![5u8; 2 * PAGE_SIZE]).unwrap();
+        let f = File::open(&path).unwrap();
+        let m = from_file(&f, &[(GuestAddress(0), 2 * PAGE_SIZE)], false).unwrap();
+        assert_eq!(m.read_obj::<u8>(GuestAddress(10)).unwrap(), 5);
+        m.write_obj(9u8, GuestAddress(10)).unwrap();
+        assert_eq!(m.read_obj::<u8>(GuestAddress(10)).unwrap(), 9);
+        assert_eq!(std::fs::read(&path).unwrap()[10], 5);
+        std::fs::remove_file(path).unwrap();
     }
 }

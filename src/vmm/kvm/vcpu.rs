@@ -15,7 +15,7 @@ use kvm_bindings::{
     kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vm_memory::GuestMemoryMmap;
+use crate::vmm::kvm::memory::GuestMem;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::vm::Vm;
@@ -179,7 +179,7 @@ impl Vcpu {
     pub fn configure(
         &self,
         vm: &Vm,
-        mem: &GuestMemoryMmap,
+        mem: &GuestMem,
         entry: &KernelEntry,
         topo: Topology,
     ) -> Result<(), VcpuError> {

@@ -5,7 +5,8 @@ use kvm_bindings::{
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use crate::vmm::kvm::memory::GuestMem;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::vmm::arch::x86_64::layout::KVM_TSS_ADDRESS;
@@ -86,7 +87,7 @@ impl Vm {
     /// Order matters for start-up latency: KVM makes every memory-slot
     /// change after the irqchip exists wait for an SRCU grace period
     /// (milliseconds); a slot installed first costs microseconds.
-    pub fn set_up(&self, mem: &GuestMemoryMmap, track_dirty_pages: bool) -> Result<(), VmError> {
+    pub fn set_up(&self, mem: &GuestMem, track_dirty_pages: bool) -> Result<(), VmError> {
         self.register_memory(mem, track_dirty_pages)?;
         self.fd
             .set_tss_address(KVM_TSS_ADDRESS as usize)
@@ -101,7 +102,7 @@ impl Vm {
     }
 
     /// `open` then `set_up`.
-    pub fn new(mem: &GuestMemoryMmap, track_dirty_pages: bool) -> Result<Self, VmError> {
+    pub fn new(mem: &GuestMem, track_dirty_pages: bool) -> Result<Self, VmError> {
         let vm = Vm::open()?;
         vm.set_up(mem, track_dirty_pages)?;
         Ok(vm)
@@ -118,7 +119,7 @@ impl Vm {
     /// Hands every region of `mem` to KVM, one slot each.
     fn register_memory(
         &self,
-        mem: &GuestMemoryMmap,
+        mem: &GuestMem,
         track_dirty_pages: bool,
     ) -> Result<(), VmError> {
         let flags = if track_dirty_pages {

@@ -11,7 +11,8 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use crate::vmm::kvm::memory::GuestMem;
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::kernel_check::{check_kernel, CheckedImage, ImageFormat, KernelImageError};
 use super::layout::*;
@@ -78,7 +79,7 @@ const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 /// headers are checked against `mem` first (see `kernel_check`), so no
 /// size or count in them makes linux-loader work past what guest memory
 /// and a few headers need.
-pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEntry> {
+pub fn load_kernel(mem: &GuestMem, kernel: &mut File) -> Result<KernelEntry> {
     let (format, mut image) = check_kernel(mem, kernel)?;
     let himem = Some(GuestAddress(HIMEM_START));
     match format {
@@ -114,7 +115,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEnt
 /// kernel. Returns its address and size. The size is checked before any
 /// of it is read, and no more than that is read if the file grows.
 pub fn load_initrd(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     mem_size: u64,
     kernel_end: u64,
     initrd: &mut File,
@@ -162,7 +163,7 @@ pub fn kernel_cmdline(args: &str) -> Result<Cmdline> {
 }
 
 /// Parses and writes the kernel command line; returns its size with NUL.
-pub fn load_command_line(mem: &GuestMemoryMmap, args: &str) -> Result<usize> {
+pub fn load_command_line(mem: &GuestMem, args: &str) -> Result<usize> {
     let cmdline = kernel_cmdline(args)?;
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline).map_err(BootError::CmdlineLoad)?;
     let c = cmdline
@@ -191,7 +192,7 @@ pub struct BootInfo<'a> {
 }
 
 /// Writes the MP table and the boot information for the entry protocol.
-pub fn configure_system(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<()> {
+pub fn configure_system(mem: &GuestMem, info: &BootInfo) -> Result<()> {
     setup_mptable(mem, info.num_cpus)?;
     match info.entry.protocol {
         BootProtocol::Linux64 => write_zero_page(mem, info),
@@ -230,12 +231,12 @@ pub fn zero_page(info: &BootInfo) -> boot_params {
     params
 }
 
-fn write_zero_page(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<()> {
+fn write_zero_page(mem: &GuestMem, info: &BootInfo) -> Result<()> {
     mem.write_obj(zero_page(info), GuestAddress(ZERO_PAGE_START))?;
     Ok(())
 }
 
-fn write_pvh_start_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<()> {
+fn write_pvh_start_info(mem: &GuestMem, info: &BootInfo) -> Result<()> {
     let map = ram_map(info.mem_size);
     for (i, (addr, size)) in map.iter().enumerate() {
         let entry = hvm_memmap_table_entry {
@@ -351,7 +352,7 @@ mod tests {
 
     #[test]
     fn pvh_start_info_written() {
-        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 128 << 20)]).unwrap();
+        let m = crate::vmm::kvm::memory::anonymous(&[(GuestAddress(0), 128 << 20)]).unwrap();
         let e = entry(BootProtocol::Pvh);
         configure_system(&m, &info(&e, 128 << 20)).unwrap();
         let si: hvm_start_info = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
@@ -368,7 +369,7 @@ mod tests {
 
     #[test]
     fn command_line_is_written_with_nul() {
-        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let m = crate::vmm::kvm::memory::anonymous(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let n = load_command_line(&m, "console=ttyS0 probe=e820").unwrap();
         assert_eq!(n, 25);
         let mut buf = [0u8; 25];
@@ -391,7 +392,7 @@ mod tests {
         }
 
         fn load(&self, mem_size: u64, kernel_end: u64) -> Result<(GuestAddress, u64)> {
-            let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).unwrap();
+            let m = crate::vmm::kvm::memory::anonymous(&[(GuestAddress(0), mem_size as usize)]).unwrap();
             load_initrd(&m, mem_size, kernel_end, &mut File::open(&self.0).unwrap())
         }
     }

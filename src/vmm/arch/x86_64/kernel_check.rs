@@ -17,10 +17,8 @@ use std::os::unix::fs::FileExt;
 
 use linux_loader::loader::bootparam::setup_header;
 use vm_memory::bitmap::BitmapSlice;
-use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, ReadVolatile,
-    VolatileMemoryError, VolatileSlice,
-};
+use crate::vmm::kvm::memory::GuestMem;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, ReadVolatile, VolatileMemoryError, VolatileSlice};
 
 use super::layout::HIMEM_START;
 
@@ -168,7 +166,7 @@ pub enum ImageFormat {
 /// Checks the kernel image in `file` against `mem` and returns its format
 /// and a reader for linux-loader that sees the file as it was checked.
 pub fn check_kernel<'f>(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     file: &'f mut File,
 ) -> Result<(ImageFormat, CheckedImage<'f>)> {
     let len = file
@@ -219,12 +217,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// The guest's RAM in bytes, all regions together.
-fn ram_size(mem: &GuestMemoryMmap) -> u64 {
+fn ram_size(mem: &GuestMem) -> u64 {
     mem.iter().map(|r| r.len()).fold(0, u64::saturating_add)
 }
 
 /// The first address past the guest's RAM.
-fn ram_end(mem: &GuestMemoryMmap) -> u64 {
+fn ram_end(mem: &GuestMem) -> u64 {
     mem.iter()
         .map(|r| r.last_addr().0.saturating_add(1))
         .max()
@@ -232,7 +230,7 @@ fn ram_end(mem: &GuestMemoryMmap) -> u64 {
 }
 
 /// Whether `[addr, addr + len)` is all guest RAM.
-fn in_ram(mem: &GuestMemoryMmap, addr: u64, len: u64) -> bool {
+fn in_ram(mem: &GuestMem, addr: u64, len: u64) -> bool {
     match (addr.checked_add(len), usize::try_from(len)) {
         (Some(_), Ok(len)) => mem.check_range(GuestAddress(addr), len),
         _ => false,
@@ -240,7 +238,7 @@ fn in_ram(mem: &GuestMemoryMmap, addr: u64, len: u64) -> bool {
 }
 
 /// Checks an ELF vmlinux; returns the headers read, for linux-loader.
-fn check_elf(mem: &GuestMemoryMmap, file: &File, len: u64) -> Result<Vec<Held>> {
+fn check_elf(mem: &GuestMem, file: &File, len: u64) -> Result<Vec<Held>> {
     if len < ELF_HEADER_SIZE {
         return Err(KernelImageError::TooShort { size: len });
     }
@@ -357,7 +355,7 @@ fn check_elf(mem: &GuestMemoryMmap, file: &File, len: u64) -> Result<Vec<Held>> 
 }
 
 /// Checks a bzImage; returns its setup header, for linux-loader.
-fn check_bzimage(mem: &GuestMemoryMmap, file: &File, len: u64) -> Result<Vec<Held>> {
+fn check_bzimage(mem: &GuestMem, file: &File, len: u64) -> Result<Vec<Held>> {
     if len < SETUP_HEADER_START + SETUP_HEADER_LEN as u64 {
         return Err(KernelImageError::TooShort { size: len });
     }

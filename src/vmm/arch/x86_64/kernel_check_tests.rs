@@ -12,8 +12,8 @@ use crate::probe;
 
 const MEM: u64 = 128 << 20;
 
-fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap()
+fn memory() -> GuestMem {
+    crate::vmm::kvm::memory::anonymous(&[(GuestAddress(0), MEM as usize)]).unwrap()
 }
 
 /// A kernel file in the temp dir, removed when dropped.

@@ -1,7 +1,8 @@
 //! Intel MultiProcessor Specification 1.4 tables, so the guest finds its
 //! processors, the IOAPIC and the ISA interrupt routing.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use crate::vmm::kvm::memory::GuestMem;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{APIC_ADDR, EBDA_START, IOAPIC_ADDR, MAX_VCPUS, MPTABLE_START};
 
@@ -104,7 +105,7 @@ pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
 }
 
 /// Writes the MP table into the EBDA.
-pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableError> {
+pub fn setup_mptable(mem: &GuestMem, num_cpus: u8) -> Result<(), MptableError> {
     let bytes = build(num_cpus, MPTABLE_START)?;
     debug_assert!(MPTABLE_START + bytes.len() as u64 <= EBDA_START + 1024);
     mem.write_slice(&bytes, GuestAddress(MPTABLE_START))?;
@@ -170,7 +171,7 @@ mod tests {
 
     #[test]
     fn written_to_guest_memory() {
-        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let m = crate::vmm::kvm::memory::anonymous(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         setup_mptable(&m, 3).unwrap();
         let mut buf = vec![0u8; table_size(3)];
         m.read_slice(&mut buf, GuestAddress(MPTABLE_START)).unwrap();

@@ -2,7 +2,8 @@
 //! and the local APIC's LINT pins.
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use crate::vmm::kvm::memory::GuestMem;
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::boot::BootProtocol;
 use super::gdt::{
@@ -51,7 +52,7 @@ pub fn boot_regs(entry: GuestAddress, protocol: BootProtocol) -> kvm_regs {
 /// Writes the GDT, an empty IDT and (for 64-bit entry) identity page tables,
 /// and fills `sregs` to match.
 pub fn setup_sregs(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     sregs: &mut kvm_sregs,
     protocol: BootProtocol,
 ) -> Result<(), RegsError> {
@@ -106,7 +107,7 @@ pub fn setup_sregs(
 
 /// Identity-maps the first `PDE_COUNT` GiB with 2 MiB pages. Emulated
 /// guests on PVM hosts cannot use 1 GiB pages.
-fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
+fn write_identity_page_tables(mem: &GuestMem) -> Result<(), RegsError> {
     mem.write_obj(PDPTE_START | PTE_PRESENT_RW, GuestAddress(PML4_START))?;
     let mut pd = [0u64; 512];
     for gib in 0..PDE_COUNT {
@@ -211,8 +212,8 @@ pub fn configure_lint(lapic: &mut kvm_bindings::kvm_lapic_state) {
 mod tests {
     use super::*;
 
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    fn mem() -> GuestMem {
+        crate::vmm::kvm::memory::anonymous(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
     #[test]

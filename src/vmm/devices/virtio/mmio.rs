@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use crate::vmm::kvm::memory::GuestMem;
 
 use super::{ActiveQueues, VirtioDevice, VirtioInterrupt, INT_CONFIG, VIRTIO_F_VERSION_1};
 use crate::vmm::devices::BusDevice;
@@ -61,7 +61,7 @@ pub mod status {
 /// The transport of one device.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
-    mem: GuestMemoryMmap,
+    mem: GuestMem,
     interrupt: Arc<VirtioInterrupt>,
     queues: Vec<Queue>,
     /// Queues the driver gave a size that is zero, too large or not a
@@ -79,7 +79,7 @@ pub struct MmioTransport {
 impl MmioTransport {
     pub fn new(
         device: Arc<Mutex<dyn VirtioDevice>>,
-        mem: GuestMemoryMmap,
+        mem: GuestMem,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Self {
         let queues: Vec<Queue> = lock(&device)

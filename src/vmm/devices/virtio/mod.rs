@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use crate::vmm::kvm::memory::GuestMem;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::vmm::devices::IrqTrigger;
@@ -85,7 +85,7 @@ impl VirtioInterrupt {
 
 /// What a device gets when the driver sets DRIVER_OK.
 pub struct ActiveQueues {
-    pub mem: GuestMemoryMmap,
+    pub mem: GuestMem,
     pub queues: Vec<Queue>,
     pub interrupt: Arc<VirtioInterrupt>,
     /// The features the driver accepted.

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use crate::vmm::kvm::memory::GuestMem;
 
 use super::{VirtioInterrupt, INT_USED_RING};
 use crate::vmm::metrics::Counter;
 
 pub struct ActiveQueue {
-    pub mem: GuestMemoryMmap,
+    pub mem: GuestMem,
     pub queue: Queue,
     pub interrupt: Arc<VirtioInterrupt>,
 }
@@ -25,7 +25,7 @@ impl ActiveQueue {
     pub fn serve(
         &mut self,
         errors: &Counter,
-        mut handle: impl FnMut(&GuestMemoryMmap, DescriptorChain<&GuestMemoryMmap>) -> Option<u32>,
+        mut handle: impl FnMut(&GuestMem, DescriptorChain<&GuestMem>) -> Option<u32>,
     ) -> usize {
         let mut served = 0;
         let mut held = false;

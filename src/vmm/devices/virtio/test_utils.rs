@@ -8,7 +8,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use crate::vmm::kvm::memory::GuestMem;
+use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::mmio::{reg, status, MmioTransport};
@@ -30,7 +31,7 @@ pub fn rings(q: u16) -> (u64, u64, u64) {
 
 pub struct Driver {
     pub transport: MmioTransport,
-    pub mem: GuestMemoryMmap,
+    pub mem: GuestMem,
     /// The device's irqfd, as KVM would see it.
     pub irq: EventFd,
     sizes: Vec<u16>,
@@ -39,7 +40,7 @@ pub struct Driver {
 impl Driver {
     /// A driver for `device`, not yet initialised.
     pub fn new(device: Arc<Mutex<dyn VirtioDevice>>) -> Driver {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
+        let mem = crate::vmm::kvm::memory::anonymous(&[(GuestAddress(0), MEM_SIZE)])
             .expect("test guest memory");
         let irq = EventFd::new(EFD_NONBLOCK).expect("event fd");
         let trigger = IrqTrigger(irq.try_clone().expect("event fd"));

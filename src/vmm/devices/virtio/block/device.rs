@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use virtio_queue::DescriptorChain;
-use vm_memory::GuestMemoryMmap;
+use crate::vmm::kvm::memory::GuestMem;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::devices::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
@@ -170,7 +170,7 @@ impl Block {
 
 /// A request's data bytes: everything but the 16-byte header and the
 /// status byte.
-fn data_bytes(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
+fn data_bytes(chain: &DescriptorChain<&GuestMem>) -> u64 {
     chain
         .clone()
         .map(|d| u64::from(d.len()))

@@ -11,7 +11,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use crate::vmm::kvm::memory::{ChainReader, ChainWriter, GuestMem};
+use vm_memory::ByteValued;
 
 pub const SECTOR_SIZE: u64 = 512;
 pub const T_IN: u32 = 0;
@@ -72,13 +73,13 @@ pub struct Outcome {
 }
 
 /// Carries out the request in `chain`.
-pub fn execute<T>(mem: &GuestMemoryMmap, chain: DescriptorChain<T>, disk: &Disk) -> Outcome
+pub fn execute<T>(mem: &GuestMem, chain: DescriptorChain<T>, disk: &Disk) -> Outcome
 where
-    T: std::ops::Deref<Target = GuestMemoryMmap> + Clone,
+    T: std::ops::Deref<Target = GuestMem> + Clone,
 {
     let (Ok(mut reader), Ok(mut writer)) = (
-        Reader::<()>::new(mem, chain.clone()),
-        Writer::<()>::new(mem, chain),
+        Reader::new(mem, chain.clone()),
+        Writer::new(mem, chain),
     ) else {
         // A buffer outside guest memory, or lengths that overflow.
         return Outcome::default();
@@ -104,8 +105,8 @@ where
 
 fn run(
     h: &RequestHeader,
-    reader: &mut Reader<'_>,
-    writer: &mut Writer<'_>,
+    reader: &mut ChainReader<'_>,
+    writer: &mut ChainWriter<'_>,
     disk: &Disk,
     out: &mut Outcome,
 ) -> u8 {
@@ -139,7 +140,7 @@ fn range(sector: u64, len: u64, disk: &Disk) -> Result<u64, u8> {
     Ok(start)
 }
 
-fn read(sector: u64, writer: &mut Writer<'_>, disk: &Disk, out: &mut Outcome) -> Result<(), u8> {
+fn read(sector: u64, writer: &mut ChainWriter<'_>, disk: &Disk, out: &mut Outcome) -> Result<(), u8> {
     let len = writer.available_bytes() as u64;
     let mut at = range(sector, len, disk)?;
     let mut buf = vec![0u8; CHUNK.min(len as usize)];
@@ -157,7 +158,7 @@ fn read(sector: u64, writer: &mut Writer<'_>, disk: &Disk, out: &mut Outcome) ->
     Ok(())
 }
 
-fn write(sector: u64, reader: &mut Reader<'_>, disk: &Disk, out: &mut Outcome) -> Result<(), u8> {
+fn write(sector: u64, reader: &mut ChainReader<'_>, disk: &Disk, out: &mut Outcome) -> Result<(), u8> {
     if disk.read_only {
         return Err(S_IOERR);
     }
@@ -183,7 +184,7 @@ fn flush(disk: &Disk) -> Result<(), u8> {
     Ok(())
 }
 
-fn segments(kind: u32, reader: &mut Reader<'_>, disk: &Disk) -> Result<(), u8> {
+fn segments(kind: u32, reader: &mut ChainReader<'_>, disk: &Disk) -> Result<(), u8> {
     if disk.read_only {
         return Err(S_IOERR);
     }

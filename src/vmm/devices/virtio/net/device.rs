@@ -30,7 +30,7 @@
 //! in the `net` metrics.
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
-use vm_memory::GuestMemoryMmap;
+use crate::vmm::kvm::memory::GuestMem;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
@@ -367,7 +367,7 @@ fn has_available(q: &ActiveQueue) -> bool {
 
 /// The frame bytes of a transmit chain (without the virtio-net header),
 /// as the transmit limiter counts them.
-fn frame_bytes(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
+fn frame_bytes(chain: &DescriptorChain<&GuestMem>) -> u64 {
     chain
         .clone()
         .map(|d| u64::from(d.len()))
@@ -377,13 +377,13 @@ fn frame_bytes(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
 
 /// Writes one transmit chain (header and frame) to the TAP.
 fn send_frame(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMem,
+    chain: DescriptorChain<&GuestMem>,
     tap: &Tap,
     buf: &mut [u8],
 ) {
     let m = &METRICS.net;
-    let Ok(mut reader) = Reader::<()>::new(mem, chain) else {
+    let Ok(mut reader) = Reader::new(mem, chain) else {
         // A buffer outside guest memory, or lengths that overflow.
         m.tx_errors.inc();
         return;
@@ -416,8 +416,8 @@ fn send_frame(
 /// the ring is broken (counted).
 fn pop<'m>(
     queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, ()> {
+    mem: &'m GuestMem,
+) -> Result<Option<DescriptorChain<&'m GuestMem>>, ()> {
     match queue.iter(mem) {
         Ok(mut chains) => Ok(chains.next()),
         Err(e) => {
@@ -428,20 +428,20 @@ fn pop<'m>(
     }
 }
 
-type Chain<'m> = DescriptorChain<&'m GuestMemoryMmap>;
+type Chain<'m> = DescriptorChain<&'m GuestMem>;
 
 /// Room for frame bytes in a receive chain, or None when it is unusable
 /// (outside guest memory, no writable bytes, or too short for the header
 /// when it would carry one).
-fn room(mem: &GuestMemoryMmap, chain: &Chain<'_>, first: bool) -> Option<usize> {
-    let w = Writer::<()>::new(mem, chain.clone()).ok()?;
+fn room(mem: &GuestMem, chain: &Chain<'_>, first: bool) -> Option<usize> {
+    let w = Writer::new(mem, chain.clone()).ok()?;
     let n = w.available_bytes();
     let least = if first { VNET_HDR_LEN } else { 1 };
     (n >= least).then_some(n)
 }
 
-fn write_chain(mem: &GuestMemoryMmap, chain: Chain<'_>, bytes: &[u8]) -> bool {
-    match Writer::<()>::new(mem, chain) {
+fn write_chain(mem: &GuestMem, chain: Chain<'_>, bytes: &[u8]) -> bool {
+    match Writer::new(mem, chain) {
         Ok(mut w) => std::io::Write::write_all(&mut w, bytes).is_ok(),
         Err(_) => false,
     }
@@ -453,7 +453,7 @@ fn write_chain(mem: &GuestMemoryMmap, chain: Chain<'_>, bytes: &[u8]) -> bool {
 /// a frame that does not fit yet leaves the ring as it was.
 fn deliver(
     queue: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     frame: &mut [u8],
     mrg: bool,
     used: &mut Vec<(u16, u32)>,
@@ -532,7 +532,7 @@ fn deliver(
     Delivery::Delivered
 }
 
-fn add_used(queue: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32) {
+fn add_used(queue: &mut Queue, mem: &GuestMem, head: u16, len: u32) {
     if let Err(e) = queue.add_used(mem, head, len) {
         tracing::debug!("virtio-net: cannot return a buffer: {e}");
         METRICS.net.rx_errors.inc();

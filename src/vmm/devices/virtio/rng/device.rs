@@ -2,7 +2,8 @@
 //! each filled with random bytes from the host.
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use crate::vmm::kvm::memory::GuestMem;
+use vm_memory::Bytes;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::devices::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
@@ -70,7 +71,7 @@ impl Rng {
 
 /// Fills a request's device-writable buffers with random bytes, up to
 /// [`MAX_REQUEST_BYTES`]; returns how many were written.
-fn fill_request(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+fn fill_request(mem: &GuestMem, chain: DescriptorChain<&GuestMem>) -> u32 {
     let mut buf = [0u8; 4096];
     let mut written: u32 = 0;
     for desc in chain {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events};
 use virtio_queue::DescriptorChain;
-use vm_memory::GuestMemoryMmap;
+use crate::vmm::kvm::memory::GuestMem;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -500,8 +500,8 @@ impl Muxer {
     /// nothing to send.
     pub fn fill_rx(
         &mut self,
-        mem: &GuestMemoryMmap,
-        chain: DescriptorChain<&GuestMemoryMmap>,
+        mem: &GuestMem,
+        chain: DescriptorChain<&GuestMem>,
     ) -> Option<u32> {
         if !self.has_rx() {
             return None;

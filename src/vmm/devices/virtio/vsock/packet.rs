@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 
 use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::GuestMemoryMmap;
+use crate::vmm::kvm::memory::{ChainWriter, GuestMem};
 
 /// Bytes of `virtio_vsock_hdr`.
 pub const HDR_LEN: usize = 44;
@@ -128,11 +128,11 @@ pub fn parse(bytes: &[u8]) -> Result<(Header, &[u8]), PacketError> {
 /// `buf` (at most a header and [`MAX_PAYLOAD`] bytes are copied, whatever
 /// the chain claims) and parses it.
 pub fn read_tx<'b>(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMem,
+    chain: DescriptorChain<&GuestMem>,
     buf: &'b mut Vec<u8>,
 ) -> Result<(Header, &'b [u8]), PacketError> {
-    let mut reader = Reader::<()>::new(mem, chain).map_err(|_| PacketError::Memory)?;
+    let mut reader = Reader::new(mem, chain).map_err(|_| PacketError::Memory)?;
     buf.clear();
     let avail = reader.available_bytes();
     if avail < HDR_LEN {
@@ -156,17 +156,17 @@ pub fn read_tx<'b>(
 
 /// An RX chain the device fills with one packet.
 pub struct RxBuffer<'a> {
-    writer: Writer<'a>,
+    writer: ChainWriter<'a>,
 }
 
 impl<'a> RxBuffer<'a> {
     /// Fails when the chain's writable part is outside guest memory or
     /// too short for a header.
     pub fn new(
-        mem: &'a GuestMemoryMmap,
-        chain: DescriptorChain<&'a GuestMemoryMmap>,
+        mem: &'a GuestMem,
+        chain: DescriptorChain<&'a GuestMem>,
     ) -> Result<Self, PacketError> {
-        let writer = Writer::<()>::new(mem, chain).map_err(|_| PacketError::Memory)?;
+        let writer = Writer::new(mem, chain).map_err(|_| PacketError::Memory)?;
         let room = writer.available_bytes();
         if room < HDR_LEN {
             return Err(PacketError::ShortHeader(room));
