@@ -38,6 +38,11 @@ enum Command {
     ///
     /// Exits 0 when the VMM can run here (the probe guest runs), 1 otherwise.
     Doctor,
+    /// Work on snapshot files: merge a diff onto its base, inspect a state file.
+    Snapshot {
+        #[command(subcommand)]
+        command: husk::vmm::snapshot::cli::SnapshotCommand,
+    },
     /// Pull, import, list and remove images, and build root filesystems.
     Image(husk::image::cli::ImageArgs),
     /// Measure start-up, boot, memory, API-under-load and image figures; prints JSON.
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         },
         Command::Doctor => husk::doctor::run(),
         Command::Image(args) => husk::image::cli::run(args),
+        Command::Snapshot { command } => husk::vmm::snapshot::cli::run(command),
         Command::Bench(args) => husk::bench::run(args),
         Command::Agent { command } => agent(command),
         Command::Container(verb) => husk::cli::dispatch(cli.socket.as_deref(), verb),

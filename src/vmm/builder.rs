@@ -25,6 +25,8 @@ use crate::vmm::devices::virtio::mmio::MmioTransport;
 use crate::vmm::devices::virtio::rng::Rng;
 use crate::vmm::exit::ExitNotifier;
 use crate::vmm::kvm::memory::{create_guest_memory, MemoryError};
+use crate::vmm::kvm::persist::{check_cpu, restore_vm, KvmStateError};
+use crate::vmm::snapshot::MicrovmState;
 use crate::vmm::kvm::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vmm::kvm::{Vm, VmError};
 use crate::vmm::sink::OutputFile;
@@ -58,6 +60,10 @@ pub enum StartError {
     Vcpu(#[from] VcpuError),
     #[error("cannot create the {0} device: {1}")]
     Device(&'static str, String),
+    #[error(transparent)]
+    KvmState(#[from] KvmStateError),
+    #[error("cannot restore the snapshot: {0}")]
+    Restore(String),
 }
 
 /// A virtio-blk device as it runs, for PATCH /drives.
@@ -327,6 +333,61 @@ fn load_and_configure(
     Ok(entry)
 }
 
+/// Phase 2, shared by a cold boot and a restore: every device, in the
+/// same order, so each gets the same window and interrupt line.
+struct Devices {
+    dm: DeviceManager,
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042Device>>,
+    drives: Vec<AttachedDrive>,
+    nets: Vec<AttachedNet>,
+}
+
+fn attach_devices(
+    vm: &Vm,
+    mem: &GuestMem,
+    cfg: &VmConfig,
+    events: &mut EventLoop,
+    exit: &Arc<ExitNotifier>,
+) -> Result<Devices, StartError> {
+    let mut dm = DeviceManager::new();
+    let (serial, i8042) = attach_legacy_devices(vm, &mut dm, events, cfg.serial.as_ref(), exit)?;
+    dm.track_legacy(serial.clone(), i8042.clone());
+    let drives = attach_virtio_devices(vm, mem, &mut dm, events, cfg)?;
+    let nets = attach_net_devices(vm, mem, &mut dm, events, cfg)?;
+    Ok(Devices {
+        dm,
+        serial,
+        i8042,
+        drives,
+        nets,
+    })
+}
+
+fn start_vcpus(
+    vcpus: Vec<Vcpu>,
+    paused: bool,
+    devices: Devices,
+    vm: Vm,
+    mem: GuestMem,
+) -> Result<RunningVm, StartError> {
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        handles.push(vcpu.start(paused)?);
+    }
+    tracing::debug!(paused, "vCPUs started");
+    Ok(RunningVm {
+        vcpus: handles,
+        serial: devices.serial,
+        i8042: devices.i8042,
+        devices: devices.dm,
+        drives: devices.drives,
+        nets: devices.nets,
+        vm,
+        mem,
+    })
+}
+
 /// Builds the microVM described by `cfg` on `vm` (from `Vm::open`),
 /// subscribing its devices to `events`, and starts its vCPUs.
 pub fn build_and_start(
@@ -341,28 +402,53 @@ pub fn build_and_start(
     vm.set_up(&mem, machine.track_dirty_pages)?;
     tracing::debug!("KVM VM set up");
     // Phase 2.
-    let mut devices = DeviceManager::new();
-    let (serial, i8042) =
-        attach_legacy_devices(&vm, &mut devices, events, cfg.serial.as_ref(), &exit)?;
-    let drives = attach_virtio_devices(&vm, &mem, &mut devices, events, cfg)?;
-    let nets = attach_net_devices(&vm, &mem, &mut devices, events, cfg)?;
+    let devices = attach_devices(&vm, &mem, cfg, events, &exit)?;
     // Phase 3.
-    let vcpus = create_vcpus(&vm, &devices, machine.vcpu_count, &exit)?;
+    let vcpus = create_vcpus(&vm, &devices.dm, machine.vcpu_count, &exit)?;
     // Phase 4.
-    load_and_configure(&vm, &mem, cfg, &devices, &vcpus)?;
-    let mut handles = Vec::with_capacity(vcpus.len());
-    for vcpu in vcpus {
-        handles.push(vcpu.start()?);
+    load_and_configure(&vm, &mem, cfg, &devices.dm, &vcpus)?;
+    start_vcpus(vcpus, false, devices, vm, mem)
+}
+
+/// Rebuilds a snapshotted microVM on `vm`: `mem` is its memory (mapped
+/// from the memory file, or served by a page server), `cfg` its saved
+/// configuration with any overrides applied. The same phases as a cold
+/// boot, with the saved state in place of the kernel and registers.
+pub fn restore_and_start(
+    vm: Vm,
+    mem: GuestMem,
+    cfg: &VmConfig,
+    state: &MicrovmState,
+    events: &mut EventLoop,
+    exit: Arc<ExitNotifier>,
+    paused: bool,
+) -> Result<RunningVm, StartError> {
+    let machine = &cfg.machine_config;
+    if state.vcpus.len() != usize::from(machine.vcpu_count) {
+        return Err(StartError::Restore(format!(
+            "the snapshot has {} vCPU states for {} vCPUs",
+            state.vcpus.len(),
+            machine.vcpu_count
+        )));
     }
-    tracing::debug!("vCPUs started");
-    Ok(RunningVm {
-        vcpus: handles,
-        serial,
-        i8042,
-        devices,
-        drives,
-        nets,
-        vm,
-        mem,
-    })
+    for v in &state.vcpus {
+        check_cpu(&v.cpuid, vm.supported_cpuid())?;
+    }
+    // Phase 1.
+    vm.set_up(&mem, machine.track_dirty_pages)?;
+    // Phase 2.
+    let devices = attach_devices(&vm, &mem, cfg, events, &exit)?;
+    devices
+        .dm
+        .restore(&state.devices)
+        .map_err(|e| StartError::Restore(e.to_string()))?;
+    // Phase 3.
+    let vcpus = create_vcpus(&vm, &devices.dm, machine.vcpu_count, &exit)?;
+    // Phase 4: the VM's interrupt controllers and clock, then each vCPU.
+    restore_vm(&vm, &state.vm)?;
+    for (vcpu, s) in vcpus.iter().zip(&state.vcpus) {
+        vcpu.restore(s)?;
+    }
+    tracing::debug!("state restored");
+    start_vcpus(vcpus, paused, devices, vm, mem)
 }

@@ -2,21 +2,26 @@
 //! windows and interrupt lines (GSIs), wires irqfds, keeps the list of
 //! devices (for `GET /vm/config`, metrics and snapshots) and writes the
 //! `virtio_mmio.device=` entries a kernel needs to find each virtio-mmio
-//! device.
+//! device. It saves and restores every device's state
+//! ([`save`](DeviceManager::save), [`restore`](DeviceManager::restore);
+//! the states and their matching are in `devices/persist.rs`).
 //!
 //! Devices are attached while the VM is built, before any vCPU exists;
 //! then the buses are frozen and shared with the vCPU threads.
 
 use std::sync::{Arc, Mutex};
 
-use event_manager::{MutEventSubscriber, SubscriberOps};
 use crate::vmm::kvm::memory::GuestMem;
+use event_manager::{MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::arch::x86_64::layout::{
     MMIO_DEVICES_END, MMIO_DEVICES_START, MMIO_WINDOW_SIZE, VIRTIO_GSI_FIRST, VIRTIO_GSI_LAST,
 };
 use crate::vmm::devices::bus::SharedDevice;
+use crate::vmm::devices::legacy::{I8042Device, SerialDevice};
+use crate::vmm::devices::persist::{self, LegacyHandles, VirtioHandle};
+pub use crate::vmm::devices::persist::{DevicePersistError, DevicesState};
 use crate::vmm::devices::virtio::mmio::{reg, MmioTransport};
 use crate::vmm::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::vmm::devices::{Bus, BusError, IrqTrigger};
@@ -74,6 +79,9 @@ pub struct DeviceManager {
     next_mmio: u64,
     next_gsi: u32,
     devices: Vec<DeviceInfo>,
+    /// The devices a snapshot saves, virtio ones in attach order.
+    legacy: Option<LegacyHandles>,
+    virtio: Vec<VirtioHandle>,
 }
 
 impl Default for DeviceManager {
@@ -90,6 +98,8 @@ impl DeviceManager {
             next_mmio: MMIO_DEVICES_START,
             next_gsi: VIRTIO_GSI_FIRST,
             devices: Vec::new(),
+            legacy: None,
+            virtio: Vec::new(),
         }
     }
 
@@ -202,8 +212,49 @@ impl DeviceManager {
             interrupt,
         )));
         self.attach_mmio(kind, id, transport.clone(), window)?;
+        self.track_virtio(kind, id, window, transport.clone());
         events.add_subscriber(device);
         Ok(transport)
+    }
+
+    /// Keeps the serial port and the i8042 for snapshots (once attached).
+    pub fn track_legacy(
+        &mut self,
+        serial: Arc<Mutex<SerialDevice>>,
+        i8042: Arc<Mutex<I8042Device>>,
+    ) {
+        self.legacy = Some((serial, i8042));
+    }
+
+    /// Keeps a virtio transport for snapshots, with what identifies it.
+    fn track_virtio(
+        &mut self,
+        kind: &'static str,
+        id: &str,
+        (base, gsi): (u64, u32),
+        transport: Arc<Mutex<MmioTransport>>,
+    ) {
+        self.virtio.push(VirtioHandle {
+            kind,
+            id: id.to_string(),
+            base,
+            gsi,
+            transport,
+        });
+    }
+
+    /// Every device's state. Call with every vCPU paused, on the thread
+    /// that runs the devices' event loop.
+    pub fn save(&self) -> DevicesState {
+        persist::save(self.legacy.as_ref(), &self.virtio)
+    }
+
+    /// Applies a saved state to the devices of a VM built from the saved
+    /// configuration, before any vCPU runs. Refused (and nothing changed)
+    /// when the devices differ from the saved ones; a state that does not
+    /// fit one device stops the restore there.
+    pub fn restore(&self, state: &DevicesState) -> std::result::Result<(), DevicePersistError> {
+        persist::restore(self.legacy.as_ref(), &self.virtio, state)
     }
 
     /// The buses, shared with the vCPUs from now on.
@@ -278,6 +329,45 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, (VIRTIO_GSI_LAST - VIRTIO_GSI_FIRST + 1) as usize);
+    }
+
+    #[test]
+    fn a_snapshot_covers_the_tracked_devices_in_attach_order() {
+        use crate::vmm::devices::virtio::rng::Rng;
+        let mem =
+            crate::vmm::kvm::memory::anonymous(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let evt = || EventFd::new(EFD_NONBLOCK).unwrap();
+        let build = || {
+            let mut dm = DeviceManager::new();
+            let serial = SerialDevice::new(evt(), Box::new(std::io::sink())).unwrap();
+            let exit = Arc::new(crate::vmm::exit::ExitNotifier::new().unwrap());
+            let i8042 = I8042Device::new(IrqTrigger(evt()), exit);
+            dm.track_legacy(Arc::new(Mutex::new(serial)), Arc::new(Mutex::new(i8042)));
+            for id in ["a", "b"] {
+                let w = dm.allocate_mmio(id).unwrap();
+                let rng = Arc::new(Mutex::new(Rng::new(&Default::default()).unwrap()));
+                let irq = Arc::new(VirtioInterrupt::new(IrqTrigger(evt())));
+                let t = Arc::new(Mutex::new(MmioTransport::new(rng, mem.clone(), irq)));
+                dm.attach_mmio("virtio-rng", id, t.clone(), w).unwrap();
+                dm.track_virtio("virtio-rng", id, w, t);
+            }
+            dm
+        };
+        let s = build().save();
+        assert!(s.legacy.is_some());
+        let order: Vec<_> = s.virtio.iter().map(|v| (v.id.as_str(), v.base)).collect();
+        assert_eq!(
+            order,
+            [
+                ("a", MMIO_DEVICES_START),
+                ("b", MMIO_DEVICES_START + MMIO_WINDOW_SIZE)
+            ]
+        );
+        build().restore(&s).unwrap();
+        let mut fewer = s.clone();
+        fewer.virtio.pop();
+        let err = build().restore(&fewer).unwrap_err().to_string();
+        assert!(err.contains("\"b\""), "{err}");
     }
 
     #[test]

@@ -164,6 +164,8 @@ pub struct VsockMetrics {
 #[derive(Debug, Default, Serialize)]
 pub struct VmmMetrics {
     pub instance_starts: Counter,
+    pub snapshots_created: Counter,
+    pub snapshots_loaded: Counter,
     pub metrics_flushes: Counter,
     /// Metrics lines dropped because a FIFO's reader fell behind.
     pub missed_metrics_writes: Counter,
@@ -265,6 +267,8 @@ pub static METRICS: Metrics = Metrics {
     }),
     vmm: zeroed!(VmmMetrics {
         instance_starts,
+        snapshots_created,
+        snapshots_loaded,
         metrics_flushes,
         missed_metrics_writes,
         missed_log_lines

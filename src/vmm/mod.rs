@@ -76,6 +76,9 @@ pub struct Vmm {
     config: VmConfig,
     state: VmState,
     running: Option<RunningVm>,
+    /// The page server's userfaultfd, after a `Uffd` restore; dropped
+    /// after the memory it serves.
+    uffd: Option<snapshot::uffd::UffdBackend>,
     exit: Arc<ExitNotifier>,
     exit_code: Option<i32>,
     exit_reason: Option<ExitReason>,
@@ -93,6 +96,7 @@ impl Vmm {
             config: VmConfig::default(),
             state: VmState::NotStarted,
             running: None,
+            uffd: None,
             exit: Arc::new(ExitNotifier::new()?),
             exit_code: None,
             exit_reason: None,
@@ -355,24 +359,35 @@ impl Vmm {
             .ok_or(VmmActionError::NotRunning(self.state.as_str()))
     }
 
+    /// Pauses every vCPU or none: each is asked before any answer is
+    /// awaited, and if one fails the ones that paused run again.
     fn pause(&mut self) -> Result<(), VmmActionError> {
         if self.state != VmState::Running {
             return Err(VmmActionError::NotRunning(self.state.as_str()));
         }
-        for v in &self.running()?.vcpus {
-            v.pause()?;
-        }
+        let vcpus = &self.running()?.vcpus;
+        all_or_nothing(
+            vcpus,
+            |v| v.request_pause(),
+            |v| v.wait_paused(),
+            |v| v.resume(),
+        )?;
         self.state = VmState::Paused;
         Ok(())
     }
 
+    /// Resumes every vCPU or none (the ones that resumed pause again).
     fn resume(&mut self) -> Result<(), VmmActionError> {
         if self.state != VmState::Paused {
             return Err(VmmActionError::NotPaused(self.state.as_str()));
         }
-        for v in &self.running()?.vcpus {
-            v.resume()?;
-        }
+        let vcpus = &self.running()?.vcpus;
+        all_or_nothing(
+            vcpus,
+            |v| v.request_resume(),
+            |v| v.wait_resumed(),
+            |v| v.pause(),
+        )?;
         self.state = VmState::Running;
         Ok(())
     }
@@ -435,6 +450,12 @@ impl Vmm {
             VmmAction::FlushMetrics => done(self.metrics.flush().map_err(Into::into)),
             VmmAction::Pause => done(self.pause()),
             VmmAction::Resume => done(self.resume()),
+            VmmAction::CreateSnapshot(p) => done(self.create_snapshot(p)),
+            // Loading needs the event loop, like InstanceStart.
+            VmmAction::LoadSnapshot(_) => done(
+                self.require_not_started()
+                    .and(Err(VmmActionError::AfterStart)),
+            ),
         }
     }
 
@@ -481,6 +502,48 @@ impl Vmm {
         let _ = self.metrics_timer.wait();
         if let Err(e) = self.metrics.flush() {
             tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Asks every vCPU (`ask`), then waits for every answer (`wait`); when
+/// any fails, the ones that succeeded are put back (`undo`) and the first
+/// error is returned.
+fn all_or_nothing(
+    vcpus: &[kvm::vcpu::VcpuHandle],
+    ask: impl Fn(&kvm::vcpu::VcpuHandle) -> Result<(), kvm::vcpu::VcpuError>,
+    wait: impl Fn(&kvm::vcpu::VcpuHandle) -> Result<(), kvm::vcpu::VcpuError>,
+    undo: impl Fn(&kvm::vcpu::VcpuHandle) -> Result<(), kvm::vcpu::VcpuError>,
+) -> Result<(), kvm::vcpu::VcpuError> {
+    let mut first_err = None;
+    let mut asked = Vec::with_capacity(vcpus.len());
+    for v in vcpus {
+        match ask(v) {
+            Ok(()) => asked.push(v),
+            Err(e) => {
+                first_err = Some(e);
+                break;
+            }
+        }
+    }
+    let mut done = Vec::with_capacity(asked.len());
+    for v in asked {
+        match wait(v) {
+            Ok(()) => done.push(v),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        None => Ok(()),
+        Some(e) => {
+            for v in done {
+                if let Err(u) = undo(v) {
+                    tracing::error!("cannot undo a vCPU state change: {u}");
+                }
+            }
+            Err(e)
         }
     }
 }

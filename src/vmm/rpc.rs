@@ -52,6 +52,8 @@ pub enum VmmAction {
     FlushMetrics,
     Pause,
     Resume,
+    CreateSnapshot(crate::vmm::config::SnapshotCreateParams),
+    LoadSnapshot(crate::vmm::config::SnapshotLoadParams),
 }
 
 /// A successful answer.
@@ -90,6 +92,8 @@ pub enum VmmActionError {
     DriveUpdate { id: String, err: String },
     #[error("cannot update network interface {id}: {err}")]
     NetUpdate { id: String, err: String },
+    #[error(transparent)]
+    Snapshot(#[from] crate::vmm::snapshot::actions::SnapshotError),
 }
 
 pub type VmmReply = Result<VmmData, VmmActionError>;

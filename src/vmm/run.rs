@@ -12,7 +12,7 @@ use std::time::Duration;
 use event_manager::{EventManager, SubscriberOps};
 
 use super::api;
-use super::config::VmConfig;
+use super::config::{NetworkOverride, SnapshotLoadParams, VmConfig, VsockOverride};
 use super::exit::ExitReason;
 use super::logger::Logger;
 use super::rpc::{self, ApiAdapter, ApiReceiver, VmmAction, VmmData};
@@ -23,6 +23,8 @@ use super::{EventLoop, Vmm};
 pub struct VmmOptions {
     pub api_sock: Option<PathBuf>,
     pub config_file: Option<PathBuf>,
+    /// `--restore-from` and what goes with it.
+    pub restore: Option<SnapshotLoadParams>,
     pub id: String,
     pub api_limits: api::server::Limits,
 }
@@ -34,11 +36,32 @@ pub struct VmmArgs {
     #[arg(long, required_unless_present = "no_api")]
     pub api_sock: Option<PathBuf>,
     /// Firecracker-style JSON config; the VM boots at once.
-    #[arg(long)]
+    #[arg(long, group = "vm_source")]
     pub config_file: Option<PathBuf>,
-    /// Serve no API (needs --config-file).
-    #[arg(long, requires = "config_file", conflicts_with = "api_sock")]
+    /// Serve no API (needs --config-file or --restore-from).
+    #[arg(long, conflicts_with = "api_sock", requires = "vm_source")]
     pub no_api: bool,
+    /// Restore this snapshot state file at once and run it (the clone
+    /// fast path); needs --mem-file.
+    #[arg(long, group = "vm_source", requires = "mem_file")]
+    pub restore_from: Option<PathBuf>,
+    /// The snapshot's memory file, mapped copy-on-write.
+    #[arg(long, requires = "restore_from")]
+    pub mem_file: Option<PathBuf>,
+    /// With --restore-from: the vsock's Unix socket for this clone.
+    #[arg(long, requires = "restore_from")]
+    pub vsock_uds: Option<PathBuf>,
+    /// With --restore-from: a new guest CID for this clone (needs
+    /// --vsock-uds).
+    #[arg(long, requires = "vsock_uds")]
+    pub vsock_cid: Option<u32>,
+    /// With --restore-from: IFACE=TAP puts interface IFACE on another TAP
+    /// (repeatable).
+    #[arg(long = "net-override", requires = "restore_from", value_parser = parse_net_override)]
+    pub net_overrides: Vec<NetworkOverride>,
+    /// With --restore-from: track dirty pages, for diff snapshots later.
+    #[arg(long, requires = "restore_from")]
+    pub track_dirty_pages: bool,
     /// The microVM's id, reported by `GET /`: 1 to 64 letters, digits,
     /// '-' or '_'.
     #[arg(long, default_value = "anonymous-instance", value_parser = parse_id)]
@@ -60,6 +83,17 @@ pub struct VmmArgs {
     pub api_max_connections: u64,
 }
 
+/// `IFACE=TAP`.
+fn parse_net_override(s: &str) -> Result<NetworkOverride, String> {
+    match s.split_once('=') {
+        Some((iface, tap)) if !iface.is_empty() && !tap.is_empty() => Ok(NetworkOverride {
+            iface_id: iface.into(),
+            host_dev_name: tap.into(),
+        }),
+        _ => Err("expected IFACE=TAP".into()),
+    }
+}
+
 /// Instance ids end up in paths and logs, so they are kept plain.
 pub fn parse_id(s: &str) -> Result<String, String> {
     if super::config::is_plain_id(s) {
@@ -71,9 +105,24 @@ pub fn parse_id(s: &str) -> Result<String, String> {
 
 impl From<VmmArgs> for VmmOptions {
     fn from(a: VmmArgs) -> Self {
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        let restore = a.restore_from.map(|state| SnapshotLoadParams {
+            snapshot_path: path(state),
+            mem_file_path: a.mem_file.map(path),
+            mem_backend: None,
+            track_dirty_pages: a.track_dirty_pages,
+            enable_diff_snapshots: false,
+            resume_vm: true,
+            network_overrides: a.net_overrides,
+            vsock_override: a.vsock_uds.map(|uds| VsockOverride {
+                uds_path: path(uds),
+                guest_cid: a.vsock_cid,
+            }),
+        });
         VmmOptions {
             api_sock: a.api_sock,
             config_file: a.config_file,
+            restore,
             id: a.id,
             api_limits: api::server::Limits {
                 header_timeout: Duration::from_millis(a.api_header_timeout_ms),
@@ -149,6 +198,12 @@ fn run_with(opts: VmmOptions, logger: Logger, api: Option<ApiReceiver>) -> i32 {
             return 1;
         }
     }
+    if let Some(params) = opts.restore.clone() {
+        if let Err(e) = vmm.load_snapshot(params, &mut events) {
+            eprintln!("husk vmm: {e}");
+            return 1;
+        }
+    }
     if let Some(api) = &api {
         serve_until_started(&mut vmm, api, &mut events);
     }
@@ -200,6 +255,9 @@ fn serve_until_started(vmm: &mut Vmm, api: &ApiReceiver, events: &mut EventLoop)
         for req in api.pending() {
             req.serve(|action| match action {
                 VmmAction::InstanceStart => vmm.start(events).map(|_| VmmData::Empty),
+                VmmAction::LoadSnapshot(p) => {
+                    vmm.load_snapshot(p, events).map(|_| VmmData::Empty)
+                }
                 other => vmm.handle(other),
             });
         }

@@ -175,6 +175,51 @@ impl Vmm {
         vmm
     }
 
+    /// Starts `husk` with `args` in a fresh directory (`args(dir)` may
+    /// name files in it, or elsewhere); waits for `--api-sock`'s socket
+    /// when the arguments have one.
+    pub fn with_args(args: impl FnOnce(&TempDir) -> Vec<String>) -> Vmm {
+        let dir = TempDir::new();
+        let kernel = probe_kernel(&dir);
+        let args = args(&dir);
+        let sock = args
+            .iter()
+            .position(|a| a == "--api-sock")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let vmm = spawn(
+            &refs,
+            dir,
+            sock.clone()
+                .unwrap_or_else(|| PathBuf::from("/nonexistent")),
+            kernel,
+        );
+        if let Some(sock) = sock {
+            let start = Instant::now();
+            while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+                assert!(start.elapsed() < TIMEOUT, "API socket never came up");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        vmm
+    }
+
+    /// Every serial line that arrives within `quiet` of the one before,
+    /// for at most two seconds (a guest may never go quiet).
+    pub fn drain(&mut self, quiet: Duration) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut out = Vec::new();
+        while Instant::now() < deadline {
+            let Ok(l) = self.lines.recv_timeout(quiet) else {
+                break;
+            };
+            self.seen.push(l.clone());
+            out.push(l);
+        }
+        out
+    }
+
     /// Starts `husk vmm --no-api --config-file` with `config(kernel_path)`.
     pub fn with_config(config: impl FnOnce(&Path) -> Value) -> Vmm {
         let dir = TempDir::new();

@@ -13,13 +13,31 @@
  * sector at `capacity` (one past the end), which must come back IOERR.
  * The first request's interrupt must reach the LAPIC IRR.
  *
+ * Drive 0 is left set up (not reset), its device and queue static, for
+ * `blk-again` below.
+ *
  * A second block device, when there is one, is a read-only drive: it must
  * offer VIRTIO_BLK_F_RO, refuse a write to sector 0 with IOERR (and not
- * change it), and serve a read of sector 0.
+ * change it), and serve a read of sector 0. It has a queue of its own and
+ * is reset afterwards.
  *
  * Prints `PROBE blk OK capacity=<sectors> head=<16 bytes> wrote=1
  * past_end=ioerr irq=1[ ro=ioerr]`, the head's bytes outside '!'..'~'
  * shown as '.'.
+ *
+ * Check `blk-again`: goes on with drive 0 as `blk` left it, without a
+ * reset, so that after a snapshot restore it drives the restored queue:
+ * the device must carry on from the ring indices it had (the driver's
+ * side of them is in guest memory, which the snapshot restores). It checks
+ * that the device is still live (DRIVER_OK, no DEVICE_NEEDS_RESET), that
+ * the LAPIC and the IOAPIC entry still deliver the vector `blk` gave it,
+ * routes it to a fresh vector (the old one's IRR bit stays set, since
+ * interrupts are never accepted), writes sector 2 ("HUSK-AFTER-RESTORE",
+ * then zeros: byte 1024 on of the backing file), whose interrupt must
+ * reach the LAPIC IRR, flushes, and reads sector 2 back. Without an earlier successful `blk` in this boot it
+ * fails with "blk not set up".
+ *
+ * Prints `PROBE blk-again OK wrote=1`.
  */
 #include "virtio.h"
 
@@ -40,6 +58,8 @@
 #define STATUS_UNSET 0xff
 
 #define WRITE_MARK "HUSK-PROBE-WRITE" /* 16 bytes */
+#define AGAIN_MARK "HUSK-AFTER-RESTORE" /* 18 bytes */
+#define AGAIN_SECTOR 2
 
 struct blk_req_hdr {
 	uint32_t type;
@@ -47,7 +67,13 @@ struct blk_req_hdr {
 	uint64_t sector;
 };
 
+/* Drive 0, live from a successful `blk` on (for `blk-again`). */
+static struct virtio_dev blk_dev;
 static struct virtq blk_queue;
+static int blk_live;
+/* Drive 1 (read-only), reset after `blk`. */
+static struct virtio_dev blk_ro_dev;
+static struct virtq blk_ro_queue;
 static struct blk_req_hdr blk_hdr;
 static uint8_t blk_status;
 static uint8_t blk_out[SECTOR]; /* what a write sends */
@@ -69,12 +95,12 @@ static const char *step_why(const char *step, const char *err)
 }
 
 /*
- * One request on blk_queue. `data` is NULL for FLUSH, else one sector
+ * One request on queue q. `data` is NULL for FLUSH, else one sector
  * (blk_in for IN, blk_out for OUT). Returns a transport failure; the
  * device's status goes to *status and the used length to *len.
  */
-static const char *blk_request(uint32_t type, uint64_t sector, uint8_t *data, uint8_t *status,
-			       uint32_t *len)
+static const char *blk_request(struct virtq *q, uint32_t type, uint64_t sector, uint8_t *data,
+			       uint8_t *status, uint32_t *len)
 {
 	struct virtq_buf bufs[3];
 	unsigned n = 0;
@@ -88,7 +114,7 @@ static const char *blk_request(uint32_t type, uint64_t sector, uint8_t *data, ui
 					       type == VIRTIO_BLK_T_IN};
 	bufs[n++] = (struct virtq_buf){(uint64_t)(uintptr_t)&blk_status, 1, 1};
 	*len = 0;
-	const char *err = virtq_transfer(&blk_queue, bufs, n, len);
+	const char *err = virtq_transfer(q, bufs, n, len);
 	*status = rd8((uint64_t)(uintptr_t)&blk_status);
 	return err;
 }
@@ -98,12 +124,12 @@ static const char *blk_request(uint32_t type, uint64_t sector, uint8_t *data, ui
  * asks for (the data and status bytes the device wrote: 513 for a
  * one-sector IN, 1 otherwise).
  */
-static const char *blk_request_ok(const char *step, uint32_t type, uint64_t sector,
-				  uint8_t *data)
+static const char *blk_request_ok(struct virtq *q, const char *step, uint32_t type,
+				  uint64_t sector, uint8_t *data)
 {
 	uint8_t status;
 	uint32_t len;
-	const char *err = blk_request(type, sector, data, &status, &len);
+	const char *err = blk_request(q, type, sector, data, &status, &len);
 	if (err)
 		return step_why(step, err);
 	if (status != VIRTIO_BLK_S_OK)
@@ -115,12 +141,12 @@ static const char *blk_request_ok(const char *step, uint32_t type, uint64_t sect
 }
 
 /* A request that must come back IOERR. */
-static const char *blk_request_ioerr(const char *step, uint32_t type, uint64_t sector,
-				     uint8_t *data)
+static const char *blk_request_ioerr(struct virtq *q, const char *step, uint32_t type,
+				     uint64_t sector, uint8_t *data)
 {
 	uint8_t status;
 	uint32_t len;
-	const char *err = blk_request(type, sector, data, &status, &len);
+	const char *err = blk_request(q, type, sector, data, &status, &len);
 	if (err)
 		return step_why(step, err);
 	if (status != VIRTIO_BLK_S_IOERR)
@@ -145,41 +171,71 @@ static int in_differs(void)
 	return -1;
 }
 
-/* Finds, routes (if `route`) and starts block device `nth`. */
-static const char *blk_start(unsigned nth, struct virtio_dev *dev, int route)
+/* Finds, routes (if `route`) and starts block device `nth` with queue q. */
+static const char *blk_start(unsigned nth, struct virtio_dev *dev, struct virtq *q, int route)
 {
 	const char *err;
 	if ((err = virtio_find(VIRTIO_ID_BLOCK, nth, dev)) ||
 	    (route && (err = virtio_irq_route(dev))) ||
 	    (err = virtio_init(dev, VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_RO)) ||
-	    (err = virtq_setup(dev, &blk_queue, 0, 8)) ||
+	    (err = virtq_setup(dev, q, 0, 8)) ||
 	    (err = virtio_driver_ok(dev)))
 		return err;
+	return NULL;
+}
+
+/*
+ * Writes `mark` and zeros to `sector` of drive 0, flushes, and reads the
+ * sector back. With `irq`, the write's interrupt must reach the LAPIC IRR.
+ */
+static const char *blk_write_back(uint64_t sector, const char *mark, int irq)
+{
+	struct virtio_dev *dev = &blk_dev;
+	const char *err;
+	memset(blk_out, 0, sizeof(blk_out));
+	for (unsigned i = 0; mark[i]; i++)
+		blk_out[i] = (uint8_t)mark[i];
+	if ((err = blk_request_ok(&blk_queue, "write", VIRTIO_BLK_T_OUT, sector, blk_out)))
+		return err;
+	if (irq && (err = virtio_irq_wait(dev)))
+		return step_why("write", err);
+	virtio_irq_ack(dev);
+	if ((err = blk_request_ok(&blk_queue, "flush", VIRTIO_BLK_T_FLUSH, 0, NULL)))
+		return err;
+	virtio_irq_ack(dev);
+	fill(blk_in, 0xa5);
+	if ((err = blk_request_ok(&blk_queue, "read back", VIRTIO_BLK_T_IN, sector, blk_in)))
+		return err;
+	virtio_irq_ack(dev);
+	int at = in_differs();
+	if (at >= 0)
+		return virtio_why("read back differs from what was written at byte", (uint64_t)at);
 	return NULL;
 }
 
 /* The writable drive. Fills *capacity and head[16]. */
 static const char *blk_rw(uint64_t *capacity, char *head)
 {
-	struct virtio_dev dev;
+	struct virtio_dev *dev = &blk_dev;
 	const char *err;
-	if ((err = blk_start(0, &dev, 1)))
+	blk_live = 0;
+	if ((err = blk_start(0, dev, &blk_queue, 1)))
 		return step_why("drive 0", err);
-	if (dev.device_features & VIRTIO_BLK_F_RO)
+	if (dev->device_features & VIRTIO_BLK_F_RO)
 		return "drive 0 offers VIRTIO_BLK_F_RO but is writable";
-	if (!(dev.features & VIRTIO_BLK_F_FLUSH))
+	if (!(dev->features & VIRTIO_BLK_F_FLUSH))
 		return "drive 0 does not offer VIRTIO_BLK_F_FLUSH";
 
-	uint64_t cap = virtio_config_read(&dev, 0, 8);
+	uint64_t cap = virtio_config_read(dev, 0, 8);
 	*capacity = cap;
 	if (cap < 2)
 		return virtio_why("capacity below 2 sectors:", cap);
 
 	/* Sector 0; its interrupt proves the routing. */
 	fill(blk_in, 0xa5);
-	if ((err = blk_request_ok("read sector 0", VIRTIO_BLK_T_IN, 0, blk_in)))
+	if ((err = blk_request_ok(&blk_queue, "read sector 0", VIRTIO_BLK_T_IN, 0, blk_in)))
 		return err;
-	if ((err = virtio_irq_wait(&dev)))
+	if ((err = virtio_irq_wait(dev)))
 		return step_why("read sector 0", err);
 	for (unsigned i = 0; i < 16; i++) {
 		uint8_t b = rd8((uint64_t)(uintptr_t)&blk_in[i]);
@@ -187,62 +243,52 @@ static const char *blk_rw(uint64_t *capacity, char *head)
 	}
 
 	/* Sector 1: the mark, then zeros; flushed; read back. */
-	memset(blk_out, 0, sizeof(blk_out));
-	memcpy(blk_out, WRITE_MARK, 16);
-	if ((err = blk_request_ok("write sector 1", VIRTIO_BLK_T_OUT, 1, blk_out)))
-		return err;
-	virtio_irq_ack(&dev);
-	if ((err = blk_request_ok("flush", VIRTIO_BLK_T_FLUSH, 0, NULL)))
-		return err;
-	virtio_irq_ack(&dev);
-	fill(blk_in, 0xa5);
-	if ((err = blk_request_ok("read sector 1 back", VIRTIO_BLK_T_IN, 1, blk_in)))
-		return err;
-	virtio_irq_ack(&dev);
-	int at = in_differs();
-	if (at >= 0)
-		return virtio_why("sector 1 read back differs from what was written at byte", (uint64_t)at);
+	if ((err = blk_write_back(1, WRITE_MARK, 0)))
+		return step_why("sector 1", err);
 
 	/* One past the end. */
-	if ((err = blk_request_ioerr("read past the end", VIRTIO_BLK_T_IN, cap, blk_in)))
+	if ((err = blk_request_ioerr(&blk_queue, "read past the end", VIRTIO_BLK_T_IN, cap,
+				     blk_in)))
 		return err;
-	virtio_irq_ack(&dev);
-	if ((err = virtio_reset(&dev)))
-		return step_why("drive 0 reset", err);
+	virtio_irq_ack(dev);
+	/* Left running: blk-again goes on with this queue. */
+	blk_live = 1;
 	return NULL;
 }
 
 /* The read-only drive: 1 when tested, 0 when absent, -1 with *why set. */
 static int blk_ro(const char **why)
 {
-	struct virtio_dev dev;
+	struct virtio_dev *dev = &blk_ro_dev;
 	const char *err;
-	if ((err = virtio_find(VIRTIO_ID_BLOCK, 1, &dev))) {
+	if ((err = virtio_find(VIRTIO_ID_BLOCK, 1, dev))) {
 		if (starts_with(err, "no virtio-mmio device"))
 			return 0;
 		*why = step_why("drive 1", err);
 		return -1;
 	}
-	if ((err = blk_start(1, &dev, 0))) {
+	if ((err = blk_start(1, dev, &blk_ro_queue, 0))) {
 		*why = step_why("drive 1", err);
 		return -1;
 	}
-	if (!(dev.device_features & VIRTIO_BLK_F_RO)) {
+	if (!(dev->device_features & VIRTIO_BLK_F_RO)) {
 		*why = "drive 1 (read-only) does not offer VIRTIO_BLK_F_RO";
 		return -1;
 	}
 	/* blk_out still holds the mark: it must not land on sector 0. */
-	if ((err = blk_request_ioerr("drive 1 write sector 0", VIRTIO_BLK_T_OUT, 0, blk_out)) ||
-	    (err = blk_request_ok("drive 1 read sector 0", VIRTIO_BLK_T_IN, 0, blk_in))) {
+	if ((err = blk_request_ioerr(&blk_ro_queue, "drive 1 write sector 0", VIRTIO_BLK_T_OUT, 0,
+				     blk_out)) ||
+	    (err = blk_request_ok(&blk_ro_queue, "drive 1 read sector 0", VIRTIO_BLK_T_IN, 0,
+				  blk_in))) {
 		*why = err;
 		return -1;
 	}
-	virtio_irq_ack(&dev);
+	virtio_irq_ack(dev);
 	if (in_differs() < 0) {
 		*why = "drive 1: the refused write landed on sector 0";
 		return -1;
 	}
-	if ((err = virtio_reset(&dev))) {
+	if ((err = virtio_reset(dev))) {
 		*why = step_why("drive 1 reset", err);
 		return -1;
 	}
@@ -273,4 +319,34 @@ void check_blk(const struct check *c)
 	if (ro)
 		puts_serial(" ro=ioerr");
 	puts_serial("\n");
+}
+
+void check_blk_again(const struct check *c)
+{
+	struct virtio_dev *dev = &blk_dev;
+	const char *err;
+	if (!blk_live) {
+		fail(c, "blk not set up");
+		return;
+	}
+	uint32_t s = virtio_rd(dev, VIRTIO_MMIO_STATUS);
+	if (!(s & VIRTIO_STATUS_DRIVER_OK) || (s & VIRTIO_STATUS_DEVICE_NEEDS_RESET)) {
+		fail(c, virtio_why("drive 0 is no longer live; Status", s));
+		return;
+	}
+	uint64_t cap = virtio_config_read(dev, 0, 8);
+	if (cap <= AGAIN_SECTOR) {
+		fail(c, virtio_why("capacity too small for sector 2:", cap));
+		return;
+	}
+	if ((err = virtio_irq_check_route(dev)) || (err = virtio_irq_route(dev))) {
+		fail(c, err);
+		return;
+	}
+	if ((err = blk_write_back(AGAIN_SECTOR, AGAIN_MARK, 1))) {
+		fail(c, step_why("sector 2", err));
+		return;
+	}
+	ok(c);
+	puts_serial(" wrote=1\n");
 }

@@ -17,9 +17,12 @@
  *
  * Files: probe.h (helpers every check uses), probe.c (boot information,
  * the built-in checks and the table of all checks), virtio.c/virtio.h (a
- * polled virtio-mmio driver), one file per virtio check (rng.c, blk.c, net.c). A new
- * check goes in its own file, is declared in probe.h, listed in `checks[]`
- * below, and its file added to build.rs's SOURCES.
+ * polled virtio-mmio driver), one file per virtio check (rng.c, blk.c,
+ * vsock.c, net.c; a check that goes on with the device an earlier check set
+ * up, as blk-again and vsock-reset do after a snapshot restore, lives in
+ * that check's file). A new check goes in its own file, is declared in
+ * probe.h, listed in `checks[]` below, and its file added to build.rs's
+ * SOURCES.
  */
 #include "probe.h"
 
@@ -362,6 +365,75 @@ static void check_count(const struct check *c)
 }
 
 /*
+ * Check `dirty:N`: writes one byte into each of N distinct 4 KiB pages of
+ * guest RAM that nothing else uses, so that a diff snapshot taken after it
+ * holds about N more pages than one taken before. The pages start at
+ * DIRTY_BASE (64 MiB: far above the probe's image, page tables, stack and
+ * virtio rings, all static in the ELF at 1 MiB, and the boot structures
+ * below it) and run up; a later `dirty:N` in the same boot continues after
+ * the last page the previous one wrote, so each run dirties pages no
+ * earlier run touched. The byte at offset 0 of page p (p = address >> 12)
+ * is the low byte of p | 1, never 0, so every write changes a page that
+ * was zero. One store per page, seven guest instructions: N = 100000
+ * stays under a million. The pages must fit in the usable RAM range
+ * holding them, below the initrd if it is there.
+ *
+ * Prints `PROBE dirty:N OK pages=N first=0x<address of the first page>`.
+ */
+#define DIRTY_BASE (64ull << 20)
+#define PAGE_SIZE 4096ull
+#define E820_RAM 1
+
+/* The page the next `dirty:N` starts at. */
+static uint64_t dirty_next = DIRTY_BASE;
+
+/*
+ * The end (exclusive) of the RAM that dirty:N may write from `from` on:
+ * the end of the usable memory-map range holding `from`, cut at the initrd
+ * when it lies above `from`. Returns `from` when there is no such room.
+ */
+static uint64_t dirty_limit(uint64_t from)
+{
+	struct mem_range r;
+	uint64_t end = from;
+	for (uint32_t i = 0; memmap_entry(i, &r); i++)
+		if (r.type == E820_RAM && r.addr <= from && from < r.addr + r.size)
+			end = r.addr + r.size;
+	if (initrd_range(&r) && r.addr < end && r.addr + r.size > from)
+		end = r.addr > from ? r.addr : from;
+	return end;
+}
+
+static void check_dirty(const struct check *c)
+{
+	int64_t n = check_arg(c, 6); /* "dirty:" */
+	if (n < 0) {
+		fail(c, "usage: dirty:N");
+		return;
+	}
+	uint64_t first = dirty_next, end = dirty_limit(first);
+	if ((end - first) / PAGE_SIZE < (uint64_t)n) {
+		begin(c, "FAIL ");
+		put_dec((uint64_t)n);
+		puts_serial(" pages from ");
+		put_hex(first);
+		puts_serial(" do not fit below ");
+		put_hex(end);
+		puts_serial(" (the end of RAM or the initrd)\n");
+		return;
+	}
+	for (uint64_t a = first; a < first + (uint64_t)n * PAGE_SIZE; a += PAGE_SIZE)
+		wr8(a, (uint8_t)((a / PAGE_SIZE) | 1));
+	dirty_next = first + (uint64_t)n * PAGE_SIZE;
+	ok(c);
+	puts_serial(" pages=");
+	put_dec((uint64_t)n);
+	puts_serial(" first=");
+	put_hex(first);
+	putc_serial('\n');
+}
+
+/*
  * Polls the i8042 output buffer until Ctrl-Alt-Del arrives as set-2
  * scancodes: Ctrl (0x14), Alt (0x11), then Del (0xe0 0x71).
  * It waits without a limit: a host sends the keys when it chooses.
@@ -494,12 +566,15 @@ static const struct {
 	{"cpuid", check_cpuid},
 	{"serial", check_serial},
 	{"count:", check_count},
+	{"dirty:", check_dirty},
 	{"wait-cad", check_wait_cad},
 	{"initrd", check_initrd},
 	{"triple-fault", check_triple_fault},
 	{"rng", check_rng},
 	{"blk", check_blk},
+	{"blk-again", check_blk_again},
 	{"vsock", check_vsock},
+	{"vsock-reset", check_vsock_reset},
 	{"net", check_net},
 };
 

@@ -431,6 +431,20 @@ const char *virtio_irq_route(struct virtio_dev *d)
 	return NULL;
 }
 
+const char *virtio_irq_check_route(const struct virtio_dev *d)
+{
+	if (!d->vector)
+		return "interrupt not routed (virtio_irq_route not called)";
+	if (!(rd32(LAPIC_BASE + LAPIC_SVR) & LAPIC_SVR_ENABLE))
+		return "the LAPIC is no longer software-enabled";
+	uint32_t lo = ioapic_read(IOAPIC_REDTBL(d->irq));
+	if (lo & IOAPIC_MASKED)
+		return virtio_why("the IOAPIC entry is masked for pin", d->irq);
+	if ((lo & 0xff) != d->vector)
+		return virtio_why("the IOAPIC entry's vector changed to", lo & 0xff);
+	return NULL;
+}
+
 int virtio_irq_pending(const struct virtio_dev *d)
 {
 	return d->vector && irr_set(d->vector);

@@ -255,6 +255,14 @@ const char *virtq_transfer(struct virtq *q, const struct virtq_buf *bufs, unsign
  */
 const char *virtio_irq_route(struct virtio_dev *d);
 
+/*
+ * The interrupt path virtio_irq_route set up is still in place: the LAPIC
+ * is software-enabled and the IOAPIC entry for the device's pin delivers
+ * its vector, unmasked. After a snapshot restore this proves the
+ * interrupt controllers' state came back with the VM.
+ */
+const char *virtio_irq_check_route(const struct virtio_dev *d);
+
 /* The device's vector is pending in the LAPIC IRR. */
 int virtio_irq_pending(const struct virtio_dev *d);
 

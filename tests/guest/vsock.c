@@ -7,7 +7,20 @@
  *    (at most 64 bytes), echoes it back, and shuts the stream down.
  * 2. Connects to host port 5678 (REQUEST, waits for RESPONSE), sends
  *    `HUSK-PROBE-VSOCK`, and shuts that stream down.
- * 3. Resets the device and prints `PROBE vsock OK echoed=<n> sent=16`.
+ * 3. Leaves the device set up for `vsock-reset` (on a failure it resets
+ *    it instead, which closes the host's end of any open stream) and
+ *    prints `PROBE vsock OK echoed=<n> sent=16`.
+ *
+ * Check `vsock-reset` goes on with the device `vsock` left set up, without
+ * resetting it, as Linux's driver does across a snapshot restore: the VMM
+ * of the restored VM drops every connection and says so with a
+ * TRANSPORT_RESET event (le32 id 0) in the event queue's buffer. The check
+ * waits for that event (about 2 s at most: it is there before the restored
+ * guest runs), posts the event buffer again, rereads guest_cid, and then
+ * does steps 1 and 2 again on the restored queues, from guest port 40001
+ * and sending `HUSK-AFTER-RESTORE`. Prints `PROBE vsock-reset OK
+ * echoed=<n> sent=18`; without an earlier successful `vsock` in this boot
+ * it fails with "vsock not set up".
  *
  * Everything is bounded: four 256-byte RX buffers, a 4 KiB receive
  * credit (the data is consumed as it comes), the host's credit respected
@@ -32,6 +45,8 @@
 #define LISTEN_PORT 1234
 #define HOST_PORT 5678
 #define GUEST_PORT 40000 /* the guest's end of the stream it opens */
+/* The same after a transport reset: a port the host never saw before. */
+#define GUEST_PORT_AFTER_RESET 40001
 #define RX_BUFS 4
 #define RX_BUF_SIZE 256
 #define GUEST_BUF_ALLOC 4096
@@ -40,6 +55,11 @@
 #define WAIT_ROUNDS 8
 /* Packets for other streams a wait skips before it gives up. */
 #define MAX_SKIPPED 16
+/* virtq_wait_used rounds vsock-reset waits for the event. */
+#define EVENT_ROUNDS 5
+#define VSOCK_EVENT_TRANSPORT_RESET 0
+/* The event buffer's contents before the device writes it: no valid id. */
+#define EVENT_UNSET 0xff
 
 /* virtio_vsock_hdr: naturally aligned fields, 44 bytes on the wire. */
 struct vsock_hdr {
@@ -63,6 +83,9 @@ struct stream {
 	uint32_t peer_buf_alloc, peer_fwd_cnt;
 };
 
+/* The device, live from a successful `vsock` on (for `vsock-reset`). */
+static struct virtio_dev vsock_dev;
+static int vsock_live;
 static struct virtq vq_rx, vq_tx, vq_ev;
 static uint8_t rx_buf[RX_BUFS][RX_BUF_SIZE] __attribute__((aligned(8)));
 static uint8_t ev_buf[8] __attribute__((aligned(8)));
@@ -85,11 +108,19 @@ static const char *post_rx(unsigned i)
 	return err;
 }
 
+/* Gives the event buffer to the device, filled so a stale id shows. */
+static const char *post_event(void)
+{
+	struct virtq_buf b = {(uint64_t)(uintptr_t)ev_buf, sizeof(ev_buf), 1};
+	uint16_t head;
+	for (unsigned i = 0; i < sizeof(ev_buf); i++)
+		wr8((uint64_t)(uintptr_t)&ev_buf[i], EVENT_UNSET);
+	return virtq_add(&vq_ev, &b, 1, &head);
+}
+
 static const char *setup(struct virtio_dev *d)
 {
 	const char *err;
-	uint16_t head;
-	struct virtq_buf ev = {(uint64_t)(uintptr_t)ev_buf, sizeof(ev_buf), 1};
 	if ((err = virtio_find(VIRTIO_ID_VSOCK, 0, d)) ||
 	    (err = virtio_init(d, 0)) ||
 	    (err = virtq_setup(d, &vq_rx, 0, 8)) ||
@@ -103,7 +134,7 @@ static const char *setup(struct virtio_dev *d)
 	for (unsigned i = 0; i < RX_BUFS; i++)
 		if ((err = post_rx(i)))
 			return err;
-	if ((err = virtq_add(&vq_ev, &ev, 1, &head)))
+	if ((err = post_event()))
 		return err;
 	virtq_kick(&vq_rx);
 	virtq_kick(&vq_ev);
@@ -281,29 +312,113 @@ static const char *connect_stream(struct stream *s)
 	return "no RESPONSE from host port 5678";
 }
 
+/*
+ * Steps 1 and 2: echoes one line of the host's stream to port 1234, and
+ * sends `msg` on a stream from guest port `local` to host port 5678.
+ * *echoed gets the line's length.
+ */
+static const char *talk(uint32_t local, const char *msg, uint32_t len, uint32_t *echoed)
+{
+	struct stream in = {LISTEN_PORT, 0, 0, 0, 0, 0};
+	struct stream out = {local, HOST_PORT, 0, 0, 0, 0};
+	uint8_t line[LINE_MAX];
+	const char *err;
+	*echoed = 0;
+	if ((err = accept_stream(&in)) ||
+	    (err = read_line(&in, line, echoed)) ||
+	    (err = send_data(&in, line, *echoed)) ||
+	    (err = send_pkt(&in, OP_SHUTDOWN, SHUTDOWN_RCV_SEND, NULL, 0)) ||
+	    (err = connect_stream(&out)) ||
+	    (err = send_data(&out, msg, len)) ||
+	    (err = send_pkt(&out, OP_SHUTDOWN, SHUTDOWN_RCV_SEND, NULL, 0)))
+		return err;
+	return NULL;
+}
+
+/*
+ * Fails the check and resets the device, which closes whatever is open on
+ * the host side too.
+ */
+static void fail_reset(const struct check *c, const char *why)
+{
+	fail(c, why);
+	vsock_live = 0;
+	if (vsock_dev.base)
+		virtio_reset(&vsock_dev);
+}
+
 void check_vsock(const struct check *c)
 {
 	static const char msg[] = "HUSK-PROBE-VSOCK";
-	struct virtio_dev dev = {0};
-	struct stream in = {LISTEN_PORT, 0, 0, 0, 0, 0};
-	struct stream out = {GUEST_PORT, HOST_PORT, 0, 0, 0, 0};
-	uint8_t line[LINE_MAX];
 	uint32_t n = 0;
 	const char *err;
 
-	if ((err = setup(&dev)) ||
-	    (err = accept_stream(&in)) ||
-	    (err = read_line(&in, line, &n)) ||
-	    (err = send_data(&in, line, n)) ||
-	    (err = send_pkt(&in, OP_SHUTDOWN, SHUTDOWN_RCV_SEND, NULL, 0)) ||
-	    (err = connect_stream(&out)) ||
-	    (err = send_data(&out, msg, sizeof(msg) - 1)) ||
-	    (err = send_pkt(&out, OP_SHUTDOWN, SHUTDOWN_RCV_SEND, NULL, 0)) ||
-	    (err = virtio_reset(&dev))) {
-		fail(c, err);
-		/* Close whatever is open on the host side too. */
-		if (dev.base)
-			virtio_reset(&dev);
+	vsock_live = 0;
+	memset(&vsock_dev, 0, sizeof(vsock_dev));
+	if ((err = setup(&vsock_dev)) || (err = talk(GUEST_PORT, msg, sizeof(msg) - 1, &n))) {
+		fail_reset(c, err);
+		return;
+	}
+	/* Left running: vsock-reset goes on with these queues. */
+	vsock_live = 1;
+	ok(c);
+	puts_serial(" echoed=");
+	put_dec(n);
+	puts_serial(" sent=");
+	put_dec(sizeof(msg) - 1);
+	putc_serial('\n');
+}
+
+/* Waits for the TRANSPORT_RESET event and gives the buffer back. */
+static const char *wait_transport_reset(void)
+{
+	uint16_t id;
+	uint32_t len;
+	const char *err = NULL;
+	for (int r = 0; r < EVENT_ROUNDS; r++)
+		if (!(err = virtq_wait_used(&vq_ev, &id, &len)))
+			break;
+	if (err)
+		return "no TRANSPORT_RESET event (timed out waiting for the event queue)";
+	if (len < 4 || len > sizeof(ev_buf))
+		return virtio_why("event used length out of range:", len);
+	uint32_t ev = rd32((uint64_t)(uintptr_t)ev_buf);
+	if (ev != VSOCK_EVENT_TRANSPORT_RESET)
+		return virtio_why("event is not TRANSPORT_RESET; id", ev);
+	/* As Linux does: the next reset needs a buffer too. */
+	if ((err = post_event()))
+		return err;
+	virtq_kick(&vq_ev);
+	return NULL;
+}
+
+void check_vsock_reset(const struct check *c)
+{
+	static const char msg[] = "HUSK-AFTER-RESTORE";
+	uint32_t n = 0;
+	const char *err;
+
+	if (!vsock_live) {
+		fail(c, "vsock not set up");
+		return;
+	}
+	uint32_t s = virtio_rd(&vsock_dev, VIRTIO_MMIO_STATUS);
+	if (!(s & VIRTIO_STATUS_DRIVER_OK) || (s & VIRTIO_STATUS_DEVICE_NEEDS_RESET)) {
+		fail_reset(c, virtio_why("the device is no longer live; Status", s));
+		return;
+	}
+	if ((err = wait_transport_reset())) {
+		fail_reset(c, err);
+		return;
+	}
+	/* A restored VM may have a new CID; Linux rereads it on the event. */
+	guest_cid = virtio_config_read(&vsock_dev, 0, 8);
+	if (guest_cid < 3) {
+		fail_reset(c, virtio_why("guest_cid below 3:", guest_cid));
+		return;
+	}
+	if ((err = talk(GUEST_PORT_AFTER_RESET, msg, sizeof(msg) - 1, &n))) {
+		fail_reset(c, err);
 		return;
 	}
 	ok(c);

@@ -102,6 +102,8 @@ pub fn router(api: ApiSender) -> Router {
         .route("/serial", put(put_serial))
         .route("/entropy", put(put_entropy))
         .route("/vsock", put(put_vsock))
+        .route("/snapshot/create", put(put_snapshot_create))
+        .route("/snapshot/load", put(put_snapshot_load))
         .route("/drives/{drive_id}", put(put_drive).patch(patch_drive))
         .route(
             "/network-interfaces/{iface_id}",
@@ -252,6 +254,14 @@ async fn put_entropy(State(api): State<ApiSender>, body: Body) -> Response {
 
 async fn put_vsock(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::PutVsock).await
+}
+
+async fn put_snapshot_create(State(api): State<ApiSender>, body: Body) -> Response {
+    call_with(&api, &body, VmmAction::CreateSnapshot).await
+}
+
+async fn put_snapshot_load(State(api): State<ApiSender>, body: Body) -> Response {
+    call_with(&api, &body, VmmAction::LoadSnapshot).await
 }
 
 #[derive(Deserialize)]

@@ -14,6 +14,7 @@ mod entropy;
 mod machine;
 mod net;
 mod output;
+mod snapshot;
 mod vsock;
 
 pub use boot::{BootSourceConfig, DEFAULT_BOOT_ARGS};
@@ -25,6 +26,10 @@ pub use net::{
     NetworkInterfaceConfig, NetworkInterfaceUpdate,
 };
 pub use output::{LoggerConfig, MetricsConfig, SerialConfig};
+pub use snapshot::{
+    MemBackend, MemBackendType, NetworkOverride, SnapshotCreateParams, SnapshotLoadParams,
+    SnapshotType, VsockOverride,
+};
 pub use vsock::VsockConfig;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +56,8 @@ pub enum ConfigError {
     BootArgs(String),
     #[error("invalid log level {0:?}; use Error, Warning, Info, Debug, Trace or Off")]
     LogLevel(String),
+    #[error("invalid snapshot request: {0}")]
+    Snapshot(String),
     #[error("invalid drive_id {0:?}: 1 to 64 letters, digits, '-' or '_'")]
     DriveId(String),
     #[error("the drive_id in the body ({body}) differs from the one in the path ({path})")]
@@ -180,9 +187,11 @@ impl VmConfig {
 }
 
 /// Why [`open_regular`] refused a path.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum OpenRegularError {
+    #[error("not a regular file")]
     NotRegular,
+    #[error("{0}")]
     Io(std::io::Error),
 }
 

@@ -3,6 +3,7 @@
 pub mod bus;
 pub mod interrupt;
 pub mod legacy;
+pub mod persist;
 pub mod rate_limiter;
 pub mod virtio;
 

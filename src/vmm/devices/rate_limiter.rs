@@ -239,6 +239,71 @@ impl RateLimiter {
     }
 }
 
+/// A bucket's tokens in a snapshot: what is left of its budget and of its
+/// one-time burst.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenBucketState {
+    pub budget: u64,
+    pub one_time_burst: u64,
+}
+
+/// A limiter's buckets in a snapshot (None where no bucket is set).
+/// Configurations are not saved: they come from the restored VM's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimiterState {
+    pub bandwidth: Option<TokenBucketState>,
+    pub ops: Option<TokenBucketState>,
+}
+
+impl TokenBucket {
+    fn save(&self) -> TokenBucketState {
+        TokenBucketState {
+            budget: self.budget,
+            one_time_burst: self.burst,
+        }
+    }
+
+    /// Takes a saved budget, never more than this bucket holds when full
+    /// nor more burst than it has left (a fresh bucket: its configured
+    /// burst), whatever the state says.
+    fn restore(&mut self, s: &TokenBucketState, now: Instant) {
+        self.budget = s.budget.min(self.size);
+        self.burst = s.one_time_burst.min(self.burst);
+        self.last = now;
+    }
+}
+
+impl crate::vmm::snapshot::Persist for RateLimiter {
+    type State = RateLimiterState;
+    type Error = std::convert::Infallible;
+
+    fn save(&self) -> RateLimiterState {
+        RateLimiterState {
+            bandwidth: self.bandwidth.as_ref().map(TokenBucket::save),
+            ops: self.ops.as_ref().map(TokenBucket::save),
+        }
+    }
+
+    /// Applies saved budgets to the buckets this limiter was built with
+    /// (from the restored configuration): a bucket the state lacks stays
+    /// full, one the configuration lacks is not created. Time spent
+    /// between snapshot and restore refills nothing. A limiter that was
+    /// waiting for its timer is not: the device tries again at once and
+    /// re-arms the timer if it must still wait.
+    fn restore(&mut self, state: &RateLimiterState) -> Result<(), Self::Error> {
+        let now = Instant::now();
+        if let (Some(b), Some(s)) = (self.bandwidth.as_mut(), state.bandwidth.as_ref()) {
+            b.restore(s, now);
+        }
+        if let (Some(b), Some(s)) = (self.ops.as_mut(), state.ops.as_ref()) {
+            b.restore(s, now);
+        }
+        self.blocked = false;
+        let _ = self.timer.clear();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +385,59 @@ mod tests {
         let none = RateLimiterConfig::default();
         let mut l = RateLimiter::new(&none).unwrap();
         assert!((0..1000).all(|_| l.consume(1 << 30)));
+    }
+
+    #[test]
+    fn budgets_survive_a_snapshot_but_never_exceed_the_bucket() {
+        use crate::vmm::snapshot::Persist;
+        let cfg = RateLimiterConfig {
+            bandwidth: Some(bucket(1000, 500, 100_000)),
+            ops: Some(bucket(10, 0, 100_000)),
+        };
+        let mut l = RateLimiter::new(&cfg).unwrap();
+        assert!(l.consume(900));
+        let s = l.save();
+        assert_eq!(
+            s.bandwidth,
+            Some(TokenBucketState {
+                budget: 600,
+                one_time_burst: 0
+            })
+        );
+        assert_eq!(s.ops.unwrap().budget, 9);
+        let bytes = postcard::to_stdvec(&s).unwrap();
+        let s: RateLimiterState = postcard::from_bytes(&bytes).unwrap();
+        let mut r = RateLimiter::new(&cfg).unwrap();
+        r.restore(&s).unwrap();
+        assert_eq!(r.save(), s);
+        assert!(r.consume(600));
+        assert!(!r.consume(1), "the restored budget is spent");
+        // A hostile state cannot give more than the configuration allows.
+        let greedy = RateLimiterState {
+            bandwidth: Some(TokenBucketState {
+                budget: u64::MAX,
+                one_time_burst: u64::MAX,
+            }),
+            ops: Some(TokenBucketState {
+                budget: u64::MAX,
+                one_time_burst: 7,
+            }),
+        };
+        let mut r = RateLimiter::new(&cfg).unwrap();
+        r.restore(&greedy).unwrap();
+        let got = r.save();
+        assert_eq!(got.bandwidth.unwrap().budget, 1000);
+        assert_eq!(got.bandwidth.unwrap().one_time_burst, 500);
+        assert_eq!(
+            got.ops.unwrap(),
+            TokenBucketState {
+                budget: 10,
+                one_time_burst: 0
+            }
+        );
+        // Buckets the configuration no longer has are not created.
+        let mut none = RateLimiter::new(&RateLimiterConfig::default()).unwrap();
+        none.restore(&greedy).unwrap();
+        assert!(none.is_unlimited());
     }
 }

@@ -1,6 +1,7 @@
 //! Thin wrappers over kvm-ioctls and vm-memory.
 
 pub mod memory;
+pub mod persist;
 pub mod vcpu;
 pub mod vm;
 

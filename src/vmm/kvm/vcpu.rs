@@ -18,6 +18,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use crate::vmm::kvm::memory::GuestMem;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use super::persist::{self, KvmStateError, VcpuState};
 use super::vm::Vm;
 use crate::vmm::arch::x86_64::boot::KernelEntry;
 use crate::vmm::arch::x86_64::cpuid::{self, Topology};
@@ -46,6 +47,10 @@ pub enum VcpuError {
     Unresponsive(u8),
     #[error("vCPU {0} has stopped")]
     Gone(u8),
+    #[error("vCPU {0} is not paused")]
+    NotPaused(u8),
+    #[error(transparent)]
+    State(#[from] KvmStateError),
 }
 
 /// What the vCPU loop does after an exit.
@@ -207,15 +212,21 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the vCPU thread. It runs the guest at once.
-    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+    /// Restores the state a snapshot saved, before the thread starts.
+    pub fn restore(&self, state: &VcpuState) -> Result<(), KvmStateError> {
+        persist::restore_vcpu(&self.fd, self.index, state)
+    }
+
+    /// Starts the vCPU thread: it runs the guest at once, or waits for a
+    /// resume when `paused` (a snapshot loaded without `resume_vm`).
+    pub fn start(self, paused: bool) -> Result<VcpuHandle, VcpuError> {
         register_kick_handler()?;
         let index = self.index;
         let (req_tx, req_rx) = channel();
         let (resp_tx, resp_rx) = channel();
         let thread = std::thread::Builder::new()
             .name(format!("husk-vcpu{index}"))
-            .spawn(move || self.run(req_rx, resp_tx))
+            .spawn(move || self.run(req_rx, resp_tx, paused))
             .map_err(VcpuError::Spawn)?;
         Ok(VcpuHandle {
             index,
@@ -225,9 +236,32 @@ impl Vcpu {
         })
     }
 
-    fn run(mut self, requests: Receiver<VcpuRequest>, responses: Sender<VcpuResponse>) {
+    /// Lets KVM finish the port or MMIO access the vCPU last exited for
+    /// (an IN's data lands in RAX, the instruction retires) without
+    /// running guest code: with `immediate_exit` set, KVM_RUN completes
+    /// it and returns EINTR. A state saved before this would replay the
+    /// access on restore.
+    fn complete_pending_io(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        // An access split in pieces may exit once more per piece.
+        for _ in 0..4 {
+            match self.fd.run() {
+                Ok(exit) => {
+                    if let VcpuFlow::Stop(reason) = handle_exit(&self.io_bus, &self.mmio_bus, exit)
+                    {
+                        self.exit.notify(reason);
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
+    fn run(mut self, requests: Receiver<VcpuRequest>, responses: Sender<VcpuResponse>, paused: bool) {
         KVM_RUN.with(|run| run.set(self.fd.get_kvm_run() as *mut kvm_run));
-        let mut paused = false;
+        let mut paused = paused;
         'outer: loop {
             // Serve requests; block while paused.
             loop {
@@ -238,12 +272,23 @@ impl Vcpu {
                 };
                 match req {
                     Some(VcpuRequest::Pause) => {
+                        if !paused {
+                            self.complete_pending_io();
+                        }
                         paused = true;
                         let _ = responses.send(VcpuResponse::Paused);
                     }
                     Some(VcpuRequest::Resume) => {
                         paused = false;
                         let _ = responses.send(VcpuResponse::Resumed);
+                    }
+                    Some(VcpuRequest::Save(msrs)) => {
+                        let saved = if paused {
+                            persist::save_vcpu(&self.fd, self.index, &msrs).map_err(Into::into)
+                        } else {
+                            Err(VcpuError::NotPaused(self.index))
+                        };
+                        let _ = responses.send(VcpuResponse::Saved(Box::new(saved)));
                     }
                     Some(VcpuRequest::Exit) => break 'outer,
                     // Channel closed while paused: the VMM is gone.
@@ -282,17 +327,18 @@ impl Vcpu {
     }
 }
 
-#[derive(Debug)]
 enum VcpuRequest {
     Pause,
     Resume,
+    /// Save the state; carries the MSRs to read.
+    Save(Arc<Vec<u32>>),
     Exit,
 }
 
-#[derive(Debug, PartialEq, Eq)]
 enum VcpuResponse {
     Paused,
     Resumed,
+    Saved(Box<Result<VcpuState, VcpuError>>),
     Exited,
 }
 
@@ -314,28 +360,67 @@ impl VcpuHandle {
         }
     }
 
-    fn request(&self, req: VcpuRequest, want: VcpuResponse) -> Result<(), VcpuError> {
+    /// Sends a request and kicks the thread out of KVM_RUN to read it.
+    fn send(&self, req: VcpuRequest) -> Result<(), VcpuError> {
         self.requests
             .send(req)
             .map_err(|_| VcpuError::Gone(self.index))?;
         self.kick();
+        Ok(())
+    }
+
+    /// Waits for the answer `pick` accepts.
+    fn wait<T>(&self, mut pick: impl FnMut(VcpuResponse) -> Option<T>) -> Result<T, VcpuError> {
         loop {
             match self.responses.recv_timeout(RESPONSE_TIMEOUT) {
-                Ok(r) if r == want => return Ok(()),
                 Ok(VcpuResponse::Exited) => return Err(VcpuError::Gone(self.index)),
-                Ok(_) => continue,
+                Ok(r) => {
+                    if let Some(v) = pick(r) {
+                        return Ok(v);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => return Err(VcpuError::Unresponsive(self.index)),
                 Err(RecvTimeoutError::Disconnected) => return Err(VcpuError::Gone(self.index)),
             }
         }
     }
 
+    /// Asks the vCPU to pause; [`wait_paused`](Self::wait_paused) gets
+    /// the answer, so that every vCPU can be asked before any is waited
+    /// for.
+    pub fn request_pause(&self) -> Result<(), VcpuError> {
+        self.send(VcpuRequest::Pause)
+    }
+
+    pub fn wait_paused(&self) -> Result<(), VcpuError> {
+        self.wait(|r| matches!(r, VcpuResponse::Paused).then_some(()))
+    }
+
+    pub fn request_resume(&self) -> Result<(), VcpuError> {
+        self.send(VcpuRequest::Resume)
+    }
+
+    pub fn wait_resumed(&self) -> Result<(), VcpuError> {
+        self.wait(|r| matches!(r, VcpuResponse::Resumed).then_some(()))
+    }
+
     pub fn pause(&self) -> Result<(), VcpuError> {
-        self.request(VcpuRequest::Pause, VcpuResponse::Paused)
+        self.request_pause()?;
+        self.wait_paused()
     }
 
     pub fn resume(&self) -> Result<(), VcpuError> {
-        self.request(VcpuRequest::Resume, VcpuResponse::Resumed)
+        self.request_resume()?;
+        self.wait_resumed()
+    }
+
+    /// Saves a paused vCPU's state on its own thread.
+    pub fn save(&self, msr_list: Arc<Vec<u32>>) -> Result<VcpuState, VcpuError> {
+        self.send(VcpuRequest::Save(msr_list))?;
+        self.wait(|r| match r {
+            VcpuResponse::Saved(s) => Some(*s),
+            _ => None,
+        })?
     }
 
     /// Stops the thread and waits for it.

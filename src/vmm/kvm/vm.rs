@@ -47,6 +47,10 @@ pub enum VmError {
     SupportedCpuid(kvm_ioctls::Error),
     #[error("KVM_SET_USER_MEMORY_REGION failed for slot {slot}: {err}")]
     SetMemory { slot: u32, err: kvm_ioctls::Error },
+    #[error("KVM_GET_MSR_INDEX_LIST failed: {0}")]
+    MsrList(kvm_ioctls::Error),
+    #[error("KVM_GET_DIRTY_LOG failed for slot {slot}: {err}")]
+    DirtyLog { slot: u32, err: kvm_ioctls::Error },
     #[error("KVM_IRQFD failed for GSI {gsi}: {err}")]
     Irqfd { gsi: u32, err: kvm_ioctls::Error },
 }
@@ -54,6 +58,8 @@ pub enum VmError {
 pub struct Vm {
     fd: VmFd,
     supported_cpuid: CpuId,
+    /// Every MSR KVM can save and restore (`KVM_GET_MSR_INDEX_LIST`).
+    msr_list: Vec<u32>,
 }
 
 impl Vm {
@@ -75,9 +81,15 @@ impl Vm {
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(VmError::SupportedCpuid)?;
+        let msr_list = kvm
+            .get_msr_index_list()
+            .map_err(VmError::MsrList)?
+            .as_slice()
+            .to_vec();
         Ok(Vm {
             fd,
             supported_cpuid,
+            msr_list,
         })
     }
 
@@ -114,6 +126,25 @@ impl Vm {
 
     pub fn supported_cpuid(&self) -> &CpuId {
         &self.supported_cpuid
+    }
+
+    pub fn msr_list(&self) -> &[u32] {
+        &self.msr_list
+    }
+
+    /// The pages the guest wrote in each memory slot since the last call
+    /// (KVM clears its log as it reports it): one bit per 4 KiB page.
+    /// Needs the slots registered with dirty logging.
+    pub fn dirty_log(&self, mem: &GuestMem) -> Result<Vec<Vec<u64>>, VmError> {
+        mem.iter()
+            .enumerate()
+            .map(|(slot, region)| {
+                let slot = slot as u32;
+                self.fd
+                    .get_dirty_log(slot, region.len() as usize)
+                    .map_err(|err| VmError::DirtyLog { slot, err })
+            })
+            .collect()
     }
 
     /// Hands every region of `mem` to KVM, one slot each.

@@ -13,7 +13,7 @@ use crate::vmm::metrics::METRICS;
 const OFS_DATA: u64 = 0;
 const OFS_STATUS: u64 = 4;
 
-const SB_OUT_DATA_AVAIL: u8 = 0x01;
+pub(super) const SB_OUT_DATA_AVAIL: u8 = 0x01;
 const SB_SYSTEM_FLAG: u8 = 0x04;
 const SB_LAST_WAS_CMD: u8 = 0x08;
 const SB_KBD_ENABLED: u8 = 0x10;
@@ -42,7 +42,7 @@ pub const KEY_ALT: u16 = 0x0011;
 pub const KEY_DEL: u16 = 0xe071;
 
 /// The controller's output buffer, in bytes.
-const BUF_SIZE: usize = 16;
+pub(super) const BUF_SIZE: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum I8042Error {
@@ -53,12 +53,12 @@ pub enum I8042Error {
 }
 
 pub struct I8042Device {
-    status: u8,
-    control: u8,
-    outp: u8,
+    pub(super) status: u8,
+    pub(super) control: u8,
+    pub(super) outp: u8,
     /// The command whose data byte is expected next on the data port.
-    pending_cmd: Option<u8>,
-    buf: VecDeque<u8>,
+    pub(super) pending_cmd: Option<u8>,
+    pub(super) buf: VecDeque<u8>,
     kbd_irq: IrqTrigger,
     exit: Arc<ExitNotifier>,
 }

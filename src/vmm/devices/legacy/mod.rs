@@ -2,6 +2,7 @@
 
 pub mod console;
 pub mod i8042;
+pub mod persist;
 pub mod serial;
 
 pub use console::Console;

@@ -1,7 +1,7 @@
 //! COM1: a vm-superio 8250 UART on the port bus, raising IRQ 4 through an
 //! irqfd. Output goes to any writer (stdout or a file); input the host
 //! sends is buffered here and fed to the UART's 64-byte FIFO as the guest
-//! drains it.
+//! drains it. Snapshots are in `persist.rs`.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -33,8 +33,8 @@ impl SerialEvents for SerialCounters {
 pub type SerialOut = Box<dyn Write + Send>;
 
 pub struct SerialDevice {
-    uart: Serial<IrqTrigger, SerialCounters, SerialOut>,
-    pending: VecDeque<u8>,
+    pub(super) uart: Serial<IrqTrigger, SerialCounters, SerialOut>,
+    pub(super) pending: VecDeque<u8>,
     /// Signalled when `pending` empties, so the host reads more input.
     space_evt: EventFd,
 }

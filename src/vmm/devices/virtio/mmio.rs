@@ -9,11 +9,12 @@
 //! On DRIVER_OK the device is activated; if its queues are invalid or it
 //! cannot start, the transport sets DEVICE_NEEDS_RESET and raises a
 //! configuration-change interrupt, as the spec asks.
+//! Snapshots of the transport are in [`super::persist`].
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use virtio_queue::{Queue, QueueT};
 use crate::vmm::kvm::memory::GuestMem;
+use virtio_queue::{Queue, QueueT};
 
 use super::{ActiveQueues, VirtioDevice, VirtioInterrupt, INT_CONFIG, VIRTIO_F_VERSION_1};
 use crate::vmm::devices::BusDevice;
@@ -60,20 +61,20 @@ pub mod status {
 
 /// The transport of one device.
 pub struct MmioTransport {
-    device: Arc<Mutex<dyn VirtioDevice>>,
-    mem: GuestMem,
-    interrupt: Arc<VirtioInterrupt>,
-    queues: Vec<Queue>,
+    pub(super) device: Arc<Mutex<dyn VirtioDevice>>,
+    pub(super) mem: GuestMem,
+    pub(super) interrupt: Arc<VirtioInterrupt>,
+    pub(super) queues: Vec<Queue>,
     /// Queues the driver gave a size that is zero, too large or not a
     /// power of two: DRIVER_OK then fails.
-    bad_size: Vec<bool>,
-    status: u32,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    queue_sel: u32,
-    config_generation: u32,
-    activated: bool,
+    pub(super) bad_size: Vec<bool>,
+    pub(super) status: u32,
+    pub(super) device_features_sel: u32,
+    pub(super) driver_features_sel: u32,
+    pub(super) driver_features: u64,
+    pub(super) queue_sel: u32,
+    pub(super) config_generation: u32,
+    pub(super) activated: bool,
 }
 
 impl MmioTransport {
@@ -106,7 +107,7 @@ impl MmioTransport {
         }
     }
 
-    fn device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+    pub(super) fn device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
         lock(&self.device)
     }
 

@@ -5,10 +5,12 @@
 //! event loop. The transport, on the vCPU threads, runs the register
 //! interface and the status state machine; on DRIVER_OK it hands the
 //! device its queues, guest memory and interrupt ([`ActiveQueues`]).
+//! Snapshots of the transport and of each device are in [`persist`].
 
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod queue;
 pub mod rng;
 pub mod test_utils;
@@ -17,11 +19,12 @@ pub mod vsock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
 use crate::vmm::kvm::memory::GuestMem;
+use virtio_queue::{Queue, QueueState};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::vmm::devices::IrqTrigger;
+use persist::{DeviceState, VirtioPersistError};
 
 /// Feature bits every device offers.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -81,6 +84,14 @@ impl VirtioInterrupt {
     pub fn clear(&self) {
         self.status.store(0, Ordering::Release);
     }
+
+    /// Sets InterruptStatus from a snapshot, without raising the
+    /// interrupt: one the guest had not taken yet is pending in the
+    /// restored interrupt controller already.
+    pub fn restore(&self, bits: u32) {
+        self.status
+            .store(bits & (INT_USED_RING | INT_CONFIG), Ordering::Release);
+    }
 }
 
 /// What a device gets when the driver sets DRIVER_OK.
@@ -132,6 +143,22 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, active: ActiveQueues) -> Result<(), ActivateError>;
     /// Stops the device and forgets its queues (driver wrote status 0).
     fn reset(&mut self);
+
+    /// The device's own copies of its queues, whose indices are current
+    /// (the transport's are not, once the device runs); empty when the
+    /// device is not active.
+    fn queue_states(&self) -> Vec<QueueState>;
+    /// The device's own state for a snapshot (the transport saves the
+    /// rest: status, features, queues, interrupt status).
+    fn save_state(&self) -> DeviceState;
+    /// Applies a saved state to the device, freshly built from the same
+    /// configuration and not active yet.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), VirtioPersistError>;
+    /// Starts the device on queues restored from a snapshot, as
+    /// [`activate`](Self::activate) does, but serves nothing and raises no
+    /// interrupt here: the transport then signals every queue's event fd,
+    /// and the event loop serves what waits, once the VM is whole again.
+    fn activate_restored(&mut self, active: ActiveQueues) -> Result<(), ActivateError>;
 }
 
 /// Reads `data.len()` bytes at `offset` of a configuration space;

@@ -42,6 +42,19 @@ impl Driver {
     pub fn new(device: Arc<Mutex<dyn VirtioDevice>>) -> Driver {
         let mem = crate::vmm::kvm::memory::anonymous(&[(GuestAddress(0), MEM_SIZE)])
             .expect("test guest memory");
+        Self::with_mem(device, mem)
+    }
+
+    /// The same driver, as it finds itself after a snapshot restore: the
+    /// same guest memory and queues, in front of `device` and a fresh
+    /// transport (to which the test then applies the saved state).
+    pub fn restored(&self, device: Arc<Mutex<dyn VirtioDevice>>) -> Driver {
+        let mut d = Self::with_mem(device, self.mem.clone());
+        d.sizes.clone_from(&self.sizes);
+        d
+    }
+
+    fn with_mem(device: Arc<Mutex<dyn VirtioDevice>>, mem: GuestMem) -> Driver {
         let irq = EventFd::new(EFD_NONBLOCK).expect("event fd");
         let trigger = IrqTrigger(irq.try_clone().expect("event fd"));
         let transport =

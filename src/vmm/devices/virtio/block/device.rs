@@ -1,22 +1,24 @@
 //! The virtio-blk model: one request queue over a raw file or block
 //! device.
 
+use crate::vmm::kvm::memory::GuestMem;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use virtio_queue::DescriptorChain;
-use crate::vmm::kvm::memory::GuestMem;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::devices::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 
 use super::request::{execute, Disk, ID_BYTES, MAX_SEGMENTS, SECTOR_SIZE};
+use crate::vmm::devices::virtio::persist::{DeviceState, VirtioPersistError};
 use crate::vmm::devices::virtio::queue::ActiveQueue;
 use crate::vmm::devices::virtio::{
     read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, TYPE_BLOCK,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 use crate::vmm::metrics::METRICS;
+use crate::vmm::snapshot::Persist;
 
 pub const QUEUE_SIZE: u16 = 256;
 pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
@@ -219,8 +221,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
-        let [queue] = active.split()?;
-        self.active = Some(queue);
+        self.activate_restored(active)?;
         // Buffers made available before DRIVER_OK are served now.
         self.process_queue();
         Ok(())
@@ -228,5 +229,26 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.active.iter().map(|a| a.queue.state()).collect()
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Block(Persist::save(self))
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), VirtioPersistError> {
+        match state {
+            DeviceState::Block(s) => Persist::restore(self, s),
+            other => Err(other.wrong("virtio-blk")),
+        }
+    }
+
+    fn activate_restored(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
+        let [queue] = active.split()?;
+        self.active = Some(queue);
+        Ok(())
     }
 }

@@ -29,18 +29,20 @@
 //! frames over [`MAX_FRAME_LEN`] are answered (used length 0) and counted
 //! in the `net` metrics.
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
 use crate::vmm::kvm::memory::GuestMem;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
 use crate::vmm::devices::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
+use crate::vmm::devices::virtio::persist::{DeviceState, VirtioPersistError};
 use crate::vmm::devices::virtio::queue::ActiveQueue;
 use crate::vmm::devices::virtio::{
     read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, INT_USED_RING, TYPE_NET,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 use crate::vmm::metrics::METRICS;
+use crate::vmm::snapshot::Persist;
 
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
@@ -128,10 +130,10 @@ pub struct Net {
     acked: u64,
     /// One frame from the TAP (and its length, 0 for none) that waits for
     /// room in the guest's buffers.
-    rx_frame: Vec<u8>,
-    rx_pending: usize,
+    pub(super) rx_frame: Vec<u8>,
+    pub(super) rx_pending: usize,
     /// Whether the receive limiter let the pending frame through.
-    rx_admitted: bool,
+    pub(super) rx_admitted: bool,
     pub(super) rx_limiter: RateLimiter,
     pub(super) tx_limiter: RateLimiter,
     /// (head, length) of the chains one frame fills.
@@ -376,12 +378,7 @@ fn frame_bytes(chain: &DescriptorChain<&GuestMem>) -> u64 {
 }
 
 /// Writes one transmit chain (header and frame) to the TAP.
-fn send_frame(
-    mem: &GuestMem,
-    chain: DescriptorChain<&GuestMem>,
-    tap: &Tap,
-    buf: &mut [u8],
-) {
+fn send_frame(mem: &GuestMem, chain: DescriptorChain<&GuestMem>, tap: &Tap, buf: &mut [u8]) {
     let m = &METRICS.net;
     let Ok(mut reader) = Reader::new(mem, chain) else {
         // A buffer outside guest memory, or lengths that overflow.
@@ -619,5 +616,30 @@ impl VirtioDevice for Net {
             self.rx_pending = 0;
             self.rx_admitted = false;
         }
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        [&self.rx, &self.tx]
+            .into_iter()
+            .flatten()
+            .map(|a| a.queue.state())
+            .collect()
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Net(Persist::save(self))
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), VirtioPersistError> {
+        match state {
+            DeviceState::Net(s) => Persist::restore(self, s),
+            other => Err(other.wrong("virtio-net")),
+        }
+    }
+
+    fn activate_restored(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
+        // Activation serves nothing here: it sets the TAP's offloads and
+        // leaves the rest to the event loop.
+        self.activate(active)
     }
 }

@@ -519,3 +519,6 @@ fn a_new_limit_applies_at_once_to_what_the_old_one_held() {
     });
     assert!(n.net().tap_watched);
 }
+
+#[path = "persist_tests.rs"]
+mod persist_tests;

@@ -1,18 +1,20 @@
 //! The virtio-rng model: one request queue of device-writable buffers,
 //! each filled with random bytes from the host.
 
-use virtio_queue::DescriptorChain;
 use crate::vmm::kvm::memory::GuestMem;
+use virtio_queue::DescriptorChain;
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::devices::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
+use crate::vmm::devices::virtio::persist::{DeviceState, VirtioPersistError};
 use crate::vmm::devices::virtio::queue::ActiveQueue;
 use crate::vmm::devices::virtio::{
     read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, TYPE_RNG,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 use crate::vmm::metrics::METRICS;
+use crate::vmm::snapshot::Persist;
 
 pub const QUEUE_SIZE: u16 = 256;
 /// The most bytes one request gets; a guest asking for more gets this
@@ -127,8 +129,7 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
-        let [queue] = active.split()?;
-        self.active = Some(queue);
+        self.activate_restored(active)?;
         // Buffers made available before DRIVER_OK are served now.
         self.process_queue();
         Ok(())
@@ -136,5 +137,26 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.active.iter().map(|a| a.queue.state()).collect()
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Rng(Persist::save(self))
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), VirtioPersistError> {
+        match state {
+            DeviceState::Rng(s) => Persist::restore(self, s),
+            other => Err(other.wrong("virtio-rng")),
+        }
+    }
+
+    fn activate_restored(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
+        let [queue] = active.split()?;
+        self.active = Some(queue);
+        Ok(())
     }
 }

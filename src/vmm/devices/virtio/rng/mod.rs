@@ -2,5 +2,7 @@
 
 mod device;
 mod event_handler;
+mod persist;
 
 pub use device::{Rng, RngError, MAX_REQUEST_BYTES};
+pub use persist::RngState;

@@ -1,26 +1,36 @@
 //! The virtio-vsock model (device ID 19): three queues (RX 0, TX 1,
 //! EVENT 2) and a configuration space holding the guest's CID. The
 //! connections behind it are the [`Muxer`]'s.
+//!
+//! The event queue carries one event: TRANSPORT_RESET, after a snapshot
+//! restore, so that the guest drops the connections that did not survive
+//! (see `persist.rs`).
 
+use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
+use virtio_queue::Writer;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::Muxer;
 use super::packet::read_tx;
 use super::unix::{self, UdsError};
+use crate::vmm::devices::virtio::persist::{DeviceState, VirtioPersistError};
 use crate::vmm::devices::virtio::queue::ActiveQueue;
 use crate::vmm::devices::virtio::{
     read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, TYPE_VSOCK,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 use crate::vmm::metrics::METRICS;
+use crate::vmm::snapshot::Persist;
 
 pub const QUEUE_SIZE: u16 = 256;
 pub const RXQ: usize = 0;
 pub const TXQ: usize = 1;
 pub const EVQ: usize = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`: the guest drops every connection.
+pub const EVENT_TRANSPORT_RESET: u32 = 0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
@@ -36,9 +46,8 @@ pub enum VsockError {
 pub(super) struct Queues {
     pub rx: ActiveQueue,
     pub tx: ActiveQueue,
-    /// Kept for the driver's sake: the device sends no events yet
-    /// (TRANSPORT_RESET follows a snapshot restore).
-    pub _event: ActiveQueue,
+    /// Only TRANSPORT_RESET goes there, after a snapshot restore.
+    pub event: ActiveQueue,
 }
 
 pub struct Vsock {
@@ -48,6 +57,9 @@ pub struct Vsock {
     /// The driver reset the device: the event loop ends every
     /// connection (it needs the loop to unregister their fds).
     pub(super) reset_pending: bool,
+    /// Restored from a snapshot: the guest must hear TRANSPORT_RESET, in
+    /// the first buffer it posts on the event queue.
+    pub(super) transport_reset: bool,
     config: [u8; 8],
     tx_scratch: Vec<u8>,
 }
@@ -66,6 +78,7 @@ impl Vsock {
             queues: None,
             muxer: Muxer::new(guest_cid, uds_path, listener).map_err(VsockError::Timer)?,
             reset_pending: false,
+            transport_reset: false,
             config: guest_cid.to_le_bytes(),
             tx_scratch: Vec::new(),
         })
@@ -81,6 +94,11 @@ impl Vsock {
     /// Open connections.
     pub fn connection_count(&self) -> usize {
         self.muxer.connection_count()
+    }
+
+    /// The CID the guest is told.
+    pub fn guest_cid(&self) -> u64 {
+        u64::from_le_bytes(self.config)
     }
 
     /// Guest bytes held for host peers that have not read them yet.
@@ -131,8 +149,43 @@ impl Vsock {
             self.reset_pending = false;
             self.muxer.kill_all();
         }
+        self.send_transport_reset();
         self.process_tx();
         self.process_rx();
+    }
+
+    /// After a restore, puts TRANSPORT_RESET in the first good buffer of
+    /// the event queue and raises the interrupt; with no buffer there,
+    /// it waits for the guest to post one (and notify).
+    fn send_transport_reset(&mut self) {
+        if !self.transport_reset {
+            return;
+        }
+        let Some(q) = self.queues.as_mut() else {
+            return;
+        };
+        let mut sent = false;
+        q.event.serve(&METRICS.vsock.errors, |mem, chain| {
+            if sent {
+                return None;
+            }
+            // virtio_vsock_event: le32 id.
+            let event = EVENT_TRANSPORT_RESET.to_le_bytes();
+            let written = Writer::new(mem, chain)
+                .ok()
+                .filter(|w| w.available_bytes() >= event.len())
+                .is_some_and(|mut w| w.write_all(&event).is_ok());
+            if !written {
+                // Used empty; the event waits for the next buffer.
+                METRICS.vsock.bad_packets.inc();
+                return Some(0);
+            }
+            sent = true;
+            Some(event.len() as u32)
+        });
+        if sent {
+            self.transport_reset = false;
+        }
     }
 }
 
@@ -171,11 +224,7 @@ impl VirtioDevice for Vsock {
         let (Some(rx), Some(tx), Some(event)) = (it.next(), it.next(), it.next()) else {
             return Err(ActivateError::QueueCount { expected: 3, got });
         };
-        self.queues = Some(Queues {
-            rx,
-            tx,
-            _event: event,
-        });
+        self.queues = Some(Queues { rx, tx, event });
         // This runs on a vCPU thread; the event loop serves what the
         // driver already queued (and what waits for it) on its own.
         let _ = self.queue_evts[RXQ].write(1);
@@ -185,6 +234,33 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.queues = None;
         self.reset_pending = true;
+        self.transport_reset = false;
         let _ = self.queue_evts[RXQ].write(1);
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.queues
+            .iter()
+            .flat_map(|q| [&q.rx, &q.tx, &q.event])
+            .map(|a| a.queue.state())
+            .collect()
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Vsock(Persist::save(self))
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), VirtioPersistError> {
+        match state {
+            DeviceState::Vsock(s) => Persist::restore(self, s),
+            other => Err(other.wrong("virtio-vsock")),
+        }
+    }
+
+    fn activate_restored(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
+        self.activate(active)?;
+        // The connections the guest knew did not survive.
+        self.transport_reset = true;
+        Ok(())
     }
 }

@@ -696,3 +696,6 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     drop(v);
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+#[path = "persist_tests.rs"]
+mod persist_tests;

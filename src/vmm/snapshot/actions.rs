@@ -1,0 +1,282 @@
+//! The snapshot actions of the [`Vmm`]: `PUT /snapshot/create` on a
+//! paused microVM, and `PUT /snapshot/load` (or `--restore-from`) into a
+//! fresh `husk vmm`.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::format::{self, FormatError};
+use super::memory::{self, MemoryFileError};
+use super::uffd::{self, UffdError};
+use super::MicrovmState;
+use crate::vmm::builder::{self, StartError};
+use crate::vmm::config::{
+    open_regular, ConfigError, MemBackendType, SnapshotCreateParams, SnapshotLoadParams,
+    SnapshotType, VmConfig,
+};
+use crate::vmm::kvm::memory::{self as guest_memory, GuestMem, MemoryError};
+use crate::vmm::kvm::persist::{save_vm, KvmStateError};
+use crate::vmm::kvm::vcpu::VcpuError;
+use crate::vmm::kvm::VmError;
+use crate::vmm::metrics::METRICS;
+use crate::vmm::rpc::VmmActionError;
+use crate::vmm::{EventLoop, VmState, Vmm};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    MemoryFile(#[from] MemoryFileError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Uffd(#[from] UffdError),
+    #[error(transparent)]
+    KvmState(#[from] KvmStateError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("diff snapshots need dirty page tracking: set track_dirty_pages in /machine-config (or on /snapshot/load)")]
+    NoDirtyTracking,
+    #[error("a snapshot loads only into a fresh husk vmm: {0} is already configured")]
+    Configured(&'static str),
+    #[error("snapshot {path} holds a configuration that does not parse: {err}")]
+    Config { path: String, err: String },
+    #[error("snapshot {path}: its memory layout does not match its {mib} MiB machine")]
+    Layout { path: String, mib: u64 },
+    #[error("memory file {path} is {len} bytes; the snapshot's guest has {expected}")]
+    MemFileSize { path: String, len: u64, expected: u64 },
+    #[error("cannot open memory file {path}: {err}")]
+    MemFile { path: String, err: String },
+    #[error("network_overrides names {0:?}, which the snapshot does not have")]
+    NoSuchInterface(String),
+    #[error("vsock_override given, but the snapshot has no vsock")]
+    NoVsock,
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+fn show(p: &str) -> String {
+    crate::text::echo(p).into_owned()
+}
+
+impl Vmm {
+    /// Writes the paused microVM's state and memory.
+    pub(crate) fn create_snapshot(&mut self, p: SnapshotCreateParams) -> Result<(), VmmActionError> {
+        p.validate()?;
+        if self.state != VmState::Paused {
+            return Err(VmmActionError::NotPaused(self.state.as_str()));
+        }
+        let track = self.config.machine_config.track_dirty_pages;
+        if p.snapshot_type == SnapshotType::Diff && !track {
+            return Err(SnapshotError::NoDirtyTracking.into());
+        }
+        let config_json = serde_json::to_string(&self.config).unwrap_or_default();
+        let vm = self.running()?;
+        let msrs = Arc::new(vm.vm.msr_list().to_vec());
+        let mut vcpus = Vec::with_capacity(vm.vcpus.len());
+        for v in &vm.vcpus {
+            vcpus.push(v.save(msrs.clone()).map_err(SnapshotError::from)?);
+        }
+        let state = MicrovmState {
+            husk_version: crate::vmm::VERSION.to_string(),
+            config_json,
+            memory: guest_memory::layout(&vm.mem),
+            vm: save_vm(&vm.vm).map_err(SnapshotError::from)?,
+            vcpus,
+            devices: vm.devices.save(),
+        };
+        let mem_path = Path::new(&p.mem_file_path);
+        let written = match p.snapshot_type {
+            SnapshotType::Full => {
+                let w = memory::write_full(&vm.mem, mem_path).map_err(SnapshotError::from)?;
+                if track {
+                    // The next diff starts from this snapshot.
+                    vm.vm.dirty_log(&vm.mem).map_err(SnapshotError::from)?;
+                    memory::clear_device_dirty(&vm.mem);
+                }
+                w
+            }
+            SnapshotType::Diff => {
+                let log = vm.vm.dirty_log(&vm.mem).map_err(SnapshotError::from)?;
+                memory::write_diff(&vm.mem, &log, mem_path).map_err(SnapshotError::from)?
+            }
+        };
+        let state_len = format::write_file(Path::new(&p.snapshot_path), &state)
+            .map_err(SnapshotError::from)?;
+        METRICS.vmm.snapshots_created.inc();
+        tracing::info!(
+            id = %self.id,
+            kind = ?p.snapshot_type,
+            pages = written.pages,
+            mem_allocated = written.allocated,
+            state_bytes = state_len,
+            "snapshot written"
+        );
+        Ok(())
+    }
+
+    /// Nothing but the logger and metrics may be set before a load.
+    fn require_unconfigured(&self) -> Result<(), SnapshotError> {
+        let c = &self.config;
+        let set = if c.boot_source.is_some() {
+            Some("boot-source")
+        } else if !c.drives.is_empty() {
+            Some("a drive")
+        } else if !c.network_interfaces.is_empty() {
+            Some("a network interface")
+        } else if c.vsock.is_some() {
+            Some("vsock")
+        } else if c.entropy.is_some() {
+            Some("entropy")
+        } else if c.serial.is_some() {
+            Some("serial")
+        } else if c.machine_config != Default::default() {
+            Some("machine-config")
+        } else {
+            None
+        };
+        set.map_or(Ok(()), |what| Err(SnapshotError::Configured(what)))
+    }
+
+    /// Restores a snapshot into this fresh VMM; its devices join
+    /// `events`. The vCPUs run at once when `resume_vm` is set, else the
+    /// microVM waits, paused, for `PATCH /vm`.
+    pub fn load_snapshot(
+        &mut self,
+        p: SnapshotLoadParams,
+        events: &mut EventLoop,
+    ) -> Result<(), VmmActionError> {
+        self.require_not_started()?;
+        self.require_unconfigured()?;
+        let backend = p.backend()?;
+        let snapshot_path = Path::new(&p.snapshot_path);
+        let state: MicrovmState = format::read_file(snapshot_path).map_err(SnapshotError::from)?;
+        let cfg = restored_config(&state, &p)?;
+        let ranges = guest_memory::ram_ranges(cfg.machine_config.mem_size_mib)
+            .map_err(SnapshotError::from)?;
+        let layout: Vec<(u64, u64)> = ranges.iter().map(|(a, l)| (a.0, *l as u64)).collect();
+        if layout != state.memory {
+            return Err(SnapshotError::Layout {
+                path: show(&p.snapshot_path),
+                mib: cfg.machine_config.mem_size_mib,
+            }
+            .into());
+        }
+        let track = cfg.machine_config.track_dirty_pages;
+        let (mem, uffd) = match backend.backend_type {
+            MemBackendType::File => (map_memory_file(&backend.backend_path, &ranges, track)?, None),
+            MemBackendType::Uffd => {
+                let mem = guest_memory::create_guest_memory(cfg.machine_config.mem_size_mib, track)
+                    .map_err(SnapshotError::from)?;
+                let regions = host_regions(&mem);
+                let handle = uffd::attach(&regions, Path::new(&backend.backend_path))
+                    .map_err(SnapshotError::from)?;
+                (mem, Some(handle))
+            }
+        };
+        let opened = self.take_vm().map_err(StartError::from)?;
+        let running = builder::restore_and_start(
+            opened,
+            mem,
+            &cfg,
+            &state,
+            events,
+            self.exit.clone(),
+            !p.resume_vm,
+        )?;
+        self.running = Some(running);
+        self.uffd = uffd;
+        // The logger and metrics are this process's, not the snapshot's.
+        let (logger, metrics) = (self.config.logger.take(), self.config.metrics.take());
+        self.config = VmConfig {
+            logger,
+            metrics,
+            ..cfg
+        };
+        self.state = if p.resume_vm {
+            VmState::Running
+        } else {
+            VmState::Paused
+        };
+        METRICS.vmm.snapshots_loaded.inc();
+        tracing::info!(id = %self.id, "snapshot loaded from {}", show(&p.snapshot_path));
+        Ok(())
+    }
+}
+
+/// The snapshot's configuration with the load's overrides applied.
+fn restored_config(state: &MicrovmState, p: &SnapshotLoadParams) -> Result<VmConfig, SnapshotError> {
+    let bad = |err: String| SnapshotError::Config {
+        path: show(&p.snapshot_path),
+        err,
+    };
+    let mut cfg: VmConfig = serde_json::from_str(&state.config_json).map_err(|e| bad(e.to_string()))?;
+    cfg.machine_config.validate().map_err(|e| bad(e.to_string()))?;
+    for o in &p.network_overrides {
+        let iface = cfg
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == o.iface_id)
+            .ok_or_else(|| SnapshotError::NoSuchInterface(show(&o.iface_id)))?;
+        iface.host_dev_name = o.host_dev_name.clone();
+    }
+    if let Some(o) = &p.vsock_override {
+        let v = cfg.vsock.as_mut().ok_or(SnapshotError::NoVsock)?;
+        v.uds_path = o.uds_path.clone();
+        if let Some(cid) = o.guest_cid {
+            v.guest_cid = cid;
+        }
+        v.validate()?;
+    }
+    cfg.machine_config.track_dirty_pages = p.tracks_dirty_pages();
+    config_files_valid(&cfg)?;
+    Ok(cfg)
+}
+
+/// The checks a cold boot's configuration gets: drives exist, TAPs
+/// open, names are unique. The kernel and initrd are not needed: they
+/// are in guest memory already.
+fn config_files_valid(cfg: &VmConfig) -> Result<(), ConfigError> {
+    for d in &cfg.drives {
+        d.validate()?;
+    }
+    crate::vmm::config::check_unique_ids(&cfg.network_interfaces)?;
+    for n in &cfg.network_interfaces {
+        n.validate()?;
+    }
+    Ok(())
+}
+
+/// Maps the memory file `MAP_PRIVATE`; it must be exactly the guest's
+/// size (a shorter file would fault the VMM on access past its end).
+fn map_memory_file(
+    path: &str,
+    ranges: &[(vm_memory::GuestAddress, usize)],
+    track: bool,
+) -> Result<GuestMem, SnapshotError> {
+    let open_err = |err: String| SnapshotError::MemFile {
+        path: show(path),
+        err,
+    };
+    let file: File = open_regular(Path::new(path)).map_err(|e| open_err(e.to_string()))?;
+    let len = file.metadata().map_err(|e| open_err(e.to_string()))?.len();
+    let expected: u64 = ranges.iter().map(|r| r.1 as u64).sum();
+    if len != expected {
+        return Err(SnapshotError::MemFileSize {
+            path: show(path),
+            len,
+            expected,
+        });
+    }
+    Ok(guest_memory::from_file(&file, ranges, track)?)
+}
+
+/// Where each region of `mem` lives in this process.
+fn host_regions(mem: &GuestMem) -> Vec<(u64, u64)> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    mem.iter().map(|r| (r.as_ptr() as u64, r.len())).collect()
+}
