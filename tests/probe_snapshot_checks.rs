@@ -5,14 +5,17 @@
 //! restore sends) fails on its bounded wait.
 
 mod common;
+#[path = "common/vsock.rs"]
+mod vsock;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{kvm_available, Vmm, TIMEOUT};
+use common::{kvm_available, Vmm};
 use serde_json::json;
+use vsock::{accept, connect, port_path};
 
 /// `first=0x<hex>` of a `PROBE dirty:N OK pages=N first=...` line.
 fn first_page(line: &str) -> u64 {
@@ -189,53 +192,6 @@ fn blk_again_without_blk_fails_cleanly() {
     assert!(std::fs::read(&rw).unwrap().iter().all(|b| *b == 0));
 }
 
-fn port_path(uds: &Path, port: u32) -> PathBuf {
-    let mut p = uds.as_os_str().to_owned();
-    p.push(format!("_{port}"));
-    PathBuf::from(p)
-}
-
-/// Connects to guest `port` through `uds`, retrying while the device
-/// closes the client (the guest was not ready).
-fn connect(uds: &Path, port: u32) -> BufReader<UnixStream> {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        assert!(Instant::now() < deadline, "no OK from the device");
-        let Ok(mut s) = UnixStream::connect(uds) else {
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        };
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            continue;
-        }
-        assert!(line.starts_with("OK "), "{line:?}");
-        return r;
-    }
-}
-
-fn accept(l: &UnixListener) -> UnixStream {
-    l.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match l.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(TIMEOUT)).unwrap();
-                return s;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "the guest never connected");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
-
 #[test]
 fn vsock_reset_times_out_without_a_restore_and_fails_cleanly() {
     if !kvm_available() {
@@ -252,7 +208,7 @@ fn vsock_reset_times_out_without_a_restore_and_fails_cleanly() {
         "PROBE vsock-reset FAIL vsock not set up"
     );
     // What `vsock` needs from the host, as in tests/virtio_vsock.rs.
-    let mut s = connect(&uds, 1234);
+    let mut s = connect(&uds, 1234).0;
     s.get_mut().write_all(b"hello vsock\n").unwrap();
     let mut echo = String::new();
     s.read_line(&mut echo).unwrap();

@@ -71,7 +71,10 @@ fn expect_count_continues(vmm: &mut Vmm, last: u64) {
         [] => assert_eq!(n, last + 1, "restart at {first:?} after COUNT {last}"),
         [tail] => {
             assert_eq!(n, last + 2, "{first:?} after COUNT {last} and {tail:?}");
-            assert!(format!("COUNT {}", last + 1).ends_with(tail.as_str()), "{tail:?}");
+            assert!(
+                format!("COUNT {}", last + 1).ends_with(tail.as_str()),
+                "{tail:?}"
+            );
         }
         more => panic!("unexpected output before the count: {more:?}"),
     }
@@ -285,7 +288,10 @@ fn bad_snapshot_files_are_refused_and_the_vmm_keeps_serving() {
         (variant("version", &version), "version 99"),
         (variant("arch", &arch), "architecture 7"),
         (variant("longer", &longer), "trailing"),
-        (variant("garbage", b"{\"not\": \"a snapshot\"}"), "not a husk snapshot"),
+        (
+            variant("garbage", b"{\"not\": \"a snapshot\"}"),
+            "not a husk snapshot",
+        ),
         (variant("empty", b""), "not a husk snapshot"),
         (dir.path("missing"), "cannot read"),
         (dir.0.clone(), "not a regular file"),
@@ -304,7 +310,11 @@ fn bad_snapshot_files_are_refused_and_the_vmm_keeps_serving() {
     // A vCPU that needs a CPU feature this host's KVM lacks.
     let msg = Vmm::fault(&b.put(
         "/snapshot/load",
-        load_body(&variant("cpu", &with_foreign_cpu(&good, &state)), &mem, true),
+        load_body(
+            &variant("cpu", &with_foreign_cpu(&good, &state)),
+            &mem,
+            true,
+        ),
     ));
     assert!(msg.contains("CPU features"), "{msg}");
     // A load after a configuration step is refused too.

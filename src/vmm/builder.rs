@@ -12,8 +12,8 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use event_manager::SubscriberOps;
 use crate::vmm::kvm::memory::GuestMem;
+use event_manager::SubscriberOps;
 
 use crate::vmm::arch::x86_64::boot::{self, BootError, BootInfo, KernelEntry};
 use crate::vmm::arch::x86_64::cpuid::Topology;
@@ -26,10 +26,10 @@ use crate::vmm::devices::virtio::rng::Rng;
 use crate::vmm::exit::ExitNotifier;
 use crate::vmm::kvm::memory::{create_guest_memory, MemoryError};
 use crate::vmm::kvm::persist::{check_cpu, restore_vm, KvmStateError};
-use crate::vmm::snapshot::MicrovmState;
 use crate::vmm::kvm::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vmm::kvm::{Vm, VmError};
 use crate::vmm::sink::OutputFile;
+use crate::vmm::snapshot::MicrovmState;
 use crate::vmm::EventLoop;
 
 #[derive(Debug, thiserror::Error)]

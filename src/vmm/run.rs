@@ -255,9 +255,7 @@ fn serve_until_started(vmm: &mut Vmm, api: &ApiReceiver, events: &mut EventLoop)
         for req in api.pending() {
             req.serve(|action| match action {
                 VmmAction::InstanceStart => vmm.start(events).map(|_| VmmData::Empty),
-                VmmAction::LoadSnapshot(p) => {
-                    vmm.load_snapshot(p, events).map(|_| VmmData::Empty)
-                }
+                VmmAction::LoadSnapshot(p) => vmm.load_snapshot(p, events).map(|_| VmmData::Empty),
                 other => vmm.handle(other),
             });
         }

@@ -105,8 +105,8 @@ fn read_msrs(fd: &VcpuFd, index: u8, list: &[u32]) -> Result<Vec<kvm_msr_entry>>
                 ..Default::default()
             })
             .collect();
-        let mut msrs =
-            Msrs::from_entries(&entries).map_err(|_| KvmStateError::TooManyEntries(entries.len()))?;
+        let mut msrs = Msrs::from_entries(&entries)
+            .map_err(|_| KvmStateError::TooManyEntries(entries.len()))?;
         let n = fd
             .get_msrs(&mut msrs)
             .map_err(|err| KvmStateError::SaveVcpu {
@@ -171,7 +171,8 @@ pub fn restore_vcpu(fd: &VcpuFd, index: u8, s: &VcpuState) -> Result<()> {
     // KVM_SET_XSAVE reads; snapshots never carry the larger XSAVE2 layout.
     unsafe { fd.set_xsave(&s.xsave) }.map_err(e("XSAVE"))?;
     fd.set_xcrs(&s.xcrs).map_err(e("XCRs"))?;
-    fd.set_debug_regs(&s.debugregs).map_err(e("debug registers"))?;
+    fd.set_debug_regs(&s.debugregs)
+        .map_err(e("debug registers"))?;
     fd.set_lapic(&s.lapic).map_err(e("LAPIC"))?;
     let msrs =
         Msrs::from_entries(&s.msrs).map_err(|_| KvmStateError::TooManyEntries(s.msrs.len()))?;
@@ -218,10 +219,12 @@ fn irqchip(vm: &Vm, chip_id: u32) -> Result<kvm_irqchip> {
 }
 
 pub fn save_vm(vm: &Vm) -> Result<VmState> {
-    let e = |part| move |err| KvmStateError::Vm {
-        what: "save",
-        part,
-        err,
+    let e = |part| {
+        move |err| KvmStateError::Vm {
+            what: "save",
+            part,
+            err,
+        }
     };
     Ok(VmState {
         pic_master: irqchip(vm, KVM_IRQCHIP_PIC_MASTER)?,
@@ -233,10 +236,12 @@ pub fn save_vm(vm: &Vm) -> Result<VmState> {
 }
 
 pub fn restore_vm(vm: &Vm, s: &VmState) -> Result<()> {
-    let e = |part| move |err| KvmStateError::Vm {
-        what: "restore",
-        part,
-        err,
+    let e = |part| {
+        move |err| KvmStateError::Vm {
+            what: "restore",
+            part,
+            err,
+        }
     };
     vm.fd().set_pit2(&s.pit).map_err(e("PIT"))?;
     // Only the clock value is restored; the flags KVM reported (TSC
@@ -385,7 +390,10 @@ mod tests {
         let err = check_cpu_with(&more, &h, |_, _| [0; 4])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("leaf 0x7") && err.contains("0x00000004"), "{err}");
+        assert!(
+            err.contains("leaf 0x7") && err.contains("0x00000004"),
+            "{err}"
+        );
         let mut amd = h.as_slice().to_vec();
         amd[0].ebx = 0x6874_7541; // "Auth"
         let err = check_cpu_with(&amd, &h, |_, _| [0; 4])

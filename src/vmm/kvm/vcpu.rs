@@ -11,11 +11,11 @@ use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::vmm::kvm::memory::GuestMem;
 use kvm_bindings::{
     kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use crate::vmm::kvm::memory::GuestMem;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::persist::{self, KvmStateError, VcpuState};
@@ -259,7 +259,12 @@ impl Vcpu {
         self.fd.set_kvm_immediate_exit(0);
     }
 
-    fn run(mut self, requests: Receiver<VcpuRequest>, responses: Sender<VcpuResponse>, paused: bool) {
+    fn run(
+        mut self,
+        requests: Receiver<VcpuRequest>,
+        responses: Sender<VcpuResponse>,
+        paused: bool,
+    ) {
         KVM_RUN.with(|run| run.set(self.fd.get_kvm_run() as *mut kvm_run));
         let mut paused = paused;
         'outer: loop {

@@ -1,11 +1,11 @@
 //! The KVM VM: in-kernel irqchip and PIT, guest memory slots, irqfds.
 
+use crate::vmm::kvm::memory::GuestMem;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use crate::vmm::kvm::memory::GuestMem;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -148,11 +148,7 @@ impl Vm {
     }
 
     /// Hands every region of `mem` to KVM, one slot each.
-    fn register_memory(
-        &self,
-        mem: &GuestMem,
-        track_dirty_pages: bool,
-    ) -> Result<(), VmError> {
+    fn register_memory(&self, mem: &GuestMem, track_dirty_pages: bool) -> Result<(), VmError> {
         let flags = if track_dirty_pages {
             KVM_MEM_LOG_DIRTY_PAGES
         } else {

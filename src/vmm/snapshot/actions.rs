@@ -48,7 +48,11 @@ pub enum SnapshotError {
     #[error("snapshot {path}: its memory layout does not match its {mib} MiB machine")]
     Layout { path: String, mib: u64 },
     #[error("memory file {path} is {len} bytes; the snapshot's guest has {expected}")]
-    MemFileSize { path: String, len: u64, expected: u64 },
+    MemFileSize {
+        path: String,
+        len: u64,
+        expected: u64,
+    },
     #[error("cannot open memory file {path}: {err}")]
     MemFile { path: String, err: String },
     #[error("network_overrides names {0:?}, which the snapshot does not have")]
@@ -65,7 +69,10 @@ fn show(p: &str) -> String {
 
 impl Vmm {
     /// Writes the paused microVM's state and memory.
-    pub(crate) fn create_snapshot(&mut self, p: SnapshotCreateParams) -> Result<(), VmmActionError> {
+    pub(crate) fn create_snapshot(
+        &mut self,
+        p: SnapshotCreateParams,
+    ) -> Result<(), VmmActionError> {
         p.validate()?;
         if self.state != VmState::Paused {
             return Err(VmmActionError::NotPaused(self.state.as_str()));
@@ -105,8 +112,8 @@ impl Vmm {
                 memory::write_diff(&vm.mem, &log, mem_path).map_err(SnapshotError::from)?
             }
         };
-        let state_len = format::write_file(Path::new(&p.snapshot_path), &state)
-            .map_err(SnapshotError::from)?;
+        let state_len =
+            format::write_file(Path::new(&p.snapshot_path), &state).map_err(SnapshotError::from)?;
         METRICS.vmm.snapshots_created.inc();
         tracing::info!(
             id = %self.id,
@@ -168,7 +175,10 @@ impl Vmm {
         }
         let track = cfg.machine_config.track_dirty_pages;
         let (mem, uffd) = match backend.backend_type {
-            MemBackendType::File => (map_memory_file(&backend.backend_path, &ranges, track)?, None),
+            MemBackendType::File => (
+                map_memory_file(&backend.backend_path, &ranges, track)?,
+                None,
+            ),
             MemBackendType::Uffd => {
                 let mem = guest_memory::create_guest_memory(cfg.machine_config.mem_size_mib, track)
                     .map_err(SnapshotError::from)?;
@@ -209,13 +219,19 @@ impl Vmm {
 }
 
 /// The snapshot's configuration with the load's overrides applied.
-fn restored_config(state: &MicrovmState, p: &SnapshotLoadParams) -> Result<VmConfig, SnapshotError> {
+fn restored_config(
+    state: &MicrovmState,
+    p: &SnapshotLoadParams,
+) -> Result<VmConfig, SnapshotError> {
     let bad = |err: String| SnapshotError::Config {
         path: show(&p.snapshot_path),
         err,
     };
-    let mut cfg: VmConfig = serde_json::from_str(&state.config_json).map_err(|e| bad(e.to_string()))?;
-    cfg.machine_config.validate().map_err(|e| bad(e.to_string()))?;
+    let mut cfg: VmConfig =
+        serde_json::from_str(&state.config_json).map_err(|e| bad(e.to_string()))?;
+    cfg.machine_config
+        .validate()
+        .map_err(|e| bad(e.to_string()))?;
     for o in &p.network_overrides {
         let iface = cfg
             .network_interfaces

@@ -29,10 +29,7 @@ pub enum MemoryFileError {
     #[error("cannot write memory file {path}: {err}")]
     Write { path: String, err: std::io::Error },
     #[error("cannot read {what}: {err}")]
-    Read {
-        what: String,
-        err: std::io::Error,
-    },
+    Read { what: String, err: std::io::Error },
     #[error("cannot read guest memory at {0:#x}")]
     Guest(u64),
     #[error("{diff} is {diff_len} bytes but its base {base} is {base_len}: not the same guest")]
@@ -77,7 +74,9 @@ impl PageSet {
     }
 
     fn get(&self, page: usize) -> bool {
-        self.0.get(page / 64).is_some_and(|w| w & (1 << (page % 64)) != 0)
+        self.0
+            .get(page / 64)
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
     }
 
     fn or(&mut self, other: &[u64]) {
@@ -144,10 +143,7 @@ fn touched_pages(region: &Region) -> Result<PageSet> {
 
 /// Pages of `region` backed by data in the file it maps (after a
 /// restore): found with SEEK_DATA / SEEK_HOLE, so holes are skipped.
-fn file_data_pages(
-    region: &Region,
-    set: &mut PageSet,
-) -> Result<()> {
+fn file_data_pages(region: &Region, set: &mut PageSet) -> Result<()> {
     let Some(fo) = region.file_offset() else {
         return Ok(());
     };
@@ -163,7 +159,11 @@ fn file_data_pages(
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { end } else { (hole as u64).min(end) };
+        let hole = if hole < 0 {
+            end
+        } else {
+            (hole as u64).min(end)
+        };
         let first = (data as u64 - start) as usize / PAGE_SIZE;
         let last = (hole - start).div_ceil(PAGE_SIZE as u64) as usize;
         for p in first..last {
@@ -360,7 +360,9 @@ mod tests {
         // pages touched since are both kept.
         let f = File::open(&path).unwrap();
         let restored = from_file(&f, &ram_ranges(16).unwrap(), false).unwrap();
-        restored.write_obj(9u8, GuestAddress(7 * PAGE_SIZE as u64)).unwrap();
+        restored
+            .write_obj(9u8, GuestAddress(7 * PAGE_SIZE as u64))
+            .unwrap();
         let again = write_full(&restored, &path).unwrap();
         assert_eq!(again.pages, 5);
         let bytes = std::fs::read(&path).unwrap();
@@ -377,10 +379,12 @@ mod tests {
         write_full(&mem, &base).unwrap();
         clear_device_dirty(&mem);
         // A device writes page 3; KVM says the guest wrote page 9.
-        mem.write_obj(3u8, GuestAddress(3 * PAGE_SIZE as u64)).unwrap();
+        mem.write_obj(3u8, GuestAddress(3 * PAGE_SIZE as u64))
+            .unwrap();
         let mut guest = vec![vec![0u64; (16 << 20) / PAGE_SIZE / 64]];
         guest[0][0] = 1 << 9;
-        mem.write_obj(0u8, GuestAddress(9 * PAGE_SIZE as u64)).unwrap();
+        mem.write_obj(0u8, GuestAddress(9 * PAGE_SIZE as u64))
+            .unwrap();
         let diff = tmp("diff");
         let w = write_diff(&mem, &guest, &diff).unwrap();
         assert_eq!(w.pages, 2);
@@ -392,7 +396,9 @@ mod tests {
         let bytes = std::fs::read(&base).unwrap();
         assert_eq!((bytes[0], bytes[3 * PAGE_SIZE]), (1, 3));
         let err = rebase(&diff, Path::new("/proc/self/status")).unwrap_err();
-        assert!(err.to_string().contains("not the same guest") || err.to_string().contains("cannot"));
+        assert!(
+            err.to_string().contains("not the same guest") || err.to_string().contains("cannot")
+        );
         for p in [base, diff, tmp("diff2")] {
             let _ = std::fs::remove_file(p);
         }

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 
+use crate::vmm::kvm::memory::GuestMem;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::elf::start_info::{
@@ -11,7 +12,6 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader};
-use crate::vmm::kvm::memory::GuestMem;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::kernel_check::{check_kernel, CheckedImage, ImageFormat, KernelImageError};
@@ -392,7 +392,8 @@ mod tests {
         }
 
         fn load(&self, mem_size: u64, kernel_end: u64) -> Result<(GuestAddress, u64)> {
-            let m = crate::vmm::kvm::memory::anonymous(&[(GuestAddress(0), mem_size as usize)]).unwrap();
+            let m = crate::vmm::kvm::memory::anonymous(&[(GuestAddress(0), mem_size as usize)])
+                .unwrap();
             load_initrd(&m, mem_size, kernel_end, &mut File::open(&self.0).unwrap())
         }
     }

@@ -15,10 +15,13 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
+use crate::vmm::kvm::memory::GuestMem;
 use linux_loader::loader::bootparam::setup_header;
 use vm_memory::bitmap::BitmapSlice;
-use crate::vmm::kvm::memory::GuestMem;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, ReadVolatile, VolatileMemoryError, VolatileSlice};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryRegion, ReadVolatile, VolatileMemoryError,
+    VolatileSlice,
+};
 
 use super::layout::HIMEM_START;
 

@@ -1,8 +1,8 @@
 //! Initial vCPU state: general registers, segments and paging, FPU, MSRs
 //! and the local APIC's LINT pins.
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use crate::vmm::kvm::memory::GuestMem;
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::boot::BootProtocol;

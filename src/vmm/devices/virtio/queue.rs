@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use crate::vmm::kvm::memory::GuestMem;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 use super::{VirtioInterrupt, INT_USED_RING};
 use crate::vmm::metrics::Counter;

@@ -10,8 +10,8 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-use virtio_queue::{DescriptorChain, Reader, Writer};
 use crate::vmm::kvm::memory::{ChainReader, ChainWriter, GuestMem};
+use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::ByteValued;
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -77,10 +77,9 @@ pub fn execute<T>(mem: &GuestMem, chain: DescriptorChain<T>, disk: &Disk) -> Out
 where
     T: std::ops::Deref<Target = GuestMem> + Clone,
 {
-    let (Ok(mut reader), Ok(mut writer)) = (
-        Reader::new(mem, chain.clone()),
-        Writer::new(mem, chain),
-    ) else {
+    let (Ok(mut reader), Ok(mut writer)) =
+        (Reader::new(mem, chain.clone()), Writer::new(mem, chain))
+    else {
         // A buffer outside guest memory, or lengths that overflow.
         return Outcome::default();
     };
@@ -140,7 +139,12 @@ fn range(sector: u64, len: u64, disk: &Disk) -> Result<u64, u8> {
     Ok(start)
 }
 
-fn read(sector: u64, writer: &mut ChainWriter<'_>, disk: &Disk, out: &mut Outcome) -> Result<(), u8> {
+fn read(
+    sector: u64,
+    writer: &mut ChainWriter<'_>,
+    disk: &Disk,
+    out: &mut Outcome,
+) -> Result<(), u8> {
     let len = writer.available_bytes() as u64;
     let mut at = range(sector, len, disk)?;
     let mut buf = vec![0u8; CHUNK.min(len as usize)];
@@ -158,7 +162,12 @@ fn read(sector: u64, writer: &mut ChainWriter<'_>, disk: &Disk, out: &mut Outcom
     Ok(())
 }
 
-fn write(sector: u64, reader: &mut ChainReader<'_>, disk: &Disk, out: &mut Outcome) -> Result<(), u8> {
+fn write(
+    sector: u64,
+    reader: &mut ChainReader<'_>,
+    disk: &Disk,
+    out: &mut Outcome,
+) -> Result<(), u8> {
     if disk.read_only {
         return Err(S_IOERR);
     }

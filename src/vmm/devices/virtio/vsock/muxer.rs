@@ -25,9 +25,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::vmm::kvm::memory::GuestMem;
 use event_manager::{EventOps, Events};
 use virtio_queue::DescriptorChain;
-use crate::vmm::kvm::memory::GuestMem;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -498,11 +498,7 @@ impl Muxer {
     /// Writes the next packet for the guest into an RX chain; returns its
     /// used length, or None (the chain stays available) when there is
     /// nothing to send.
-    pub fn fill_rx(
-        &mut self,
-        mem: &GuestMem,
-        chain: DescriptorChain<&GuestMem>,
-    ) -> Option<u32> {
+    pub fn fill_rx(&mut self, mem: &GuestMem, chain: DescriptorChain<&GuestMem>) -> Option<u32> {
         if !self.has_rx() {
             return None;
         }

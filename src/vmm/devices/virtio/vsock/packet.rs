@@ -8,8 +8,8 @@
 
 use std::io::{Read, Write};
 
-use virtio_queue::{DescriptorChain, Reader, Writer};
 use crate::vmm::kvm::memory::{ChainWriter, GuestMem};
+use virtio_queue::{DescriptorChain, Reader, Writer};
 
 /// Bytes of `virtio_vsock_hdr`.
 pub const HDR_LEN: usize = 44;
