@@ -75,15 +75,20 @@ fn show(path: &Path) -> String {
 /// Encodes `state` as a whole state file.
 pub fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, FormatError> {
     let body = postcard::to_stdvec(state).map_err(FormatError::Encode)?;
+    Ok(frame(&body))
+}
+
+/// Puts the header and CRC around an encoded body.
+pub fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CRC_LEN);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&ARCH_X86_64.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     let crc = CRC64.checksum(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    Ok(out)
+    out
 }
 
 /// Checks a whole state file and decodes its body. `path` only names
