@@ -4,6 +4,7 @@
 
 mod containers;
 mod images;
+mod snapshot;
 mod soak;
 
 use std::io::Read;
@@ -27,8 +28,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub vmm: Option<PathBuf>,
     /// Which figures: the microVM's, the image store's, the API under
-    /// load (soak), containers run by a daemon of the bench's own, or all
-    /// of them.
+    /// load (soak), containers run by a daemon of the bench's own,
+    /// snapshots (create, load, restore, clones' memory), or all of them.
     #[arg(long, value_enum, default_value = "all")]
     pub suite: Suite,
     /// The guest kernel the containers suite boots (default:
@@ -43,6 +44,7 @@ pub enum Suite {
     Images,
     Soak,
     Containers,
+    Snapshot,
     All,
 }
 
@@ -369,6 +371,12 @@ pub fn run(args: BenchArgs) -> i32 {
             let r = bench.soak();
             let _ = std::fs::remove_dir_all(&bench.dir);
             out.insert("api_soak".into(), r?);
+        }
+        if wants(Suite::Snapshot) {
+            let (bench, _) = setup(&args)?;
+            let r = snapshot::measure(&bench, args.runs);
+            let _ = std::fs::remove_dir_all(&bench.dir);
+            out.insert("snapshot".into(), r?);
         }
         if wants(Suite::Images) {
             let dir = std::env::temp_dir().join(format!("husk-bench-img-{}", std::process::id()));

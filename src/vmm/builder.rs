@@ -13,7 +13,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::vmm::kvm::memory::GuestMem;
-use event_manager::SubscriberOps;
 
 use crate::vmm::arch::x86_64::boot::{self, BootError, BootInfo, KernelEntry};
 use crate::vmm::arch::x86_64::cpuid::Topology;
@@ -163,7 +162,7 @@ fn attach_legacy_devices(
         legacy::COM1_LEN,
         Some(legacy::COM1_IRQ),
     )?;
-    events.add_subscriber(Arc::new(Mutex::new(Console::new(serial.clone()))));
+    dm.subscribe(events, Arc::new(Mutex::new(Console::new(serial.clone()))));
     let i8042 = Arc::new(Mutex::new(I8042Device::new(
         DeviceManager::irq_line(vm, legacy::I8042_IRQ)?,
         exit.clone(),
@@ -333,56 +332,122 @@ fn load_and_configure(
     Ok(entry)
 }
 
-/// Phase 2, shared by a cold boot and a restore: every device, in the
-/// same order, so each gets the same window and interrupt line.
-struct Devices {
-    dm: DeviceManager,
+/// Everything phases 2 and 3 build besides the device manager.
+struct Parts {
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042Device>>,
     drives: Vec<AttachedDrive>,
     nets: Vec<AttachedNet>,
+    vcpus: Vec<Vcpu>,
 }
 
+/// Phase 2, shared by a cold boot and a restore: every device, in the
+/// same order, so each gets the same window and interrupt line.
 fn attach_devices(
     vm: &Vm,
     mem: &GuestMem,
     cfg: &VmConfig,
     events: &mut EventLoop,
     exit: &Arc<ExitNotifier>,
-) -> Result<Devices, StartError> {
-    let mut dm = DeviceManager::new();
-    let (serial, i8042) = attach_legacy_devices(vm, &mut dm, events, cfg.serial.as_ref(), exit)?;
+    dm: &mut DeviceManager,
+) -> Result<(LegacyDevices, Vec<AttachedDrive>, Vec<AttachedNet>), StartError> {
+    let (serial, i8042) = attach_legacy_devices(vm, dm, events, cfg.serial.as_ref(), exit)?;
     dm.track_legacy(serial.clone(), i8042.clone());
-    let drives = attach_virtio_devices(vm, mem, &mut dm, events, cfg)?;
-    let nets = attach_net_devices(vm, mem, &mut dm, events, cfg)?;
-    Ok(Devices {
-        dm,
+    let drives = attach_virtio_devices(vm, mem, dm, events, cfg)?;
+    let nets = attach_net_devices(vm, mem, dm, events, cfg)?;
+    Ok(((serial, i8042), drives, nets))
+}
+
+/// Phases 2 to 4 of a cold boot.
+fn build_cold(
+    vm: &Vm,
+    mem: &GuestMem,
+    cfg: &VmConfig,
+    events: &mut EventLoop,
+    exit: &Arc<ExitNotifier>,
+    dm: &mut DeviceManager,
+) -> Result<Parts, StartError> {
+    let machine = &cfg.machine_config;
+    let ((serial, i8042), drives, nets) = attach_devices(vm, mem, cfg, events, exit, dm)?;
+    let vcpus = create_vcpus(vm, dm, machine.vcpu_count, exit)?;
+    load_and_configure(vm, mem, cfg, dm, &vcpus)?;
+    Ok(Parts {
         serial,
         i8042,
         drives,
         nets,
+        vcpus,
     })
 }
 
-fn start_vcpus(
-    vcpus: Vec<Vcpu>,
+/// Phases 2 to 4 of a restore: the same devices, then the saved state
+/// of each device, of the VM's interrupt controllers and clock, and of
+/// each vCPU.
+fn build_restored(
+    vm: &Vm,
+    mem: &GuestMem,
+    cfg: &VmConfig,
+    state: &MicrovmState,
+    events: &mut EventLoop,
+    exit: &Arc<ExitNotifier>,
+    dm: &mut DeviceManager,
+) -> Result<Parts, StartError> {
+    let machine = &cfg.machine_config;
+    let ((serial, i8042), drives, nets) = attach_devices(vm, mem, cfg, events, exit, dm)?;
+    dm.restore(&state.devices)
+        .map_err(|e| StartError::Restore(e.to_string()))?;
+    let vcpus = create_vcpus(vm, dm, machine.vcpu_count, exit)?;
+    restore_vm(vm, &state.vm)?;
+    for (vcpu, s) in vcpus.iter().zip(&state.vcpus) {
+        vcpu.restore(s)?;
+    }
+    tracing::debug!("state restored");
+    Ok(Parts {
+        serial,
+        i8042,
+        drives,
+        nets,
+        vcpus,
+    })
+}
+
+/// Starts the vCPUs of what was built. When building or starting failed,
+/// the devices leave the event loop again, so nothing of the attempt
+/// stays behind (a bound vsock socket, an open TAP).
+fn start(
+    built: Result<Parts, StartError>,
+    mut dm: DeviceManager,
+    events: &mut EventLoop,
     paused: bool,
-    devices: Devices,
     vm: Vm,
     mem: GuestMem,
 ) -> Result<RunningVm, StartError> {
-    let mut handles = Vec::with_capacity(vcpus.len());
-    for vcpu in vcpus {
-        handles.push(vcpu.start(paused)?);
+    let parts = match built {
+        Ok(p) => p,
+        Err(e) => {
+            dm.unsubscribe_all(events);
+            return Err(e);
+        }
+    };
+    let mut handles = Vec::with_capacity(parts.vcpus.len());
+    for vcpu in parts.vcpus {
+        match vcpu.start(paused) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                drop(handles);
+                dm.unsubscribe_all(events);
+                return Err(e.into());
+            }
+        }
     }
     tracing::debug!(paused, "vCPUs started");
     Ok(RunningVm {
         vcpus: handles,
-        serial: devices.serial,
-        i8042: devices.i8042,
-        devices: devices.dm,
-        drives: devices.drives,
-        nets: devices.nets,
+        serial: parts.serial,
+        i8042: parts.i8042,
+        devices: dm,
+        drives: parts.drives,
+        nets: parts.nets,
         vm,
         mem,
     })
@@ -401,19 +466,17 @@ pub fn build_and_start(
     let mem = create_guest_memory(machine.mem_size_mib, machine.track_dirty_pages)?;
     vm.set_up(&mem, machine.track_dirty_pages)?;
     tracing::debug!("KVM VM set up");
-    // Phase 2.
-    let devices = attach_devices(&vm, &mem, cfg, events, &exit)?;
-    // Phase 3.
-    let vcpus = create_vcpus(&vm, &devices.dm, machine.vcpu_count, &exit)?;
-    // Phase 4.
-    load_and_configure(&vm, &mem, cfg, &devices.dm, &vcpus)?;
-    start_vcpus(vcpus, false, devices, vm, mem)
+    // Phases 2 to 4.
+    let mut dm = DeviceManager::new();
+    let built = build_cold(&vm, &mem, cfg, events, &exit, &mut dm);
+    start(built, dm, events, false, vm, mem)
 }
 
 /// Rebuilds a snapshotted microVM on `vm`: `mem` is its memory (mapped
 /// from the memory file, or served by a page server), `cfg` its saved
 /// configuration with any overrides applied. The same phases as a cold
-/// boot, with the saved state in place of the kernel and registers.
+/// boot, with the saved state in place of the kernel and registers. The
+/// vCPUs wait for a resume when `paused`.
 pub fn restore_and_start(
     vm: Vm,
     mem: GuestMem,
@@ -436,19 +499,8 @@ pub fn restore_and_start(
     }
     // Phase 1.
     vm.set_up(&mem, machine.track_dirty_pages)?;
-    // Phase 2.
-    let devices = attach_devices(&vm, &mem, cfg, events, &exit)?;
-    devices
-        .dm
-        .restore(&state.devices)
-        .map_err(|e| StartError::Restore(e.to_string()))?;
-    // Phase 3.
-    let vcpus = create_vcpus(&vm, &devices.dm, machine.vcpu_count, &exit)?;
-    // Phase 4: the VM's interrupt controllers and clock, then each vCPU.
-    restore_vm(&vm, &state.vm)?;
-    for (vcpu, s) in vcpus.iter().zip(&state.vcpus) {
-        vcpu.restore(s)?;
-    }
-    tracing::debug!("state restored");
-    start_vcpus(vcpus, paused, devices, vm, mem)
+    // Phases 2 to 4.
+    let mut dm = DeviceManager::new();
+    let built = build_restored(&vm, &mem, cfg, state, events, &exit, &mut dm);
+    start(built, dm, events, paused, vm, mem)
 }

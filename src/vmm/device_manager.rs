@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::vmm::kvm::memory::GuestMem;
-use event_manager::{MutEventSubscriber, SubscriberOps};
+use event_manager::{MutEventSubscriber, SubscriberId, SubscriberOps};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::arch::x86_64::layout::{
@@ -82,6 +82,9 @@ pub struct DeviceManager {
     /// The devices a snapshot saves, virtio ones in attach order.
     legacy: Option<LegacyHandles>,
     virtio: Vec<VirtioHandle>,
+    /// What the devices subscribed to the event loop, so a build that
+    /// fails half way can take it all out again.
+    subscribers: Vec<SubscriberId>,
 }
 
 impl Default for DeviceManager {
@@ -100,6 +103,7 @@ impl DeviceManager {
             devices: Vec::new(),
             legacy: None,
             virtio: Vec::new(),
+            subscribers: Vec::new(),
         }
     }
 
@@ -213,8 +217,28 @@ impl DeviceManager {
         )));
         self.attach_mmio(kind, id, transport.clone(), window)?;
         self.track_virtio(kind, id, window, transport.clone());
-        events.add_subscriber(device);
+        self.subscribe(events, device);
         Ok(transport)
+    }
+
+    /// Subscribes a device's fds to the event loop, remembering it.
+    pub fn subscribe(
+        &mut self,
+        events: &mut EventLoop,
+        subscriber: Arc<Mutex<dyn MutEventSubscriber + Send>>,
+    ) {
+        self.subscribers.push(events.add_subscriber(subscriber));
+    }
+
+    /// Takes every device this manager subscribed out of the event loop
+    /// (a start or restore that failed): their fds close, their sockets
+    /// are released, and a later attempt starts clean.
+    pub fn unsubscribe_all(&mut self, events: &mut EventLoop) {
+        for id in self.subscribers.drain(..) {
+            if let Err(e) = events.remove_subscriber(id) {
+                tracing::warn!("cannot unsubscribe a device: {e:?}");
+            }
+        }
     }
 
     /// Keeps the serial port and the i8042 for snapshots (once attached).
