@@ -391,12 +391,12 @@ fn a_refused_create_changes_no_file_and_creates_take_turns() {
     // The state file cannot be written: the memory file of the snapshot
     // already there must not be replaced first. Nor the other way round.
     for (s, m, expected) in [
-        (&dir.path("missing/s"), &mem, "cannot write snapshot"),
-        (&sub, &mem, "cannot write snapshot"),
-        (proc, &mem, "cannot write snapshot"),
-        (&state, &dir.path("missing/m"), "cannot write memory file"),
-        (&state, &sub, "cannot write memory file"),
-        (&state, proc, "cannot write memory file"),
+        (&dir.path("missing/s"), &mem, "cannot write"),
+        (&sub, &mem, "cannot write"),
+        (proc, &mem, "cannot write"),
+        (&state, &dir.path("missing/m"), "cannot write"),
+        (&state, &sub, "cannot write"),
+        (&state, proc, "cannot write"),
     ] {
         let what = format!("{} + {}", s.display(), m.display());
         let msg = Vmm::fault(&vmm.put("/snapshot/create", create_body("Full", s, m)));
@@ -442,7 +442,7 @@ fn a_refused_diff_keeps_its_dirty_pages_for_the_next_one() {
     assert_eq!(pause(&a).status, 204);
     // The state file cannot be written: the diff is refused ...
     let lost = create_body("Diff", &dir.0, &dir.path("lost.mem"));
-    says(&a.put("/snapshot/create", lost), "cannot write snapshot");
+    says(&a.put("/snapshot/create", lost), "cannot write");
     // ... and the next diff still holds the pages written since the full
     // snapshot, or rebasing it onto that snapshot loses them.
     let diff = dir.path("diff.mem");
@@ -475,8 +475,15 @@ fn page_server(sock: &Path, mem: &Path, delay: Option<Duration>) {
         std::thread::sleep(delay);
         let mut page = vec![0u8; PAGE as usize];
         loop {
-            // The userfaultfd is non-blocking: look every millisecond.
-            std::thread::sleep(Duration::from_millis(1));
+            // The userfaultfd is non-blocking: wait for an event (or a
+            // millisecond, to notice the VMM going away).
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&uffd),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, 1) };
             while let Ok(Some(userfaultfd::Event::Pagefault { addr, .. })) = uffd.read_event() {
                 let at = addr as u64 & !(PAGE - 1);
                 let r = regions.iter().find(|r| r.contains(at)).unwrap();

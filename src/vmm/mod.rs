@@ -79,6 +79,9 @@ pub struct Vmm {
     /// The page server's userfaultfd, after a `Uffd` restore; dropped
     /// after the memory it serves.
     uffd: Option<snapshot::uffd::UffdBackend>,
+    /// Pages written since the last snapshot that a failed snapshot took
+    /// from the dirty logs: the next one writes them too.
+    dirty_carry: Option<Vec<Vec<u64>>>,
     exit: Arc<ExitNotifier>,
     exit_code: Option<i32>,
     exit_reason: Option<ExitReason>,
@@ -97,6 +100,7 @@ impl Vmm {
             state: VmState::NotStarted,
             running: None,
             uffd: None,
+            dirty_carry: None,
             exit: Arc::new(ExitNotifier::new()?),
             exit_code: None,
             exit_reason: None,
@@ -369,8 +373,8 @@ impl Vmm {
         all_or_nothing(
             vcpus,
             |v| v.request_pause(),
-            |v| v.wait_paused(),
-            |v| v.resume(),
+            |v, t| v.wait_paused(t),
+            |v| v.request_resume(),
         )?;
         self.state = VmState::Paused;
         Ok(())
@@ -385,8 +389,8 @@ impl Vmm {
         all_or_nothing(
             vcpus,
             |v| v.request_resume(),
-            |v| v.wait_resumed(),
-            |v| v.pause(),
+            |v, t| v.wait_resumed(t),
+            |v| v.request_pause(),
         )?;
         self.state = VmState::Running;
         Ok(())
@@ -506,39 +510,39 @@ impl Vmm {
     }
 }
 
-/// Asks every vCPU (`ask`), then waits for every answer (`wait`); when
-/// any fails, the ones that succeeded are put back (`undo`) and the first
-/// error is returned.
+/// Asks every vCPU (`ask`), then waits for every answer (`wait`). When
+/// any fails, every vCPU asked is sent back (`undo`): the ones that
+/// answered, and the ones that did not answer in time, which will read
+/// the undo after the request they are late with. The first error is
+/// returned.
 fn all_or_nothing(
     vcpus: &[kvm::vcpu::VcpuHandle],
-    ask: impl Fn(&kvm::vcpu::VcpuHandle) -> Result<(), kvm::vcpu::VcpuError>,
-    wait: impl Fn(&kvm::vcpu::VcpuHandle) -> Result<(), kvm::vcpu::VcpuError>,
-    undo: impl Fn(&kvm::vcpu::VcpuHandle) -> Result<(), kvm::vcpu::VcpuError>,
+    ask: impl Fn(&kvm::vcpu::VcpuHandle) -> Result<kvm::vcpu::Ticket, kvm::vcpu::VcpuError>,
+    wait: impl Fn(&kvm::vcpu::VcpuHandle, kvm::vcpu::Ticket) -> Result<(), kvm::vcpu::VcpuError>,
+    undo: impl Fn(&kvm::vcpu::VcpuHandle) -> Result<kvm::vcpu::Ticket, kvm::vcpu::VcpuError>,
 ) -> Result<(), kvm::vcpu::VcpuError> {
     let mut first_err = None;
     let mut asked = Vec::with_capacity(vcpus.len());
     for v in vcpus {
         match ask(v) {
-            Ok(()) => asked.push(v),
+            Ok(t) => asked.push((v, t)),
             Err(e) => {
                 first_err = Some(e);
                 break;
             }
         }
     }
-    let mut done = Vec::with_capacity(asked.len());
-    for v in asked {
-        match wait(v) {
-            Ok(()) => done.push(v),
-            Err(e) => {
-                first_err.get_or_insert(e);
-            }
+    for (v, t) in &asked {
+        if let Err(e) = wait(v, *t) {
+            first_err.get_or_insert(e);
         }
     }
     match first_err {
         None => Ok(()),
         Some(e) => {
-            for v in done {
+            for (v, _) in asked {
+                // Not waited for: a vCPU that is late now could block the
+                // API; the request is in its queue either way.
                 if let Err(u) = undo(v) {
                     tracing::error!("cannot undo a vCPU state change: {u}");
                 }

@@ -324,7 +324,14 @@ fn check_cpu_with(
     let host = host.as_slice();
     let (s, h) = (vendor(saved), vendor(host));
     if s != h {
-        return Err(KvmStateError::Vendor { saved: s, host: h });
+        let show = |v: &str| match v {
+            "" => "(no vendor)".to_string(),
+            v => crate::text::echo(v).into_owned(),
+        };
+        return Err(KvmStateError::Vendor {
+            saved: show(&s),
+            host: show(&h),
+        });
     }
     for &(leaf, subleaf, r, name, dynamic) in FEATURE_REGS {
         let Some(saved) = find(saved, leaf, subleaf) else {

@@ -6,6 +6,7 @@
 //! `KVM_RUN` returns `EINTR` and the loop reads the request.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
@@ -232,6 +233,7 @@ impl Vcpu {
             index,
             requests: req_tx,
             responses: resp_rx,
+            next: AtomicU64::new(1),
             thread: Some(thread),
         })
     }
@@ -261,8 +263,8 @@ impl Vcpu {
 
     fn run(
         mut self,
-        requests: Receiver<VcpuRequest>,
-        responses: Sender<VcpuResponse>,
+        requests: Receiver<(u64, VcpuRequest)>,
+        responses: Sender<(u64, VcpuResponse)>,
         paused: bool,
     ) {
         KVM_RUN.with(|run| run.set(self.fd.get_kvm_run() as *mut kvm_run));
@@ -276,26 +278,26 @@ impl Vcpu {
                     requests.try_recv().ok()
                 };
                 match req {
-                    Some(VcpuRequest::Pause) => {
+                    Some((seq, VcpuRequest::Pause)) => {
                         if !paused {
                             self.complete_pending_io();
                         }
                         paused = true;
-                        let _ = responses.send(VcpuResponse::Paused);
+                        let _ = responses.send((seq, VcpuResponse::Paused));
                     }
-                    Some(VcpuRequest::Resume) => {
+                    Some((seq, VcpuRequest::Resume)) => {
                         paused = false;
-                        let _ = responses.send(VcpuResponse::Resumed);
+                        let _ = responses.send((seq, VcpuResponse::Resumed));
                     }
-                    Some(VcpuRequest::Save(msrs)) => {
+                    Some((seq, VcpuRequest::Save(msrs))) => {
                         let saved = if paused {
                             persist::save_vcpu(&self.fd, self.index, &msrs).map_err(Into::into)
                         } else {
                             Err(VcpuError::NotPaused(self.index))
                         };
-                        let _ = responses.send(VcpuResponse::Saved(Box::new(saved)));
+                        let _ = responses.send((seq, VcpuResponse::Saved(Box::new(saved))));
                     }
-                    Some(VcpuRequest::Exit) => break 'outer,
+                    Some((_, VcpuRequest::Exit)) => break 'outer,
                     // Channel closed while paused: the VMM is gone.
                     None if paused => break 'outer,
                     None => break,
@@ -328,7 +330,7 @@ impl Vcpu {
             }
         }
         KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
-        let _ = responses.send(VcpuResponse::Exited);
+        let _ = responses.send((0, VcpuResponse::Exited));
     }
 }
 
@@ -349,11 +351,17 @@ enum VcpuResponse {
 
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Names one request, so that its answer is told apart from the late
+/// answer to an earlier one that timed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket(u64);
+
 /// The VMM's side of a running vCPU thread.
 pub struct VcpuHandle {
     index: u8,
-    requests: Sender<VcpuRequest>,
-    responses: Receiver<VcpuResponse>,
+    requests: Sender<(u64, VcpuRequest)>,
+    responses: Receiver<(u64, VcpuResponse)>,
+    next: AtomicU64,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -366,24 +374,31 @@ impl VcpuHandle {
     }
 
     /// Sends a request and kicks the thread out of KVM_RUN to read it.
-    fn send(&self, req: VcpuRequest) -> Result<(), VcpuError> {
+    fn send(&self, req: VcpuRequest) -> Result<Ticket, VcpuError> {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
         self.requests
-            .send(req)
+            .send((seq, req))
             .map_err(|_| VcpuError::Gone(self.index))?;
         self.kick();
-        Ok(())
+        Ok(Ticket(seq))
     }
 
-    /// Waits for the answer `pick` accepts.
-    fn wait<T>(&self, mut pick: impl FnMut(VcpuResponse) -> Option<T>) -> Result<T, VcpuError> {
+    /// Waits for the answer to `ticket` that `pick` accepts; answers to
+    /// earlier requests (which timed out) are dropped.
+    fn wait<T>(
+        &self,
+        ticket: Ticket,
+        mut pick: impl FnMut(VcpuResponse) -> Option<T>,
+    ) -> Result<T, VcpuError> {
         loop {
             match self.responses.recv_timeout(RESPONSE_TIMEOUT) {
-                Ok(VcpuResponse::Exited) => return Err(VcpuError::Gone(self.index)),
-                Ok(r) => {
+                Ok((_, VcpuResponse::Exited)) => return Err(VcpuError::Gone(self.index)),
+                Ok((seq, r)) if seq == ticket.0 => {
                     if let Some(v) = pick(r) {
                         return Ok(v);
                     }
                 }
+                Ok(_) => continue,
                 Err(RecvTimeoutError::Timeout) => return Err(VcpuError::Unresponsive(self.index)),
                 Err(RecvTimeoutError::Disconnected) => return Err(VcpuError::Gone(self.index)),
             }
@@ -393,36 +408,36 @@ impl VcpuHandle {
     /// Asks the vCPU to pause; [`wait_paused`](Self::wait_paused) gets
     /// the answer, so that every vCPU can be asked before any is waited
     /// for.
-    pub fn request_pause(&self) -> Result<(), VcpuError> {
+    pub fn request_pause(&self) -> Result<Ticket, VcpuError> {
         self.send(VcpuRequest::Pause)
     }
 
-    pub fn wait_paused(&self) -> Result<(), VcpuError> {
-        self.wait(|r| matches!(r, VcpuResponse::Paused).then_some(()))
+    pub fn wait_paused(&self, ticket: Ticket) -> Result<(), VcpuError> {
+        self.wait(ticket, |r| matches!(r, VcpuResponse::Paused).then_some(()))
     }
 
-    pub fn request_resume(&self) -> Result<(), VcpuError> {
+    pub fn request_resume(&self) -> Result<Ticket, VcpuError> {
         self.send(VcpuRequest::Resume)
     }
 
-    pub fn wait_resumed(&self) -> Result<(), VcpuError> {
-        self.wait(|r| matches!(r, VcpuResponse::Resumed).then_some(()))
+    pub fn wait_resumed(&self, ticket: Ticket) -> Result<(), VcpuError> {
+        self.wait(ticket, |r| matches!(r, VcpuResponse::Resumed).then_some(()))
     }
 
     pub fn pause(&self) -> Result<(), VcpuError> {
-        self.request_pause()?;
-        self.wait_paused()
+        let t = self.request_pause()?;
+        self.wait_paused(t)
     }
 
     pub fn resume(&self) -> Result<(), VcpuError> {
-        self.request_resume()?;
-        self.wait_resumed()
+        let t = self.request_resume()?;
+        self.wait_resumed(t)
     }
 
     /// Saves a paused vCPU's state on its own thread.
     pub fn save(&self, msr_list: Arc<Vec<u32>>) -> Result<VcpuState, VcpuError> {
-        self.send(VcpuRequest::Save(msr_list))?;
-        self.wait(|r| match r {
+        let t = self.send(VcpuRequest::Save(msr_list))?;
+        self.wait(t, |r| match r {
             VcpuResponse::Saved(s) => Some(*s),
             _ => None,
         })?
@@ -430,7 +445,7 @@ impl VcpuHandle {
 
     /// Stops the thread and waits for it.
     pub fn stop(&mut self) {
-        let _ = self.requests.send(VcpuRequest::Exit);
+        let _ = self.requests.send((0, VcpuRequest::Exit));
         self.kick();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

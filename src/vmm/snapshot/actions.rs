@@ -3,7 +3,7 @@
 //! fresh `husk vmm`.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{self, FormatError};
@@ -59,6 +59,10 @@ pub enum SnapshotError {
     NoSuchInterface(String),
     #[error("vsock_override given, but the snapshot has no vsock")]
     NoVsock,
+    #[error("cannot write a snapshot to {path}: {why}")]
+    Target { path: String, why: String },
+    #[error("snapshot_path and mem_file_path name the same file")]
+    SameFile,
     #[error(transparent)]
     Invalid(#[from] ConfigError),
 }
@@ -82,6 +86,7 @@ impl Vmm {
             return Err(SnapshotError::NoDirtyTracking.into());
         }
         let config_json = serde_json::to_string(&self.config).unwrap_or_default();
+        let id = self.id.clone();
         let vm = self.running()?;
         let msrs = Arc::new(vm.vm.msr_list().to_vec());
         let mut vcpus = Vec::with_capacity(vm.vcpus.len());
@@ -96,27 +101,56 @@ impl Vmm {
             vcpus,
             devices: vm.devices.save(),
         };
-        let mem_path = Path::new(&p.mem_file_path);
-        let written = match p.snapshot_type {
-            SnapshotType::Full => {
-                let w = memory::write_full(&vm.mem, mem_path).map_err(SnapshotError::from)?;
-                if track {
-                    // The next diff starts from this snapshot.
-                    vm.vm.dirty_log(&vm.mem).map_err(SnapshotError::from)?;
-                    memory::clear_device_dirty(&vm.mem);
-                }
-                w
+        let (state_path, mem_path) = targets(&p.snapshot_path, &p.mem_file_path)?;
+        let source = if self.uffd.is_some() {
+            memory::Source::Remote
+        } else {
+            memory::Source::Local
+        };
+        // The pages written since the last snapshot; taken (and cleared)
+        // now, and kept for the next snapshot if this one fails.
+        let dirty = if track {
+            let log = vm.vm.dirty_log(&vm.mem).map_err(SnapshotError::from)?;
+            let mut dirty = memory::take_dirty(&vm.mem, &log);
+            if let Some(carried) = self.dirty_carry.take() {
+                merge(&mut dirty, &carried);
             }
-            SnapshotType::Diff => {
-                let log = vm.vm.dirty_log(&vm.mem).map_err(SnapshotError::from)?;
-                memory::write_diff(&vm.mem, &log, mem_path).map_err(SnapshotError::from)?
+            Some(dirty)
+        } else {
+            None
+        };
+        // Both files are written aside and renamed into place only when
+        // both are complete: a failed create changes no file.
+        let (mem_tmp, state_tmp) = (format::temp_name(&mem_path), format::temp_name(&state_path));
+        let vm = self.running()?;
+        let written = (|| {
+            let written = match (p.snapshot_type, &dirty) {
+                (SnapshotType::Diff, Some(d)) => memory::write_diff(&vm.mem, d, &mem_tmp)?,
+                _ => memory::write_full(&vm.mem, &mem_tmp, source)?,
+            };
+            let state_len = format::write_file(&state_tmp, &state)?;
+            let rename = |from: &Path, to: &Path| {
+                std::fs::rename(from, to).map_err(|err| FormatError::Write {
+                    path: crate::text::echo_path(to),
+                    err,
+                })
+            };
+            rename(&mem_tmp, &mem_path)?;
+            rename(&state_tmp, &state_path)?;
+            Ok::<_, SnapshotError>((written, state_len))
+        })();
+        let (written, state_len) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = std::fs::remove_file(&mem_tmp);
+                let _ = std::fs::remove_file(&state_tmp);
+                self.dirty_carry = dirty;
+                return Err(e.into());
             }
         };
-        let state_len =
-            format::write_file(Path::new(&p.snapshot_path), &state).map_err(SnapshotError::from)?;
         METRICS.vmm.snapshots_created.inc();
         tracing::info!(
-            id = %self.id,
+            id = %id,
             kind = ?p.snapshot_type,
             pages = written.pages,
             mem_allocated = written.allocated,
@@ -218,6 +252,49 @@ impl Vmm {
     }
 }
 
+/// ORs `more` into `into`, bitmap by bitmap.
+fn merge(into: &mut [Vec<u64>], more: &[Vec<u64>]) {
+    for (a, b) in into.iter_mut().zip(more) {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x |= y;
+        }
+    }
+}
+
+/// Where a snapshot's two files go: each in an existing directory, not
+/// an existing file of another kind (a FIFO or a device would be
+/// replaced), and not the same file under two names.
+fn targets(state: &str, mem: &str) -> Result<(PathBuf, PathBuf), SnapshotError> {
+    let target = |p: &str| -> Result<PathBuf, SnapshotError> {
+        let path = Path::new(p);
+        let bad = |why: &str| SnapshotError::Target {
+            path: show(p),
+            why: why.to_string(),
+        };
+        let name = path.file_name().ok_or_else(|| bad("not a file name"))?;
+        let parent = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let dir = parent
+            .canonicalize()
+            .map_err(|e| bad(&format!("its directory: {e}")))?;
+        if !dir.is_dir() {
+            return Err(bad("its directory is not a directory"));
+        }
+        let full = dir.join(name);
+        match std::fs::symlink_metadata(&full) {
+            Ok(m) if !m.is_file() => Err(bad("exists and is not a regular file")),
+            _ => Ok(full),
+        }
+    };
+    let (s, m) = (target(state)?, target(mem)?);
+    if s == m {
+        return Err(SnapshotError::SameFile);
+    }
+    Ok((s, m))
+}
+
 /// The snapshot's configuration with the load's overrides applied.
 fn restored_config(
     state: &MicrovmState,
@@ -246,7 +323,6 @@ fn restored_config(
         if let Some(cid) = o.guest_cid {
             v.guest_cid = cid;
         }
-        v.validate()?;
     }
     cfg.machine_config.track_dirty_pages = p.tracks_dirty_pages();
     config_files_valid(&cfg)?;
@@ -254,7 +330,7 @@ fn restored_config(
 }
 
 /// The checks a cold boot's configuration gets: drives exist, TAPs
-/// open, names are unique. The kernel and initrd are not needed: they
+/// open, names are unique, the vsock and entropy settings hold. The kernel and initrd are not needed: they
 /// are in guest memory already.
 fn config_files_valid(cfg: &VmConfig) -> Result<(), ConfigError> {
     for d in &cfg.drives {
@@ -263,6 +339,12 @@ fn config_files_valid(cfg: &VmConfig) -> Result<(), ConfigError> {
     crate::vmm::config::check_unique_ids(&cfg.network_interfaces)?;
     for n in &cfg.network_interfaces {
         n.validate()?;
+    }
+    if let Some(v) = &cfg.vsock {
+        v.validate()?;
+    }
+    if let Some(e) = &cfg.entropy {
+        e.validate()?;
     }
     Ok(())
 }

@@ -21,7 +21,6 @@ use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, WriteVolatile,
 };
 
-use super::format::temp_name;
 use crate::vmm::kvm::memory::{GuestMem, PAGE_SIZE};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +64,16 @@ struct PageSet(Vec<u64>);
 impl PageSet {
     fn empty(pages: usize) -> Self {
         PageSet(vec![0; pages.div_ceil(64)])
+    }
+
+    fn full(pages: usize) -> Self {
+        let mut set = PageSet(vec![u64::MAX; pages.div_ceil(64)]);
+        if !pages.is_multiple_of(64) {
+            if let Some(last) = set.0.last_mut() {
+                *last = (1u64 << (pages % 64)) - 1;
+            }
+        }
+        set
     }
 
     fn set(&mut self, page: usize) {
@@ -175,78 +184,121 @@ fn file_data_pages(region: &Region, set: &mut PageSet) -> Result<()> {
 }
 
 /// Writes the pages in `sets` (one per region) of `mem` to a new file at
-/// `path`, atomically (written aside, then renamed over `path`, so a
-/// file the memory is mapped from can be replaced safely).
-fn write_pages(mem: &GuestMem, sets: &[PageSet], path: &Path) -> Result<Written> {
+/// `path` (the caller writes aside and renames). With `skip_zero`, pages
+/// that read as all zeros stay holes.
+fn write_pages(mem: &GuestMem, sets: &[PageSet], path: &Path, skip_zero: bool) -> Result<Written> {
     let werr = |err| MemoryFileError::Write {
         path: show(path),
         err,
     };
-    let tmp = temp_name(path);
-    let result = (|| {
-        let mut file = File::create(&tmp).map_err(werr)?;
-        let size: u64 = mem.iter().map(|r| r.len()).sum();
-        file.set_len(size).map_err(werr)?;
-        let mut offset = 0u64;
-        let mut pages = 0u64;
-        for (region, set) in mem.iter().zip(sets) {
-            let count = region.len() as usize / PAGE_SIZE;
-            for (first, n) in set.runs(count) {
-                let at = (first * PAGE_SIZE) as u64;
-                let addr = region.start_addr().0 + at;
-                let len = n * PAGE_SIZE;
-                let slice = mem
-                    .get_slice(GuestAddress(addr), len)
-                    .map_err(|_| MemoryFileError::Guest(addr))?;
-                file.seek(SeekFrom::Start(offset + at)).map_err(werr)?;
-                file.write_all_volatile(&slice)
-                    .map_err(|_| MemoryFileError::Guest(addr))?;
-                pages += n as u64;
+    let mut file = File::create(path).map_err(werr)?;
+    let size: u64 = mem.iter().map(|r| r.len()).sum();
+    file.set_len(size).map_err(werr)?;
+    let mut offset = 0u64;
+    let mut pages = 0u64;
+    let mut page = vec![0u8; PAGE_SIZE];
+    for (region, set) in mem.iter().zip(sets) {
+        let count = region.len() as usize / PAGE_SIZE;
+        for (first, n) in set.runs(count) {
+            let at = (first * PAGE_SIZE) as u64;
+            let addr = region.start_addr().0 + at;
+            if skip_zero {
+                for i in 0..n as u64 {
+                    let a = addr + i * PAGE_SIZE as u64;
+                    mem.read_slice(&mut page, GuestAddress(a))
+                        .map_err(|_| MemoryFileError::Guest(a))?;
+                    if page.iter().any(|b| *b != 0) {
+                        file.write_all_at(&page, offset + at + i * PAGE_SIZE as u64)
+                            .map_err(werr)?;
+                        pages += 1;
+                    }
+                }
+                continue;
             }
-            offset += region.len();
+            let len = n * PAGE_SIZE;
+            let slice = mem
+                .get_slice(GuestAddress(addr), len)
+                .map_err(|_| MemoryFileError::Guest(addr))?;
+            file.seek(SeekFrom::Start(offset + at)).map_err(werr)?;
+            file.write_all_volatile(&slice)
+                .map_err(|_| MemoryFileError::Guest(addr))?;
+            pages += n as u64;
         }
-        file.sync_all().map_err(werr)?;
-        let allocated = file.metadata().map_err(werr)?.blocks() * 512;
-        std::fs::rename(&tmp, path).map_err(werr)?;
-        Ok(Written {
-            pages,
-            size,
-            allocated,
-        })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        offset += region.len();
     }
-    result
+    file.sync_all().map_err(werr)?;
+    let allocated = file.metadata().map_err(werr)?.blocks() * 512;
+    Ok(Written {
+        pages,
+        size,
+        allocated,
+    })
+}
+
+/// How a full snapshot finds the pages with data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Anonymous memory, or a mapped memory file: the pages this process
+    /// touched plus the file's data ranges.
+    Local,
+    /// Memory a page server fills on demand: a page not yet served is
+    /// not zero, just elsewhere. Every page is read (and so served), and
+    /// only the ones that are all zeros stay holes.
+    Remote,
 }
 
 /// A full snapshot of `mem` into `path`.
-pub fn write_full(mem: &GuestMem, path: &Path) -> Result<Written> {
+pub fn write_full(mem: &GuestMem, path: &Path, source: Source) -> Result<Written> {
     let mut sets = Vec::with_capacity(mem.num_regions());
     for region in mem.iter() {
-        let mut set = touched_pages(region)?;
-        file_data_pages(region, &mut set)?;
+        let pages = region.len() as usize / PAGE_SIZE;
+        let set = match source {
+            Source::Local => {
+                let mut set = touched_pages(region)?;
+                file_data_pages(region, &mut set)?;
+                set
+            }
+            Source::Remote => PageSet::full(pages),
+        };
         sets.push(set);
     }
-    write_pages(mem, &sets, path)
+    write_pages(mem, &sets, path, source == Source::Remote)
 }
 
-/// A diff snapshot: the pages in `kvm_dirty` (KVM's dirty log, one
-/// bitmap per region) or in the regions' own bitmaps of device writes,
-/// which this clears.
-pub fn write_diff(mem: &GuestMem, kvm_dirty: &[Vec<u64>], path: &Path) -> Result<Written> {
-    let mut sets = Vec::with_capacity(mem.num_regions());
-    for (i, region) in mem.iter().enumerate() {
-        let mut set = PageSet::empty(region.len() as usize / PAGE_SIZE);
-        if let Some(log) = kvm_dirty.get(i) {
-            set.or(log);
-        }
-        if let Some(bitmap) = device_bitmap(region) {
-            set.or(&bitmap.get_and_reset());
-        }
-        sets.push(set);
-    }
-    write_pages(mem, &sets, path)
+/// The pages written since the last snapshot, one bitmap per region:
+/// `kvm_dirty` (KVM's dirty log) together with the regions' bitmaps of
+/// device writes, which this clears. A snapshot that then fails must
+/// hand them to the next one ([`write_diff`]'s `dirty`).
+pub fn take_dirty(mem: &GuestMem, kvm_dirty: &[Vec<u64>]) -> Vec<Vec<u64>> {
+    mem.iter()
+        .enumerate()
+        .map(|(i, region)| {
+            let mut set = PageSet::empty(region.len() as usize / PAGE_SIZE);
+            if let Some(log) = kvm_dirty.get(i) {
+                set.or(log);
+            }
+            if let Some(bitmap) = device_bitmap(region) {
+                set.or(&bitmap.get_and_reset());
+            }
+            set.0
+        })
+        .collect()
+}
+
+/// A diff snapshot: the pages in `dirty` (from [`take_dirty`]).
+pub fn write_diff(mem: &GuestMem, dirty: &[Vec<u64>], path: &Path) -> Result<Written> {
+    let sets: Vec<PageSet> = mem
+        .iter()
+        .enumerate()
+        .map(|(i, region)| {
+            let mut set = PageSet::empty(region.len() as usize / PAGE_SIZE);
+            if let Some(d) = dirty.get(i) {
+                set.or(d);
+            }
+            set
+        })
+        .collect();
+    write_pages(mem, &sets, path, false)
 }
 
 /// The bitmap of pages the VMM's devices wrote in `region`, when dirty
@@ -265,6 +317,25 @@ pub fn clear_device_dirty(mem: &GuestMem) {
     }
 }
 
+/// Opens an existing regular file for writing without blocking on a FIFO
+/// or a device, and refuses anything else.
+fn open_regular_for_writing(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let werr = |err| MemoryFileError::Write {
+        path: show(path),
+        err,
+    };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(werr)?;
+    if !f.metadata().map_err(werr)?.is_file() {
+        return Err(werr(std::io::Error::other("not a regular file")));
+    }
+    Ok(f)
+}
+
 /// Copies every data range of the diff memory file onto `base`, which
 /// then holds the memory as it was when the diff was taken. Returns the
 /// bytes copied.
@@ -273,14 +344,11 @@ pub fn rebase(diff: &Path, base: &Path) -> Result<u64> {
         let what = show(p);
         move |err| MemoryFileError::Read { what, err }
     };
-    let d = File::open(diff).map_err(rerr(diff))?;
-    let b = std::fs::OpenOptions::new()
-        .write(true)
-        .open(base)
-        .map_err(|err| MemoryFileError::Write {
-            path: show(base),
-            err,
-        })?;
+    let d = crate::vmm::config::open_regular(diff).map_err(|e| MemoryFileError::Read {
+        what: show(diff),
+        err: std::io::Error::other(e.to_string()),
+    })?;
+    let b = open_regular_for_writing(base)?;
     let (dl, bl) = (
         d.metadata().map_err(rerr(diff))?.len(),
         b.metadata().map_err(rerr(base))?.len(),
@@ -348,7 +416,7 @@ mod tests {
                 .unwrap();
         }
         let path = tmp("full");
-        let w = write_full(&mem, &path).unwrap();
+        let w = write_full(&mem, &path, Source::Local).unwrap();
         assert_eq!(w.size, 16 << 20);
         assert_eq!(w.pages, 4);
         assert!(w.allocated < 1 << 20, "{w:?}");
@@ -363,7 +431,10 @@ mod tests {
         restored
             .write_obj(9u8, GuestAddress(7 * PAGE_SIZE as u64))
             .unwrap();
-        let again = write_full(&restored, &path).unwrap();
+        // (Written aside, as create does: `path` is mapped.)
+        let aside = tmp("full-again");
+        let again = write_full(&restored, &aside, Source::Local).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
         assert_eq!(again.pages, 5);
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes[1000 * PAGE_SIZE], 233);
@@ -376,7 +447,7 @@ mod tests {
         let mem = create_guest_memory(16, true).unwrap();
         mem.write_obj(1u8, GuestAddress(0)).unwrap();
         let base = tmp("base");
-        write_full(&mem, &base).unwrap();
+        write_full(&mem, &base, Source::Local).unwrap();
         clear_device_dirty(&mem);
         // A device writes page 3; KVM says the guest wrote page 9.
         mem.write_obj(3u8, GuestAddress(3 * PAGE_SIZE as u64))
@@ -386,15 +457,20 @@ mod tests {
         mem.write_obj(0u8, GuestAddress(9 * PAGE_SIZE as u64))
             .unwrap();
         let diff = tmp("diff");
-        let w = write_diff(&mem, &guest, &diff).unwrap();
+        let w = write_diff(&mem, &take_dirty(&mem, &guest), &diff).unwrap();
         assert_eq!(w.pages, 2);
         // The bitmap was cleared: a second diff is empty.
-        let w2 = write_diff(&mem, &[], &tmp("diff2")).unwrap();
+        let w2 = write_diff(&mem, &take_dirty(&mem, &[]), &tmp("diff2")).unwrap();
         assert_eq!(w2.pages, 0);
         let copied = rebase(&diff, &base).unwrap();
         assert!(copied >= 2 * PAGE_SIZE as u64);
         let bytes = std::fs::read(&base).unwrap();
         assert_eq!((bytes[0], bytes[3 * PAGE_SIZE]), (1, 3));
+        // Remote memory: every page is read, only non-zero ones written.
+        let remote = tmp("remote");
+        let w3 = write_full(&mem, &remote, Source::Remote).unwrap();
+        assert_eq!(w3.pages, 2, "{w3:?}");
+        let _ = std::fs::remove_file(remote);
         let err = rebase(&diff, Path::new("/proc/self/status")).unwrap_err();
         assert!(
             err.to_string().contains("not the same guest") || err.to_string().contains("cannot")
