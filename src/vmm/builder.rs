@@ -358,50 +358,43 @@ fn attach_devices(
     Ok(((serial, i8042), drives, nets))
 }
 
-/// Phases 2 to 4 of a cold boot.
-fn build_cold(
-    vm: &Vm,
-    mem: &GuestMem,
-    cfg: &VmConfig,
-    events: &mut EventLoop,
-    exit: &Arc<ExitNotifier>,
-    dm: &mut DeviceManager,
-) -> Result<Parts, StartError> {
-    let machine = &cfg.machine_config;
-    let ((serial, i8042), drives, nets) = attach_devices(vm, mem, cfg, events, exit, dm)?;
-    let vcpus = create_vcpus(vm, dm, machine.vcpu_count, exit)?;
-    load_and_configure(vm, mem, cfg, dm, &vcpus)?;
-    Ok(Parts {
-        serial,
-        i8042,
-        drives,
-        nets,
-        vcpus,
-    })
+/// What phase 4 does: load a kernel, or apply a snapshot's state.
+enum Boot<'a> {
+    Cold,
+    Restore(&'a MicrovmState),
 }
 
-/// Phases 2 to 4 of a restore: the same devices, then the saved state
-/// of each device, of the VM's interrupt controllers and clock, and of
-/// each vCPU.
-fn build_restored(
+/// Phases 2 to 4, the same for a cold boot and a restore but for what
+/// phase 4 does. A restore applies the saved device states right after
+/// the devices exist, then the VM's interrupt controllers and clock, then
+/// each vCPU's state.
+fn build(
     vm: &Vm,
     mem: &GuestMem,
     cfg: &VmConfig,
-    state: &MicrovmState,
+    boot: Boot<'_>,
     events: &mut EventLoop,
     exit: &Arc<ExitNotifier>,
     dm: &mut DeviceManager,
 ) -> Result<Parts, StartError> {
-    let machine = &cfg.machine_config;
     let ((serial, i8042), drives, nets) = attach_devices(vm, mem, cfg, events, exit, dm)?;
-    dm.restore(&state.devices)
-        .map_err(|e| StartError::Restore(e.to_string()))?;
-    let vcpus = create_vcpus(vm, dm, machine.vcpu_count, exit)?;
-    restore_vm(vm, &state.vm)?;
-    for (vcpu, s) in vcpus.iter().zip(&state.vcpus) {
-        vcpu.restore(s)?;
+    if let Boot::Restore(state) = boot {
+        dm.restore(&state.devices)
+            .map_err(|e| StartError::Restore(e.to_string()))?;
     }
-    tracing::debug!("state restored");
+    let vcpus = create_vcpus(vm, dm, cfg.machine_config.vcpu_count, exit)?;
+    match boot {
+        Boot::Cold => {
+            load_and_configure(vm, mem, cfg, dm, &vcpus)?;
+        }
+        Boot::Restore(state) => {
+            restore_vm(vm, &state.vm)?;
+            for (vcpu, s) in vcpus.iter().zip(&state.vcpus) {
+                vcpu.restore(s)?;
+            }
+            tracing::debug!("state restored");
+        }
+    }
     Ok(Parts {
         serial,
         i8042,
@@ -468,7 +461,7 @@ pub fn build_and_start(
     tracing::debug!("KVM VM set up");
     // Phases 2 to 4.
     let mut dm = DeviceManager::new();
-    let built = build_cold(&vm, &mem, cfg, events, &exit, &mut dm);
+    let built = build(&vm, &mem, cfg, Boot::Cold, events, &exit, &mut dm);
     start(built, dm, events, false, vm, mem)
 }
 
@@ -501,6 +494,6 @@ pub fn restore_and_start(
     vm.set_up(&mem, machine.track_dirty_pages)?;
     // Phases 2 to 4.
     let mut dm = DeviceManager::new();
-    let built = build_restored(&vm, &mem, cfg, state, events, &exit, &mut dm);
+    let built = build(&vm, &mem, cfg, Boot::Restore(state), events, &exit, &mut dm);
     start(built, dm, events, paused, vm, mem)
 }

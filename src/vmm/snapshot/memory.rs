@@ -394,11 +394,6 @@ pub fn rebase(diff: &Path, base: &Path) -> Result<u64> {
     Ok(copied)
 }
 
-/// Reads one byte of guest memory (for tests of restored memory).
-pub fn read_byte(mem: &GuestMem, addr: u64) -> Option<u8> {
-    mem.read_obj(GuestAddress(addr)).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

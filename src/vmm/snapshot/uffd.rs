@@ -27,7 +27,7 @@ use userfaultfd::{FeatureFlags, Uffd, UffdBuilder};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// The page size of guest memory served through userfaultfd.
-pub const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SIZE: u64 = crate::vmm::kvm::memory::PAGE_SIZE as u64;
 
 /// One guest memory region as the page server sees it: where it is in the
 /// VMM's address space and where its contents are in the memory file.
