@@ -20,5 +20,5 @@ fi
 export HUSK_GUEST_KERNEL
 # Everything for the QEMU tests is installed now: they must run, not skip.
 export HUSK_REQUIRE_QEMU=1
-cargo build --all-targets --locked
-cargo test --locked -- --test-threads "$(nproc)"
+cargo build --all-targets --locked --features test-hooks
+cargo test --locked --features test-hooks -- --test-threads "$(nproc)"

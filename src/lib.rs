@@ -7,6 +7,7 @@ pub mod client;
 pub mod daemon;
 pub mod doctor;
 pub mod image;
+pub mod jail;
 pub mod probe;
 pub mod text;
 pub mod vmm;

@@ -87,7 +87,9 @@ fn a_disk_and_a_vsock_work_in_the_restored_process() {
     );
     a.expect_line("PROBE blk OK");
     a.expect_line("PROBE vsock OK");
-    // The guest now waits for Ctrl-Alt-Del, its devices set up.
+    // The guest now waits for Ctrl-Alt-Del, its devices set up; the
+    // snapshot below is taken under the VMM thread's filter.
+    common::assert_filtered(a.pid());
     pause(&a);
     let (state, mem) = (dir.path("s"), dir.path("m"));
     snapshot(&a, "Full", &state, &mem);
@@ -124,6 +126,7 @@ fn a_disk_and_a_vsock_work_in_the_restored_process() {
         b.expect_line("PROBE vsock-reset"),
         "PROBE vsock-reset OK echoed=6 sent=18"
     );
+    common::assert_filtered(b.pid());
     cad(&b);
     assert_eq!(b.wait().code(), Some(0));
 }

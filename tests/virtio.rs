@@ -32,6 +32,7 @@ fn rng_fills_the_guests_buffer_and_interrupts() {
     vmm.configure("probe=rng,wait-cad", 1, 128);
     vmm.start();
     assert_eq!(vmm.expect_line("PROBE rng"), "PROBE rng OK bytes=32 irq=1");
+    common::assert_filtered(vmm.pid());
     let m = vmm.get("/metrics").json();
     assert!(m["rng"]["bytes"].as_u64().unwrap() >= 32, "{m}");
     assert_eq!(m["rng"]["errors"], 0, "{m}");
@@ -221,12 +222,14 @@ fn blk_writes_land_in_the_backing_file_and_read_only_files_stay_untouched() {
     let mut ro_drive = drive("ro", &ro, false, true);
     ro_drive["cache_type"] = json!("Writeback");
     vmm.put_ok("/drives/ro", ro_drive);
-    vmm.configure("probe=blk", 1, 128);
+    vmm.configure("probe=blk,wait-cad", 1, 128);
     vmm.start();
     assert_eq!(
         vmm.expect_line("PROBE blk"),
         "PROBE blk OK capacity=2048 head=HUSK-PROBE-DISK0 wrote=1 past_end=ioerr irq=1 ro=ioerr"
     );
+    common::assert_filtered(vmm.pid());
+    vmm.action("SendCtrlAltDel");
     assert_eq!(vmm.wait().code(), Some(0));
     let after = std::fs::read(&rw).unwrap();
     assert_eq!(&after[512..528], b"HUSK-PROBE-WRITE");

@@ -255,6 +255,7 @@ fn frames_cross_a_real_tap_both_ways() {
         vmm.expect_line("PROBE net"),
         "PROBE net OK sent=1 got=HUSK-HOST-NET-0123456789ABCDEF"
     );
+    common::assert_filtered(vmm.pid());
     let m = metrics(&vmm);
     assert_eq!(m["tx_frames"], 1, "{m}");
     assert_eq!(m["tx_bytes"], 28, "{m}");

@@ -50,6 +50,7 @@ fn the_probe_echoes_a_host_stream_and_opens_one_to_the_host() {
         vmm.expect_line("PROBE vsock"),
         "PROBE vsock OK echoed=12 sent=16"
     );
+    common::assert_filtered(vmm.pid());
     let m = vmm.get("/metrics").json();
     assert_eq!(m["vsock"]["host_connections"], 1, "{m}");
     assert_eq!(m["vsock"]["guest_connections"], 1, "{m}");

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::vmm::kvm::memory::GuestMem;
 
+use crate::jail::seccomp::{Policy, SeccompError, ThreadKind};
 use crate::vmm::arch::x86_64::boot::{self, BootError, BootInfo, KernelEntry};
 use crate::vmm::arch::x86_64::cpuid::Topology;
 use crate::vmm::config::{open_regular, CacheType, OpenRegularError, SerialConfig, VmConfig};
@@ -63,6 +64,8 @@ pub enum StartError {
     KvmState(#[from] KvmStateError),
     #[error("cannot restore the snapshot: {0}")]
     Restore(String),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// A virtio-blk device as it runs, for PATCH /drives.
@@ -414,6 +417,7 @@ fn start(
     paused: bool,
     vm: Vm,
     mem: GuestMem,
+    seccomp: &Policy,
 ) -> Result<RunningVm, StartError> {
     let parts = match built {
         Ok(p) => p,
@@ -424,7 +428,7 @@ fn start(
     };
     let mut handles = Vec::with_capacity(parts.vcpus.len());
     for vcpu in parts.vcpus {
-        match vcpu.start(paused) {
+        match vcpu.start(paused, seccomp) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 drop(handles);
@@ -432,6 +436,21 @@ fn start(
                 return Err(e.into());
             }
         }
+    }
+    // Every vCPU thread has its filter on; the VMM thread's goes on now,
+    // while no guest code has run, and then the vCPUs may go.
+    let filtered = handles
+        .iter()
+        .try_for_each(|h| h.wait_filtered())
+        .map_err(StartError::from)
+        .and_then(|()| Ok(seccomp.apply(ThreadKind::Vmm)?));
+    if let Err(e) = filtered {
+        drop(handles);
+        dm.unsubscribe_all(events);
+        return Err(e);
+    }
+    for h in &handles {
+        h.go();
     }
     tracing::debug!(paused, "vCPUs started");
     Ok(RunningVm {
@@ -453,6 +472,7 @@ pub fn build_and_start(
     cfg: &VmConfig,
     events: &mut EventLoop,
     exit: Arc<ExitNotifier>,
+    seccomp: &Policy,
 ) -> Result<RunningVm, StartError> {
     let machine = &cfg.machine_config;
     // Phase 1.
@@ -462,7 +482,7 @@ pub fn build_and_start(
     // Phases 2 to 4.
     let mut dm = DeviceManager::new();
     let built = build(&vm, &mem, cfg, Boot::Cold, events, &exit, &mut dm);
-    start(built, dm, events, false, vm, mem)
+    start(built, dm, events, false, vm, mem, seccomp)
 }
 
 /// Rebuilds a snapshotted microVM on `vm`: `mem` is its memory (mapped
@@ -478,6 +498,7 @@ pub fn restore_and_start(
     events: &mut EventLoop,
     exit: Arc<ExitNotifier>,
     paused: bool,
+    seccomp: &Policy,
 ) -> Result<RunningVm, StartError> {
     let machine = &cfg.machine_config;
     if state.vcpus.len() != usize::from(machine.vcpu_count) {
@@ -495,5 +516,5 @@ pub fn restore_and_start(
     // Phases 2 to 4.
     let mut dm = DeviceManager::new();
     let built = build(&vm, &mem, cfg, Boot::Restore(state), events, &exit, &mut dm);
-    start(built, dm, events, paused, vm, mem)
+    start(built, dm, events, paused, vm, mem, seccomp)
 }

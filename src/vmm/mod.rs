@@ -33,6 +33,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::jail::seccomp::Policy;
 use builder::{RunningVm, StartError};
 use config::{
     BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
@@ -90,6 +91,8 @@ pub struct Vmm {
     metrics_timer: TimerFd,
     /// The KVM VM, being opened in the background since start-up.
     opening: Option<std::thread::JoinHandle<Result<kvm::Vm, kvm::VmError>>>,
+    /// The seccomp filters the VMM and vCPU threads take on at start.
+    seccomp: Policy,
 }
 
 impl Vmm {
@@ -108,7 +111,13 @@ impl Vmm {
             metrics: MetricsSink::default(),
             metrics_timer: TimerFd::new()?,
             opening: None,
+            seccomp: Policy::off(),
         })
+    }
+
+    /// The filters this VMM's threads install when the VM starts.
+    pub fn set_seccomp(&mut self, policy: Policy) {
+        self.seccomp = policy;
     }
 
     /// Opens KVM and creates the (empty) VM on another thread, so that is
@@ -349,7 +358,13 @@ impl Vmm {
             return Err(VmmActionError::NoKernel);
         }
         let opened = self.take_vm().map_err(StartError::from)?;
-        let vm = builder::build_and_start(opened, &self.config, events, self.exit.clone())?;
+        let vm = builder::build_and_start(
+            opened,
+            &self.config,
+            events,
+            self.exit.clone(),
+            &self.seccomp,
+        )?;
         self.running = Some(vm);
         self.state = VmState::Running;
         METRICS.vmm.instance_starts.inc();
@@ -460,6 +475,21 @@ impl Vmm {
                 self.require_not_started()
                     .and(Err(VmmActionError::AfterStart)),
             ),
+            #[cfg(feature = "test-hooks")]
+            VmmAction::ForbiddenCall(kind) => {
+                use crate::jail::seccomp::{forbidden_call, ThreadKind};
+                let went = match kind {
+                    ThreadKind::Vcpu => self
+                        .running()?
+                        .vcpus
+                        .first()
+                        .ok_or(VmmActionError::NotRunning("no vCPU"))?
+                        .forbidden_call()
+                        .map_err(|e| VmmActionError::Start(e.into()))?,
+                    _ => forbidden_call(),
+                };
+                json(serde_json::json!({ "went_through": went }))
+            }
         }
     }
 

@@ -54,6 +54,9 @@ pub enum VmmAction {
     Resume,
     CreateSnapshot(crate::vmm::config::SnapshotCreateParams),
     LoadSnapshot(crate::vmm::config::SnapshotLoadParams),
+    /// The tests' hook: make a system call that thread's filter forbids.
+    #[cfg(feature = "test-hooks")]
+    ForbiddenCall(crate::jail::seccomp::ThreadKind),
 }
 
 /// A successful answer.

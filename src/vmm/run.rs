@@ -17,6 +17,7 @@ use super::exit::ExitReason;
 use super::logger::Logger;
 use super::rpc::{self, ApiAdapter, ApiReceiver, VmmAction, VmmData};
 use super::{EventLoop, Vmm};
+use crate::jail::seccomp::{Level, Policy};
 
 /// `husk vmm` options.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct VmmOptions {
     pub restore: Option<SnapshotLoadParams>,
     pub id: String,
     pub api_limits: api::server::Limits,
+    /// What a forbidden system call does; `None`: no filters at all.
+    pub seccomp: Option<Level>,
 }
 
 /// The command line of `husk vmm` and `husk-vmm`.
@@ -81,6 +84,15 @@ pub struct VmmArgs {
     /// open-file limit); one more closes the one idle the longest.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub api_max_connections: u64,
+    /// What a system call outside a thread's seccomp filter does: `kill`
+    /// ends the process with SIGSYS after naming the call on stderr;
+    /// `log` lets it through and the kernel's audit log records it.
+    #[arg(long, value_enum, default_value_t = Level::Kill)]
+    pub seccomp_level: Level,
+    /// Run with no seccomp filters at all. For debugging only: a guest
+    /// that escapes into this process could then make any system call.
+    #[arg(long, conflicts_with = "seccomp_level")]
+    pub no_seccomp: bool,
 }
 
 /// `IFACE=TAP`.
@@ -124,6 +136,7 @@ impl From<VmmArgs> for VmmOptions {
             config_file: a.config_file,
             restore,
             id: a.id,
+            seccomp: (!a.no_seccomp).then_some(a.seccomp_level),
             api_limits: api::server::Limits {
                 header_timeout: Duration::from_millis(a.api_header_timeout_ms),
                 body_timeout: Duration::from_millis(a.api_body_timeout_ms),
@@ -139,12 +152,29 @@ impl From<VmmArgs> for VmmOptions {
 /// VM, 3 after a guest triple fault, 4 after a vCPU error.
 pub fn run(opts: VmmOptions) -> i32 {
     let logger = Logger::init();
+    let seccomp = match opts.seccomp {
+        Some(level) => match Policy::new(level) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("husk vmm: {e}");
+                return 1;
+            }
+        },
+        None => {
+            eprintln!(
+                "husk vmm: WARNING: --no-seccomp: this VMM runs with NO seccomp filters; \
+                 a guest that escapes into it can make any system call. Debugging only."
+            );
+            tracing::warn!("seccomp filters are off (--no-seccomp)");
+            Policy::off()
+        }
+    };
     let mut api_sock = None;
     let api = match &opts.api_sock {
         Some(path) => {
             let started = api::bind(path).and_then(|listener| {
                 let (sender, receiver) = rpc::channel_pair()?;
-                api::spawn_server(listener, sender, opts.api_limits)?;
+                api::spawn_server(listener, sender, opts.api_limits, seccomp.clone())?;
                 Ok(receiver)
             });
             match started {
@@ -164,7 +194,7 @@ pub fn run(opts: VmmOptions) -> i32 {
         None => None,
     };
     tracing::debug!("husk vmm starting");
-    let code = run_with(opts, logger, api);
+    let code = run_with(opts, logger, api, seccomp);
     tracing::debug!("husk vmm exiting");
     if let Some(path) = api_sock {
         let _ = std::fs::remove_file(path);
@@ -172,7 +202,7 @@ pub fn run(opts: VmmOptions) -> i32 {
     code
 }
 
-fn run_with(opts: VmmOptions, logger: Logger, api: Option<ApiReceiver>) -> i32 {
+fn run_with(opts: VmmOptions, logger: Logger, api: Option<ApiReceiver>, seccomp: Policy) -> i32 {
     let mut vmm = match Vmm::new(opts.id.clone(), logger) {
         Ok(v) => v,
         Err(e) => {
@@ -180,6 +210,7 @@ fn run_with(opts: VmmOptions, logger: Logger, api: Option<ApiReceiver>) -> i32 {
             return 1;
         }
     };
+    vmm.set_seccomp(seccomp);
     vmm.open_vm_early();
     let mut events: EventLoop = match EventManager::new() {
         Ok(e) => e,

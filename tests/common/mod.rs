@@ -347,3 +347,44 @@ impl Drop for Vmm {
         let _ = self.child.wait();
     }
 }
+
+/// The `Seccomp:` mode (0 none, 2 filter) of each of `pid`'s threads,
+/// by thread name.
+pub fn seccomp_modes(pid: u32) -> Vec<(String, u32)> {
+    let mut out = vec![];
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.push((comm.trim().to_string(), mode));
+    }
+    out
+}
+
+/// Asserts that every thread of a running `husk vmm` (the VMM thread,
+/// the API thread when there is one, each vCPU) runs under a seccomp
+/// filter, as it must once its guest has run.
+pub fn assert_filtered(pid: u32) {
+    let modes = seccomp_modes(pid);
+    let husk: Vec<_> = modes
+        .iter()
+        .filter(|(c, _)| c.starts_with("husk"))
+        .collect();
+    assert!(
+        husk.iter().any(|(c, _)| c.starts_with("husk-vcpu")),
+        "no vCPU thread in {modes:?}"
+    );
+    for (comm, mode) in husk {
+        assert_eq!(
+            *mode, 2,
+            "thread {comm} runs without a seccomp filter: {modes:?}"
+        );
+    }
+}

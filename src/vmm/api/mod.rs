@@ -12,6 +12,7 @@ use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
+use crate::jail::seccomp::{Policy, ThreadKind};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
@@ -42,13 +43,18 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// Serves the API on its own thread.
+///
+/// The thread installs the API seccomp filter before it serves anything;
+/// this returns once it has (or with the reason it could not).
 pub fn spawn_server(
     listener: UnixListener,
     api: ApiSender,
     limits: server::Limits,
+    seccomp: Policy,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
         .name("husk-api".into())
         .spawn(move || {
             // Timers are needed for the connection limits (and by any
@@ -60,10 +66,16 @@ pub fn spawn_server(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    tracing::error!("cannot start the API runtime: {e}");
+                    let _ = ready_tx.send(Err(format!("cannot start the API runtime: {e}")));
                     return;
                 }
             };
+            let filtered = seccomp.apply(ThreadKind::Api).map_err(|e| e.to_string());
+            let ok = filtered.is_ok();
+            let _ = ready_tx.send(filtered);
+            if !ok {
+                return;
+            }
             rt.block_on(async move {
                 let listener = match tokio::net::UnixListener::from_std(listener) {
                     Ok(l) => l,
@@ -74,7 +86,12 @@ pub fn spawn_server(
                 };
                 server::serve(listener, router(api), limits).await;
             });
-        })
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => Err(io::Error::other(e)),
+        Err(_) => Err(io::Error::other("the API thread ended at start")),
+    }
 }
 
 /// No request this API takes comes close to this.
@@ -84,7 +101,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 type Body = Result<Bytes, BytesRejection>;
 
 pub fn router(api: ApiSender) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(get_root))
         .route("/version", get(get_version))
         .route("/boot-source", put(put_boot_source))
@@ -108,11 +125,41 @@ pub fn router(api: ApiSender) -> Router {
         .route(
             "/network-interfaces/{iface_id}",
             put(put_network_interface).patch(patch_network_interface),
-        )
+        );
+    #[cfg(feature = "test-hooks")]
+    let routes = routes.route("/test/forbidden-call", put(put_forbidden_call));
+    routes
         .fallback(invalid_route)
         .method_not_allowed_fallback(invalid_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
+}
+
+/// The tests' hook: `{"thread": "api"|"vmm"|"vcpu"}` makes that thread
+/// call something its seccomp filter forbids. 204 when the call went
+/// through (no filter, or `--seccomp-level log`): `{"went_through": true}`; under a killing
+/// filter the process is gone before it answers.
+#[cfg(feature = "test-hooks")]
+async fn put_forbidden_call(State(api): State<ApiSender>, body: Body) -> Response {
+    use crate::jail::seccomp::{forbidden_call, ThreadKind};
+    #[derive(serde::Deserialize)]
+    struct Req {
+        thread: ThreadKind,
+    }
+    match parse::<Req>(&body) {
+        Ok(Req {
+            thread: ThreadKind::Api,
+        }) => {
+            let went = forbidden_call();
+            (
+                StatusCode::OK,
+                Json(serde_json::json!({ "went_through": went })),
+            )
+                .into_response()
+        }
+        Ok(Req { thread }) => call(&api, VmmAction::ForbiddenCall(thread)).await,
+        Err(e) => fault(e),
+    }
 }
 
 /// A 400 with Firecracker's error body.

@@ -17,10 +17,11 @@ use kvm_bindings::{
     kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, Killable};
 
 use super::persist::{self, KvmStateError, VcpuState};
 use super::vm::Vm;
+use crate::jail::seccomp::{Policy, ThreadKind};
 use crate::vmm::arch::x86_64::boot::KernelEntry;
 use crate::vmm::arch::x86_64::cpuid::{self, Topology};
 use crate::vmm::arch::x86_64::regs::{self, RegsError};
@@ -50,6 +51,8 @@ pub enum VcpuError {
     Gone(u8),
     #[error("vCPU {0} is not paused")]
     NotPaused(u8),
+    #[error("vCPU {0}: {1}")]
+    Seccomp(u8, String),
     #[error(transparent)]
     State(#[from] KvmStateError),
 }
@@ -138,7 +141,7 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
 }
 
 fn kick_signal() -> libc::c_int {
-    SIGRTMIN()
+    crate::jail::seccomp::kick_signal()
 }
 
 /// Installs the kick handler once per process.
@@ -220,14 +223,30 @@ impl Vcpu {
 
     /// Starts the vCPU thread: it runs the guest at once, or waits for a
     /// resume when `paused` (a snapshot loaded without `resume_vm`).
-    pub fn start(self, paused: bool) -> Result<VcpuHandle, VcpuError> {
+    ///
+    /// The thread first installs the vCPU seccomp filter and reports it
+    /// ([`VcpuHandle::wait_filtered`]), then waits for
+    /// [`VcpuHandle::go`]: the VMM thread installs its own filter in
+    /// between, so no guest code runs before every filter is on.
+    pub fn start(self, paused: bool, seccomp: &Policy) -> Result<VcpuHandle, VcpuError> {
         register_kick_handler()?;
         let index = self.index;
         let (req_tx, req_rx) = channel();
         let (resp_tx, resp_rx) = channel();
+        let seccomp = seccomp.clone();
         let thread = std::thread::Builder::new()
             .name(format!("husk-vcpu{index}"))
-            .spawn(move || self.run(req_rx, resp_tx, paused))
+            .spawn(move || {
+                let filtered = seccomp.apply(ThreadKind::Vcpu).map_err(|e| e.to_string());
+                let ok = filtered.is_ok();
+                let _ = resp_tx.send((0, VcpuResponse::Filtered(filtered)));
+                // Nothing but the go-ahead (or the end) comes before it.
+                if ok && matches!(req_rx.recv(), Ok((_, VcpuRequest::Go))) {
+                    self.run(req_rx, resp_tx, paused);
+                } else {
+                    let _ = resp_tx.send((0, VcpuResponse::Exited));
+                }
+            })
             .map_err(VcpuError::Spawn)?;
         Ok(VcpuHandle {
             index,
@@ -297,6 +316,13 @@ impl Vcpu {
                         };
                         let _ = responses.send((seq, VcpuResponse::Saved(Box::new(saved))));
                     }
+                    #[cfg(feature = "test-hooks")]
+                    Some((seq, VcpuRequest::ForbiddenCall)) => {
+                        let went = crate::jail::seccomp::forbidden_call();
+                        let _ = responses.send((seq, VcpuResponse::Called(went)));
+                    }
+                    // Only ever the first request; see `start`.
+                    Some((_, VcpuRequest::Go)) => {}
                     Some((_, VcpuRequest::Exit)) => break 'outer,
                     // Channel closed while paused: the VMM is gone.
                     None if paused => break 'outer,
@@ -335,17 +361,26 @@ impl Vcpu {
 }
 
 enum VcpuRequest {
+    /// Start running (the first request, after the filters are on).
+    Go,
     Pause,
     Resume,
     /// Save the state; carries the MSRs to read.
     Save(Arc<Vec<u32>>),
+    /// Make a system call no filter allows (the tests' hook).
+    #[cfg(feature = "test-hooks")]
+    ForbiddenCall,
     Exit,
 }
 
 enum VcpuResponse {
+    /// Whether the thread's seccomp filter is on.
+    Filtered(Result<(), String>),
     Paused,
     Resumed,
     Saved(Box<Result<VcpuState, VcpuError>>),
+    #[cfg(feature = "test-hooks")]
+    Called(bool),
     Exited,
 }
 
@@ -441,6 +476,31 @@ impl VcpuHandle {
             VcpuResponse::Saved(s) => Some(*s),
             _ => None,
         })?
+    }
+
+    /// Waits for the thread's report on its seccomp filter.
+    pub fn wait_filtered(&self) -> Result<(), VcpuError> {
+        self.wait(Ticket(0), |r| match r {
+            VcpuResponse::Filtered(f) => Some(f),
+            _ => None,
+        })?
+        .map_err(|e| VcpuError::Seccomp(self.index, e))
+    }
+
+    /// Lets the thread run: every filter is on.
+    pub fn go(&self) {
+        let _ = self.requests.send((0, VcpuRequest::Go));
+    }
+
+    /// Has the thread make a system call no filter allows; whether it
+    /// went through (the process dies first when the filter kills).
+    #[cfg(feature = "test-hooks")]
+    pub fn forbidden_call(&self) -> Result<bool, VcpuError> {
+        let t = self.send(VcpuRequest::ForbiddenCall)?;
+        self.wait(t, |r| match r {
+            VcpuResponse::Called(went) => Some(went),
+            _ => None,
+        })
     }
 
     /// Stops the thread and waits for it.

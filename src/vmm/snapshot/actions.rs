@@ -231,6 +231,7 @@ impl Vmm {
             events,
             self.exit.clone(),
             !p.resume_vm,
+            &self.seccomp,
         )?;
         self.running = Some(running);
         self.uffd = uffd;

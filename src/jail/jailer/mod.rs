@@ -1,0 +1,1 @@
+//! The jailer: `husk jailer`, shaped after Firecracker's.
