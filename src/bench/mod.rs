@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// $HUSK_GUEST_KERNEL, else the daemon's default).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
+    /// An extra argument for every VMM the bench starts (repeatable), to
+    /// measure a setting's cost: `--vmm-arg=--no-seccomp`.
+    #[arg(long = "vmm-arg", allow_hyphen_values = true)]
+    pub vmm_args: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -54,7 +58,7 @@ const GUEST_MEM_MIB: u64 = 128;
 #[derive(Clone)]
 struct VmmCommand {
     program: PathBuf,
-    prefix: Vec<&'static str>,
+    prefix: Vec<String>,
 }
 
 impl VmmCommand {
@@ -62,8 +66,13 @@ impl VmmCommand {
         let lean = program
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("husk-vmm"));
-        let prefix = if lean { vec![] } else { vec!["vmm"] };
+        let prefix = if lean { vec![] } else { vec!["vmm".into()] };
         VmmCommand { program, prefix }
+    }
+
+    fn with_args(mut self, extra: &[String]) -> VmmCommand {
+        self.prefix.extend_from_slice(extra);
+        self
     }
 
     fn command(&self) -> Command {
@@ -421,7 +430,8 @@ fn setup(args: &BenchArgs) -> Result<(Bench, VmmCommand), String> {
                 full.clone()
             }
         }
-    };
+    }
+    .with_args(&args.vmm_args);
     let dir = std::env::temp_dir().join(format!("husk-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let kernel = dir.join("probe.elf");

@@ -414,11 +414,10 @@ fn start(
     built: Result<Parts, StartError>,
     mut dm: DeviceManager,
     events: &mut EventLoop,
-    paused: bool,
-    vm: Vm,
-    mem: GuestMem,
-    seccomp: &Policy,
+    (vm, mem): (Vm, GuestMem),
+    how: &Launch,
 ) -> Result<RunningVm, StartError> {
+    let (paused, seccomp) = (how.paused, how.seccomp);
     let parts = match built {
         Ok(p) => p,
         Err(e) => {
@@ -437,13 +436,18 @@ fn start(
             }
         }
     }
-    // Every vCPU thread has its filter on; the VMM thread's goes on now,
-    // while no guest code has run, and then the vCPUs may go.
-    let filtered = handles
-        .iter()
-        .try_for_each(|h| h.wait_filtered())
+    // The VMM thread's filter goes on while the vCPU threads install
+    // theirs; once every filter is on (no guest code has run yet), the
+    // vCPUs may go.
+    let filtered = seccomp
+        .apply(ThreadKind::Vmm)
         .map_err(StartError::from)
-        .and_then(|()| Ok(seccomp.apply(ThreadKind::Vmm)?));
+        .and_then(|()| {
+            handles
+                .iter()
+                .try_for_each(|h| h.wait_filtered())
+                .map_err(StartError::from)
+        });
     if let Err(e) = filtered {
         drop(handles);
         dm.unsubscribe_all(events);
@@ -465,14 +469,23 @@ fn start(
     })
 }
 
+/// What the VM's threads start with.
+pub struct Launch<'a> {
+    /// Where a vCPU or device reports that the guest stopped.
+    pub exit: Arc<ExitNotifier>,
+    /// The filters the VMM and vCPU threads take on before guest code runs.
+    pub seccomp: &'a Policy,
+    /// The vCPUs wait for a resume (a snapshot loaded without `resume_vm`).
+    pub paused: bool,
+}
+
 /// Builds the microVM described by `cfg` on `vm` (from `Vm::open`),
 /// subscribing its devices to `events`, and starts its vCPUs.
 pub fn build_and_start(
     vm: Vm,
     cfg: &VmConfig,
     events: &mut EventLoop,
-    exit: Arc<ExitNotifier>,
-    seccomp: &Policy,
+    how: &Launch,
 ) -> Result<RunningVm, StartError> {
     let machine = &cfg.machine_config;
     // Phase 1.
@@ -481,24 +494,20 @@ pub fn build_and_start(
     tracing::debug!("KVM VM set up");
     // Phases 2 to 4.
     let mut dm = DeviceManager::new();
-    let built = build(&vm, &mem, cfg, Boot::Cold, events, &exit, &mut dm);
-    start(built, dm, events, false, vm, mem, seccomp)
+    let built = build(&vm, &mem, cfg, Boot::Cold, events, &how.exit, &mut dm);
+    start(built, dm, events, (vm, mem), how)
 }
 
 /// Rebuilds a snapshotted microVM on `vm`: `mem` is its memory (mapped
 /// from the memory file, or served by a page server), `cfg` its saved
 /// configuration with any overrides applied. The same phases as a cold
-/// boot, with the saved state in place of the kernel and registers. The
-/// vCPUs wait for a resume when `paused`.
+/// boot, with the saved state in place of the kernel and registers.
 pub fn restore_and_start(
-    vm: Vm,
-    mem: GuestMem,
+    (vm, mem): (Vm, GuestMem),
     cfg: &VmConfig,
     state: &MicrovmState,
     events: &mut EventLoop,
-    exit: Arc<ExitNotifier>,
-    paused: bool,
-    seccomp: &Policy,
+    how: &Launch,
 ) -> Result<RunningVm, StartError> {
     let machine = &cfg.machine_config;
     if state.vcpus.len() != usize::from(machine.vcpu_count) {
@@ -515,6 +524,14 @@ pub fn restore_and_start(
     vm.set_up(&mem, machine.track_dirty_pages)?;
     // Phases 2 to 4.
     let mut dm = DeviceManager::new();
-    let built = build(&vm, &mem, cfg, Boot::Restore(state), events, &exit, &mut dm);
-    start(built, dm, events, paused, vm, mem, seccomp)
+    let built = build(
+        &vm,
+        &mem,
+        cfg,
+        Boot::Restore(state),
+        events,
+        &how.exit,
+        &mut dm,
+    );
+    start(built, dm, events, (vm, mem), how)
 }

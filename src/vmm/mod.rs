@@ -33,7 +33,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::jail::seccomp::Policy;
+use crate::jail::seccomp::{Policy, ThreadKind};
 use builder::{RunningVm, StartError};
 use config::{
     BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
@@ -122,10 +122,18 @@ impl Vmm {
 
     /// Opens KVM and creates the (empty) VM on another thread, so that is
     /// done by the time the configuration arrives.
+    /// The VMM and vCPU seccomp filters are compiled there too, off the
+    /// path of every request.
     pub fn open_vm_early(&mut self) {
+        let seccomp = self.seccomp.clone();
         self.opening = std::thread::Builder::new()
             .name("husk-kvm-open".into())
-            .spawn(kvm::Vm::open)
+            .spawn(move || {
+                let vm = kvm::Vm::open();
+                seccomp.prepare(ThreadKind::Vcpu);
+                seccomp.prepare(ThreadKind::Vmm);
+                vm
+            })
             .ok();
     }
 
@@ -358,13 +366,12 @@ impl Vmm {
             return Err(VmmActionError::NoKernel);
         }
         let opened = self.take_vm().map_err(StartError::from)?;
-        let vm = builder::build_and_start(
-            opened,
-            &self.config,
-            events,
-            self.exit.clone(),
-            &self.seccomp,
-        )?;
+        let how = builder::Launch {
+            exit: self.exit.clone(),
+            seccomp: &self.seccomp,
+            paused: false,
+        };
+        let vm = builder::build_and_start(opened, &self.config, events, &how)?;
         self.running = Some(vm);
         self.state = VmState::Running;
         METRICS.vmm.instance_starts.inc();

@@ -35,7 +35,7 @@ ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
 /// Every ioctl named here, for the test that the docs name them all.
 #[cfg(test)]
 pub fn named() -> Vec<(&'static str, u64)> {
-    [
+    vec![
         ("KVM_RUN", KVM_RUN()),
         ("KVM_GET_REGS", KVM_GET_REGS()),
         ("KVM_GET_SREGS", KVM_GET_SREGS()),
@@ -52,13 +52,10 @@ pub fn named() -> Vec<(&'static str, u64)> {
         ("KVM_GET_IRQCHIP", KVM_GET_IRQCHIP()),
         ("KVM_GET_CLOCK", KVM_GET_CLOCK()),
         ("KVM_GET_PIT2", KVM_GET_PIT2()),
-        ("TUNSETOFFLOAD", libc::TUNSETOFFLOAD as u64),
+        ("TUNSETOFFLOAD", libc::TUNSETOFFLOAD),
         ("FIONBIO", libc::FIONBIO),
         ("FIONREAD", libc::FIONREAD),
     ]
-    .into_iter()
-    .map(|(n, v)| (n, v as u64))
-    .collect()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub mod rules;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -30,6 +30,8 @@ use rules::Cond;
 pub enum SeccompError {
     #[error("cannot build the {0} thread's seccomp filter: {1}")]
     Build(ThreadKind, seccompiler::BackendError),
+    #[error("cannot build the {0} thread's seccomp filter: {1}")]
+    Compile(ThreadKind, String),
     #[error("cannot install the {0} thread's seccomp filter: {1}")]
     Install(ThreadKind, seccompiler::Error),
     #[error("cannot install the SIGSYS handler: {0}")]
@@ -78,24 +80,28 @@ pub fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN()
 }
 
-struct Programs {
-    vmm: (BpfProgram, BpfProgram),
-    api: (BpfProgram, BpfProgram),
-    vcpu: (BpfProgram, BpfProgram),
+/// One thread kind's filters: its allow list, and the refusals that go
+/// on before it (empty when it has none).
+type Programs = (BpfProgram, BpfProgram);
+
+struct Filters {
+    level: Level,
+    /// Compiled on first use, or ahead of it by [`Policy::prepare`] on a
+    /// thread that is not waiting for anything.
+    compiled: [OnceLock<Result<Programs, String>>; 3],
 }
 
-/// The compiled filters of one process, or none (`--no-seccomp`).
-/// Cloning shares them.
+/// The filters of one process, or none (`--no-seccomp`). Cloning shares
+/// them.
 #[derive(Clone, Default)]
-pub struct Policy(Option<Arc<Programs>>);
+pub struct Policy(Option<Arc<Filters>>);
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Policy(on)"
-        } else {
-            "Policy(off)"
-        })
+        match &self.0 {
+            Some(filters) => write!(f, "Policy({:?})", filters.level),
+            None => f.write_str("Policy(off)"),
+        }
     }
 }
 
@@ -105,36 +111,53 @@ impl Policy {
         Policy(None)
     }
 
-    /// Compiles the three filters; at [`Level::Kill`] also installs the
-    /// SIGSYS handler that names a forbidden call before the process dies.
+    /// Filters at `level`, compiled when first needed; at [`Level::Kill`]
+    /// this installs the SIGSYS handler that names a forbidden call
+    /// before the process dies.
     pub fn new(level: Level) -> Result<Self, SeccompError> {
-        let compile = |kind| Ok::<_, SeccompError>((program(kind, level)?, refusals(kind)?));
-        let programs = Programs {
-            vmm: compile(ThreadKind::Vmm)?,
-            api: compile(ThreadKind::Api)?,
-            vcpu: compile(ThreadKind::Vcpu)?,
-        };
         if level == Level::Kill {
             install_sigsys_handler()?;
         }
-        Ok(Policy(Some(Arc::new(programs))))
+        Ok(Policy(Some(Arc::new(Filters {
+            level,
+            compiled: Default::default(),
+        }))))
     }
 
     pub fn is_on(&self) -> bool {
         self.0.is_some()
     }
 
+    /// Compiles `kind`'s filters now (they are kept), so that installing
+    /// them later costs only the system call. Compiling takes a fraction
+    /// of a millisecond per kind: the VMM does it off its critical path.
+    pub fn prepare(&self, kind: ThreadKind) {
+        let _ = self.compiled(kind);
+    }
+
+    fn compiled(&self, kind: ThreadKind) -> Option<Result<&Programs, SeccompError>> {
+        let f = self.0.as_ref()?;
+        let slot = &f.compiled[kind as usize];
+        let built = slot.get_or_init(|| {
+            Ok((
+                program(kind, f.level).map_err(|e| e.to_string())?,
+                refusals(kind).map_err(|e| e.to_string())?,
+            ))
+        });
+        Some(
+            built
+                .as_ref()
+                .map_err(|e| SeccompError::Compile(kind, e.clone())),
+        )
+    }
+
     /// Installs `kind`'s filter on the calling thread. From here on the
     /// thread (and any it starts) can make only the calls it allows.
     pub fn apply(&self, kind: ThreadKind) -> Result<(), SeccompError> {
-        let Some(p) = &self.0 else {
+        let Some(compiled) = self.compiled(kind) else {
             return Ok(());
         };
-        let (allow, refuse) = match kind {
-            ThreadKind::Vmm => &p.vmm,
-            ThreadKind::Api => &p.api,
-            ThreadKind::Vcpu => &p.vcpu,
-        };
+        let (allow, refuse) = compiled?;
         THREAD_KIND.with(|k| k.set(kind as u8 + 1));
         // SAFETY: gettid has no arguments and cannot fail.
         let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;

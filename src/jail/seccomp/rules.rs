@@ -352,7 +352,7 @@ fn vcpu(l: &mut List) {
             io::KVM_GET_XSAVE(),
             io::KVM_GET_XCRS(),
             io::KVM_GET_TSC_KHZ(),
-            TUNSETOFFLOAD as u64,
+            TUNSETOFFLOAD,
             FIONREAD,
         ],
         "running the guest; saving its state for a snapshot; a virtio-net \

@@ -223,16 +223,12 @@ impl Vmm {
             }
         };
         let opened = self.take_vm().map_err(StartError::from)?;
-        let running = builder::restore_and_start(
-            opened,
-            mem,
-            &cfg,
-            &state,
-            events,
-            self.exit.clone(),
-            !p.resume_vm,
-            &self.seccomp,
-        )?;
+        let how = builder::Launch {
+            exit: self.exit.clone(),
+            seccomp: &self.seccomp,
+            paused: !p.resume_vm,
+        };
+        let running = builder::restore_and_start((opened, mem), &cfg, &state, events, &how)?;
         self.running = Some(running);
         self.uffd = uffd;
         // The logger and metrics are this process's, not the snapshot's.
