@@ -25,6 +25,9 @@ enum Command {
     Container(husk::cli::Verb),
     /// Run one microVM, controlled through a Firecracker-compatible API.
     Vmm(husk::vmm::VmmArgs),
+    /// Run a VMM jailed, as Firecracker's jailer does: chroot, namespaces,
+    /// a cgroup, rlimits, an unprivileged uid and no capabilities.
+    Jailer(husk::jail::jailer::JailerArgs),
     /// Write the embedded probe guest out as a kernel (ELF vmlinux or bzImage).
     ProbeGuest {
         /// File to write the guest kernel to (replaced if it exists).
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Vmm(args) => husk::vmm::run(args.into()),
+        Command::Jailer(args) => husk::jail::jailer::run(args),
         Command::ProbeGuest { output, boot } => match husk::probe::write_probe_as(&output, boot) {
             Ok(()) => 0,
             Err(e) => {
