@@ -94,6 +94,7 @@ fn probe_files(dir: &Path) -> VmSpec {
         vcpus: 1,
         memory_mib: 128,
         boot_args: "probe=cmdline,initrd,wait-cad".into(),
+        jail: None,
     }
 }
 
@@ -185,6 +186,122 @@ fn kvm_boots_the_vm_it_was_asked_for() {
     assert!(vm.wait_exit(Duration::from_secs(10)));
     assert!(!vm.is_running());
     console_line(vm, "PROBE wait-cad OK", Duration::from_secs(1));
+}
+
+/// The `key:` line of /proc/PID/status, its fields.
+fn status_field(pid: i32, key: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn kvm_vms_are_jailed_each_as_its_own_uid_and_cleaned_up() {
+    if let Err(why) = backend::available(BackendKind::Kvm) {
+        return skip(&why);
+    }
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip("jailing needs root");
+    }
+    let dir = Scratch::new("jail");
+    let settings = backend::jail::JailSettings {
+        base: dir.0.join("jail"),
+        uids: (250_000, 250_009),
+        husk: PathBuf::from(env!("CARGO_BIN_EXE_husk")),
+    };
+    let mut spec = probe_files(&dir.0);
+    spec.jail = Some(settings.clone());
+    let vm = Guard(backend::launch(BackendKind::Kvm, &spec).unwrap());
+    let vm = &vm.0;
+    let record = vm.jail.clone().expect("a jailed handle");
+    assert_eq!(record.uid, 250_000);
+    assert_eq!(vm.procs.len(), 2, "the jailer, then the VMM");
+    let vmm = vm.procs[1].pid;
+    let id_dir = record.id_dir.clone().expect("a jail directory");
+    let root = id_dir.join("root");
+    assert_eq!(
+        vm.api_sock.as_deref(),
+        Some(root.join("run/vmm.sock").as_path())
+    );
+    assert_eq!(vm.vsock_uds, root.join("run/vsock.sock"));
+    assert_eq!(vm.console_log, spec.dir.join("console.log"));
+
+    // The VMM: its own uid, no capabilities, filtered, in its chroot.
+    assert_eq!(status_field(vmm, "Uid:"), "250000\t250000\t250000\t250000");
+    assert_eq!(status_field(vmm, "Gid:"), "250000\t250000\t250000\t250000");
+    for cap in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(status_field(vmm, cap), "0000000000000000", "{cap}");
+    }
+    assert_eq!(status_field(vmm, "NoNewPrivs:"), "1");
+    assert_eq!(status_field(vmm, "Seccomp:"), "2");
+    let seen: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !seen.iter().any(|n| n == "etc" || n == "tmp" || n == "home"),
+        "{seen:?}"
+    );
+    for f in ["vmlinux", "initramfs", "rootfs", "vm.json", "husk-vmm"] {
+        assert!(seen.iter().any(|n| n == f), "{f} not in {seen:?}");
+    }
+    // The rootfs is the VM's to write.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&spec.rootfs).unwrap().uid(), 250_000);
+
+    // Its cgroup, with the limits for its shape.
+    assert!(!record.cgroups.is_empty());
+    let cgroups = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap();
+    assert!(cgroups.contains("/husk/c1"), "{cgroups}");
+    let limit = (128u64 + backend::jail::MEMORY_OVERHEAD_MIB) << 20;
+    let mem = record
+        .cgroups
+        .iter()
+        .find_map(|d| {
+            ["memory.limit_in_bytes", "memory.max"]
+                .iter()
+                .find_map(|f| std::fs::read_to_string(d.join(f)).ok())
+        })
+        .expect("a memory cgroup");
+    assert_eq!(mem.trim(), limit.to_string());
+
+    // The VMM runs what it was given, by its paths in the jail.
+    let api = vm.api_sock.clone().unwrap();
+    let cfg = client::request(&api, "GET", "/vm/config", None)
+        .unwrap()
+        .json();
+    assert_eq!(cfg["boot-source"]["kernel_image_path"], "/vmlinux");
+    assert_eq!(cfg["boot-source"]["initrd_path"], "/initramfs");
+    assert_eq!(cfg["drives"][0]["path_on_host"], "/rootfs");
+    assert_eq!(cfg["vsock"]["uds_path"], "/run/vsock.sock");
+    let initrd = console_line(vm, "PROBE initrd", Duration::from_secs(10));
+    assert!(initrd.contains("head=HUSK-INITRD-HEA"), "{initrd}");
+
+    // A second VM gets the next uid.
+    std::fs::create_dir_all(dir.0.join("two")).unwrap();
+    let mut spec2 = probe_files(&dir.0.join("two"));
+    spec2.dir = dir.0.join("c2");
+    spec2.jail = Some(settings);
+    let vm2 = Guard(backend::launch(BackendKind::Kvm, &spec2).unwrap());
+    assert_eq!(vm2.0.jail.as_ref().unwrap().uid, 250_001);
+    assert_eq!(
+        status_field(vm2.0.procs[1].pid, "Uid:").split('\t').next(),
+        Some("250001")
+    );
+
+    // Cleaned up: processes, jail, cgroups, the uid's claim.
+    vm.cleanup();
+    assert!(!vm.is_running());
+    assert!(!Path::new(&format!("/proc/{vmm}")).exists());
+    assert!(!id_dir.exists());
+    for d in &record.cgroups {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    assert!(!record.claim.exists());
 }
 
 /// The environment variable that turns `launch_and_leave` into a helper.
@@ -286,6 +403,7 @@ impl Guest {
             vcpus: 1,
             memory_mib: 256,
             boot_args: String::new(),
+            jail: None,
         }
     }
 }
@@ -308,12 +426,48 @@ async fn tcg_runs_a_container_and_ends_with_it() {
     let Some(g) = tcg_guest("tcg") else {
         return;
     };
-    let spec = g.spec();
+    let mut spec = g.spec();
+    // As the daemon runs it (as root): QEMU becomes a uid of its own.
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        spec.jail = Some(backend::jail::JailSettings {
+            base: g.dir.0.join("jail"),
+            uids: (251_000, 251_009),
+            husk: PathBuf::from(env!("CARGO_BIN_EXE_husk")),
+        });
+    }
     let t = Instant::now();
     let vm = Guard(backend::launch(BackendKind::Tcg, &spec).unwrap());
     let launched = t.elapsed();
     let vm = &vm.0;
     assert_eq!(vm.kind, BackendKind::Tcg);
+    // QEMU's own seccomp sandbox is always on; it drops to its uid
+    // (once its files are open) before the guest runs.
+    let qemu = vm.procs[0].pid;
+    let started = Instant::now();
+    while status_field(qemu, "Seccomp:") != "2" && started.elapsed() < BOOT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(status_field(qemu, "Seccomp:"), "2");
+    if root {
+        let claim = vm.jail.as_ref().expect("a uid of its own").claim.clone();
+        assert!(claim.exists());
+        while !status_field(qemu, "Uid:").starts_with("251000") && started.elapsed() < BOOT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(status_field(qemu, "Uid:"), "251000\t251000\t251000\t251000");
+        assert_eq!(status_field(qemu, "CapEff:"), "0000000000000000");
+        // Its vsock backend too: QEMU's death signal must reach it.
+        let vhost = vm.procs[1].pid;
+        assert_eq!(
+            status_field(vhost, "Uid:"),
+            "251000\t251000\t251000\t251000"
+        );
+        assert_eq!(status_field(vhost, "CapEff:"), "0000000000000000");
+    } else {
+        skip("not root: QEMU keeps this user's uid");
+    }
     assert_eq!(vm.procs.len(), 2, "qemu, then vhost-device-vsock");
     assert_eq!(vm.api_sock, None);
     assert_eq!(vm.vsock_uds, spec.dir.join("vsock.sock"));

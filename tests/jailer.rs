@@ -625,3 +625,126 @@ fn netns_is_joined() {
     j.terminate();
     assert!(!s.cgroup_dir(None, "net").exists());
 }
+
+/// Inside the jail the VMM is PID 1 of its namespace, which ignores a
+/// default-action signal it sends itself: a filter violation must still
+/// end it, as SIGSYS.
+#[test]
+fn a_forbidden_call_kills_a_jailed_vmm_too() {
+    if !can_jail() {
+        return;
+    }
+    if !cfg!(feature = "test-hooks") {
+        eprintln!("skipped: built without the test-hooks feature (scripts/test.sh turns it on)");
+        return;
+    }
+    for kind in ["api", "vcpu"] {
+        let s = Scratch::new();
+        let cfg = s.config("long.json", "probe=count:100000000", 128);
+        let id = format!("sys-{kind}");
+        let mut args = s.args(&id);
+        args.extend(
+            [
+                "--cgroup-version",
+                "1",
+                "--mount",
+                &format!("{}:/vm.json:ro", cfg.display()),
+                "--",
+                "--api-sock",
+                "/run/api.sock",
+                "--config-file",
+                "/vm.json",
+            ]
+            .map(String::from),
+        );
+        let mut j = Jailer::spawn(&args);
+        j.expect_line("COUNT");
+        let sock = s.root(&id).join("run/api.sock");
+        wait_socket(&sock);
+        let body = format!(r#"{{"thread": "{kind}"}}"#);
+        let answer = husk::vmm::client::request(&sock, "PUT", "/test/forbidden-call", Some(&body));
+        assert!(
+            answer.as_ref().is_err() || answer.as_ref().is_ok_and(|r| r.status >= 500),
+            "{kind}: the VMM answered {:?}",
+            answer.map(|r| r.body)
+        );
+        let status = j.wait();
+        assert_eq!(
+            status.code(),
+            Some(128 + libc::SIGSYS),
+            "{kind}: {}",
+            j.stderr()
+        );
+        let err = j.stderr();
+        assert!(
+            err.contains(&format!("the {kind} thread made forbidden system call")),
+            "{err}"
+        );
+        assert!(err.contains("SIGSYS"), "{err}");
+    }
+}
+
+/// A `--mount` inside `/run` is seen by the VMM (it is made after the
+/// jail's own `/run`, not hidden under it), and a file tooling placed in
+/// the root and chowned to the uid stays writable, as with Firecracker.
+#[test]
+fn mounts_under_run_and_files_placed_in_the_root_reach_the_vmm() {
+    if !can_jail() {
+        return;
+    }
+    let s = Scratch::new();
+    let cfg = s.config("wait.json", "probe=wait-cad", 128);
+    let note = s.dir.path("note.txt");
+    std::fs::write(&note, "HUSK-RUN-MOUNT").unwrap();
+    let id = "runmount";
+    // Placed by tooling before the start, owned by the VMM's uid.
+    let root = s.root(id);
+    std::fs::create_dir_all(&root).unwrap();
+    let placed = root.join("placed.img");
+    std::fs::write(&placed, "before").unwrap();
+    std::os::unix::fs::chown(&placed, Some(UID), Some(GID)).unwrap();
+    let mut args = s.args(id);
+    args.extend(
+        [
+            "--cgroup-version",
+            "1",
+            "--mount",
+            &format!("{}:/vm.json:ro", cfg.display()),
+            "--mount",
+            &format!("{}:/run/note.txt:ro", note.display()),
+            "--",
+            "--api-sock",
+            "/run/api.sock",
+            "--config-file",
+            "/vm.json",
+        ]
+        .map(String::from),
+    );
+    let mut j = Jailer::spawn(&args);
+    j.expect_line("PROBE BOOT");
+    let pid = wait_pid_file(&root);
+    let inside = |p: &str| std::fs::read_to_string(format!("/proc/{pid}/root{p}"));
+    assert_eq!(inside("/run/note.txt").unwrap(), "HUSK-RUN-MOUNT");
+    assert_eq!(inside("/placed.img").unwrap(), "before");
+    // The VMM's uid may write it (a rootfs tooling linked in): the root
+    // is not read-only.
+    let mount_ro = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .any(|l| {
+            l.split(' ').nth(4) == Some("/")
+                && l.split(' ').nth(5).is_some_and(|o| o.starts_with("ro"))
+        });
+    assert!(!mount_ro, "the jail's root is mounted read-only");
+    let sock = root.join("run/api.sock");
+    wait_socket(&sock);
+    let r = client::request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(j.wait().code(), Some(0), "{}", j.stderr());
+}

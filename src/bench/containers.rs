@@ -809,6 +809,7 @@ fn kvm_launch_figures(ctx: &Ctx, root: &Path, why: &str) -> Result<Value, String
         vcpus: 1,
         memory_mib: 256,
         boot_args: String::new(),
+        jail: None,
     };
     let mut launch = vec![];
     let mut after = Value::Null;

@@ -73,6 +73,8 @@ pub struct DaemonConfig {
     pub fallback_reason: Option<String>,
     /// Registries pulls may reach over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// How kvm VMs are jailed; `None` (`--no-jail`) runs them unjailed.
+    pub jail: Option<crate::daemon::backend::jail::JailSettings>,
 }
 
 /// One container in memory.
@@ -502,6 +504,7 @@ impl Manager {
             vcpus: r.vcpus,
             memory_mib: r.memory_mib,
             boot_args: String::new(),
+            jail: self.cfg.jail.clone(),
         };
         let kind = self.cfg.backend;
         let vm = tokio::task::spawn_blocking(move || backend::launch(kind, &spec))

@@ -54,6 +54,15 @@ pub struct ServeArgs {
     /// (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
+    /// Run kvm VMs without the jailer (chroot, namespaces, cgroup, a uid
+    /// of their own); their VMMs keep their seccomp filters. Debugging
+    /// only.
+    #[arg(long)]
+    pub no_jail: bool,
+    /// The uids jailed VMs run as, one VM each (default 200000-299999);
+    /// they need no /etc/passwd entries.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = backend::jail::parse_uid_range)]
+    pub jail_uids: Option<(u32, u32)>,
     /// A JSON file with any of the settings above (flags win).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -74,6 +83,8 @@ struct FileConfig {
     vm_backend: Option<BackendChoice>,
     #[serde(default)]
     insecure_registries: Vec<String>,
+    no_jail: Option<bool>,
+    jail_uids: Option<String>,
 }
 
 /// Where the daemon listens by default (the CLI looks there too).
@@ -151,6 +162,16 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
         .map_err(|e| format!("the {backend:?} backend cannot run here: {e}"))?;
     let socket = args.socket.or(file.socket).unwrap_or_else(default_socket);
     let run_dir = socket.parent().unwrap_or(Path::new("/")).join("vms");
+    let jail = jail_settings(
+        backend,
+        args.no_jail || file.no_jail == Some(true),
+        match (args.jail_uids, file.jail_uids) {
+            (Some(r), _) => Some(r),
+            (None, Some(s)) => Some(backend::jail::parse_uid_range(&s)?),
+            (None, None) => None,
+        },
+        &state_dir,
+    )?;
     Ok(Settings {
         socket,
         listen,
@@ -168,8 +189,43 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
             } else {
                 args.insecure_registries
             },
+            jail,
         },
     })
+}
+
+/// How the daemon jails kvm VMs: on by default, which needs root.
+fn jail_settings(
+    backend: BackendKind,
+    off: bool,
+    uids: Option<(u32, u32)>,
+    state_dir: &Path,
+) -> Result<Option<backend::jail::JailSettings>, String> {
+    if off {
+        tracing::warn!(
+            "--no-jail: kvm VMs run without the jailer (no chroot, namespaces, cgroup or uid of \
+             their own); debugging only"
+        );
+        return Ok(None);
+    }
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        if backend == BackendKind::Tcg {
+            // QEMU still runs in its own seccomp sandbox, as this user.
+            tracing::warn!("not root: QEMU VMs run as this user, not a uid of their own");
+            return Ok(None);
+        }
+        return Err(
+            "jailing VMs needs root: run husk serve as root, or pass --no-jail (debugging only)"
+                .into(),
+        );
+    }
+    let husk = std::env::current_exe().map_err(|e| format!("cannot find husk itself: {e}"))?;
+    Ok(Some(backend::jail::JailSettings {
+        base: state_dir.join("jail"),
+        uids: uids.unwrap_or(backend::jail::DEFAULT_UIDS),
+        husk,
+    }))
 }
 
 /// A socket path that no live daemon holds: a stale one is removed.

@@ -436,18 +436,14 @@ fn start(
             }
         }
     }
-    // The VMM thread's filter goes on while the vCPU threads install
-    // theirs; once every filter is on (no guest code has run yet), the
-    // vCPUs may go.
-    let filtered = seccomp
-        .apply(ThreadKind::Vmm)
+    // Every vCPU thread has its filter on; then the VMM thread's goes on
+    // (last: a start that fails before it leaves the VMM able to try
+    // again), while no guest code has run, and only then do the vCPUs go.
+    let filtered = handles
+        .iter()
+        .try_for_each(|h| h.wait_filtered())
         .map_err(StartError::from)
-        .and_then(|()| {
-            handles
-                .iter()
-                .try_for_each(|h| h.wait_filtered())
-                .map_err(StartError::from)
-        });
+        .and_then(|()| Ok(seccomp.apply(ThreadKind::Vmm)?));
     if let Err(e) = filtered {
         drop(handles);
         dm.unsubscribe_all(events);

@@ -10,9 +10,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::process::{detach, spawn};
+use super::process::{detach, spawn, ProcId};
 use super::{
-    base_cmdline, create_log, free_socket, io_err, wait_started, with_extra, BackendError,
+    base_cmdline, create_log, free_socket, io_err, jail, wait_started, with_extra, BackendError,
     BackendKind, VmHandle, VmSpec, CONSOLE_LOG, GUEST_CID, VMM_LOG, VSOCK_SOCK,
 };
 use crate::text::echo_path;
@@ -143,76 +143,149 @@ fn instance_id(dir: &Path) -> Option<&str> {
 
 pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
     let dir = &spec.dir;
-    let api = dir.join(API_SOCK);
-    let vsock = dir.join(VSOCK_SOCK);
     let cfg_path = dir.join(CONFIG_FILE);
     let log_path = dir.join(VMM_LOG);
-    free_socket(&api)?;
-    free_socket(&vsock)?;
+    let id = instance_id(dir);
+    let jailed = match (&spec.jail, id) {
+        (Some(settings), Some(id)) => Some((settings, id)),
+        (Some(_), None) => {
+            return Err(BackendError::Config(format!(
+                "a jailed VM's run directory must be named by a plain id, not {}",
+                echo_path(dir)
+            )))
+        }
+        (None, _) => None,
+    };
+    // What the VMM sees: the host's paths, or the jail's.
+    let (kernel, initramfs, rootfs, api_in, vsock_in) = match jailed {
+        Some(_) => (
+            PathBuf::from(jail::KERNEL),
+            PathBuf::from(jail::INITRAMFS),
+            PathBuf::from(jail::ROOTFS),
+            PathBuf::from(jail::API_SOCK),
+            PathBuf::from(jail::VSOCK_SOCK),
+        ),
+        None => (
+            spec.kernel.clone(),
+            spec.initramfs.clone(),
+            spec.rootfs.clone(),
+            dir.join(API_SOCK),
+            dir.join(VSOCK_SOCK),
+        ),
+    };
+    let seen = VmSpec {
+        kernel,
+        initramfs,
+        rootfs,
+        ..spec.clone()
+    };
 
     // Checked here (files, machine shape, command line) so that a bad
-    // spec fails the launch with a clear error, not a VMM that exits.
-    let text = serde_json::to_vec_pretty(&config(spec, &vsock))
+    // spec fails the launch with a clear error, not a VMM that exits; by
+    // the host's paths, which a jail's stand for.
+    let checked = serde_json::to_vec(&config(spec, &dir.join(VSOCK_SOCK)))
         .map_err(|e| BackendError::Config(e.to_string()))?;
-    VmConfig::from_slice(&echo_path(&cfg_path), &text).map_err(|e| match e {
+    VmConfig::from_slice(&echo_path(&cfg_path), &checked).map_err(|e| match e {
         ConfigFileError::Invalid(_, e) => BackendError::Config(e.to_string()),
         e => BackendError::Config(e.to_string()),
     })?;
+    let text = serde_json::to_vec_pretty(&config(&seen, &vsock_in))
+        .map_err(|e| BackendError::Config(e.to_string()))?;
     let bin = vmm_binary().map_err(BackendError::Unavailable)?;
     std::fs::write(&cfg_path, &text).map_err(io_err("VM config", &cfg_path))?;
 
+    let (mut cmd, api, vsock, record, pid_file) = match jailed {
+        Some((settings, id)) => {
+            let j = jail::prepare(settings, spec, id, &bin, &cfg_path)?;
+            let on_host = |p: &str| j.paths.root.join(p.trim_start_matches('/'));
+            (
+                j.command,
+                on_host(jail::API_SOCK),
+                on_host(jail::VSOCK_SOCK),
+                Some(j.record),
+                Some(j.paths.pid_file()),
+            )
+        }
+        None => {
+            let mut cmd = Command::new(&bin);
+            cmd.arg("--api-sock")
+                .arg(&api_in)
+                .arg("--config-file")
+                .arg(&cfg_path);
+            if let Some(id) = id {
+                cmd.args(["--id", id]);
+            }
+            (cmd, api_in.clone(), vsock_in.clone(), None, None)
+        }
+    };
+    free_socket(&api)?;
+    free_socket(&vsock)?;
     let console = create_log(&dir.join(CONSOLE_LOG))?;
     let log = create_log(&log_path)?;
-    let mut cmd = Command::new(&bin);
-    cmd.arg("--api-sock")
-        .arg(&api)
-        .arg("--config-file")
-        .arg(&cfg_path);
-    if let Some(id) = instance_id(dir) {
-        cmd.args(["--id", id]);
-    }
     cmd.current_dir(dir).stdout(console).stderr(log);
     detach(&mut cmd);
-    let main = spawn(&mut cmd).map_err(|err| BackendError::Spawn {
-        prog: "husk-vmm",
-        err,
-    })?;
-    // Connected, not only present: the socket file exists between the
-    // VMM's bind and its listen.
-    wait_started("husk-vmm", "serve its API", &main, &log_path, || {
-        UnixStream::connect(&api).is_ok()
-    })?;
-    // The API is bound before the VM is built from the config, and the
-    // VMM answers requests only once the VM started (or exits when the
-    // config fails): an answer means the vCPUs run.
-    let answer = crate::vmm::client::request(&api, "GET", "/", None);
-    if !matches!(&answer, Ok(r) if r.status == 200) {
-        let log = super::log_tail(&log_path);
-        let err = match answer {
-            _ if !main.is_alive() => BackendError::Exited {
-                prog: "husk-vmm",
-                log,
-            },
-            Ok(r) => BackendError::Config(format!("GET / answered {}: {}", r.status, r.body)),
-            Err(e) => BackendError::Config(format!("GET /: {e}")),
-        };
-        let handle = VmHandle {
-            kind: BackendKind::Kvm,
-            procs: vec![main],
-            vsock_uds: vsock,
-            api_sock: Some(api),
-            console_log: dir.join(CONSOLE_LOG),
-        };
-        handle.cleanup();
-        return Err(err);
-    }
-    Ok(VmHandle {
+    let prog = if record.is_some() {
+        "husk jailer"
+    } else {
+        "husk-vmm"
+    };
+    let main = spawn(&mut cmd).map_err(|err| BackendError::Spawn { prog, err })?;
+    let mut handle = VmHandle {
         kind: BackendKind::Kvm,
         procs: vec![main],
         vsock_uds: vsock,
-        api_sock: Some(api),
+        api_sock: Some(api.clone()),
         console_log: dir.join(CONSOLE_LOG),
-    })
+        jail: record,
+    };
+    let started = wait_for_vmm(&mut handle, &log_path, prog, pid_file.as_deref());
+    if let Err(e) = started {
+        handle.cleanup();
+        return Err(e);
+    }
+    Ok(handle)
+}
+
+/// Waits until the VMM answers its API, which it does once the VM runs
+/// (or exits when the config fails); a jailed VMM's pid joins the
+/// handle's processes.
+fn wait_for_vmm(
+    handle: &mut VmHandle,
+    log_path: &Path,
+    prog: &'static str,
+    pid_file: Option<&Path>,
+) -> Result<(), BackendError> {
+    let main = handle.procs[0];
+    let api = handle.api_sock.clone().unwrap_or_default();
+    let api = api.as_path();
+    // Connected, not only present: the socket file exists between the
+    // VMM's bind and its listen.
+    wait_started(prog, "serve its API", &main, log_path, || {
+        UnixStream::connect(api).is_ok()
+    })?;
+    if let Some(pid_file) = pid_file {
+        let vmm = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .and_then(ProcId::of)
+            .ok_or_else(|| {
+                BackendError::Config(format!("no live VMM named in {}", echo_path(pid_file)))
+            })?;
+        handle.procs.push(vmm);
+    }
+    let answer = crate::vmm::client::request(api, "GET", "/", None);
+    match answer {
+        Ok(r) if r.status == 200 => Ok(()),
+        _ if !main.is_alive() => Err(BackendError::Exited {
+            prog,
+            log: super::log_tail(log_path),
+        }),
+        Ok(r) => Err(BackendError::Config(format!(
+            "GET / answered {}: {}",
+            r.status, r.body
+        ))),
+        Err(e) => Err(BackendError::Config(format!("GET /: {e}"))),
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::doctor::HostVirt;
 use crate::text::echo_path;
 
+pub mod jail;
 pub mod kvm;
 mod process;
 pub mod tcg;
@@ -98,6 +99,9 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Extra kernel arguments, after the backend's own.
     pub boot_args: String,
+    /// kvm: run the VMM under `husk jailer` with these settings (see
+    /// [`jail`]); `None` runs it unjailed (still seccomp-filtered).
+    pub jail: Option<jail::JailSettings>,
 }
 
 /// What the daemon records (in the container record) to find the VM
@@ -113,6 +117,10 @@ pub struct VmHandle {
     /// The per-VM API socket (kvm only).
     pub api_sock: Option<PathBuf>,
     pub console_log: PathBuf,
+    /// kvm under the jailer: what to clean up after the VM. The main
+    /// process is then the jailer, and the VMM is the second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<jail::JailRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -275,8 +283,19 @@ impl VmHandle {
     }
 
     /// SIGKILLs every process of the VM and waits (up to a few seconds)
-    /// until they are gone, reaping those that are our children.
+    /// until they are gone, reaping those that are our children. A
+    /// jailed VMM goes first, so its jailer can remove its cgroup.
     pub fn kill(&self) {
+        if self.kind == BackendKind::Kvm && self.jail.is_some() {
+            for p in self.procs.iter().skip(1) {
+                p.signal(libc::SIGKILL);
+            }
+            let main = self.procs.first();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while main.is_some_and(ProcId::is_alive) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         for p in &self.procs {
             p.signal(libc::SIGKILL);
         }
@@ -317,11 +336,15 @@ impl VmHandle {
         for s in sockets {
             let _ = std::fs::remove_file(s);
         }
+        if let Some(j) = &self.jail {
+            jail::clean_up(j);
+        }
     }
 
-    /// The run directory the VM was launched in.
+    /// The run directory the VM was launched in (its console log's; a
+    /// jailed VM's sockets are in its jail).
     pub fn dir(&self) -> &Path {
-        self.vsock_uds.parent().unwrap_or(Path::new("/"))
+        self.console_log.parent().unwrap_or(Path::new("/"))
     }
 
     /// The last few KiB of the VMM's own log (`vmm.log`), to explain a
@@ -547,6 +570,7 @@ pub(crate) mod tests {
             vcpus: 2,
             memory_mib: 256,
             boot_args: " probe=x  ".into(),
+            jail: None,
         }
     }
 
@@ -575,6 +599,7 @@ pub(crate) mod tests {
             vsock_uds: "/run/c/vsock.sock".into(),
             api_sock: None,
             console_log: "/run/c/console.log".into(),
+            jail: None,
         };
         let json = serde_json::to_value(&h).unwrap();
         assert_eq!(json["kind"], "tcg");
@@ -595,6 +620,7 @@ pub(crate) mod tests {
             vsock_uds: "/nonexistent/vsock.sock".into(),
             api_sock: Some("/nonexistent/vmm.sock".into()),
             console_log: "/nonexistent/console.log".into(),
+            jail: None,
         };
         // Our own pid, with another start time: not this process.
         assert!(!h.is_running());

@@ -74,9 +74,21 @@ fn opt_path(key: &str, path: &Path) -> OsString {
     OsString::from_vec(v)
 }
 
+/// QEMU's own seccomp sandbox, always on: no obsolete system calls, no
+/// spawning processes, no changing scheduling or resource limits.
+const SANDBOX: &str = "on,obsolete=deny,spawn=deny,resourcecontrol=deny";
+
 /// QEMU's arguments (after the program name) for `spec`, with its
-/// vhost-user socket and serial console file.
-pub fn qemu_args(spec: &VmSpec, vhost_sock: &Path, console: &Path) -> Vec<OsString> {
+/// vhost-user socket and serial console file. With `runas`, QEMU opens
+/// its files as root and then, before the guest runs, becomes that uid
+/// (and gid) with no capabilities; unprivileged from the start, its
+/// sandbox also refuses any attempt to gain privileges.
+pub fn qemu_args(
+    spec: &VmSpec,
+    vhost_sock: &Path,
+    console: &Path,
+    runas: Option<u32>,
+) -> Vec<OsString> {
     let mem = spec.memory_mib;
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |parts: &[&OsStr]| args.extend(parts.iter().map(|p| p.to_os_string()));
@@ -117,6 +129,18 @@ pub fn qemu_args(spec: &VmSpec, vhost_sock: &Path, console: &Path) -> Vec<OsStri
     push(&[s("-device"), s("virtio-blk-device,drive=rootfs")]);
     push(&[s("-object"), s("rng-random,id=rng,filename=/dev/urandom")]);
     push(&[s("-device"), s("virtio-rng-device,rng=rng")]);
+    match runas {
+        // The uid change comes after the sandbox is on, so the sandbox
+        // must let it through; once done, there is nothing to regain.
+        Some(uid) => {
+            let who = format!("{uid}:{uid}");
+            push(&[s("-sandbox"), s(SANDBOX), s("-runas"), who.as_ref()]);
+        }
+        None => {
+            let sandbox = format!("{SANDBOX},elevateprivileges=deny");
+            push(&[s("-sandbox"), sandbox.as_ref()]);
+        }
+    }
     args
 }
 
@@ -147,6 +171,9 @@ struct VhostStart {
     log: File,
     /// Where the new pid is written (4 bytes, native order).
     pid_out: RawFd,
+    /// The uid (and gid) it runs as, QEMU's: a parent's death signal
+    /// reaches only a child the parent may signal.
+    uid: Option<u32>,
 }
 
 /// argv entries `run` can pass, the program name and a NULL included.
@@ -159,6 +186,7 @@ impl VhostStart {
         sock: &Path,
         log: File,
         pid_out: RawFd,
+        uid: Option<u32>,
     ) -> io::Result<Self> {
         let c = |s: &OsStr| {
             CString::new(s.as_bytes()).map_err(|_| io::Error::other("a path holds a NUL byte"))
@@ -174,6 +202,7 @@ impl VhostStart {
             sock: c(sock.as_os_str())?,
             log,
             pid_out,
+            uid,
         })
     }
 
@@ -196,10 +225,23 @@ impl VhostStart {
             return Err(io::Error::last_os_error());
         }
         if pid == 0 {
-            // SAFETY: prctl, getppid, dup2, execv and _exit with valid
-            // arguments: `argv` is NULL-terminated and points into
-            // CStrings that live in this (copied) address space.
+            // SAFETY: open, setgroups, setresgid, setresuid, prctl,
+            // getppid, dup2, execv, execveat and _exit with valid
+            // arguments: `argv` and `NO_ENV` are NULL-terminated and point
+            // into CStrings that live in this (copied) address space.
             unsafe {
+                // Opened while still root: the program may sit in a
+                // directory the VM's uid cannot search (~/.cargo/bin).
+                let prog = libc::open(self.prog.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                if let Some(uid) = self.uid {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(uid, uid, uid) != 0
+                        || libc::setresuid(uid, uid, uid) != 0
+                    {
+                        libc::_exit(126);
+                    }
+                }
+                // After the uid change, which clears it.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
                 if libc::getppid() != parent {
                     // QEMU-to-be is already gone.
@@ -208,7 +250,20 @@ impl VhostStart {
                 let log = self.log.as_raw_fd();
                 libc::dup2(log, 1);
                 libc::dup2(log, 2);
-                libc::execv(self.prog.as_ptr(), argv.as_ptr());
+                if self.uid.is_some() && prog >= 0 {
+                    // As the VM's uid: no environment of the daemon's.
+                    const NO_ENV: [*const libc::c_char; 1] = [std::ptr::null()];
+                    libc::syscall(
+                        libc::SYS_execveat,
+                        prog,
+                        c"".as_ptr(),
+                        argv.as_ptr(),
+                        NO_ENV.as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                    );
+                } else {
+                    libc::execv(self.prog.as_ptr(), argv.as_ptr());
+                }
                 libc::_exit(127);
             }
         }
@@ -262,6 +317,24 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
     let log2 = log.try_clone().map_err(super::io_err("log", &log_path))?;
     let vhost_log = create_log(&vhost_log_path)?;
 
+    // Each VM its own uid, when the daemon jails VMs (and runs as root).
+    let jail = match &spec.jail {
+        Some(settings) => {
+            let (uid, claim) = super::jail::claim_uid(settings, dir)?;
+            Some(super::jail::JailRecord {
+                uid,
+                claim,
+                id_dir: None,
+                cgroups: vec![],
+            })
+        }
+        None => None,
+    };
+    if let Some(j) = &jail {
+        // vhost-device-vsock, as the VM's uid, makes its sockets here.
+        std::os::unix::fs::chown(dir, Some(j.uid), Some(j.uid))
+            .map_err(super::io_err("run directory (chown to the VM's uid)", dir))?;
+    }
     let (mut pid_in, pid_out) = cloexec_pipe().map_err(|err| BackendError::Spawn {
         prog: "vhost-device-vsock",
         err,
@@ -272,16 +345,22 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
         &vhost_sock,
         vhost_log,
         pid_out.as_raw_fd(),
+        jail.as_ref().map(|j| j.uid),
     )
     .map_err(|err| BackendError::Spawn {
         prog: "vhost-device-vsock",
         err,
     })?;
     let mut cmd = Command::new(&tools.qemu);
-    cmd.args(qemu_args(spec, &vhost_sock, &console))
-        .current_dir(dir)
-        .stdout(log)
-        .stderr(log2);
+    cmd.args(qemu_args(
+        spec,
+        &vhost_sock,
+        &console,
+        jail.as_ref().map(|j| j.uid),
+    ))
+    .current_dir(dir)
+    .stdout(log)
+    .stderr(log2);
     detach(&mut cmd);
     // SAFETY: `VhostStart::run` makes only async-signal-safe system
     // calls and does not allocate (see its comment); it runs after
@@ -330,6 +409,7 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
             vsock_uds: vsock,
             api_sock: None,
             console_log: console,
+            jail,
         };
         handle.cleanup();
         return Err(BackendError::Exited {
@@ -343,6 +423,7 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
         vsock_uds: vsock,
         api_sock: None,
         console_log: console,
+        jail,
     })
 }
 
@@ -371,7 +452,18 @@ mod tests {
         let s = spec(&dir.0);
         let vhost = s.dir.join(VHOST_SOCK);
         let console = s.dir.join(CONSOLE_LOG);
-        let args = strings(&qemu_args(&s, &vhost, &console));
+        let args = strings(&qemu_args(&s, &vhost, &console, None));
+        assert_eq!(
+            values(&args, "-sandbox"),
+            ["on,obsolete=deny,spawn=deny,resourcecontrol=deny,elevateprivileges=deny"]
+        );
+        assert!(values(&args, "-runas").is_empty());
+        let jailed = strings(&qemu_args(&s, &vhost, &console, Some(250_000)));
+        assert_eq!(values(&jailed, "-runas"), ["250000:250000"]);
+        assert_eq!(
+            values(&jailed, "-sandbox"),
+            ["on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
+        );
         assert_eq!(
             values(&args, "-machine"),
             ["microvm,acpi=off,memory-backend=mem"]
@@ -429,6 +521,7 @@ mod tests {
             &s,
             Path::new("/r,1/vhost.sock"),
             Path::new("/c"),
+            None,
         ));
         assert_eq!(
             values(&args, "-drive"),
@@ -474,6 +567,7 @@ mod tests {
             &s.dir.join(VHOST_SOCK),
             File::create(s.dir.join(VHOST_LOG)).unwrap(),
             w.as_raw_fd(),
+            None,
         )
         .unwrap();
         // `true` stands in for QEMU: the pre-exec step must fail first.

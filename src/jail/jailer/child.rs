@@ -170,7 +170,12 @@ pub fn run(setup: &ChildSetup, fds: ChildFds) -> ! {
     }
     let err_fd = match move_fds(&fds) {
         Ok(()) => ERRORS_FD,
-        Err(_) => fds.errors,
+        Err(e) => {
+            // The VMM must not start with the jailer's other files open.
+            let msg = format!("cannot close the jailer's files: {e}");
+            let _ = sys::write_all(fds.errors, msg.as_bytes());
+            sys::exit_now(1)
+        }
     };
     let e = match steps(setup) {
         Err(e) => e,
@@ -260,22 +265,43 @@ fn steps(s: &ChildSetup) -> Result<()> {
 const NO_DATA: Option<&CStr> = None;
 
 fn mounts(s: &ChildSetup) -> Result<()> {
-    // Nothing done below propagates back to the host.
+    // As Firecracker's jailer: the host's mounts still reach the jail
+    // (a drive bind-mounted into the chroot by tooling after the start),
+    // nothing done below reaches the host.
     step(
-        || "cannot make / private".into(),
+        || "cannot make / a slave mount".into(),
         sys::mount(
             NO_DATA,
             c"/",
             NO_DATA,
-            libc::MS_REC | libc::MS_PRIVATE,
+            libc::MS_REC | libc::MS_SLAVE,
             NO_DATA,
         ),
     )?;
-    // pivot_root needs the new root to be a mount point.
+    // pivot_root needs the new root to be a mount point; what tooling
+    // mounted inside the root comes along.
     let root = s.root.to_string_lossy();
     step(
         || format!("cannot bind {root} onto itself"),
-        sys::mount(Some(&s.root), &s.root, NO_DATA, libc::MS_BIND, NO_DATA),
+        sys::mount(
+            Some(&s.root),
+            &s.root,
+            NO_DATA,
+            libc::MS_BIND | libc::MS_REC,
+            NO_DATA,
+        ),
+    )?;
+    // /run: the one writable place of the jail's own, mounted before the
+    // --mount binds so that those inside it stay on top.
+    step(
+        || "cannot bind /run".into(),
+        sys::mount(Some(&s.run), &s.run, NO_DATA, libc::MS_BIND, NO_DATA),
+    )?;
+    let run_flags =
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    step(
+        || "cannot remount /run".into(),
+        sys::mount(NO_DATA, &s.run, NO_DATA, run_flags, NO_DATA),
     )?;
     for b in &s.binds {
         step(
@@ -294,17 +320,6 @@ fn mounts(s: &ChildSetup) -> Result<()> {
             sys::mount(NO_DATA, &b.target, NO_DATA, flags, NO_DATA),
         )?;
     }
-    // /run: the one writable place of the jail's own.
-    step(
-        || "cannot bind /run".into(),
-        sys::mount(Some(&s.run), &s.run, NO_DATA, libc::MS_BIND, NO_DATA),
-    )?;
-    let run_flags =
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    step(
-        || "cannot remount /run".into(),
-        sys::mount(NO_DATA, &s.run, NO_DATA, run_flags, NO_DATA),
-    )?;
     devices(s)?;
     // A proc of the new PID namespace (the snapshot code reads
     // /proc/self/pagemap), read-only, and without the system-wide files
@@ -327,13 +342,10 @@ fn mounts(s: &ChildSetup) -> Result<()> {
         )
     });
     step(|| "cannot mount /proc".into(), mounted)?;
-    // Last, the jail's root itself becomes read-only.
-    let root_flags =
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    step(
-        || "cannot make the jail's root read-only".into(),
-        sys::mount(NO_DATA, &s.root, NO_DATA, root_flags, NO_DATA),
-    )
+    // The root stays writable as Firecracker's is: it is root's (0755),
+    // so the VMM writes only to files tooling placed there for it (a
+    // hard-linked, chowned rootfs), to /run and to read-write --mounts.
+    Ok(())
 }
 
 /// A small tmpfs on /dev with only the VMM's devices, owned by its uid,

@@ -23,6 +23,25 @@ use super::config::{CheckedMount, Plan, SourceKind};
 use super::{sys, JailPaths, JailerError, Result};
 use crate::text::echo_path;
 
+/// Serialises jailers of one exec file from the check that a jail is
+/// free until its VMM's pid file is written: two starts of one id cannot
+/// both pass [`check_not_in_use`]. An exclusive `flock` on
+/// `<base>/<exec name>`, released when the returned file is dropped.
+pub fn lock(paths: &JailPaths) -> Result<fs::File> {
+    let exec_dir = paths.id_dir.parent().unwrap_or(Path::new("/"));
+    if let Some(base) = exec_dir.parent() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(base)
+            .map_err(|e| JailerError::io("create --chroot-base-dir", base, e))?;
+    }
+    real_dir(exec_dir, 0o755)?;
+    let dir = fs::File::open(exec_dir).map_err(|e| JailerError::io("open", exec_dir, e))?;
+    sys::flock_exclusive(&dir).map_err(|e| JailerError::io("lock", exec_dir, e))?;
+    Ok(dir)
+}
+
 /// Refuses a jail whose pid file names a live process.
 pub fn check_not_in_use(paths: &JailPaths) -> Result<()> {
     let pid_file = paths.pid_file();

@@ -167,6 +167,9 @@ fn supervise(
     reporter: &mut Reporter,
 ) -> Result<i32> {
     sys::umask(0o022);
+    // Held until the VMM's pid file is written (see `chroot::lock`).
+    let lock = chroot::lock(&plan.paths)?;
+    chroot::check_not_in_use(&plan.paths)?;
     let prepared = chroot::prepare(plan)?;
     let mut cgroups = match cgroup::create(cgroup_plan) {
         Ok(c) => c,
@@ -176,6 +179,7 @@ fn supervise(
         }
     };
     let started = start(plan, &cgroups, reporter);
+    drop(lock);
     let pid = match started {
         Ok(pid) => pid,
         Err(e) => {

@@ -3,7 +3,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr;
@@ -112,7 +112,36 @@ pub fn close_from(first: u32) -> io::Result<()> {
     // SAFETY: close_range takes no pointers; it only closes this
     // process's fds, none of which the jailer's Rust code still owns
     // after this point (the caller guarantees it).
-    check_long(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) }).map(drop)
+    match check_long(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) }) {
+        Ok(_) => Ok(()),
+        // Before Linux 5.9: one by one, up to the open-file limit.
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes one rlimit into `lim`, which we own.
+            check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+            let last = lim.rlim_cur.min(1 << 20) as RawFd;
+            for fd in first as RawFd..last {
+                // SAFETY: as above; EBADF for fds not open is expected.
+                unsafe { libc::close(fd) };
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits for an exclusive `flock` on `f`.
+pub fn flock_exclusive(f: &std::fs::File) -> io::Result<()> {
+    loop {
+        // SAFETY: flock takes an fd the caller owns and no pointers.
+        match check(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(drop),
+        }
+    }
 }
 
 pub fn close(fd: RawFd) {

@@ -16,7 +16,6 @@ pub mod rules;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use seccompiler::{
@@ -159,9 +158,6 @@ impl Policy {
         };
         let (allow, refuse) = compiled?;
         THREAD_KIND.with(|k| k.set(kind as u8 + 1));
-        // SAFETY: gettid has no arguments and cannot fail.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
-        THREAD_ID.with(|t| t.set(tid));
         // The refusals go on first: a call both filters see gets the
         // stricter answer, so an allowed openat still fails with EACCES.
         if !refuse.is_empty() {
@@ -172,11 +168,17 @@ impl Policy {
 }
 
 fn condition(c: Cond) -> Result<SeccompCondition, seccompiler::BackendError> {
-    let (arg, op, value) = match c {
-        Cond::Eq(arg, v) => (arg, SeccompCmpOp::Eq, v),
-        Cond::Clear(arg, mask) => (arg, SeccompCmpOp::MaskedEq(mask), 0),
+    let (arg, len, op, value) = match c {
+        Cond::Eq(arg, v) => (arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v),
+        Cond::Eq64(arg, v) => (arg, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, v),
+        Cond::Clear(arg, mask) => (
+            arg,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(mask),
+            0,
+        ),
     };
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+    SeccompCondition::new(arg, len, op, value)
 }
 
 /// `kind`'s allow list as one BPF program.
@@ -245,14 +247,14 @@ pub fn allowed_count(kind: ThreadKind) -> usize {
 }
 
 thread_local! {
-    // Plain const-initialised cells: safe to read in a signal handler.
+    // A plain const-initialised cell: safe to read in a signal handler.
     static THREAD_KIND: Cell<u8> = const { Cell::new(0) };
-    static THREAD_ID: Cell<i32> = const { Cell::new(0) };
 }
-static PID: AtomicI32 = AtomicI32::new(0);
+
+/// A system call number no kernel has and so no filter allows.
+const NO_SUCH_CALL: libc::c_long = 1023;
 
 fn install_sigsys_handler() -> Result<(), SeccompError> {
-    PID.store(std::process::id() as i32, Ordering::Relaxed);
     // SAFETY: a zeroed sigaction is valid; we fill the handler and flags
     // and pass pointers to locals that outlive the call.
     unsafe {
@@ -260,8 +262,8 @@ fn install_sigsys_handler() -> Result<(), SeccompError> {
         act.sa_sigaction = on_sigsys
             as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
             as usize;
-        // Reset to the default action on entry, so the re-raised SIGSYS
-        // (delivered once the handler returns) ends the process.
+        // Reset to the default action on entry, so the handler's own
+        // forbidden call (see `on_sigsys`) ends the process.
         act.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
         libc::sigemptyset(&mut act.sa_mask);
         if libc::sigaction(libc::SIGSYS, &act, std::ptr::null_mut()) != 0 {
@@ -286,7 +288,9 @@ struct SigsysInfo {
 
 /// Writes "husk vmm: seccomp: the <kind> thread made forbidden system
 /// call <nr>; killing the process" with only a stack buffer and write(2),
-/// then re-raises SIGSYS on this thread.
+/// then makes a call the filter traps again: with the handler reset, the
+/// kernel's forced SIGSYS kills the process even where it is PID 1 of a
+/// namespace (the jail), which a SIGSYS it sent itself would not.
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t for an SA_SIGINFO
     // handler, and SIGSYS from seccomp fills its `_sigsys` member.
@@ -309,22 +313,14 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     }
     len += write_decimal(&mut buf[len..], nr);
     len += copy_into(&mut buf[len..], b"; killing the process with SIGSYS\n");
-    // SAFETY: write(2) and tgkill(2) are async-signal-safe; the buffer
-    // is a local array and `len` is within it.
+    // SAFETY: write(2) is async-signal-safe; the buffer is a local array
+    // and `len` is within it. The second call takes no arguments and
+    // does not return (the kernel kills the process), or fails ENOSYS.
     unsafe {
         libc::write(2, buf.as_ptr().cast(), len);
-        let tid = THREAD_ID.with(|t| t.get());
-        let tid = if tid == 0 {
-            libc::syscall(libc::SYS_gettid) as i32
-        } else {
-            tid
-        };
-        libc::syscall(
-            libc::SYS_tgkill,
-            PID.load(Ordering::Relaxed),
-            tid,
-            libc::SIGSYS,
-        );
+        libc::syscall(NO_SUCH_CALL);
+        // Not filtered after all (cannot happen): end as SIGSYS would.
+        libc::_exit(128 + libc::SIGSYS);
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! A call listed with conditions is allowed only when one of its
 //! condition sets holds; every condition of a set compares one argument
-//! (its low 32 bits: flags, commands and ioctl numbers all fit).
+//! (its low 32 bits, where flags, commands and ioctl numbers all fit; a
+//! pointer, whole).
 
 use super::ioctls as io;
 use super::ThreadKind;
@@ -13,8 +14,11 @@ use super::ThreadKind;
 /// One comparison of a system call argument.
 #[derive(Clone, Copy, Debug)]
 pub enum Cond {
-    /// Argument `.0` equals `.1`.
+    /// Argument `.0`'s low 32 bits equal `.1`.
     Eq(u8, u64),
+    /// Argument `.0`, all 64 bits, equals `.1` (a pointer that must be
+    /// NULL).
+    Eq64(u8, u64),
     /// Argument `.0` has none of the bits in `.1`.
     Clear(u8, u64),
 }
@@ -167,8 +171,18 @@ fn runtime(l: &mut List) {
         "tgkill",
         SYS_tgkill,
         2,
-        &[SIGABRT as u64, SIGSYS as u64],
-        "a panic aborts with SIGABRT; a filter violation ends with SIGSYS",
+        &[SIGABRT as u64],
+        "a panic aborts with SIGABRT",
+    )
+    .any(
+        "clock_gettime",
+        SYS_clock_gettime,
+        "time stamps, where the clock source has no vDSO path",
+    )
+    .any(
+        "gettimeofday",
+        SYS_gettimeofday,
+        "time stamps, where the clock source has no vDSO path",
     )
     .one_of(
         "rt_sigaction",
@@ -327,7 +341,7 @@ fn api(l: &mut List) {
         .when(
             "prlimit64",
             SYS_prlimit64,
-            vec![vec![Cond::Eq(0, 0), Cond::Eq(2, 0)]],
+            vec![vec![Cond::Eq(0, 0), Cond::Eq64(2, 0)]],
             "reading (never setting) the open-file limit the connection cap follows",
         );
 }
