@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::ms;
+use super::{ms, rss_kib};
 use crate::client::types::{CreateRequest, ListOptions};
 use crate::client::DaemonClient;
 use crate::daemon::backend::{self, BackendKind, VmHandle, VmSpec};
@@ -84,21 +84,6 @@ fn stats(mut v: Vec<f64>) -> Value {
 
 fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
-}
-
-/// VmRSS and VmHWM of a process, in KiB.
-fn rss_kib(pid: u32) -> Result<(u64, u64), String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
 /// The kernel's boot time (ms) and the agent's own start-up (µs), from

@@ -4,6 +4,7 @@
 
 mod containers;
 mod images;
+mod jailed;
 mod snapshot;
 mod soak;
 
@@ -40,6 +41,10 @@ pub struct BenchArgs {
     /// measure a setting's cost: `--vmm-arg=--no-seccomp`.
     #[arg(long = "vmm-arg", allow_hyphen_values = true)]
     pub vmm_args: Vec<String>,
+    /// Run the vmm suite's VMMs under `husk jailer` as the daemon does
+    /// (needs root and the static husk-vmm), to measure the jail's cost.
+    #[arg(long)]
+    pub jail: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -95,6 +100,8 @@ struct Bench {
     vmm: VmmCommand,
     dir: PathBuf,
     kernel: PathBuf,
+    /// `--jail`: every VMM runs under `husk jailer`.
+    jail: Option<jailed::Jail>,
 }
 
 /// min / median / max of a sample, in milliseconds.
@@ -117,15 +124,30 @@ fn ms(d: Duration) -> f64 {
 
 impl Bench {
     fn sock(&self, n: usize) -> PathBuf {
-        self.dir.join(format!("api-{n}.sock"))
+        match &self.jail {
+            Some(j) => j.sock(n),
+            None => self.dir.join(format!("api-{n}.sock")),
+        }
+    }
+
+    /// The kernel's path as the VMM sees it.
+    fn kernel_seen(&self) -> PathBuf {
+        match &self.jail {
+            Some(_) => PathBuf::from(jailed::KERNEL),
+            None => self.kernel.clone(),
+        }
     }
 
     fn spawn_api(&self, sock: &Path) -> std::io::Result<Child> {
-        self.vmm
-            .command()
-            .arg("--api-sock")
-            .arg(sock)
-            .stdin(Stdio::null())
+        let mut cmd = match &self.jail {
+            Some(j) => j.api_command(sock),
+            None => {
+                let mut c = self.vmm.command();
+                c.arg("--api-sock").arg(sock);
+                c
+            }
+        };
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -142,9 +164,21 @@ impl Bench {
         None
     }
 
+    /// Ends a VMM from `spawn_api` (a jailed one VMM first, so its
+    /// jailer cleans up).
+    fn stop(&self, child: &mut Child, sock: &Path) {
+        match &self.jail {
+            Some(j) => j.stop(child, sock),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
     fn configure(&self, sock: &Path, probe_args: &str) -> Result<(), String> {
         let boot = json!({
-            "kernel_image_path": self.kernel,
+            "kernel_image_path": self.kernel_seen(),
             "boot_args": format!("console=ttyS0 {probe_args}"),
         })
         .to_string();
@@ -164,8 +198,7 @@ impl Bench {
         let start = Instant::now();
         let mut child = self.spawn_api(&sock).map_err(|e| e.to_string())?;
         let ready = Self::wait_for_socket(&sock, Duration::from_secs(5));
-        let _ = child.kill();
-        let _ = child.wait();
+        self.stop(&mut child, &sock);
         let ready = ready.ok_or("the API socket never came up")?;
         Ok(ms(ready - start))
     }
@@ -198,8 +231,7 @@ impl Bench {
             out.read_exact(&mut byte).map_err(|e| e.to_string())?;
             Ok(ms(start.elapsed()))
         })();
-        let _ = child.kill();
-        let _ = child.wait();
+        self.stop(&mut child, &sock);
         result
     }
 
@@ -215,9 +247,18 @@ impl Bench {
             Self::start_instance(&sock)?;
             let mut line = [0u8; 11];
             out.read_exact(&mut line).map_err(|e| e.to_string())?; // "PROBE BOOT\n"
-            let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", child.id()))
-                .map_err(|e| e.to_string())?;
+            let pid = match &self.jail {
+                Some(j) => j.vmm_pid(&sock).ok_or("no VMM pid in the jail")?,
+                None => child.id(),
+            };
+            let smaps =
+                std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| e.to_string())?;
             let (total, guest) = rss_from_smaps(&smaps, GUEST_MEM_MIB << 20);
+            // The jailer stays beside each VMM: its memory is the jail's.
+            let jailer_kib = match &self.jail {
+                Some(_) => json!(rss_kib(child.id())?.0),
+                None => serde_json::Value::Null,
+            };
             let _ = client::request(
                 &sock,
                 "PUT",
@@ -228,21 +269,28 @@ impl Bench {
                 "vmm_rss_kib": total,
                 "guest_rss_kib": guest,
                 "vmm_rss_overhead_kib": total - guest,
+                "jailer_rss_kib": jailer_kib,
             }))
         })();
-        let _ = child.kill();
-        let _ = child.wait();
+        self.stop(&mut child, &sock);
         result
     }
 
     /// exec with --config-file → boot → guest reset → exit: wall and CPU.
     fn whole_cycle(&self, config: &Path) -> Result<(f64, f64), String> {
         let start = Instant::now();
-        let child = self
-            .vmm
-            .command()
-            .args(["--no-api", "--config-file"])
-            .arg(config)
+        let (mut cmd, jail_id) = match &self.jail {
+            Some(j) => {
+                let (c, id) = j.cycle_command(config);
+                (c, Some(id))
+            }
+            None => {
+                let mut c = self.vmm.command();
+                c.args(["--no-api", "--config-file"]).arg(config);
+                (c, None)
+            }
+        };
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -250,6 +298,9 @@ impl Bench {
             .map_err(|e| e.to_string())?;
         let (status, cpu) = wait_with_cpu(child.id() as libc::pid_t)?;
         let wall = ms(start.elapsed());
+        if let (Some(j), Some(id)) = (&self.jail, jail_id) {
+            j.remove(&id);
+        }
         if status != 0 {
             return Err(format!("husk vmm exited with status {status}"));
         }
@@ -312,6 +363,21 @@ fn thread_cpu_ms() -> f64 {
     // SAFETY: `usage` is a live, writable rusage.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
     timeval_ms(usage.ru_utime) + timeval_ms(usage.ru_stime)
+}
+
+/// VmRSS and VmHWM of a process, in KiB.
+pub(super) fn rss_kib(pid: u32) -> Result<(u64, u64), String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
 /// Total RSS, and the RSS of the guest RAM mapping (`guest_bytes` long),
@@ -436,7 +502,24 @@ fn setup(args: &BenchArgs) -> Result<(Bench, VmmCommand), String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let kernel = dir.join("probe.elf");
     crate::probe::write_probe(&kernel).map_err(|e| e.to_string())?;
-    Ok((Bench { vmm, dir, kernel }, full))
+    let jail = match args.jail {
+        true => Some(jailed::Jail::new(
+            me.clone(),
+            vmm.program.clone(),
+            &dir,
+            &kernel,
+        )?),
+        false => None,
+    };
+    Ok((
+        Bench {
+            vmm,
+            dir,
+            kernel,
+            jail,
+        },
+        full,
+    ))
 }
 
 fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
@@ -445,7 +528,7 @@ fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
 
     let config = bench.dir.join("cycle.json");
     let cfg = json!({
-        "boot-source": {"kernel_image_path": bench.kernel, "boot_args": "console=ttyS0"},
+        "boot-source": {"kernel_image_path": bench.kernel_seen(), "boot_args": "console=ttyS0"},
         "machine-config": {"vcpu_count": 1, "mem_size_mib": GUEST_MEM_MIB},
     });
     std::fs::write(&config, cfg.to_string()).map_err(|e| e.to_string())?;
@@ -459,6 +542,7 @@ fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
             vmm: full.clone(),
             dir: bench.dir.clone(),
             kernel: bench.kernel.clone(),
+            jail: None,
         }
         .rss_overhead_kib()?;
         let (mut floor_wall, mut floor_cpu) = (vec![], vec![]);
@@ -477,6 +561,7 @@ fn measure(args: &BenchArgs) -> Result<serde_json::Value, String> {
         Ok(json!({
             "runs": runs,
             "vmm_command": bench.vmm.describe(),
+            "jailed": bench.jail.is_some(),
             "guest_mem_mib": GUEST_MEM_MIB,
             "vms_per_second_8_parallel": per_second,
             "vmm_exec_to_api_ready_ms": summary(api_ready),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{ms, Bench};
+use super::{ms, rss_kib, Bench};
 use crate::vmm::client::{self, Connection};
 
 const REQUESTS: usize = 10_000;
@@ -27,21 +27,6 @@ fn percentiles(mut v: Vec<f64>) -> serde_json::Value {
         (v[i] * 1000.0).round() / 1000.0
     };
     json!({"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0)})
-}
-
-/// VmRSS and VmHWM of a process, in KiB.
-fn rss_kib(pid: u32) -> Result<(u64, u64), String> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
 fn keep_alive_run(sock: &Path) -> Result<Vec<f64>, String> {

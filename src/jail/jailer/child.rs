@@ -304,10 +304,19 @@ fn mounts(s: &ChildSetup) -> Result<()> {
         sys::mount(NO_DATA, &s.run, NO_DATA, run_flags, NO_DATA),
     )?;
     for b in &s.binds {
+        // Bound through a descriptor opened with no symlink in the path,
+        // so a symlink planted after the checks cannot redirect it.
+        let fd = step(
+            || format!("cannot open --mount {} (no symlinks allowed)", b.shown),
+            sys::open_path_no_symlinks(&b.source),
+        )?;
+        let via =
+            std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default();
         step(
             || format!("cannot bind-mount --mount {}", b.shown),
-            sys::mount(Some(&b.source), &b.target, NO_DATA, libc::MS_BIND, NO_DATA),
+            sys::mount(Some(&via), &b.target, NO_DATA, libc::MS_BIND, NO_DATA),
         )?;
+        drop(fd);
         let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
         if b.nodev {
             flags |= libc::MS_NODEV;

@@ -55,6 +55,29 @@ pub fn mount(
     .map(drop)
 }
 
+/// An `O_PATH` descriptor of `path`, refusing a path with any symlink in
+/// it (`openat2` with `RESOLVE_NO_SYMLINKS`): the file a `--mount` was
+/// checked as, not one a symlink planted since points to.
+pub fn open_path_no_symlinks(path: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: open_how is plain data; zeroed is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: `path` is NUL-terminated and `how` a live open_how whose
+    // size is passed; the kernel only reads both.
+    let fd = check_long(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })?;
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 pub fn umount_detach(target: &CStr) -> io::Result<()> {
     // SAFETY: `target` is a NUL-terminated string that outlives the call.
     check(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) }).map(drop)
@@ -531,4 +554,24 @@ pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
 /// sound while it has one).
 pub fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_source_with_a_symlink_in_its_path_is_refused() {
+        let dir = std::env::temp_dir().join(format!("husk-nosym-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        std::fs::write(dir.join("real/f"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        let real = cpath(&dir.join("real/f")).unwrap();
+        assert!(open_path_no_symlinks(&real).is_ok());
+        let via_link = cpath(&dir.join("link/f")).unwrap();
+        let err = open_path_no_symlinks(&via_link).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
