@@ -12,225 +12,32 @@
 mod common;
 #[path = "common/jail.rs"]
 mod jail;
+#[path = "common/tap.rs"]
+mod tap;
 #[path = "common/vsock.rs"]
 mod vsock;
 
-use std::ffi::CString;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{skip, TIMEOUT};
+use common::{assert_pages_served, page_server_bin, wait_page_server, TIMEOUT};
 use husk::vmm::client::{self, Response};
 use jail::*;
 use serde_json::{json, Value};
-use vsock::{accept, connect, port_path};
+use tap::{Packets, TestTap, GUEST_MAC};
+use vsock::{port_path, probe_exchange};
 
-const ETHERTYPE: u16 = 0x88b5;
-const GUEST_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
-const HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x99];
-
-// ---- a TAP the jailed uid owns, and the host's end of it
-
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain old data; all zeros is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    ifr
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-/// Attaches a new file to the TAP `name` (creating it if needed).
-fn attach(name: &str) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")?;
-    let mut ifr = ifreq(name);
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-    // SAFETY: TUNSETIFF reads and writes an ifreq, which `ifr` is.
-    cvt(unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &mut ifr) })?;
-    Ok(f)
-}
-
-/// A persistent TAP owned by `owner` (TUNSETOWNER: only that uid, or a
-/// process with CAP_NET_ADMIN, may attach to it), up, IPv6 off so the
-/// host sends nothing of its own; deleted on drop.
-struct OwnedTap {
-    name: String,
-    index: libc::c_int,
-}
-
-impl OwnedTap {
-    fn create(tag: &str, owner: u32) -> Option<OwnedTap> {
-        let name = format!("hkj{tag}{}", std::process::id() % 1_000_000);
-        let made = attach(&name).and_then(|f| {
-            // SAFETY: TUNSETOWNER and TUNSETPERSIST take their argument
-            // by value.
-            unsafe {
-                cvt(libc::ioctl(
-                    f.as_raw_fd(),
-                    libc::TUNSETOWNER,
-                    libc::c_ulong::from(owner),
-                ))?;
-                cvt(libc::ioctl(
-                    f.as_raw_fd(),
-                    libc::TUNSETPERSIST,
-                    1 as libc::c_ulong,
-                ))
-            }
-        });
-        if let Err(e) = made {
-            skip(&format!("cannot create a TAP device: {e}"));
-            return None;
-        }
-        let mut tap = OwnedTap {
-            index: 0,
-            name: name.clone(),
-        };
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        // SAFETY: a plain socket call; the fd is owned at once.
-        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        assert!(sock >= 0, "socket: {}", io::Error::last_os_error());
-        // SAFETY: `sock` is a fresh descriptor nothing else owns.
-        let sock = unsafe { OwnedFd::from_raw_fd(sock) };
-        let mut ifr = ifreq(&name);
-        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq.
-        unsafe {
-            cvt(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr)).unwrap();
-            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            cvt(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr)).unwrap();
-        }
-        let c = CString::new(name).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated string.
-        tap.index = unsafe { libc::if_nametoindex(c.as_ptr()) } as libc::c_int;
-        assert!(tap.index > 0);
-        Some(tap)
-    }
-}
-
-impl Drop for OwnedTap {
-    fn drop(&mut self) {
-        let cleared = attach(&self.name).and_then(|f| {
-            // SAFETY: TUNSETPERSIST takes its argument by value.
-            cvt(unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETPERSIST, 0 as libc::c_ulong) })
-        });
-        if cleared.is_err() {
-            let _ = std::process::Command::new("ip")
-                .args(["link", "del", &self.name])
-                .status();
-        }
-    }
-}
-
-/// An AF_PACKET socket on the TAP for frames of ETHERTYPE.
-struct Packets(OwnedFd);
-
-impl Packets {
-    fn open(tap: &OwnedTap) -> Packets {
-        let proto = ETHERTYPE.to_be();
-        // SAFETY: a plain socket call; the fd is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::c_int::from(proto),
-            )
-        };
-        assert!(fd >= 0, "AF_PACKET: {}", io::Error::last_os_error());
-        // SAFETY: `fd` is a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_ll is plain old data.
-        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sa.sll_family = libc::AF_PACKET as u16;
-        sa.sll_protocol = proto;
-        sa.sll_ifindex = tap.index;
-        // SAFETY: `sa` is a sockaddr_ll of the length given.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        cvt(r).unwrap();
-        Packets(fd)
-    }
-
-    /// The next frame coming in from the TAP (the guest's side).
-    fn recv(&self, timeout: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            let mut pfd = libc::pollfd {
-                fd: self.0.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one pollfd, valid for the call.
-            if unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) } <= 0 {
-                continue;
-            }
-            let mut buf = vec![0u8; 2048];
-            // SAFETY: sockaddr_ll is plain old data.
-            let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            // SAFETY: the buffer and address are valid for their lengths.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.0.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&mut sa as *mut libc::sockaddr_ll).cast(),
-                    &mut len,
-                )
-            };
-            if n < 0 || sa.sll_pkttype == libc::PACKET_OUTGOING {
-                continue;
-            }
-            buf.truncate(n as usize);
-            return Some(buf);
-        }
-    }
-
-    /// Sends a frame of the probe's ethertype towards the guest.
-    fn send(&self, payload: &[u8]) {
-        let mut f = GUEST_MAC.to_vec();
-        f.extend_from_slice(&HOST_MAC);
-        f.extend_from_slice(&ETHERTYPE.to_be_bytes());
-        f.extend_from_slice(payload);
-        // SAFETY: the buffer is valid for its length.
-        let n = unsafe { libc::send(self.0.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-        assert_eq!(n, f.len() as isize, "{}", io::Error::last_os_error());
-    }
-
-    /// The guest's broadcast arrives on the TAP; `reply` goes back.
-    fn exchange(&self, reply: &[u8]) {
-        let f = self
-            .recv(Duration::from_secs(10))
-            .expect("no frame from the jailed guest on the TAP");
-        assert_eq!(&f[0..6], &[0xff; 6], "broadcast: {f:02x?}");
-        assert_eq!(&f[6..12], &GUEST_MAC, "from the guest_mac: {f:02x?}");
-        assert_eq!(&f[14..], b"HUSK-PROBE-NET", "{f:02x?}");
-        self.send(reply);
-    }
+/// The jailed guest's broadcast arrives on the TAP; `reply` goes back.
+fn exchange(packets: &Packets, reply: &[u8]) {
+    let f = packets
+        .recv(Duration::from_secs(10))
+        .expect("no frame from the jailed guest on the TAP");
+    assert_eq!(&f[0..6], &[0xff; 6], "broadcast: {f:02x?}");
+    assert_eq!(&f[6..12], &GUEST_MAC, "from the guest_mac: {f:02x?}");
+    assert_eq!(&f[14..], b"HUSK-PROBE-NET", "{f:02x?}");
+    packets.send(GUEST_MAC, reply);
 }
 
 // ---- a jailed VMM and its API
@@ -247,25 +54,16 @@ impl JailedVmm {
     /// top of the kernel's, in cgroup v1 memory and pids cgroups of its
     /// own, and waits for the API.
     fn start(s: &Scratch, id: &str, mounts: &[String]) -> JailedVmm {
-        let mut args = s.args(id);
-        args.extend(
-            [
-                "--cgroup-version",
-                "1",
-                "--cgroup",
-                "memory.limit_in_bytes=512M",
-                "--cgroup",
-                "pids.max=64",
-            ]
-            .map(String::from),
-        );
+        let mut args = s
+            .jail_args(id)
+            .cgroup_v1()
+            .cgroup("memory.limit_in_bytes=512M")
+            .cgroup("pids.max=64");
         for m in mounts {
-            args.push("--mount".into());
-            args.push(m.clone());
+            args = args.mount(m);
         }
         // Default seccomp filters: no --no-seccomp.
-        args.extend(["--", "--api-sock", "/run/api.sock"].map(String::from));
-        let j = Jailer::spawn(&args);
+        let j = Jailer::spawn(&args.api());
         let root = s.root(id);
         // The API socket, or the jailer's (or the VMM's) complaint.
         let deadline = Instant::now() + TIMEOUT;
@@ -378,20 +176,6 @@ fn chown(p: &Path) {
         .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
 }
 
-/// The host's half of the probe's vsock check through the socket at
-/// `uds` (a host path): a line on guest port 1234 is echoed, then the
-/// guest's own connection to host port 5678 brings what it sent.
-fn vsock_exchange(uds: &Path, to_host: &UnixListener, line: &str) -> String {
-    let (mut s, _) = connect(uds, 1234);
-    s.get_mut().write_all(line.as_bytes()).unwrap();
-    let mut echo = String::new();
-    s.read_line(&mut echo).unwrap();
-    assert_eq!(echo, line);
-    let mut got = String::new();
-    accept(to_host).read_to_string(&mut got).unwrap();
-    got
-}
-
 /// A 1 MiB disk image whose sector 0 starts with `head`, owned by the
 /// jailed uid and private to it.
 fn disk(s: &Scratch, head: &[u8]) -> PathBuf {
@@ -410,7 +194,7 @@ fn jailed_and_filtered_vmm_runs_every_device_and_restores_a_snapshot_in_a_second
     if !can_jail() {
         return;
     }
-    let Some(tap) = OwnedTap::create("d", UID) else {
+    let Some(tap) = TestTap::create("jd", Some(UID)) else {
         return;
     };
     let s = Scratch::new();
@@ -456,11 +240,11 @@ fn jailed_and_filtered_vmm_runs_every_device_and_restores_a_snapshot_in_a_second
     // vsock: the host reaches the guest through the jail's /run, and the
     // jailed VMM reaches the host's listener there.
     assert_eq!(
-        vsock_exchange(&a.run("v.sock"), &to_host, "jailed\n"),
+        probe_exchange(&a.run("v.sock"), &to_host, "jailed\n"),
         "HUSK-PROBE-VSOCK"
     );
     // net: the guest's frame crosses the TAP, and the host's comes back.
-    packets.exchange(b"HUSK-JAILED-NET");
+    exchange(&packets, b"HUSK-JAILED-NET");
     assert_eq!(
         a.j.expect_line("PROBE blk"),
         "PROBE blk OK capacity=2048 head=HUSK-PROBE-DISK0 wrote=1 past_end=ioerr irq=1"
@@ -548,7 +332,7 @@ fn jailed_and_filtered_vmm_runs_every_device_and_restores_a_snapshot_in_a_second
     assert_eq!(&on_disk[512..528], b"HUSK-PROBE-WRITE");
     // The vsock was reset, and works both ways through B's own /run.
     assert_eq!(
-        vsock_exchange(&b.run("v.sock"), &to_host, "restored\n"),
+        probe_exchange(&b.run("v.sock"), &to_host, "restored\n"),
         "HUSK-AFTER-RESTORE"
     );
     assert_eq!(
@@ -556,7 +340,7 @@ fn jailed_and_filtered_vmm_runs_every_device_and_restores_a_snapshot_in_a_second
         "PROBE vsock-reset OK echoed=9 sent=18"
     );
     // The restored net device opened the same TAP from inside its jail.
-    packets.exchange(b"HUSK-RESTORED-NET");
+    exchange(&packets, b"HUSK-RESTORED-NET");
     assert_eq!(
         b.j.expect_line("PROBE net"),
         "PROBE net OK sent=1 got=HUSK-RESTORED-NET"
@@ -611,22 +395,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// target/<triple>/debug/examples/uffd_page_server, built by `cargo test`.
-fn page_server_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|debug| debug.join("examples").join("uffd_page_server"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test` without target filters, or `cargo build --examples`",
-        bin.display()
-    );
-    bin
-}
-
 #[test]
 fn a_page_server_feeds_a_jailed_restore_through_the_jails_userfaultfd() {
     if !can_jail() {
@@ -665,11 +433,7 @@ fn a_page_server_feeds_a_jailed_restore_through_the_jails_userfaultfd() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + TIMEOUT;
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "the page server never listened");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_page_server(&sock, TIMEOUT);
     chown(&sock);
     let mut b = JailedVmm::start(
         &s,
@@ -696,15 +460,5 @@ fn a_page_server_feeds_a_jailed_restore_through_the_jails_userfaultfd() {
     assert_eq!(count(b.j.expect_line("COUNT ")), n + 1);
     b.assert_filtered();
     b.j.terminate();
-    let status = server.0.wait().unwrap();
-    let mut err = String::new();
-    server
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "{err}");
-    assert!(err.contains("pages served"), "{err}");
+    assert_pages_served(&mut server.0);
 }

@@ -40,22 +40,12 @@ fn jailed_vmm_boots_the_probe_from_mounted_files() {
     }
     let s = Scratch::new();
     let cfg = s.config("boot.json", "probe=count:3,cmdline", 128);
-    let mut args = s.args("boot");
-    args.extend(
-        [
-            "--cgroup-version",
-            "1",
-            "--cgroup",
-            "memory.limit_in_bytes=256M",
-            "--mount",
-            &format!("{}:/cfg/vm.json:ro", cfg.display()),
-            "--",
-            "--no-api",
-            "--config-file",
-            "/cfg/vm.json",
-        ]
-        .map(String::from),
-    );
+    let args = s
+        .jail_args("boot")
+        .cgroup_v1()
+        .cgroup("memory.limit_in_bytes=256M")
+        .config(&cfg, "/cfg/vm.json")
+        .no_api();
     let mut j = Jailer::spawn(&args);
     for i in 1..=3 {
         assert_eq!(j.expect_line("COUNT"), format!("COUNT {i}"));
@@ -86,24 +76,16 @@ fn jailed_vmm_is_unprivileged_in_its_own_root_and_cgroups() {
     let cfg = s.config("wait.json", "probe=wait-cad", 128);
     let marker = s.dir.path("outside-the-jail");
     std::fs::write(&marker, "host file").unwrap();
-    let mut args = s.args("unpriv");
-    args.extend(
-        [
-            "--cgroup-version",
-            "1",
-            "--cgroup",
-            "memory.limit_in_bytes=200M",
-            "--cgroup",
-            "pids.max=32",
-            "--cgroup",
-            "cpu.cfs_quota_us=50000",
-            "--resource-limit",
-            "no-file=512",
-            "--resource-limit",
-            "fsize=1048576",
-            "--mount",
-            &format!("{}:/vm.json:ro", cfg.display()),
-            "--",
+    let args = s
+        .jail_args("unpriv")
+        .cgroup_v1()
+        .cgroup("memory.limit_in_bytes=200M")
+        .cgroup("pids.max=32")
+        .cgroup("cpu.cfs_quota_us=50000")
+        .flags(&["--resource-limit", "no-file=512"])
+        .flags(&["--resource-limit", "fsize=1048576"])
+        .mount_ro(&cfg, "/vm.json")
+        .vmm(&[
             "--api-sock",
             "/run/api.sock",
             "--config-file",
@@ -111,9 +93,7 @@ fn jailed_vmm_is_unprivileged_in_its_own_root_and_cgroups() {
             // Installing the VMM's own seccomp filters sets no_new_privs
             // too; without them, NoNewPrivs below is the jailer's doing.
             "--no-seccomp",
-        ]
-        .map(String::from),
-    );
+        ]);
     let mut j = Jailer::spawn(&args);
     let root = s.root("unpriv");
     let pid = wait_pid_file(&root);
@@ -246,22 +226,12 @@ fn a_guest_past_the_memory_limit_is_killed_by_its_cgroup() {
     let s = Scratch::new();
     let run = |id: &str, pages: u32| {
         let cfg = s.config(&format!("{id}.json"), &format!("probe=dirty:{pages}"), 512);
-        let mut args = s.args(id);
-        args.extend(
-            [
-                "--cgroup-version",
-                "1",
-                "--cgroup",
-                "memory.limit_in_bytes=96M",
-                "--mount",
-                &format!("{}:/vm.json:ro", cfg.display()),
-                "--",
-                "--no-api",
-                "--config-file",
-                "/vm.json",
-            ]
-            .map(String::from),
-        );
+        let args = s
+            .jail_args(id)
+            .cgroup_v1()
+            .cgroup("memory.limit_in_bytes=96M")
+            .config(&cfg, "/vm.json")
+            .no_api();
         Jailer::spawn(&args)
     };
     // 20 MiB of guest pages fit under the limit...
@@ -299,21 +269,11 @@ fn cgroup_v2_directory_is_made_joined_and_removed() {
         return;
     }
     let cfg = s.config("wait.json", "probe=wait-cad", 128);
-    let mut args = s.args("v2");
-    args.extend(
-        [
-            "--cgroup",
-            "cgroup.max.descendants=2",
-            "--mount",
-            &format!("{}:/vm.json:ro", cfg.display()),
-            "--",
-            "--api-sock",
-            "/run/api.sock",
-            "--config-file",
-            "/vm.json",
-        ]
-        .map(String::from),
-    );
+    let args = s
+        .jail_args("v2")
+        .cgroup("cgroup.max.descendants=2")
+        .config(&cfg, "/vm.json")
+        .api();
     let mut j = Jailer::spawn(&args);
     let root = s.root("v2");
     let pid = wait_pid_file(&root);
@@ -345,8 +305,7 @@ fn cgroup_v2_names_the_version_that_has_a_controller() {
         skip("the memory controller is available in cgroup v2 on this host");
         return;
     }
-    let mut args = s.args("nomem");
-    args.extend(["--cgroup", "memory.max=96M", "--", "--no-api"].map(String::from));
+    let args = s.jail_args("nomem").cgroup("memory.max=96M").no_api();
     let (status, err) = run_jailer(&args);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("memory.max"), "{err}");
@@ -371,84 +330,49 @@ fn bad_flags_fail_and_leave_nothing_behind() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let plain_file = s.dir.path("not-a-netns");
     std::fs::write(&plain_file, "").unwrap();
+    let v = |flags: &[&str]| -> Vec<String> { flags.iter().map(|f| f.to_string()).collect() };
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--cgroup".into(), "memorymax=1".into()], "no dot"),
+        (v(&["--cgroup", "memorymax=1"]), "no dot"),
         (
-            vec![
-                "--cgroup-version".into(),
-                "1".into(),
-                "--cgroup".into(),
-                "bogus.max=1".into(),
-            ],
+            v(&["--cgroup-version", "1", "--cgroup", "bogus.max=1"]),
             "unknown cgroup controller",
         ),
         (
-            vec![
-                "--cgroup-version".into(),
-                "1".into(),
-                "--cgroup".into(),
-                "memory.bogus=1".into(),
-            ],
+            v(&["--cgroup-version", "1", "--cgroup", "memory.bogus=1"]),
             "the kernel has no such setting",
         ),
         (
-            vec![
-                "--cgroup-version".into(),
-                "1".into(),
-                "--cgroup".into(),
-                "pids.max=-7".into(),
-            ],
+            v(&["--cgroup-version", "1", "--cgroup", "pids.max=-7"]),
             "cannot write",
         ),
+        (v(&["--cgroup-version", "3"]), "--cgroup-version"),
         (
-            vec!["--cgroup-version".into(), "3".into()],
-            "--cgroup-version",
-        ),
-        (
-            vec!["--mount".into(), format!("{}:/../etc/x", secret.display())],
+            v(&["--mount", &format!("{}:/../etc/x", secret.display())]),
             "'..'",
         ),
         (
-            vec!["--mount".into(), format!("{}:relative", secret.display())],
+            v(&["--mount", &format!("{}:relative", secret.display())]),
             "absolute",
         ),
         (
-            vec![
-                "--mount".into(),
-                format!("{}:/secret.img:ro", secret.display()),
-            ],
+            v(&["--mount", &format!("{}:/secret.img:ro", secret.display())]),
             "chown it to",
         ),
+        (v(&["--mount", "/nonexistent/file:/x"]), "/nonexistent/file"),
         (
-            vec!["--mount".into(), "/nonexistent/file:/x".into()],
-            "/nonexistent/file",
-        ),
-        (
-            vec!["--mount".into(), format!("{}:/dev/kvm", secret.display())],
+            v(&["--mount", &format!("{}:/dev/kvm", secret.display())]),
             "/dev is the jail's own",
         ),
-        (
-            vec!["--resource-limit".into(), "nofile=5".into()],
-            "unknown resource",
-        ),
-        (
-            vec!["--netns".into(), "/nonexistent/netns".into()],
-            "--netns",
-        ),
+        (v(&["--resource-limit", "nofile=5"]), "unknown resource"),
+        (v(&["--netns", "/nonexistent/netns"]), "--netns"),
         // This one fails inside the child, after the jail and the cgroup
         // were made: both must be taken away again.
         (
-            vec!["--netns".into(), plain_file.display().to_string()],
+            v(&["--netns", &plain_file.display().to_string()]),
             "cannot join the network namespace",
         ),
-        (
-            vec!["--".into(), "--id".into(), "x".into()],
-            "passes --id itself",
-        ),
-        (
-            vec!["--parent-cgroup".into(), "../up".into()],
-            "--parent-cgroup",
-        ),
+        (v(&["--", "--id", "x"]), "passes --id itself"),
+        (v(&["--parent-cgroup", "../up"]), "--parent-cgroup"),
     ];
     for (extra, want) in cases {
         let mut args = s.args("bad");
@@ -499,18 +423,7 @@ fn a_jail_in_use_is_refused() {
     }
     let s = Scratch::new();
     let cfg = s.config("wait.json", "probe=wait-cad", 128);
-    let mut args = s.args("busy");
-    args.extend(
-        [
-            "--mount",
-            &format!("{}:/vm.json:ro", cfg.display()),
-            "--",
-            "--no-api",
-            "--config-file",
-            "/vm.json",
-        ]
-        .map(String::from),
-    );
+    let args = s.jail_args("busy").config(&cfg, "/vm.json").no_api();
     let mut first = Jailer::spawn(&args);
     let pid = wait_pid_file(&s.root("busy"));
     first.expect_line("PROBE BOOT");
@@ -533,21 +446,11 @@ fn daemonized_jailer_returns_once_the_vmm_runs_and_still_cleans_up() {
     }
     let s = Scratch::new();
     let cfg = s.config("wait.json", "probe=wait-cad", 128);
-    let mut args = s.args("daemon");
-    args.extend(
-        [
-            "--daemonize",
-            "--new-pid-ns",
-            "--mount",
-            &format!("{}:/vm.json:ro", cfg.display()),
-            "--",
-            "--api-sock",
-            "/run/api.sock",
-            "--config-file",
-            "/vm.json",
-        ]
-        .map(String::from),
-    );
+    let args = s
+        .jail_args("daemon")
+        .flags(&["--daemonize", "--new-pid-ns"])
+        .config(&cfg, "/vm.json")
+        .api();
     let (status, err) = run_jailer(&args);
     assert!(status.success(), "{err}");
     let root = s.root("daemon");
@@ -601,20 +504,11 @@ fn netns_is_joined() {
     let ns = format!("/var/run/netns/{name}");
     let s = Scratch::new();
     let cfg = s.config("wait.json", "probe=wait-cad", 128);
-    let mut args = s.args("net");
-    args.extend(
-        [
-            "--netns",
-            &ns,
-            "--mount",
-            &format!("{}:/vm.json:ro", cfg.display()),
-            "--",
-            "--no-api",
-            "--config-file",
-            "/vm.json",
-        ]
-        .map(String::from),
-    );
+    let args = s
+        .jail_args("net")
+        .flags(&["--netns", &ns])
+        .config(&cfg, "/vm.json")
+        .no_api();
     let mut j = Jailer::spawn(&args);
     let pid = wait_pid_file(&s.root("net"));
     j.expect_line("PROBE BOOT");
@@ -642,21 +536,7 @@ fn a_forbidden_call_kills_a_jailed_vmm_too() {
         let s = Scratch::new();
         let cfg = s.config("long.json", "probe=count:100000000", 128);
         let id = format!("sys-{kind}");
-        let mut args = s.args(&id);
-        args.extend(
-            [
-                "--cgroup-version",
-                "1",
-                "--mount",
-                &format!("{}:/vm.json:ro", cfg.display()),
-                "--",
-                "--api-sock",
-                "/run/api.sock",
-                "--config-file",
-                "/vm.json",
-            ]
-            .map(String::from),
-        );
+        let args = s.jail_args(&id).cgroup_v1().config(&cfg, "/vm.json").api();
         let mut j = Jailer::spawn(&args);
         j.expect_line("COUNT");
         let sock = s.root(&id).join("run/api.sock");
@@ -703,23 +583,12 @@ fn mounts_under_run_and_files_placed_in_the_root_reach_the_vmm() {
     let placed = root.join("placed.img");
     std::fs::write(&placed, "before").unwrap();
     std::os::unix::fs::chown(&placed, Some(UID), Some(GID)).unwrap();
-    let mut args = s.args(id);
-    args.extend(
-        [
-            "--cgroup-version",
-            "1",
-            "--mount",
-            &format!("{}:/vm.json:ro", cfg.display()),
-            "--mount",
-            &format!("{}:/run/note.txt:ro", note.display()),
-            "--",
-            "--api-sock",
-            "/run/api.sock",
-            "--config-file",
-            "/vm.json",
-        ]
-        .map(String::from),
-    );
+    let args = s
+        .jail_args(id)
+        .cgroup_v1()
+        .config(&cfg, "/vm.json")
+        .mount_ro(&note, "/run/note.txt")
+        .api();
     let mut j = Jailer::spawn(&args);
     j.expect_line("PROBE BOOT");
     let pid = wait_pid_file(&root);

@@ -7,16 +7,17 @@ mod common;
 #[path = "common/vsock.rs"]
 mod vsock;
 
-use std::io::{BufRead, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{husk_bin, kvm_available, TempDir, Vmm};
+use common::{
+    assert_pages_served, husk_bin, kvm_available, page_server_bin, wait_page_server, TempDir, Vmm,
+};
 use serde_json::json;
-use vsock::{accept, connect, port_path};
+use vsock::{port_path, probe_exchange};
 
 const PAGE: u64 = 4096;
 
@@ -40,20 +41,6 @@ fn load(vmm: &Vmm, body: serde_json::Value) {
 
 fn cad(vmm: &Vmm) {
     assert_eq!(vmm.action("SendCtrlAltDel").status, 204);
-}
-
-/// The guest's half of the `vsock` check: echo a line on guest port
-/// 1234, then take the guest's own connection on host port 5678 and
-/// return what it sent.
-fn vsock_exchange(uds: &Path, to_host: &UnixListener, line: &str) -> String {
-    let (mut s, _) = connect(uds, 1234);
-    s.get_mut().write_all(line.as_bytes()).unwrap();
-    let mut echo = String::new();
-    s.read_line(&mut echo).unwrap();
-    assert_eq!(echo, line);
-    let mut got = String::new();
-    accept(to_host).read_to_string(&mut got).unwrap();
-    got
 }
 
 #[test]
@@ -82,7 +69,7 @@ fn a_disk_and_a_vsock_work_in_the_restored_process() {
     );
     a.start();
     assert_eq!(
-        vsock_exchange(&uds, &to_host, "before\n"),
+        probe_exchange(&uds, &to_host, "before\n"),
         "HUSK-PROBE-VSOCK"
     );
     a.expect_line("PROBE blk OK");
@@ -119,7 +106,7 @@ fn a_disk_and_a_vsock_work_in_the_restored_process() {
     // The guest was told its connections were reset, and new ones work
     // both ways through the clone's socket.
     assert_eq!(
-        vsock_exchange(&uds_b, &to_host_b, "after\n"),
+        probe_exchange(&uds_b, &to_host_b, "after\n"),
         "HUSK-AFTER-RESTORE"
     );
     assert_eq!(
@@ -215,22 +202,6 @@ fn a_diff_holds_the_pages_dirtied_since_the_last_snapshot_and_rebases() {
     assert_eq!(b.wait().code(), Some(0));
 }
 
-/// target/<triple>/debug/examples/uffd_page_server, built by `cargo test`.
-fn page_server_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|debug| debug.join("examples").join("uffd_page_server"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test` without target filters, or `cargo build --examples`",
-        bin.display()
-    );
-    bin
-}
-
 #[test]
 fn a_page_server_feeds_a_restored_guest_through_userfaultfd() {
     if !kvm_available() {
@@ -260,11 +231,7 @@ fn a_page_server_feeds_a_restored_guest_through_userfaultfd() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "the page server never listened");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_page_server(&sock, Duration::from_secs(10));
     let mut b = Vmm::with_api();
     load(
         &b,
@@ -278,14 +245,5 @@ fn a_page_server_feeds_a_restored_guest_through_userfaultfd() {
     let n: u64 = next.strip_prefix("COUNT ").unwrap().parse().unwrap();
     assert!(n == last + 1 || n == last + 2, "{next} after COUNT {last}");
     drop(b);
-    let status = server.wait().unwrap();
-    let mut err = String::new();
-    server
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "{err}");
-    assert!(err.contains("pages served"), "{err}");
+    assert_pages_served(&mut server);
 }

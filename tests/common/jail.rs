@@ -5,15 +5,15 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::common::{husk_bin, probe_kernel, skip, TempDir, TIMEOUT};
+use super::common::{husk_bin, husk_log, probe_kernel, skip, stdout_lines, TempDir, TIMEOUT};
 
 /// The uid and gid jailed VMMs run as in these tests.
 pub const UID: u32 = 40_123;
@@ -107,6 +107,81 @@ impl Scratch {
         .map(String::from)
         .to_vec()
     }
+
+    /// [`Scratch::args`] for `id`, to build on with a test's own flags.
+    pub fn jail_args(&self, id: &str) -> JailArgs {
+        JailArgs {
+            args: self.args(id),
+            config: None,
+        }
+    }
+}
+
+/// `husk jailer` arguments built up in order: the flags every test passes
+/// ([`Scratch::args`]), a test's own jailer flags, then `--` and the
+/// VMM's.
+pub struct JailArgs {
+    args: Vec<String>,
+    /// Where [`JailArgs::config`] put the VM's config file in the jail.
+    config: Option<String>,
+}
+
+impl JailArgs {
+    /// More jailer flags, as given.
+    pub fn flags(mut self, flags: &[&str]) -> JailArgs {
+        self.args.extend(flags.iter().map(|f| f.to_string()));
+        self
+    }
+
+    /// `--cgroup-version 1`.
+    pub fn cgroup_v1(self) -> JailArgs {
+        self.flags(&["--cgroup-version", "1"])
+    }
+
+    /// `--cgroup SETTING`, as in `memory.limit_in_bytes=256M`.
+    pub fn cgroup(self, setting: &str) -> JailArgs {
+        self.flags(&["--cgroup", setting])
+    }
+
+    /// `--mount SPEC`, as in `HOST:JAIL` or `HOST:JAIL:ro`.
+    pub fn mount(self, spec: &str) -> JailArgs {
+        self.flags(&["--mount", spec])
+    }
+
+    /// `--mount HOST:JAIL:ro`.
+    pub fn mount_ro(self, host: &Path, jail: &str) -> JailArgs {
+        self.mount(&format!("{}:{jail}:ro", host.display()))
+    }
+
+    /// The VM's config file `cfg`, mounted read-only at `jail`; the VMM
+    /// gets `--config-file JAIL` after the flags given to
+    /// [`JailArgs::vmm`].
+    pub fn config(mut self, cfg: &Path, jail: &str) -> JailArgs {
+        self.config = Some(jail.to_string());
+        self.mount_ro(cfg, jail)
+    }
+
+    /// The whole command line: the jailer's flags, `--`, `vmm`, and the
+    /// config file if [`JailArgs::config`] named one.
+    pub fn vmm(mut self, vmm: &[&str]) -> Vec<String> {
+        self.args.push("--".into());
+        self.args.extend(vmm.iter().map(|a| a.to_string()));
+        if let Some(cfg) = self.config {
+            self.args.extend(["--config-file".into(), cfg]);
+        }
+        self.args
+    }
+
+    /// [`JailArgs::vmm`] for a VMM with no API socket.
+    pub fn no_api(self) -> Vec<String> {
+        self.vmm(&["--no-api"])
+    }
+
+    /// [`JailArgs::vmm`] for a VMM with its API socket at /run/api.sock
+    /// in the jail.
+    pub fn api(self) -> Vec<String> {
+        self.vmm(&["--api-sock", "/run/api.sock"])
+    }
 }
 
 impl Drop for Scratch {
@@ -162,21 +237,10 @@ impl Jailer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env(
-                "HUSK_LOG",
-                std::env::var("HUSK_LOG").unwrap_or_else(|_| "error".into()),
-            )
+            .env("HUSK_LOG", husk_log())
             .spawn()
             .expect("spawn husk jailer");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = stdout_lines(&mut child);
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().unwrap();
         let sink = stderr.clone();

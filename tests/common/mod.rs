@@ -67,6 +67,26 @@ pub fn husk_bin() -> &'static str {
     env!("CARGO_BIN_EXE_husk")
 }
 
+/// The HUSK_LOG a husk child runs with: the test's own, or `error`.
+pub fn husk_log() -> String {
+    std::env::var("HUSK_LOG").unwrap_or_else(|_| "error".into())
+}
+
+/// Takes `child`'s (piped) stdout and sends each of its lines to the
+/// receiver returned, until it ends or the receiver is dropped.
+pub fn stdout_lines(child: &mut Child) -> Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Writes the probe guest into `dir` and returns its path.
 pub fn probe_kernel(dir: &TempDir) -> PathBuf {
     let p = dir.path("probe.elf");
@@ -119,26 +139,10 @@ fn spawn_limited(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .env(
-            "HUSK_LOG",
-            std::env::var("HUSK_LOG").unwrap_or_else(|_| "error".into()),
-        )
+        .env("HUSK_LOG", husk_log())
         .spawn()
         .expect("spawn husk vmm");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            match line {
-                Ok(l) => {
-                    if tx.send(l).is_err() {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let stdin = child.stdin.take();
     Vmm {
         dir,
@@ -387,4 +391,46 @@ pub fn assert_filtered(pid: u32) {
             "thread {comm} runs without a seccomp filter: {modes:?}"
         );
     }
+}
+
+/// target/<triple>/debug/examples/uffd_page_server, built by `cargo test`.
+pub fn page_server_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|debug| debug.join("examples").join("uffd_page_server"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo test` without target filters, or `cargo build --examples`",
+        bin.display()
+    );
+    bin
+}
+
+/// Waits, for `within` at the most, until the page server listens on
+/// `sock`.
+pub fn wait_page_server(sock: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the page server never listened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for the page server (started with its stderr piped) to exit,
+/// and checks it succeeded and said it served pages.
+pub fn assert_pages_served(server: &mut Child) {
+    use std::io::Read;
+    let status = server.wait().unwrap();
+    let mut err = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("pages served"), "{err}");
 }

@@ -66,3 +66,19 @@ pub fn accept(l: &UnixListener) -> UnixStream {
         }
     }
 }
+
+/// The host's half of the probe's vsock check through the socket at
+/// `uds` (a host path): a line on guest port 1234 is echoed, then the
+/// guest's own connection to host port 5678, taken on `to_host`, brings
+/// what it sent, which is returned.
+pub fn probe_exchange(uds: &Path, to_host: &UnixListener, line: &str) -> String {
+    use std::io::Read;
+    let (mut s, _) = connect(uds, 1234);
+    s.get_mut().write_all(line.as_bytes()).unwrap();
+    let mut echo = String::new();
+    s.read_line(&mut echo).unwrap();
+    assert_eq!(echo, line);
+    let mut got = String::new();
+    accept(to_host).read_to_string(&mut got).unwrap();
+    got
+}
