@@ -211,7 +211,7 @@ fn kvm_vms_are_jailed_each_as_its_own_uid_and_cleaned_up() {
     let settings = backend::jail::JailSettings {
         base: dir.0.join("jail"),
         uids: (250_000, 250_009),
-        husk: PathBuf::from(env!("CARGO_BIN_EXE_husk")),
+        jailer: PathBuf::from(env!("CARGO_BIN_EXE_husk-jailer")),
     };
     let mut spec = probe_files(&dir.0);
     spec.jail = Some(settings.clone());
@@ -434,7 +434,7 @@ async fn tcg_runs_a_container_and_ends_with_it() {
         spec.jail = Some(backend::jail::JailSettings {
             base: g.dir.0.join("jail"),
             uids: (251_000, 251_009),
-            husk: PathBuf::from(env!("CARGO_BIN_EXE_husk")),
+            jailer: PathBuf::from(env!("CARGO_BIN_EXE_husk-jailer")),
         });
     }
     let t = Instant::now();

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::daemon::backend::jail::{cgroup_settings, EXEC_NAME, PARENT_CGROUP};
+use crate::daemon::backend::jail::{
+    cgroup_settings, find_jailer, jailer_command, EXEC_NAME, PARENT_CGROUP,
+};
 use crate::jail::jailer::cgroup::HostCgroups;
 use crate::jail::jailer::JailPaths;
 
@@ -19,8 +21,8 @@ pub const CONFIG: &str = "/cycle.json";
 const API_SOCK: &str = "run/api.sock";
 
 pub struct Jail {
-    /// `husk`, for its `jailer` subcommand.
-    husk: PathBuf,
+    /// `husk-jailer` (or `husk`, for its `jailer` subcommand).
+    jailer: PathBuf,
     /// The static `husk-vmm` the jails hold.
     vmm: PathBuf,
     base: PathBuf,
@@ -30,7 +32,7 @@ pub struct Jail {
 }
 
 impl Jail {
-    pub fn new(husk: PathBuf, vmm: PathBuf, dir: &Path, kernel: &Path) -> Result<Jail, String> {
+    pub fn new(husk: &Path, vmm: PathBuf, dir: &Path, kernel: &Path) -> Result<Jail, String> {
         if !vmm
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("husk-vmm"))
@@ -39,7 +41,7 @@ impl Jail {
         }
         let host = HostCgroups::read().map_err(|e| e.to_string())?;
         Ok(Jail {
-            husk,
+            jailer: find_jailer(husk),
             vmm,
             base: dir.join("jail"),
             kernel: kernel.to_path_buf(),
@@ -74,8 +76,8 @@ impl Jail {
         // A jail left by an earlier run of the same id.
         let _ = std::fs::remove_dir_all(&paths.id_dir);
         let uid = BENCH_UID.to_string();
-        let mut c = Command::new(&self.husk);
-        c.args(["jailer", "--id", id])
+        let mut c = jailer_command(&self.jailer);
+        c.args(["--id", id])
             .arg("--exec-file")
             .arg(&self.vmm)
             .args(["--uid", &uid, "--gid", &uid])

@@ -504,7 +504,7 @@ fn setup(args: &BenchArgs) -> Result<(Bench, VmmCommand), String> {
     crate::probe::write_probe(&kernel).map_err(|e| e.to_string())?;
     let jail = match args.jail {
         true => Some(jailed::Jail::new(
-            me.clone(),
+            &me,
             vmm.program.clone(),
             &dir,
             &kernel,

@@ -54,8 +54,35 @@ pub struct JailSettings {
     pub base: PathBuf,
     /// The uids (each used as the gid too) VMs run as, first to last.
     pub uids: (u32, u32),
-    /// The `husk` binary whose `jailer` subcommand jails each VMM.
-    pub husk: PathBuf,
+    /// The jailer: `husk-jailer`, or a `husk` binary (its `jailer`
+    /// subcommand).
+    pub jailer: PathBuf,
+}
+
+/// A command running `jailer` (`husk-jailer`, or `husk jailer`).
+pub fn jailer_command(jailer: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(jailer);
+    let lean = jailer
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("husk-jailer"));
+    if !lean {
+        cmd.arg("jailer");
+    }
+    cmd
+}
+
+/// The jailer the daemon runs: `husk-jailer` beside `husk` (a small
+/// static binary: it stays beside every VM), else `husk` itself.
+pub fn find_jailer(husk: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = husk.parent().map(Path::to_path_buf).into_iter().collect();
+    // A test binary in target/*/deps/: the binaries are one level up.
+    if let Some(d) = dirs.first().filter(|d| d.ends_with("deps")) {
+        dirs.extend(d.parent().map(Path::to_path_buf));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("husk-jailer"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| husk.to_path_buf())
 }
 
 /// What a jailed VM's handle records, so a restarted daemon can clean
@@ -236,9 +263,8 @@ pub fn prepare(
     ))?;
     let host = HostCgroups::read().map_err(|e| BackendError::Unavailable(e.to_string()))?;
     let (version, limits) = cgroup_settings(&host, spec.vcpus, spec.memory_mib);
-    let mut cmd = std::process::Command::new(&settings.husk);
-    cmd.arg("jailer")
-        .args(["--id", id])
+    let mut cmd = jailer_command(&settings.jailer);
+    cmd.args(["--id", id])
         .arg("--exec-file")
         .arg(husk_vmm)
         .args(["--uid", &uid.to_string(), "--gid", &uid.to_string()])
@@ -379,7 +405,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         let s = JailSettings {
             base: base.clone(),
             uids: (1000, 1001),
-            husk: PathBuf::from("/bin/false"),
+            jailer: PathBuf::from("/bin/false"),
         };
         // Two live jails take both uids.
         let jail = |id: &str| JailPaths::new(&base, EXEC_NAME, id).id_dir;
