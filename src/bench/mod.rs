@@ -503,12 +503,7 @@ fn setup(args: &BenchArgs) -> Result<(Bench, VmmCommand), String> {
     let kernel = dir.join("probe.elf");
     crate::probe::write_probe(&kernel).map_err(|e| e.to_string())?;
     let jail = match args.jail {
-        true => Some(jailed::Jail::new(
-            &me,
-            vmm.program.clone(),
-            &dir,
-            &kernel,
-        )?),
+        true => Some(jailed::Jail::new(&me, vmm.program.clone(), &dir, &kernel)?),
         false => None,
     };
     Ok((
