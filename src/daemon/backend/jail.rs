@@ -257,11 +257,21 @@ pub fn prepare(
     let (uid, claim) = claim_uid(settings, &paths.id_dir)?;
     // The VM writes its rootfs as its own uid; the file is the
     // container's private copy.
-    std::os::unix::fs::chown(&spec.rootfs, Some(uid), Some(uid)).map_err(super::io_err(
-        "rootfs (chown to the VM's uid)",
-        &spec.rootfs,
-    ))?;
-    let host = HostCgroups::read().map_err(|e| BackendError::Unavailable(e.to_string()))?;
+    let ready = std::os::unix::fs::chown(&spec.rootfs, Some(uid), Some(uid))
+        .map_err(super::io_err(
+            "rootfs (chown to the VM's uid)",
+            &spec.rootfs,
+        ))
+        .and_then(|()| HostCgroups::read().map_err(|e| BackendError::Unavailable(e.to_string())));
+    let host = match ready {
+        Ok(h) => h,
+        Err(e) => {
+            // Nothing started: the uid and the jail go back.
+            let _ = std::fs::remove_file(&claim);
+            remove_jail_dir(&paths.id_dir);
+            return Err(e);
+        }
+    };
     let (version, limits) = cgroup_settings(&host, spec.vcpus, spec.memory_mib);
     let mut cmd = jailer_command(&settings.jailer);
     cmd.args(["--id", id])
