@@ -211,6 +211,7 @@ fn kvm_vms_are_jailed_each_as_its_own_uid_and_cleaned_up() {
     let settings = backend::jail::JailSettings {
         base: dir.0.join("jail"),
         uids: (250_000, 250_009),
+        claims: dir.0.join("uids"),
         jailer: PathBuf::from(env!("CARGO_BIN_EXE_husk-jailer")),
     };
     let mut spec = probe_files(&dir.0);
@@ -434,6 +435,7 @@ async fn tcg_runs_a_container_and_ends_with_it() {
         spec.jail = Some(backend::jail::JailSettings {
             base: g.dir.0.join("jail"),
             uids: (251_000, 251_009),
+            claims: g.dir.0.join("uids"),
             jailer: PathBuf::from(env!("CARGO_BIN_EXE_husk-jailer")),
         });
     }
@@ -470,7 +472,19 @@ async fn tcg_runs_a_container_and_ends_with_it() {
     }
     assert_eq!(vm.procs.len(), 2, "qemu, then vhost-device-vsock");
     assert_eq!(vm.api_sock, None);
-    assert_eq!(vm.vsock_uds, spec.dir.join("vsock.sock"));
+    if root {
+        // The VM's uid owns only its sockets' directory; the run
+        // directory, whose logs the daemon reads as root, stays root's.
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(vm.vsock_uds, spec.dir.join("vsock/vsock.sock"));
+        assert_eq!(std::fs::metadata(&spec.dir).unwrap().uid(), 0);
+        assert_eq!(
+            std::fs::metadata(spec.dir.join("vsock")).unwrap().uid(),
+            251_000
+        );
+    } else {
+        assert_eq!(vm.vsock_uds, spec.dir.join("vsock.sock"));
+    }
     let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm(vm.procs[0].pid).trim(), "qemu-system-x86");
     assert!(comm(vm.procs[1].pid).starts_with("vhost-device"));

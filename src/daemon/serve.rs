@@ -224,6 +224,7 @@ fn jail_settings(
     Ok(Some(backend::jail::JailSettings {
         base: state_dir.join("jail"),
         uids: uids.unwrap_or(backend::jail::DEFAULT_UIDS),
+        claims: PathBuf::from(backend::jail::HOST_CLAIMS),
         jailer: backend::jail::find_jailer(&husk),
     }))
 }

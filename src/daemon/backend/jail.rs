@@ -47,6 +47,10 @@ pub const MEMORY_OVERHEAD_MIB: u64 = 64;
 /// The uids jailed VMs run as unless `--jail-uids` says otherwise.
 pub const DEFAULT_UIDS: (u32, u32) = (200_000, 299_999);
 
+/// The host's uid claims, shared by every daemon (on tmpfs: a reboot
+/// frees them all).
+pub const HOST_CLAIMS: &str = "/run/husk/jail-uids";
+
 /// The daemon's jail settings (`husk serve`: `--no-jail` turns them off).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JailSettings {
@@ -54,6 +58,9 @@ pub struct JailSettings {
     pub base: PathBuf,
     /// The uids (each used as the gid too) VMs run as, first to last.
     pub uids: (u32, u32),
+    /// Where uids are claimed: one directory for the whole host
+    /// ([`HOST_CLAIMS`]), so two daemons never hand out one uid.
+    pub claims: PathBuf,
     /// The jailer: `husk-jailer`, or a `husk` binary (its `jailer`
     /// subcommand).
     pub jailer: PathBuf,
@@ -101,15 +108,18 @@ pub struct JailRecord {
     pub cgroups: Vec<PathBuf>,
 }
 
-/// Parses `FIRST-LAST` (uids, FIRST ≥ 1, LAST ≥ FIRST).
+/// Parses `FIRST-LAST` (uids, FIRST ≥ 1, LAST ≥ FIRST, and never
+/// 4294967295, which the set*id calls read as "unchanged").
 pub fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{s:?}: expected FIRST-LAST, two uids above 0 (e.g. 200000-299999)");
+    let bad = || {
+        format!("{s:?}: expected FIRST-LAST, two uids from 1 to 4294967294 (e.g. 200000-299999)")
+    };
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let (a, b): (u32, u32) = (
         a.trim().parse().map_err(|_| bad())?,
         b.trim().parse().map_err(|_| bad())?,
     );
-    if a == 0 || b < a {
+    if a == 0 || b < a || b == u32::MAX {
         return Err(bad());
     }
     Ok((a, b))
@@ -119,8 +129,12 @@ pub fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
 /// jail, or its run directory) is `owner`: the claim holds while that
 /// directory exists.
 pub fn claim_uid(settings: &JailSettings, owner: &Path) -> Result<(u32, PathBuf), BackendError> {
-    let dir = settings.base.join("uids");
-    std::fs::create_dir_all(&dir).map_err(super::io_err("jail uid directory", &dir))?;
+    let dir = &settings.claims;
+    std::fs::create_dir_all(dir).map_err(super::io_err("jail uid directory", dir))?;
+    // One claimer at a time, so two cannot take over one stale claim.
+    let lock = std::fs::File::open(dir).map_err(super::io_err("jail uid directory", dir))?;
+    crate::jail::jailer::lock_exclusive(&lock)
+        .map_err(super::io_err("jail uid directory (lock)", dir))?;
     let owner_text = owner.to_string_lossy();
     let (first, last) = settings.uids;
     for uid in first..=last {
@@ -403,7 +417,16 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
     fn uid_ranges() {
         assert_eq!(parse_uid_range("200000-299999"), Ok((200000, 299999)));
         assert_eq!(parse_uid_range("5-5"), Ok((5, 5)));
-        for bad in ["", "5", "0-9", "9-5", "a-b", "-5"] {
+        for bad in [
+            "",
+            "5",
+            "0-9",
+            "9-5",
+            "a-b",
+            "-5",
+            "4294967295-4294967295",
+            "1-4294967295",
+        ] {
             assert!(parse_uid_range(bad).is_err(), "{bad}");
         }
     }
@@ -415,6 +438,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         let s = JailSettings {
             base: base.clone(),
             uids: (1000, 1001),
+            claims: base.join("uids"),
             jailer: PathBuf::from("/bin/false"),
         };
         // Two live jails take both uids.

@@ -218,18 +218,29 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
             (cmd, api_in.clone(), vsock_in.clone(), None, None)
         }
     };
-    free_socket(&api)?;
-    free_socket(&vsock)?;
-    let console = create_log(&dir.join(CONSOLE_LOG))?;
-    let log = create_log(&log_path)?;
-    cmd.current_dir(dir).stdout(console).stderr(log);
-    detach(&mut cmd);
-    let prog = if record.is_some() {
-        "husk jailer"
-    } else {
-        "husk-vmm"
+    let spawned = (|| {
+        free_socket(&api)?;
+        free_socket(&vsock)?;
+        let console = create_log(&dir.join(CONSOLE_LOG))?;
+        let log = create_log(&log_path)?;
+        cmd.current_dir(dir).stdout(console).stderr(log);
+        detach(&mut cmd);
+        spawn(&mut cmd).map_err(|err| BackendError::Spawn {
+            prog: launcher(&record),
+            err,
+        })
+    })();
+    let main = match spawned {
+        Ok(main) => main,
+        Err(e) => {
+            // Nothing of the VM runs: its jail and uid go back.
+            if let Some(j) = &record {
+                jail::clean_up(j);
+            }
+            return Err(e);
+        }
     };
-    let main = spawn(&mut cmd).map_err(|err| BackendError::Spawn { prog, err })?;
+    let prog = launcher(&record);
     let mut handle = VmHandle {
         kind: BackendKind::Kvm,
         procs: vec![main],
@@ -244,6 +255,15 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
         return Err(e);
     }
     Ok(handle)
+}
+
+/// What a launch runs first: the jailer, or the VMM itself.
+fn launcher(record: &Option<jail::JailRecord>) -> &'static str {
+    if record.is_some() {
+        "husk jailer"
+    } else {
+        "husk-vmm"
+    }
 }
 
 /// Waits until the VMM answers its API, which it does once the VM runs

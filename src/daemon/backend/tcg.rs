@@ -33,6 +33,9 @@ use super::{
 
 /// The vhost-user socket between QEMU and vhost-device-vsock.
 pub const VHOST_SOCK: &str = "vhost.sock";
+/// Under a jail uid: the directory, owned by that uid, where
+/// vhost-device-vsock makes its sockets.
+pub const SOCK_DIR: &str = "vsock";
 /// vhost-device-vsock's output.
 pub const VHOST_LOG: &str = "vhost.log";
 
@@ -232,7 +235,9 @@ impl VhostStart {
             unsafe {
                 // Opened while still root: the program may sit in a
                 // directory the VM's uid cannot search (~/.cargo/bin).
-                let prog = libc::open(self.prog.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                // Not close-on-exec, so that a script (run through
+                // /dev/fd/N) works too.
+                let prog = libc::open(self.prog.as_ptr(), libc::O_PATH);
                 if let Some(uid) = self.uid {
                     if libc::setgroups(0, std::ptr::null()) != 0
                         || libc::setresgid(uid, uid, uid) != 0
@@ -302,9 +307,53 @@ impl VhostStart {
 
 pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
     let tools = tools().map_err(BackendError::Unavailable)?;
+    // Each VM its own uid, when the daemon jails VMs (and runs as root).
+    let jail = match &spec.jail {
+        Some(settings) => {
+            let (uid, claim) = super::jail::claim_uid(settings, &spec.dir)?;
+            Some(super::jail::JailRecord {
+                uid,
+                claim,
+                id_dir: None,
+                cgroups: vec![],
+            })
+        }
+        None => None,
+    };
+    let launched = launch_as(spec, &tools, jail.clone());
+    if let (Err(_), Some(j)) = (&launched, &jail) {
+        // Nothing of the VM runs: its uid goes back.
+        super::jail::clean_up(j);
+    }
+    launched
+}
+
+fn launch_as(
+    spec: &VmSpec,
+    tools: &Tools,
+    jail: Option<super::jail::JailRecord>,
+) -> Result<VmHandle, BackendError> {
     let dir = &spec.dir;
-    let vhost_sock = dir.join(VHOST_SOCK);
-    let vsock = dir.join(VSOCK_SOCK);
+    // vhost-device-vsock makes its sockets as the VM's uid, in a directory
+    // of their own: the run directory, whose logs the daemon reads as
+    // root, stays root's.
+    let sock_dir = match &jail {
+        Some(j) => {
+            let d = dir.join(SOCK_DIR);
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir(&d).map_err(super::io_err("socket directory", &d))?;
+            std::os::unix::fs::chown(&d, Some(j.uid), Some(j.uid)).map_err(super::io_err(
+                "socket directory (chown to the VM's uid)",
+                &d,
+            ))?;
+            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(super::io_err("socket directory", &d))?;
+            d
+        }
+        None => dir.clone(),
+    };
+    let vhost_sock = sock_dir.join(VHOST_SOCK);
+    let vsock = sock_dir.join(VSOCK_SOCK);
     let console = dir.join(CONSOLE_LOG);
     let log_path = dir.join(VMM_LOG);
     let vhost_log_path = dir.join(VHOST_LOG);
@@ -317,24 +366,6 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
     let log2 = log.try_clone().map_err(super::io_err("log", &log_path))?;
     let vhost_log = create_log(&vhost_log_path)?;
 
-    // Each VM its own uid, when the daemon jails VMs (and runs as root).
-    let jail = match &spec.jail {
-        Some(settings) => {
-            let (uid, claim) = super::jail::claim_uid(settings, dir)?;
-            Some(super::jail::JailRecord {
-                uid,
-                claim,
-                id_dir: None,
-                cgroups: vec![],
-            })
-        }
-        None => None,
-    };
-    if let Some(j) = &jail {
-        // vhost-device-vsock, as the VM's uid, makes its sockets here.
-        std::os::unix::fs::chown(dir, Some(j.uid), Some(j.uid))
-            .map_err(super::io_err("run directory (chown to the VM's uid)", dir))?;
-    }
     let (mut pid_in, pid_out) = cloexec_pipe().map_err(|err| BackendError::Spawn {
         prog: "vhost-device-vsock",
         err,

@@ -159,15 +159,13 @@ impl ChildSetup {
 /// The child's fds once moved out of the way of everything else.
 const ERRORS_FD: RawFd = 3;
 const ALIVE_FD: RawFd = 4;
+const GO_FD: RawFd = 5;
 
-/// Runs the child's steps and execs the VMM; never returns.
+/// Runs the child's steps and execs the VMM; never returns. The steps
+/// run while the jailer places this process in its cgroups (a slow
+/// write on cgroup v1); the exec waits for its go-ahead, so the VMM runs
+/// no instruction of its own outside them.
 pub fn run(setup: &ChildSetup, fds: ChildFds) -> ! {
-    let mut byte = [0u8; 1];
-    match sys::read(fds.go, &mut byte) {
-        Ok(1) => {}
-        // The jailer failed or died before placing us: stop quietly.
-        _ => sys::exit_now(1),
-    }
     let err_fd = match move_fds(&fds) {
         Ok(()) => ERRORS_FD,
         Err(e) => {
@@ -179,6 +177,10 @@ pub fn run(setup: &ChildSetup, fds: ChildFds) -> ! {
     };
     let e = match steps(setup) {
         Err(e) => e,
+        Ok(()) if !placed() => {
+            // The jailer failed or died before placing us: stop quietly.
+            sys::exit_now(1)
+        }
         Ok(()) => JailerError::Sys {
             what: format!("cannot exec {}", setup.exec.to_string_lossy()),
             err: sys::execve(&setup.exec, &setup.argv, &setup.envp),
@@ -188,8 +190,16 @@ pub fn run(setup: &ChildSetup, fds: ChildFds) -> ! {
     sys::exit_now(1)
 }
 
-/// Puts the error pipe on fd 3 and the alive pipe on fd 4 (both
-/// close-on-exec) and closes every other fd but 0, 1 and 2.
+/// Whether the jailer says the process is in its cgroups.
+fn placed() -> bool {
+    let mut byte = [0u8; 1];
+    let go = matches!(sys::read(GO_FD, &mut byte), Ok(1));
+    sys::close(GO_FD);
+    go
+}
+
+/// Puts the error pipe on fd 3, the alive pipe on fd 4 and the go pipe
+/// on fd 5 (all close-on-exec) and closes every other fd but 0, 1 and 2.
 fn move_fds(fds: &ChildFds) -> std::io::Result<()> {
     // First move both above the small fds, so neither lands on the other.
     let high = |fd: RawFd| -> std::io::Result<RawFd> {
@@ -202,10 +212,11 @@ fn move_fds(fds: &ChildFds) -> std::io::Result<()> {
             Ok(r)
         }
     };
-    let (e, a) = (high(fds.errors)?, high(fds.alive)?);
+    let (e, a, g) = (high(fds.errors)?, high(fds.alive)?, high(fds.go)?);
     sys::dup_cloexec_to(e, ERRORS_FD)?;
     sys::dup_cloexec_to(a, ALIVE_FD)?;
-    sys::close_from(ALIVE_FD as u32 + 1)
+    sys::dup_cloexec_to(g, GO_FD)?;
+    sys::close_from(GO_FD as u32 + 1)
 }
 
 fn step<T>(what: impl FnOnce() -> String, r: std::io::Result<T>) -> Result<T> {

@@ -96,6 +96,11 @@ impl JailerError {
 
 pub type Result<T> = std::result::Result<T, JailerError>;
 
+/// Waits for an exclusive `flock` on `f` (held until `f` is closed).
+pub fn lock_exclusive(f: &std::fs::File) -> io::Result<()> {
+    sys::flock_exclusive(f)
+}
+
 /// Runs `husk jailer`; returns the process exit status: the VMM's own
 /// status, 128 + the signal that killed it, or 1 when the jail could not
 /// be set up (after printing one line saying why).

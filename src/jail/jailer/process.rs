@@ -283,21 +283,21 @@ fn start(plan: &Plan, cgroups: &Created, reporter: &mut Reporter) -> Result<libc
     // The alive pipe's write end stays open, unwritten, for as long as
     // this process lives.
     std::mem::forget(alive_w);
+    // The child goes through its steps meanwhile, and waits for the
+    // go-ahead only to exec.
     let placed = cgroups
         .join(pid)
-        .and_then(|_| chroot::write_pid_file(&plan.paths, pid))
-        .and_then(|_| {
-            sys::write_all(go_w.as_raw_fd(), b"1").map_err(|e| JailerError::Sys {
-                what: "cannot start the VMM's process".into(),
-                err: e,
-            })
-        });
-    drop(go_w);
+        .and_then(|_| chroot::write_pid_file(&plan.paths, pid));
     if let Err(e) = placed {
+        drop(go_w);
         let _ = sys::kill(pid, libc::SIGKILL);
         let _ = sys::wait(pid, false);
         return unblock(Err(e));
     }
+    // A child that failed a step has gone already (the write then fails
+    // with EPIPE); its error is on the error pipe.
+    let go = sys::write_all(go_w.as_raw_fd(), b"1");
+    drop(go_w);
     // End of file with nothing written: the exec worked.
     let msg = sys::read_to_end(err_r.as_raw_fd(), 4096).unwrap_or_default();
     if !msg.is_empty() {
@@ -306,6 +306,14 @@ fn start(plan: &Plan, cgroups: &Created, reporter: &mut Reporter) -> Result<libc
             "in the jail: {}",
             String::from_utf8_lossy(&msg)
         ))));
+    }
+    if let Err(e) = go {
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = sys::wait(pid, false);
+        return unblock(Err(JailerError::Sys {
+            what: "cannot start the VMM's process".into(),
+            err: e,
+        }));
     }
     reporter.started();
     Ok(pid)
