@@ -13,9 +13,11 @@
 //! | `/vm.json` (read-only) | `<run dir>/vm.json` |
 //! | `/run/vmm.sock`, `/run/vsock.sock` | `<jail root>/run/...`: the API and vsock sockets |
 //!
-//! A uid is taken by creating `<jail base>/uids/<uid>` exclusively (it
-//! names the jail), and given back when the VM is cleaned up; a file
-//! whose jail is gone (a daemon that crashed) is taken over.
+//! A uid is taken by creating `/run/husk/jail-uids/<uid>` exclusively
+//! (one directory for the host, so two daemons never share a uid; the
+//! file names the VM's directory), and given back when the VM is cleaned
+//! up; a file whose VM directory is gone (a daemon that crashed) is taken
+//! over.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
