@@ -452,6 +452,9 @@ async fn tcg_runs_a_container_and_ends_with_it() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(status_field(qemu, "Seccomp:"), "2");
+    // And nothing of its launcher's environment.
+    let environ = std::fs::read(format!("/proc/{qemu}/environ")).unwrap();
+    assert!(environ.is_empty(), "{}", String::from_utf8_lossy(&environ));
     if root {
         let claim = vm.jail.as_ref().expect("a uid of its own").claim.clone();
         assert!(claim.exists());

@@ -253,9 +253,34 @@ fn claim_socket(path: &Path) -> Result<tokio::net::UnixListener, String> {
     Ok(l)
 }
 
+/// Marks every descriptor the daemon inherited (beyond stdio) close-on-exec,
+/// so no VM process it starts gets one (its own are close-on-exec
+/// already).
+fn close_inherited_on_exec() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD and F_SETFD take an int and no pointers; an fd
+        // that is already gone (the directory's own) gives EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// The process entry; returns the exit code.
 pub fn serve(args: ServeArgs) -> i32 {
     crate::vmm::logger::Logger::init();
+    close_inherited_on_exec();
     let s = match settings(args) {
         Ok(s) => s,
         Err(e) => {

@@ -383,15 +383,17 @@ fn launch_as(
         err,
     })?;
     let mut cmd = Command::new(&tools.qemu);
-    cmd.args(qemu_args(
-        spec,
-        &vhost_sock,
-        &console,
-        jail.as_ref().map(|j| j.uid),
-    ))
-    .current_dir(dir)
-    .stdout(log)
-    .stderr(log2);
+    // Nothing of the daemon's environment: QEMU needs none of it.
+    cmd.env_clear()
+        .args(qemu_args(
+            spec,
+            &vhost_sock,
+            &console,
+            jail.as_ref().map(|j| j.uid),
+        ))
+        .current_dir(dir)
+        .stdout(log)
+        .stderr(log2);
     detach(&mut cmd);
     // SAFETY: `VhostStart::run` makes only async-signal-safe system
     // calls and does not allocate (see its comment); it runs after
