@@ -13,6 +13,7 @@
 
 #[path = "common/busybox_image.rs"]
 mod busybox_image;
+mod common;
 #[path = "common/qemu.rs"]
 mod qemu;
 
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::status_field;
 use husk::agent::client::{AgentClient, ExitStatus};
 use husk::agent::protocol::{ContainerSpec, ImageConfig};
 use husk::daemon::backend::{self, BackendKind, VmHandle, VmSpec};
@@ -188,16 +190,6 @@ fn kvm_boots_the_vm_it_was_asked_for() {
     console_line(vm, "PROBE wait-cad OK", Duration::from_secs(1));
 }
 
-/// The `key:` line of /proc/PID/status, its fields.
-fn status_field(pid: i32, key: &str) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {text}"))
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn kvm_vms_are_jailed_each_as_its_own_uid_and_cleaned_up() {
     if let Err(why) = backend::available(BackendKind::Kvm) {
@@ -232,13 +224,13 @@ fn kvm_vms_are_jailed_each_as_its_own_uid_and_cleaned_up() {
     assert_eq!(vm.console_log, spec.dir.join("console.log"));
 
     // The VMM: its own uid, no capabilities, filtered, in its chroot.
-    assert_eq!(status_field(vmm, "Uid:"), "250000\t250000\t250000\t250000");
-    assert_eq!(status_field(vmm, "Gid:"), "250000\t250000\t250000\t250000");
-    for cap in ["CapEff:", "CapPrm:", "CapBnd:"] {
+    assert_eq!(status_field(vmm, "Uid"), "250000\t250000\t250000\t250000");
+    assert_eq!(status_field(vmm, "Gid"), "250000\t250000\t250000\t250000");
+    for cap in ["CapEff", "CapPrm", "CapBnd"] {
         assert_eq!(status_field(vmm, cap), "0000000000000000", "{cap}");
     }
-    assert_eq!(status_field(vmm, "NoNewPrivs:"), "1");
-    assert_eq!(status_field(vmm, "Seccomp:"), "2");
+    assert_eq!(status_field(vmm, "NoNewPrivs"), "1");
+    assert_eq!(status_field(vmm, "Seccomp"), "2");
     let seen: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -290,7 +282,7 @@ fn kvm_vms_are_jailed_each_as_its_own_uid_and_cleaned_up() {
     let vm2 = Guard(backend::launch(BackendKind::Kvm, &spec2).unwrap());
     assert_eq!(vm2.0.jail.as_ref().unwrap().uid, 250_001);
     assert_eq!(
-        status_field(vm2.0.procs[1].pid, "Uid:").split('\t').next(),
+        status_field(vm2.0.procs[1].pid, "Uid").split('\t').next(),
         Some("250001")
     );
 
@@ -448,28 +440,25 @@ async fn tcg_runs_a_container_and_ends_with_it() {
     // (once its files are open) before the guest runs.
     let qemu = vm.procs[0].pid;
     let started = Instant::now();
-    while status_field(qemu, "Seccomp:") != "2" && started.elapsed() < BOOT {
+    while status_field(qemu, "Seccomp") != "2" && started.elapsed() < BOOT {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(status_field(qemu, "Seccomp:"), "2");
+    assert_eq!(status_field(qemu, "Seccomp"), "2");
     // And nothing of its launcher's environment.
     let environ = std::fs::read(format!("/proc/{qemu}/environ")).unwrap();
     assert!(environ.is_empty(), "{}", String::from_utf8_lossy(&environ));
     if root {
         let claim = vm.jail.as_ref().expect("a uid of its own").claim.clone();
         assert!(claim.exists());
-        while !status_field(qemu, "Uid:").starts_with("251000") && started.elapsed() < BOOT {
+        while !status_field(qemu, "Uid").starts_with("251000") && started.elapsed() < BOOT {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(status_field(qemu, "Uid:"), "251000\t251000\t251000\t251000");
-        assert_eq!(status_field(qemu, "CapEff:"), "0000000000000000");
+        assert_eq!(status_field(qemu, "Uid"), "251000\t251000\t251000\t251000");
+        assert_eq!(status_field(qemu, "CapEff"), "0000000000000000");
         // Its vsock backend too: QEMU's death signal must reach it.
         let vhost = vm.procs[1].pid;
-        assert_eq!(
-            status_field(vhost, "Uid:"),
-            "251000\t251000\t251000\t251000"
-        );
-        assert_eq!(status_field(vhost, "CapEff:"), "0000000000000000");
+        assert_eq!(status_field(vhost, "Uid"), "251000\t251000\t251000\t251000");
+        assert_eq!(status_field(vhost, "CapEff"), "0000000000000000");
     } else {
         skip("not root: QEMU keeps this user's uid");
     }

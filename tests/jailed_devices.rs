@@ -135,12 +135,7 @@ impl JailedVmm {
                 "no {kind} thread in {modes:?}"
             );
         }
-        for (comm, mode) in modes.iter().filter(|(c, _)| c.starts_with("husk")) {
-            assert_eq!(
-                *mode, 2,
-                "thread {comm} of the jailed VMM runs without a seccomp filter: {modes:?}"
-            );
-        }
+        common::assert_filtered(self.pid as u32);
         assert_eq!(status_field(self.pid, "NoNewPrivs"), "1");
         assert_eq!(
             status_field(self.pid, "Uid"),

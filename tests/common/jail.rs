@@ -13,6 +13,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use super::common::status_field;
 use super::common::{husk_bin, husk_log, probe_kernel, skip, stdout_lines, TempDir, TIMEOUT};
 
 /// The uid and gid jailed VMMs run as in these tests.
@@ -381,16 +382,6 @@ pub fn gone_within(path: &Path, within: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     true
-}
-
-/// One `Key:\tvalue` line of /proc/PID/status.
-pub fn status_field(pid: i32, key: &str) -> String {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-        .trim()
-        .to_string()
 }
 
 /// Runs `husk jailer` to its end; returns (status, stderr).

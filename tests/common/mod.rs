@@ -434,3 +434,13 @@ pub fn assert_pages_served(server: &mut Child) {
     assert!(status.success(), "{err}");
     assert!(err.contains("pages served"), "{err}");
 }
+
+/// One `Key:\tvalue` line of /proc/PID/status.
+pub fn status_field(pid: i32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}

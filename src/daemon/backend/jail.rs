@@ -83,15 +83,7 @@ pub fn jailer_command(jailer: &Path) -> std::process::Command {
 /// The jailer the daemon runs: `husk-jailer` beside `husk` (a small
 /// static binary: it stays beside every VM), else `husk` itself.
 pub fn find_jailer(husk: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = husk.parent().map(Path::to_path_buf).into_iter().collect();
-    // A test binary in target/*/deps/: the binaries are one level up.
-    if let Some(d) = dirs.first().filter(|d| d.ends_with("deps")) {
-        dirs.extend(d.parent().map(Path::to_path_buf));
-    }
-    dirs.into_iter()
-        .map(|d| d.join("husk-jailer"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| husk.to_path_buf())
+    super::beside(husk, "husk-jailer").unwrap_or_else(|| husk.to_path_buf())
 }
 
 /// What a jailed VM's handle records, so a restarted daemon can clean

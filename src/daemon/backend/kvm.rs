@@ -94,21 +94,11 @@ pub fn vmm_binary() -> Result<PathBuf, String> {
             ))
         };
     }
-    if let Some(dir) = std::env::current_exe()
+    if let Some(p) = std::env::current_exe()
         .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .and_then(|me| super::beside(&me, "husk-vmm"))
     {
-        let mut dirs = vec![dir.clone()];
-        if dir.file_name().is_some_and(|n| n == "deps") {
-            dirs.extend(dir.parent().map(Path::to_path_buf));
-        }
-        if let Some(p) = dirs
-            .into_iter()
-            .map(|d| d.join("husk-vmm"))
-            .find(|p| super::is_executable(p))
-        {
-            return Ok(p);
-        }
+        return Ok(p);
     }
     super::find_tool("husk-vmm", Some("HUSK_VMM")).ok_or_else(|| {
         "husk-vmm is not installed beside husk (or set HUSK_VMM to its path)".to_string()

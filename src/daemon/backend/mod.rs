@@ -430,6 +430,19 @@ pub fn find_tool(name: &str, env: Option<&str>) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
+/// The executable `name` in `exe`'s directory, or, for a test binary in
+/// `target/*/deps/`, in the directory above, where cargo puts binaries.
+pub fn beside(exe: &Path, name: &str) -> Option<PathBuf> {
+    let dir = exe.parent()?;
+    let mut dirs = vec![dir.to_path_buf()];
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dirs.extend(dir.parent().map(Path::to_path_buf));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

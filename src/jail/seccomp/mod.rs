@@ -123,10 +123,6 @@ impl Policy {
         }))))
     }
 
-    pub fn is_on(&self) -> bool {
-        self.0.is_some()
-    }
-
     /// Compiles `kind`'s filters now (they are kept), so that installing
     /// them later costs only the system call. Compiling takes a fraction
     /// of a millisecond per kind: the VMM does it off its critical path.
