@@ -97,6 +97,7 @@ fn probe_files(dir: &Path) -> VmSpec {
         memory_mib: 128,
         boot_args: "probe=cmdline,initrd,wait-cad".into(),
         jail: None,
+        net: None,
     }
 }
 
@@ -397,6 +398,7 @@ impl Guest {
             memory_mib: 256,
             boot_args: String::new(),
             jail: None,
+            net: None,
         }
     }
 }

@@ -140,6 +140,30 @@ pub struct ContainerSpec {
     /// Keep the VM (and the agent) running after the main process exits.
     #[serde(default)]
     pub keep_running: bool,
+    /// The guest's network interface, set up before the main process
+    /// starts; `None` leaves the guest with loopback only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<GuestNetwork>,
+}
+
+/// The guest's side of a container's network: one virtio-net interface,
+/// found by its MAC address, with one IPv4 address and an optional
+/// default route. The agent validates it and refuses a start with an
+/// invalid one (see `agent::guest::net`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNetwork {
+    /// The NIC's MAC address ("02:42:0a:58:00:02"), which picks it among the guest's interfaces.
+    pub mac: String,
+    /// The interface's name in the guest (renamed to it when it differs; "eth0").
+    pub name: String,
+    pub address: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    /// The default route's next hop; `None`: no default route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// 68..=65535; `None` leaves the kernel's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 /// An extra process in a running container (`exec`). Unset fields take
@@ -392,6 +416,14 @@ mod tests {
                 },
                 tty: true,
                 window: Some(WindowSize { rows: 24, cols: 80 }),
+                network: Some(GuestNetwork {
+                    mac: "02:42:0a:58:00:02".into(),
+                    name: "eth0".into(),
+                    address: std::net::Ipv4Addr::new(10, 88, 0, 2),
+                    prefix_len: 16,
+                    gateway: Some(std::net::Ipv4Addr::new(10, 88, 0, 1)),
+                    mtu: None,
+                }),
                 ..Default::default()
             }),
         });
@@ -412,6 +444,22 @@ mod tests {
                 data: b"oops".to_vec()
             })
         );
+    }
+
+    #[test]
+    fn the_guest_network_is_optional_json() {
+        let spec: ContainerSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.network, None);
+        assert!(!serde_json::to_string(&spec).unwrap().contains("network"));
+        let json = r#"{"network":{"mac":"02:42:0a:58:00:02","name":"eth0",
+            "address":"10.88.0.2","prefix_len":16}}"#;
+        let spec: ContainerSpec = serde_json::from_str(json).unwrap();
+        let net = spec.network.unwrap();
+        assert_eq!(net.address, std::net::Ipv4Addr::new(10, 88, 0, 2));
+        assert_eq!((net.prefix_len, net.gateway, net.mtu), (16, None, None));
+        let back = serde_json::to_value(&net).unwrap();
+        assert_eq!(back["address"], "10.88.0.2");
+        assert!(back.get("gateway").is_none() && back.get("mtu").is_none());
     }
 
     #[test]

@@ -795,6 +795,7 @@ fn kvm_launch_figures(ctx: &Ctx, root: &Path, why: &str) -> Result<Value, String
         memory_mib: 256,
         boot_args: String::new(),
         jail: None,
+        net: None,
     };
     let mut launch = vec![];
     let mut after = Value::Null;

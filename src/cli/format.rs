@@ -267,6 +267,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 256,
             guest_pid: None,
+            network: None,
         }
     }
 

@@ -53,6 +53,14 @@ pub struct ContainerOpts {
     /// Set metadata on the container (key=value).
     #[arg(short, long = "label", value_name = "KEY=VALUE")]
     pub label: Vec<String>,
+    /// Connect the container to a network: "bridge" (the default),
+    /// "none", or one made with `husk network create`.
+    #[arg(long, visible_alias = "net", value_name = "NETWORK")]
+    pub network: Option<String>,
+    /// Publish a container's port to the host:
+    /// [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp].
+    #[arg(short, long = "publish", value_name = "PORT")]
+    pub publish: Vec<crate::client::types::PortBinding>,
     /// Keep STDIN open and send this one's to the container.
     #[arg(short, long)]
     pub interactive: bool,
@@ -131,6 +139,8 @@ impl ContainerOpts {
             labels: parse::labels(&self.label)?,
             // `--pull` is done here, with progress on stderr.
             pull: Some(false),
+            network: self.network.clone(),
+            publish: self.publish.clone(),
         })
     }
 }

@@ -50,6 +50,193 @@ pub struct CreateRequest {
     pub pull: Option<bool>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The network to join: `bridge` (the default network, when unset),
+    /// `none` (loopback only), or a network made with `POST /v1/networks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Host ports forwarded to the container (`-p`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<PortBinding>,
+}
+
+/// A transport protocol of a published port.
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A published port: `[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTO]`, as
+/// `docker run -p` takes it. `host_port` 0 (or left out) picks a free
+/// port when the container starts; `host_ip` unset means every address
+/// of the host.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct PortBinding {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub host_ip: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub host_port: u16,
+    pub container_port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for PortBinding {
+    /// As `docker ps` shows it: `0.0.0.0:8080->80/tcp`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ip = self.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        write!(
+            f,
+            "{ip}:{}->{}/{}",
+            self.host_port,
+            self.container_port,
+            self.protocol.as_str()
+        )
+    }
+}
+
+impl std::str::FromStr for PortBinding {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PortBinding, String> {
+        let bad = |why: &str| format!("invalid port {:?}: {why}", crate::text::echo(s));
+        let (rest, protocol) = match s.rsplit_once('/') {
+            Some((r, "tcp")) => (r, Protocol::Tcp),
+            Some((r, "udp")) => (r, Protocol::Udp),
+            Some(_) => return Err(bad("the protocol must be tcp or udp")),
+            None => (s, Protocol::Tcp),
+        };
+        let parts: Vec<&str> = rest.split(':').collect();
+        let port = |p: &str, zero_ok: bool| -> Result<u16, String> {
+            match p.parse::<u16>() {
+                Ok(0) if !zero_ok => Err(bad("port 0 is not a port")),
+                Ok(n) => Ok(n),
+                Err(_) => Err(bad(&format!(
+                    "{:?} is not a port number (1-65535)",
+                    crate::text::echo(p)
+                ))),
+            }
+        };
+        let (host_ip, host_port, container) = match parts.as_slice() {
+            [c] => (None, 0, *c),
+            [h, c] => (None, port(h, true)?, *c),
+            [ip, h, c] => {
+                let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| {
+                    bad(&format!(
+                        "{:?} is not an IPv4 address",
+                        crate::text::echo(ip)
+                    ))
+                })?;
+                let h = if h.is_empty() { 0 } else { port(h, true)? };
+                ((!ip.is_unspecified()).then_some(ip), h, *c)
+            }
+            _ => return Err(bad("use [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]")),
+        };
+        Ok(PortBinding {
+            host_ip,
+            host_port,
+            container_port: port(container, false)?,
+            protocol,
+        })
+    }
+}
+
+/// How a container is attached to its network (while it runs).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, utoipa::ToSchema)]
+pub struct NetworkSettings {
+    pub network: String,
+    #[schema(value_type = String)]
+    pub ip_address: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    #[schema(value_type = String)]
+    pub gateway: std::net::Ipv4Addr,
+    pub mac_address: String,
+    /// The host's TAP device.
+    pub tap: String,
+    /// The published ports, with the host ports they got.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortBinding>,
+}
+
+/// `POST /v1/networks`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCreateRequest {
+    pub name: String,
+    /// `ADDRESS/PREFIX`; a free /16 is chosen when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// The host's address on it (the subnet's first when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// No traffic leaves the network (no NAT, no upstream DNS).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub internal: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A network, as the API shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, utoipa::ToSchema)]
+pub struct NetworkView {
+    /// 64 hex digits.
+    pub id: String,
+    pub name: String,
+    /// Always `bridge`.
+    pub driver: String,
+    pub subnet: String,
+    #[schema(value_type = String)]
+    pub gateway: std::net::Ipv4Addr,
+    /// The host's bridge device.
+    pub bridge: String,
+    pub internal: bool,
+    /// The default network (`bridge`), which cannot be removed.
+    #[serde(default)]
+    pub builtin: bool,
+    pub created_ms: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The containers attached now.
+    #[serde(default)]
+    pub containers: Vec<NetworkMember>,
+}
+
+/// A container on a network.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, utoipa::ToSchema)]
+pub struct NetworkMember {
+    pub id: String,
+    pub name: String,
+    #[schema(value_type = String)]
+    pub ip_address: std::net::Ipv4Addr,
+    pub mac_address: String,
 }
 
 /// The answer to a create.
@@ -156,6 +343,9 @@ pub struct ContainerRecord {
     /// The main process's pid in the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_pid: Option<i32>,
+    /// Its network attachment, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSettings>,
 }
 
 /// The query of `GET /v1/containers` (flat, so that it works as an axum

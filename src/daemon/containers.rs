@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, watch};
 use super::attach::AttachPoint;
 use super::backend::{self, BackendKind, VmHandle, VmSpec};
 use super::logs::{self, LogLine, LogWriter};
+use super::network::{AttachRequest, NetOptions, NetworkManager};
 use super::state::{now_ms, ContainerRecord, ContainerState, CreateRequest, Records};
 use crate::agent::client::{AgentClient, ClientError, Event, ExitStatus, Process};
 use crate::agent::protocol::{ContainerSpec, ImageConfig, ProcessSpec};
@@ -75,6 +76,8 @@ pub struct DaemonConfig {
     pub insecure_registries: Vec<String>,
     /// How kvm VMs are jailed; `None` (`--no-jail`) runs them unjailed.
     pub jail: Option<crate::daemon::backend::jail::JailSettings>,
+    /// The default network, and where DNS goes.
+    pub net: NetOptions,
 }
 
 /// One container in memory.
@@ -129,6 +132,7 @@ impl Container {
 
 pub struct Manager {
     pub cfg: DaemonConfig,
+    pub net: Arc<NetworkManager>,
     records: Records,
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
     events: broadcast::Sender<serde_json::Value>,
@@ -204,6 +208,8 @@ fn check_request(req: &CreateRequest) -> Result<(), ApiError> {
     if req.memory_mib.is_some_and(|m| !(64..=65536).contains(&m)) {
         return bad("memory_mib must be 64 to 65536".into());
     }
+    super::network::check_request(req.network.as_deref(), &req.publish)
+        .map_err(ApiError::BadRequest)?;
     for list in [&req.cmd, &req.entrypoint].into_iter().flatten() {
         if list.iter().any(|a| a.contains('\0')) {
             return bad("arguments cannot hold NUL bytes".into());
@@ -217,7 +223,9 @@ impl Manager {
     pub fn open(cfg: DaemonConfig) -> Result<Arc<Manager>, ApiError> {
         let records =
             Records::open(&cfg.state_dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let net = NetworkManager::open(&cfg.state_dir, cfg.net.clone())?;
         let m = Arc::new(Manager {
+            net,
             cfg,
             containers: Mutex::new(BTreeMap::new()),
             events: broadcast::channel(256).0,
@@ -232,6 +240,27 @@ impl Manager {
                 .insert(id, c);
         }
         Ok(m)
+    }
+
+    /// At start, before [`Manager::recover`]: sets up the networks, with
+    /// the attachments of the containers whose VMs still run.
+    pub async fn start_network(&self) {
+        if let Some(why) = self.net.unavailable() {
+            tracing::warn!("container networking is off ({why}): containers get no network");
+            eprintln!("husk serve: warning: container networking is off ({why})");
+            return;
+        }
+        let running = self
+            .all()
+            .iter()
+            .map(|c| c.snapshot())
+            .filter(|r| r.state.is_active() && r.vm.as_ref().is_some_and(VmHandle::is_running))
+            .filter_map(|r| Some((r.id.clone(), r.net?)))
+            .collect();
+        if let Err(e) = self.net.start(running).await {
+            tracing::error!("cannot set up the networks: {e}");
+            eprintln!("husk serve: error: cannot set up the networks: {e}");
+        }
     }
 
     /// After a restart: reattach to the VMs that still run; record the
@@ -276,6 +305,7 @@ impl Manager {
             }
             Err(e) => {
                 self.retire(&c.snapshot().id, &vm);
+                self.net.detach(&c.snapshot().id).await;
                 self.settle(
                     &c,
                     None,
@@ -396,6 +426,7 @@ impl Manager {
             vm: None,
             agent_id: None,
             guest_pid: None,
+            net: None,
             config: req,
         };
         {
@@ -448,6 +479,7 @@ impl Manager {
                 if let Some(vm) = c.snapshot().vm {
                     self.retire(&c.snapshot().id, &vm);
                 }
+                self.net.detach(&r.id).await;
                 match failure {
                     BootFailure::Other(msg) => {
                         self.settle(&c, None, Some(msg.clone()));
@@ -494,6 +526,25 @@ impl Manager {
             .await
             .map_err(|e| e.to_string())??
         };
+        let hostname = r
+            .config
+            .hostname
+            .clone()
+            .unwrap_or_else(|| r.id[..12].to_string());
+        let ep = self
+            .net
+            .attach(AttachRequest {
+                container_id: &r.id,
+                container_name: &r.name,
+                hostname: &hostname,
+                network: r.config.network.as_deref(),
+                ports: &r.config.publish,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if ep.is_some() {
+            self.save(&c.update(|r| r.net = ep.clone()));
+        }
         let vm_dir = self.cfg.run_dir.join(&r.id[..12]);
         std::fs::create_dir_all(&vm_dir).map_err(|e| format!("{}: {e}", vm_dir.display()))?;
         let spec = VmSpec {
@@ -505,6 +556,11 @@ impl Manager {
             memory_mib: r.memory_mib,
             boot_args: String::new(),
             jail: self.cfg.jail.clone(),
+            net: ep.as_ref().map(|e| backend::VmNet {
+                tap: e.tap.clone(),
+                mac: e.mac.clone(),
+                mtu: e.mtu,
+            }),
         };
         let kind = self.cfg.backend;
         let vm = tokio::task::spawn_blocking(move || backend::launch(kind, &spec))
@@ -532,11 +588,13 @@ impl Manager {
                 working_dir: cfg.workdir.clone(),
                 user: cfg.user.clone(),
             },
-            hostname: Some(
-                cfg.hostname
-                    .clone()
-                    .unwrap_or_else(|| r.id[..12].to_string()),
-            ),
+            hostname: Some(hostname.clone()),
+            network: ep.as_ref().map(|e| e.guest()),
+            nameservers: ep.iter().map(|e| e.gateway.to_string()).collect(),
+            hosts: ep
+                .iter()
+                .map(|e| (e.ip.to_string(), vec![hostname.clone()]))
+                .collect(),
             tty: cfg.tty,
             // The size of a terminal attached before the start.
             window: c.stdio.window().filter(|_| cfg.tty),
@@ -605,6 +663,7 @@ impl Manager {
             }
             self.retire(&c.snapshot().id, &vm);
         }
+        self.net.detach(&c.snapshot().id).await;
         *c.agent.lock().await = None;
         match status {
             Ok(s) => self.settle(&c, Some(s), None),
@@ -643,6 +702,7 @@ impl Manager {
             r.error = error;
             r.finished_ms = Some(now_ms());
             r.vm = None;
+            r.net = None;
         });
         self.save(&r);
         self.event(&r, "die");

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod containers;
 pub mod images;
 pub mod logs;
+pub mod network;
 pub mod openapi;
 pub mod serve;
 pub mod state;

@@ -63,6 +63,18 @@ pub struct ServeArgs {
     /// they need no /etc/passwd entries.
     #[arg(long, value_name = "FIRST-LAST", value_parser = backend::jail::parse_uid_range)]
     pub jail_uids: Option<(u32, u32)>,
+    /// `none`: no default network; containers get no network unless they
+    /// name one (`husk network create`).
+    #[arg(long, value_name = "none", value_parser = parse_bridge)]
+    pub bridge: Option<String>,
+    /// The default network's subnet when the daemon first makes it (a
+    /// free /16 is chosen otherwise), e.g. 10.90.0.0/16.
+    #[arg(long, value_name = "CIDR")]
+    pub bip: Option<String>,
+    /// A DNS server the networks' resolvers forward other names to
+    /// (repeatable; default: the host's /etc/resolv.conf).
+    #[arg(long = "dns", value_name = "IP")]
+    pub dns: Vec<std::net::IpAddr>,
     /// A JSON file with any of the settings above (flags win).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -85,6 +97,47 @@ struct FileConfig {
     insecure_registries: Vec<String>,
     no_jail: Option<bool>,
     jail_uids: Option<String>,
+    bridge: Option<String>,
+    bip: Option<String>,
+    #[serde(default)]
+    dns: Vec<std::net::IpAddr>,
+}
+
+fn parse_bridge(s: &str) -> Result<String, String> {
+    if s == "none" {
+        Ok(s.into())
+    } else {
+        Err(format!(
+            "{:?}: only `none` (no default network) is accepted",
+            crate::text::echo(s)
+        ))
+    }
+}
+
+fn net_options(
+    bridge: Option<String>,
+    bip: Option<String>,
+    dns: Vec<std::net::IpAddr>,
+) -> Result<super::network::NetOptions, String> {
+    if let Some(b) = &bridge {
+        parse_bridge(b)?;
+    }
+    let default_subnet = match bip {
+        Some(s) => {
+            let s: super::network::ipam::Subnet = s.parse().map_err(|e| format!("--bip: {e}"))?;
+            super::network::ipam::check_subnet(&s).map_err(|e| format!("--bip: {e}"))?;
+            Some(s)
+        }
+        None => None,
+    };
+    Ok(super::network::NetOptions {
+        no_default: bridge.is_some(),
+        default_subnet,
+        dns: dns
+            .into_iter()
+            .map(|ip| std::net::SocketAddr::new(ip, 53))
+            .collect(),
+    })
 }
 
 /// Where the daemon listens by default (the CLI looks there too).
@@ -160,6 +213,15 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
     };
     backend::available(backend)
         .map_err(|e| format!("the {backend:?} backend cannot run here: {e}"))?;
+    let net = net_options(
+        args.bridge.or(file.bridge),
+        args.bip.or(file.bip),
+        if args.dns.is_empty() {
+            file.dns
+        } else {
+            args.dns
+        },
+    )?;
     let socket = args.socket.or(file.socket).unwrap_or_else(default_socket);
     let run_dir = socket.parent().unwrap_or(Path::new("/")).join("vms");
     let jail = jail_settings(
@@ -190,6 +252,7 @@ fn settings(args: ServeArgs) -> Result<Settings, String> {
                 args.insecure_registries
             },
             jail,
+            net,
         },
     })
 }
@@ -315,6 +378,7 @@ async fn run(s: Settings) -> Result<(), String> {
     }
     let unix = claim_socket(&s.socket)?;
     let manager = Manager::open(s.config).map_err(|e| e.to_string())?;
+    manager.start_network().await;
     manager.recover();
     let app = super::api::router(manager.clone(), None);
     eprintln!("husk serve: listening on {}", s.socket.display());

@@ -65,6 +65,9 @@ pub struct ContainerRecord {
     /// The main process's pid in the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_pid: Option<i32>,
+    /// Its network attachment, while it may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<super::network::Endpoint>,
 }
 
 /// A container as the API shows it (the client's type).
@@ -97,6 +100,7 @@ impl ContainerRecord {
                 BackendKind::Tcg => crate::client::types::Backend::Tcg,
             }),
             guest_pid: self.guest_pid,
+            network: self.net.as_ref().map(|e| e.settings()),
         }
     }
 
@@ -222,6 +226,7 @@ mod tests {
             vm: None,
             agent_id: None,
             guest_pid: None,
+            net: None,
         }
     }
 

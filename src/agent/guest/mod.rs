@@ -8,8 +8,11 @@
 //!
 //! On a host (`--rootfs DIR --listen SOCKET`, for tests): the same, in
 //! new mount, PID, UTS and IPC namespaces, with `DIR` as the root and a
-//! Unix socket for the host; the agent exits instead of ending a VM.
+//! Unix socket for the host; the agent exits instead of ending a VM. It
+//! keeps the host's network namespace there, so it leaves `lo` alone and
+//! configures an interface only when `Start` names one.
 
+pub mod net;
 pub mod server;
 pub mod setup;
 pub mod spawn;
@@ -60,6 +63,11 @@ fn vm(t0: Instant) -> i32 {
         eprintln!("husk-agent: error: {e}");
         e.to_string()
     });
+    // Programs reach themselves on 127.0.0.1 whether or not the container
+    // has a network; without lo they just lose that.
+    if let Err(e) = net::loopback_up() {
+        eprintln!("husk-agent: warning: {e}");
+    }
     let listener = match vsock_listener() {
         Ok(l) => l,
         Err(e) => {

@@ -522,6 +522,12 @@ impl Agent {
         if self.procs.contains_key(&id) {
             return self.error(Some(id), format!("process id {id} is in use"));
         }
+        // The network is ready before anything of the container runs.
+        if let Some(net) = &spec.network {
+            if let Err(e) = super::net::configure(net) {
+                return self.error(Some(id), e.to_string());
+            }
+        }
         if let Err(e) = super::setup::identity(&spec) {
             return self.error(Some(id), e.to_string());
         }

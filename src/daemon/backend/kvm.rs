@@ -18,7 +18,7 @@ use super::{
 use crate::text::echo_path;
 use crate::vmm::config::{
     BootSourceConfig, CacheType, ConfigFileError, DriveConfig, EntropyConfig, MachineConfig,
-    VmConfig, VsockConfig,
+    NetworkInterfaceConfig, VmConfig, VsockConfig,
 };
 
 /// The per-VM API socket.
@@ -27,6 +27,8 @@ pub const API_SOCK: &str = "vmm.sock";
 pub const CONFIG_FILE: &str = "vm.json";
 /// The rootfs drive's id.
 pub const ROOTFS_DRIVE: &str = "rootfs";
+/// The network interface's id.
+pub const NET_IFACE: &str = "eth0";
 
 /// husk's own i8042 and bus flags (its `DEFAULT_BOOT_ARGS`): nothing to
 /// probe that is not there, so a faster boot. `reboot=k` ends the VM.
@@ -69,6 +71,18 @@ pub fn config(spec: &VmSpec, vsock_uds: &Path) -> VmConfig {
             io_engine: None,
             rate_limiter: None,
         }],
+        network_interfaces: spec
+            .net
+            .iter()
+            .map(|n| NetworkInterfaceConfig {
+                iface_id: NET_IFACE.into(),
+                host_dev_name: n.tap.clone(),
+                guest_mac: n.mac.parse().ok(),
+                mtu: Some(n.mtu),
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
+            })
+            .collect(),
         entropy: Some(EntropyConfig::default()),
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
@@ -187,6 +201,19 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
     let (mut cmd, api, vsock, record, pid_file) = match jailed {
         Some((settings, id)) => {
             let j = jail::prepare(settings, spec, id, &bin, &cfg_path)?;
+            // The VMM opens its TAP as the VM's uid.
+            if let Some(net) = &spec.net {
+                if let Err(err) =
+                    crate::daemon::network::link::set_tap_owner(&net.tap, j.record.uid)
+                {
+                    jail::clean_up(&j.record);
+                    return Err(BackendError::Io {
+                        what: "cannot hand the TAP to the VM's uid:",
+                        path: net.tap.clone(),
+                        err,
+                    });
+                }
+            }
             let on_host = |p: &str| j.paths.root.join(p.trim_start_matches('/'));
             (
                 j.command,

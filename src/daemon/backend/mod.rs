@@ -102,6 +102,17 @@ pub struct VmSpec {
     /// kvm: run the VMM under `husk jailer` with these settings (see
     /// [`jail`]); `None` runs it unjailed (still seccomp-filtered).
     pub jail: Option<jail::JailSettings>,
+    /// The container's network interface, if it has one.
+    pub net: Option<VmNet>,
+}
+
+/// A VM's network interface: a TAP that exists on the host already (the
+/// network manager made it), and the guest's MAC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmNet {
+    pub tap: String,
+    pub mac: String,
+    pub mtu: u16,
 }
 
 /// What the daemon records (in the container record) to find the VM
@@ -584,6 +595,7 @@ pub(crate) mod tests {
             memory_mib: 256,
             boot_args: " probe=x  ".into(),
             jail: None,
+            net: None,
         }
     }
 

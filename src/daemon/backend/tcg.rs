@@ -132,6 +132,16 @@ pub fn qemu_args(
     push(&[s("-device"), s("virtio-blk-device,drive=rootfs")]);
     push(&[s("-object"), s("rng-random,id=rng,filename=/dev/urandom")]);
     push(&[s("-device"), s("virtio-rng-device,rng=rng")]);
+    if let Some(n) = &spec.net {
+        // QEMU opens the TAP (made by the daemon) as root, before it
+        // drops to `runas`; no scripts run.
+        let netdev = format!("tap,id=net0,ifname={},script=no,downscript=no", n.tap);
+        let device = format!(
+            "virtio-net-device,netdev=net0,mac={},host_mtu={}",
+            n.mac, n.mtu
+        );
+        push(&[s("-netdev"), netdev.as_ref(), s("-device"), device.as_ref()]);
+    }
     match runas {
         // The uid change comes after the sandbox is on, so the sandbox
         // must let it through; once done, there is nothing to regain.
