@@ -13,6 +13,7 @@ pub mod exec;
 pub mod format;
 pub mod images;
 pub mod logs;
+pub mod network;
 pub mod parse;
 pub mod ps;
 pub mod run;
@@ -62,6 +63,8 @@ pub enum Verb {
     Load(images::LoadArgs),
     /// Remove one or more images.
     Rmi(images::RmiArgs),
+    /// Manage networks.
+    Network(network::NetworkArgs),
     /// Show what the daemon runs on and how much it holds.
     Info(system::InfoArgs),
     /// Show the daemon's events as they happen.
@@ -100,6 +103,7 @@ pub fn dispatch(socket: Option<&Path>, verb: Verb) -> i32 {
             Verb::Pull(a) => images::pull(&client, a).await,
             Verb::Load(a) => images::load(&client, a).await,
             Verb::Rmi(a) => images::rmi(&client, a).await,
+            Verb::Network(a) => network::network(&client, a).await,
             Verb::Info(a) => system::info(&client, a).await,
             Verb::Events(a) => system::events(&client, a).await,
         }

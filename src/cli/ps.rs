@@ -132,6 +132,7 @@ pub fn render(list: &[ContainerRecord], args: &PsArgs, now_ms: u64) -> String {
         "COMMAND",
         "CREATED",
         "STATUS",
+        "PORTS",
         "NAMES",
     ]);
     for r in list {
@@ -147,6 +148,11 @@ pub fn render(list: &[ContainerRecord], args: &PsArgs, now_ms: u64) -> String {
             format::quote(&cmd),
             format::ago(r.created_ms, now_ms),
             format::status(r, now_ms),
+            r.network
+                .iter()
+                .flat_map(|n| n.ports.iter().map(|p| p.to_string()))
+                .collect::<Vec<_>>()
+                .join(", "),
             r.name.clone(),
         ]);
     }
@@ -200,16 +206,26 @@ mod tests {
 
     #[test]
     fn table() {
-        let list = [
-            rec("a1", "web", ContainerState::Running),
-            rec("b2", "job", ContainerState::Exited),
-        ];
+        let mut web = rec("a1", "web", ContainerState::Running);
+        web.network = Some(crate::client::types::NetworkSettings {
+            network: "bridge".into(),
+            ip_address: "172.20.0.2".parse().unwrap(),
+            prefix_len: 16,
+            gateway: "172.20.0.1".parse().unwrap(),
+            mac_address: "02:42:ac:14:00:02".into(),
+            tap: "htap0123456789a".into(),
+            ports: vec![
+                "8080:80".parse().unwrap(),
+                "127.0.0.1:53:53/udp".parse().unwrap(),
+            ],
+        });
+        let list = [web, rec("b2", "job", ContainerState::Exited)];
         let out = render(&list, &args(&["-a"]), 15_000);
         assert_eq!(
             out,
-            "CONTAINER ID   IMAGE     COMMAND        CREATED         STATUS                     NAMES\n\
-             a1a1a1a1a1a1   busybox   \"sleep 1000\"   5 seconds ago   Up 4 seconds               web\n\
-             b2b2b2b2b2b2   busybox   \"sleep 1000\"   5 seconds ago   Exited (0) 3 seconds ago   job\n"
+            "CONTAINER ID   IMAGE     COMMAND        CREATED         STATUS                     PORTS                                        NAMES\n\
+             a1a1a1a1a1a1   busybox   \"sleep 1000\"   5 seconds ago   Up 4 seconds               0.0.0.0:8080->80/tcp, 127.0.0.1:53->53/udp   web\n\
+             b2b2b2b2b2b2   busybox   \"sleep 1000\"   5 seconds ago   Exited (0) 3 seconds ago                                                job\n"
         );
         assert_eq!(
             render(&list, &args(&["-q"]), 15_000),

@@ -434,6 +434,33 @@ impl DaemonClient {
         drain(self.send(Method::DELETE, &path, None).await?).await
     }
 
+    // --- networks ---
+
+    /// `POST /v1/networks`.
+    pub async fn create_network(
+        &self,
+        req: &types::NetworkCreateRequest,
+    ) -> Result<types::NetworkView, ClientError> {
+        read_json(self.send_json(Method::POST, "/v1/networks", req).await?).await
+    }
+
+    /// `GET /v1/networks`.
+    pub async fn networks(&self) -> Result<Vec<types::NetworkView>, ClientError> {
+        self.get("/v1/networks").await
+    }
+
+    /// `GET /v1/networks/{id}`.
+    pub async fn inspect_network(&self, id: &str) -> Result<types::NetworkView, ClientError> {
+        self.get(&format!("/v1/networks/{}", encode_component(id)))
+            .await
+    }
+
+    /// `DELETE /v1/networks/{id}`.
+    pub async fn remove_network(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/networks/{}", encode_component(id));
+        drain(self.send(Method::DELETE, &path, None).await?).await
+    }
+
     // --- system ---
 
     /// `GET /v1/info`.

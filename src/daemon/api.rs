@@ -126,6 +126,14 @@ pub fn router(m: Arc<Manager>, token: Option<String>) -> Router {
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/import", post(images::import))
         .route("/v1/images/{*reference}", delete(images::remove))
+        .route(
+            "/v1/networks",
+            post(super::networks::create).get(super::networks::list),
+        )
+        .route(
+            "/v1/networks/{id}",
+            get(super::networks::inspect).delete(super::networks::remove),
+        )
         .route("/v1/info", get(info))
         .route(
             "/v1/openapi.json",

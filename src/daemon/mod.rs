@@ -11,6 +11,7 @@ pub mod containers;
 pub mod images;
 pub mod logs;
 pub mod network;
+pub mod networks;
 pub mod openapi;
 pub mod serve;
 pub mod state;

@@ -4,7 +4,7 @@
 
 use utoipa::OpenApi;
 
-use super::{api, images, state};
+use super::{api, images, networks, state};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,8 +31,22 @@ use super::{api, images, state};
         images::pull,
         images::import,
         images::remove,
+        networks::create,
+        networks::list,
+        networks::inspect,
+        networks::remove,
     ),
-    components(schemas(state::CreateRequest, state::ContainerView, state::ContainerState))
+    components(schemas(
+        state::CreateRequest,
+        state::ContainerView,
+        state::ContainerState,
+        crate::client::types::PortBinding,
+        crate::client::types::NetworkSettings,
+        crate::client::types::NetworkView,
+        crate::client::types::NetworkMember,
+        crate::client::types::NetworkCreateRequest,
+        crate::client::types::Protocol,
+    ))
 )]
 struct ApiDoc;
 

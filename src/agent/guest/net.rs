@@ -541,7 +541,11 @@ mod tests {
     fn the_interface_is_looked_up_by_mac_in_sysfs() {
         let dir = std::env::temp_dir().join(format!("husk-net-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        for (name, mac) in [("lo", "00:00:00:00:00:00"), ("enp0s1", "02:42:0a:58:00:02")] {
+        for (name, mac) in [
+            ("lo", "00:00:00:00:00:00"),
+            ("dummy0", "02:42:0a:58:01:02"),
+            ("enp0s1", "02:42:0a:58:00:02"),
+        ] {
             std::fs::create_dir_all(dir.join(name)).unwrap();
             std::fs::write(dir.join(name).join("address"), format!("{mac}\n")).unwrap();
         }

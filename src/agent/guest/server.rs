@@ -772,3 +772,54 @@ impl Agent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::protocol::{ContainerSpec, GuestNetwork};
+
+    #[test]
+    fn a_network_that_cannot_be_set_up_fails_the_start_and_the_agent_goes_on() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut agent = Agent::new(
+            a.into(),
+            Timings::default(),
+            Instant::now(),
+            Ending::Exit,
+            None,
+        );
+        let agent = agent.as_mut().unwrap();
+        let (fd, reader, out) = (b.into(), FrameReader::default(), Vec::new());
+        agent.conn = Some(Conn { fd, reader, out });
+        let network = Some(GuestNetwork {
+            mac: "02:42:0a:58:00:02".into(),
+            name: "eth0".into(),
+            address: std::net::Ipv4Addr::new(10, 88, 0, 2),
+            prefix_len: 33,
+            gateway: None,
+            mtu: None,
+        });
+        // Should the network be skipped, a hostname the kernel refuses
+        // stops the start before it touches the host running the test.
+        let spec = ContainerSpec {
+            network,
+            hostname: Some("h".repeat(100)),
+            ..Default::default()
+        };
+        // Twice: a failed start starts nothing, so it may be retried.
+        agent.start(1, spec.clone());
+        agent.start(1, spec);
+        assert!(agent.main.is_none() && agent.procs.is_empty());
+        let mut r = FrameReader::default();
+        r.push(&agent.conn.as_ref().unwrap().out);
+        for _ in 0..2 {
+            match r.next_frame() {
+                Ok(Some(Ok(Frame::Control(Message::Error { id, message, .. })))) => {
+                    assert_eq!(id, Some(1));
+                    assert!(message.contains("prefix length 33"), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
