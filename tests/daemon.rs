@@ -392,7 +392,7 @@ fn the_tcp_listener_wants_the_token() {
     std::fs::create_dir_all(&dir).unwrap();
     let token_file = dir.join("token");
     std::fs::write(&token_file, "s3cret-token-of-some-length\n").unwrap();
-    let Some(d) = daemon::setup_with(
+    let Some(d) = daemon::setup_in_host_net(
         "tcp",
         &[
             "--listen",

@@ -377,6 +377,9 @@ impl Manager {
     /// pulled first).
     pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<ContainerRecord, ApiError> {
         check_request(&req)?;
+        self.net
+            .check_joinable(req.network.as_deref(), &req.publish)
+            .await?;
         let state_dir = self.cfg.state_dir.clone();
         let image_ref = req.image.clone();
         let may_pull = req.pull.unwrap_or(true);
@@ -457,7 +460,23 @@ impl Manager {
                 r.state.as_str()
             )));
         }
-        c.update(|r| r.state = ContainerState::Starting);
+        // The network first: a refusal (a host port in use, a full
+        // subnet) leaves the container created, to start again later.
+        let ep = self
+            .net
+            .attach(AttachRequest {
+                container_id: &r.id,
+                container_name: &r.name,
+                hostname: &hostname_of(&r),
+                network: r.config.network.as_deref(),
+                ports: &r.config.publish,
+            })
+            .await?;
+        let r = c.update(|r| {
+            r.state = ContainerState::Starting;
+            r.net = ep;
+        });
+        self.save(&r);
         c.exited.send_replace(false);
         match self.boot(&c).await {
             Ok((client, p)) => {
@@ -526,25 +545,8 @@ impl Manager {
             .await
             .map_err(|e| e.to_string())??
         };
-        let hostname = r
-            .config
-            .hostname
-            .clone()
-            .unwrap_or_else(|| r.id[..12].to_string());
-        let ep = self
-            .net
-            .attach(AttachRequest {
-                container_id: &r.id,
-                container_name: &r.name,
-                hostname: &hostname,
-                network: r.config.network.as_deref(),
-                ports: &r.config.publish,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        if ep.is_some() {
-            self.save(&c.update(|r| r.net = ep.clone()));
-        }
+        let hostname = hostname_of(&r);
+        let ep = r.net.clone();
         let vm_dir = self.cfg.run_dir.join(&r.id[..12]);
         std::fs::create_dir_all(&vm_dir).map_err(|e| format!("{}: {e}", vm_dir.display()))?;
         let spec = VmSpec {
@@ -806,6 +808,14 @@ impl Manager {
     pub fn log_dir(&self, id: &str) -> PathBuf {
         self.records.dir(id)
     }
+}
+
+/// The container's host name: as asked, else its short id.
+fn hostname_of(r: &ContainerRecord) -> String {
+    r.config
+        .hostname
+        .clone()
+        .unwrap_or_else(|| r.id[..12].to_string())
 }
 
 /// The last lines the guest printed, for a boot that failed.

@@ -2,6 +2,11 @@
 //! store, the stripped agent, the software-emulation backend, and a small
 //! HTTP client for its Unix socket. The including test declares the
 //! `busybox_image` and `qemu` modules beside this one.
+//!
+//! Each daemon runs in a network namespace of its own ([`NetNs`]), which
+//! stands in for its host: its bridges, TAPs and nftables rules are its
+//! own, many daemons run side by side without clashing, and everything
+//! goes when the namespace does.
 
 #![allow(dead_code)]
 
@@ -78,16 +83,107 @@ pub fn request(sock: &Path, method: &str, path: &str, body: Option<Value>) -> Re
     Response { status, body }
 }
 
+/// A named network namespace (`ip netns add`), removed on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// A new namespace with its loopback up.
+    pub fn new(tag: &str) -> NetNs {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "husk-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip ARGS` inside the namespace; panics when it fails.
+    pub fn ip(&self, args: &[&str]) {
+        let mut a = vec!["-n", &self.name];
+        a.extend_from_slice(args);
+        ip(&a);
+    }
+
+    /// A command to run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Makes `cmd` start inside the namespace (setns before exec; no
+    /// new mount namespace, unlike `ip netns exec`).
+    pub fn enter(&self, cmd: &mut Command) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let f = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
+        // SAFETY: setns with a descriptor we keep open in the closure;
+        // async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Runs a shell line inside the namespace; its stdout, trimmed.
+    pub fn sh(&self, line: &str) -> String {
+        let out = self.command("sh").args(["-c", line]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// `ip ARGS`; panics when it fails.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub struct Daemon {
     child: Child,
     pub sock: PathBuf,
     pub state: PathBuf,
     args: Vec<String>,
     pub dir: PathBuf,
+    /// Its host's network namespace (`None`: this host's own).
+    pub netns: Option<NetNs>,
 }
 
 impl Daemon {
     fn start(dir: &Path, kernel: &Path, backend: &str, extra: &[&str]) -> Daemon {
+        Self::start_in(dir, kernel, backend, extra, Some(NetNs::new("d")))
+    }
+
+    fn start_in(
+        dir: &Path,
+        kernel: &Path,
+        backend: &str,
+        extra: &[&str],
+        netns: Option<NetNs>,
+    ) -> Daemon {
         let state = dir.join("state");
         busybox_image::import(dir, &state);
         let agent = busybox_image::stripped_agent(dir);
@@ -110,22 +206,31 @@ impl Daemon {
         .map(|s| s.to_string())
         .collect();
         let mut d = Daemon {
-            child: Self::spawn(&args),
+            child: Self::spawn(&args, netns.as_ref()),
             sock,
             state,
             args,
             dir: dir.into(),
+            netns,
         };
         d.wait_ready();
         d
     }
 
-    fn spawn(args: &[String]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_husk"))
-            .args(args)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap()
+    fn spawn(args: &[String], netns: Option<&NetNs>) -> Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
+        cmd.args(args).stdin(Stdio::null());
+        if let Some(ns) = netns {
+            ns.enter(&mut cmd);
+        }
+        cmd.spawn().unwrap()
+    }
+
+    /// The daemon's network namespace.
+    pub fn ns(&self) -> &NetNs {
+        self.netns
+            .as_ref()
+            .expect("this daemon runs in its own namespace")
     }
 
     fn wait_ready(&mut self) {
@@ -140,11 +245,23 @@ impl Daemon {
         }
     }
 
+    /// kill -9 the daemon alone (its VMs run on).
+    pub fn crash(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// A new daemon on the same state, after [`Daemon::crash`].
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.args, self.netns.as_ref());
+        self.wait_ready();
+    }
+
     /// kill -9, then a new daemon on the same state.
     pub fn crash_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = Self::spawn(&self.args);
+        self.child = Self::spawn(&self.args, self.netns.as_ref());
         self.wait_ready();
     }
 
@@ -193,6 +310,24 @@ impl Drop for Daemon {
 
 pub fn setup(name: &str) -> Option<Daemon> {
     setup_with(name, &[])
+}
+
+/// A daemon in this host's own network namespace, with no default
+/// network (`--bridge none`): for tests that reach it over TCP.
+pub fn setup_in_host_net(name: &str, extra: &[&str]) -> Option<Daemon> {
+    let kernel = match qemu::tools_available().and_then(|()| qemu::guest_kernel()) {
+        Ok(k) => k,
+        Err(reason) => {
+            qemu::skip(&reason);
+            return None;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("husk-daemon-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = vec!["--bridge", "none"];
+    args.extend_from_slice(extra);
+    Some(Daemon::start_in(&dir, &kernel, "tcg", &args, None))
 }
 
 /// A daemon started with these flags besides the harness's own.

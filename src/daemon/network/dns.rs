@@ -307,8 +307,9 @@ impl<'a> RawQuestion<'a> {
         })
     }
 
-    /// The name as a key of [`Names`], if it can be one: ASCII, lower
-    /// case, no label holding a dot (which would fake a longer name).
+    /// The name as text for [`Names::lookup`] (which ignores case), if it
+    /// can be one: ASCII, and no label holding a dot (which would fake a
+    /// longer name).
     fn key(&self) -> Option<String> {
         if self.labels.is_empty() {
             return None;
@@ -321,7 +322,7 @@ impl<'a> RawQuestion<'a> {
             if !key.is_empty() {
                 key.push('.');
             }
-            key.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+            key.extend(label.iter().map(|&b| char::from(b)));
         }
         Some(key)
     }
@@ -862,6 +863,14 @@ mod tests {
     }
 
     impl Upstream {
+        /// The next (query, answer) it handled; fails the test after `WAIT`.
+        async fn next(&mut self) -> (Vec<u8>, Vec<u8>) {
+            timeout(WAIT, self.seen.recv())
+                .await
+                .expect("the upstream got nothing")
+                .expect("the upstream stopped")
+        }
+
         async fn start(behaviour: Behaviour) -> Upstream {
             let (udp, tcp) = bind_pair(LOCALHOST, 0).await.unwrap();
             let addr = udp.local_addr().unwrap();
@@ -1016,7 +1025,7 @@ mod tests {
         let dns = server(vec![upstream.addr], true).await;
         let asked = query(0x1234, "example.com", TYPE::A);
         let reply = ask_udp(dns.local_addr(), &asked).await;
-        let (seen, sent) = upstream.seen.recv().await.unwrap();
+        let (seen, sent) = upstream.next().await;
         assert_eq!(seen, asked);
         assert_eq!(reply, sent);
         assert_eq!(the_address(&reply), FAR);
@@ -1034,8 +1043,8 @@ mod tests {
             .await
             .unwrap();
         let reply = ask_udp(dns.local_addr(), &query(5, "example.com", TYPE::A)).await;
-        assert!(silent.seen.recv().await.is_some());
-        let (_, sent) = good.seen.recv().await.unwrap();
+        silent.next().await;
+        let (_, sent) = good.next().await;
         assert_eq!(reply, sent);
     }
 
@@ -1060,7 +1069,7 @@ mod tests {
         let mut upstream = Upstream::start(Behaviour::ForgeFirst).await;
         let dns = server(vec![upstream.addr], true).await;
         let reply = ask_udp(dns.local_addr(), &query(77, "example.com", TYPE::A)).await;
-        let (_, sent) = upstream.seen.recv().await.unwrap();
+        let (_, sent) = upstream.next().await;
         assert_eq!(reply, sent);
     }
 
@@ -1251,7 +1260,7 @@ mod tests {
         let asked = query(0x5151, "example.com", TYPE::A);
         // The UDP side of this upstream never answers: only TCP can.
         let reply = ask_tcp(&mut stream, &asked).await.unwrap();
-        let (seen, sent) = upstream.seen.recv().await.unwrap();
+        let (seen, sent) = upstream.next().await;
         assert_eq!(seen, asked);
         assert_eq!(reply, sent);
     }

@@ -632,6 +632,39 @@ impl NetworkManager {
         self.write_rules(&inner).await
     }
 
+    /// At create: the network a container names exists and can take it
+    /// (a start checks again).
+    pub async fn check_joinable(
+        &self,
+        network: Option<&str>,
+        ports: &[PortBinding],
+    ) -> Result<(), NetError> {
+        let name = match network {
+            Some(NONE) => return Ok(()),
+            Some(n) => n,
+            None if self.opts.no_default || self.unavailable().is_some() => {
+                if ports.is_empty() {
+                    return Ok(());
+                }
+                return Err(NetError::BadRequest(match self.unavailable() {
+                    Some(why) => format!("cannot publish ports: container networking is off ({why})"),
+                    None => "cannot publish ports: there is no default network (--bridge none); name one with --network".into(),
+                }));
+            }
+            None => DEFAULT_NETWORK,
+        };
+        self.netlink()?;
+        let inner = self.inner.lock().await;
+        let net = Self::find(&inner, name)?;
+        if net.record.internal && !ports.is_empty() {
+            return Err(NetError::BadRequest(format!(
+                "network {} is internal: its containers cannot publish ports",
+                net.record.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Attaches a starting container: an address, a TAP on the bridge,
     /// its published ports and names; `None` for no network.
     pub async fn attach(&self, req: AttachRequest<'_>) -> Result<Option<Endpoint>, NetError> {
