@@ -4,8 +4,9 @@
 #   scripts/setup.sh run        to build husk and boot the probe guest: a C
 #                               toolchain (gcc, libc6-dev) besides cargo
 #   scripts/setup.sh container  also what running a container needs:
-#                               e2fsprogs (root filesystems) and
-#                               busybox-static (the demo image)
+#                               e2fsprogs (root filesystems),
+#                               busybox-static (the demo image), and
+#                               nftables and iproute2 (container networks)
 #   scripts/setup.sh fallback   also the software-emulation backend, for
 #                               hosts whose KVM cannot run the guest kernel:
 #                               qemu-system-x86 (its microvm machine) and
@@ -48,6 +49,9 @@ if $container; then
     [[ -x /usr/sbin/mkfs.ext4 && -x /usr/sbin/debugfs ]] || need_apt+=(e2fsprogs)
     # Images are made here from busybox-static (no registry needed).
     [[ -x /bin/busybox ]] || need_apt+=(busybox-static)
+    # Container networks: the daemon writes its packet filter rules with
+    # nft's JSON API (links and addresses go over netlink directly).
+    command -v nft >/dev/null || [[ -x /usr/sbin/nft ]] || need_apt+=(nftables)
 fi
 if $fallback; then
     # A stock Linux guest cannot run on a PVM host's KVM: the daemon and the
@@ -61,6 +65,8 @@ if [[ $mode == test ]]; then
     [[ -x /usr/bin/docker-registry ]] || need_apt+=(docker-registry)
     command -v openssl >/dev/null || need_apt+=(openssl)
     command -v tar >/dev/null || need_apt+=(tar)
+    # The network tests make namespaces and veth pairs with ip.
+    command -v ip >/dev/null || [[ -x /usr/sbin/ip ]] || need_apt+=(iproute2)
 fi
 
 # Keeps the services of the packages being installed from starting

@@ -85,7 +85,9 @@ pub struct Container {
     pub record: Mutex<ContainerRecord>,
     live: broadcast::Sender<LogLine>,
     exited: watch::Sender<bool>,
-    agent: tokio::sync::Mutex<Option<Arc<AgentClient>>>,
+    /// Held by a reattach until it is done, so a stop or kill that comes
+    /// meanwhile waits for the agent instead of finding none.
+    agent: Arc<tokio::sync::Mutex<Option<Arc<AgentClient>>>>,
     /// Start, stop and remove of one container happen one at a time.
     lifecycle: tokio::sync::Mutex<()>,
     /// Clients attached to the main process's stdio (`attach.rs`).
@@ -99,7 +101,7 @@ impl Container {
             record: Mutex::new(record),
             live: logs::live_channel(),
             exited: watch::channel(done).0,
-            agent: tokio::sync::Mutex::new(None),
+            agent: Arc::new(tokio::sync::Mutex::new(None)),
             lifecycle: tokio::sync::Mutex::new(()),
             stdio: AttachPoint::default(),
         })
@@ -274,7 +276,13 @@ impl Manager {
             match (&r.vm, r.agent_id) {
                 (Some(vm), Some(agent_id)) if vm.is_running() => {
                     let (m, vm) = (self.clone(), vm.clone());
-                    tokio::spawn(async move { m.reattach(c, vm, agent_id).await });
+                    // Taken here, before the API serves anything.
+                    let slot = c
+                        .agent
+                        .clone()
+                        .try_lock_owned()
+                        .expect("no one holds a container's agent before the API starts");
+                    tokio::spawn(async move { m.reattach(c, vm, agent_id, slot).await });
                 }
                 _ => {
                     if let Some(vm) = &r.vm {
@@ -290,7 +298,13 @@ impl Manager {
         }
     }
 
-    async fn reattach(self: Arc<Self>, c: Arc<Container>, vm: VmHandle, agent_id: u32) {
+    async fn reattach(
+        self: Arc<Self>,
+        c: Arc<Container>,
+        vm: VmHandle,
+        agent_id: u32,
+        mut slot: tokio::sync::OwnedMutexGuard<Option<Arc<AgentClient>>>,
+    ) {
         let attached = async {
             let client = AgentClient::connect_vsock(&vm.vsock_uds, BOOT_TIMEOUT).await?;
             let p = client.attach(agent_id).await?;
@@ -299,11 +313,13 @@ impl Manager {
         match attached.await {
             Ok((client, p)) => {
                 tracing::info!(id = %c.snapshot().id, "reattached to a running container");
-                *c.agent.lock().await = Some(client);
+                *slot = Some(client);
+                drop(slot);
                 c.stdio.started(p.input());
                 self.pump(c, p).await;
             }
             Err(e) => {
+                drop(slot);
                 self.retire(&c.snapshot().id, &vm);
                 self.net.detach(&c.snapshot().id).await;
                 self.settle(
