@@ -16,6 +16,8 @@ mod busybox_image;
 mod common;
 #[path = "common/qemu.rs"]
 mod qemu;
+#[path = "common/tap.rs"]
+mod tap;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -209,6 +211,16 @@ fn kvm_vms_are_jailed_each_as_its_own_uid_and_cleaned_up() {
     };
     let mut spec = probe_files(&dir.0);
     spec.jail = Some(settings.clone());
+    // Its TAP, made root's (as the daemon makes it): the launch hands it
+    // to the VM's uid, and the VMM opens it as that uid.
+    let Some(tap) = tap::TestTap::create("jn", None) else {
+        return;
+    };
+    spec.net = Some(backend::VmNet {
+        tap: tap.name.clone(),
+        mac: "02:42:ac:14:00:02".into(),
+        mtu: 1500,
+    });
     let vm = Guard(backend::launch(BackendKind::Kvm, &spec).unwrap());
     let vm = &vm.0;
     let record = vm.jail.clone().expect("a jailed handle");
@@ -272,6 +284,16 @@ fn kvm_vms_are_jailed_each_as_its_own_uid_and_cleaned_up() {
     assert_eq!(cfg["boot-source"]["initrd_path"], "/initramfs");
     assert_eq!(cfg["drives"][0]["path_on_host"], "/rootfs");
     assert_eq!(cfg["vsock"]["uds_path"], "/run/vsock.sock");
+    assert_eq!(
+        cfg["network-interfaces"][0]["host_dev_name"],
+        tap.name.as_str()
+    );
+    assert_eq!(
+        cfg["network-interfaces"][0]["guest_mac"],
+        "02:42:ac:14:00:02"
+    );
+    let owner = std::fs::read_to_string(format!("/sys/class/net/{}/owner", tap.name)).unwrap();
+    assert_eq!(owner.trim(), "250000");
     let initrd = console_line(vm, "PROBE initrd", Duration::from_secs(10));
     assert!(initrd.contains("head=HUSK-INITRD-HEA"), "{initrd}");
 

@@ -355,10 +355,35 @@ mod tests {
         assert_eq!(json["vsock"]["guest_cid"], 3);
         assert_eq!(json["vsock"]["uds_path"], vsock.to_str().unwrap());
         assert!(json["entropy"].is_object());
+        assert!(json
+            .get("network-interfaces")
+            .is_none_or(|n| n == &serde_json::json!([])));
         // What husk-vmm reads back is what was written.
         let text = serde_json::to_vec(&json).unwrap();
         let back = VmConfig::from_slice("vm.json", &text).unwrap();
         assert_eq!(back, config(&s, &vsock));
+
+        // With a network: the daemon's TAP as eth0, the guest's MAC and MTU.
+        let s = VmSpec {
+            net: Some(super::super::VmNet {
+                tap: "htap0123456789a".into(),
+                mac: "02:42:ac:14:00:02".into(),
+                mtu: 1400,
+            }),
+            ..s
+        };
+        let json = serde_json::to_value(config(&s, &vsock)).unwrap();
+        let nics = json["network-interfaces"].as_array().unwrap();
+        assert_eq!(nics.len(), 1, "{json}");
+        assert_eq!(nics[0]["iface_id"], "eth0");
+        assert_eq!(nics[0]["host_dev_name"], "htap0123456789a");
+        assert_eq!(nics[0]["guest_mac"], "02:42:ac:14:00:02");
+        assert_eq!(nics[0]["mtu"], 1400);
+        let text = serde_json::to_vec(&json).unwrap();
+        assert_eq!(
+            VmConfig::from_slice("vm.json", &text).unwrap(),
+            config(&s, &vsock)
+        );
     }
 
     #[test]

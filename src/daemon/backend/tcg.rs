@@ -553,6 +553,25 @@ mod tests {
                 "virtio-rng-device,rng=rng"
             ]
         );
+        assert!(values(&args, "-netdev").is_empty());
+        // With a network: the daemon's TAP, no scripts, the guest's MAC.
+        let net = VmSpec {
+            net: Some(super::super::VmNet {
+                tap: "htap0123456789a".into(),
+                mac: "02:42:ac:14:00:02".into(),
+                mtu: 1400,
+            }),
+            ..s.clone()
+        };
+        let args = strings(&qemu_args(&net, &vhost, &console, None));
+        assert_eq!(
+            values(&args, "-netdev"),
+            ["tap,id=net0,ifname=htap0123456789a,script=no,downscript=no"]
+        );
+        assert_eq!(
+            values(&args, "-device").last().unwrap(),
+            &"virtio-net-device,netdev=net0,mac=02:42:ac:14:00:02,host_mtu=1400"
+        );
     }
 
     #[test]
