@@ -32,7 +32,7 @@ use crate::client::DaemonClient;
 use crate::daemon::backend::{self, BackendKind, VmHandle, VmSpec};
 
 /// The image the bench builds and imports.
-const IMAGE: &str = "husk-bench/busybox:1";
+pub(super) const IMAGE: &str = "husk-bench/busybox:1";
 /// Containers in the memory figure and in each burst.
 const BURST: usize = 20;
 /// How many of a burst's containers boot at once: all of them. Under
@@ -64,7 +64,7 @@ pub struct Options<'a> {
 }
 
 /// n, median, p90, min and max of a sample, in ms.
-fn stats(mut v: Vec<f64>) -> Value {
+pub(super) fn stats(mut v: Vec<f64>) -> Value {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return Value::Null;
@@ -128,7 +128,7 @@ fn is_static_x86_64(elf: &[u8]) -> bool {
 /// A `docker save` archive of a one-layer image: the host's static
 /// busybox and its applets as symlinks (what tests/common/busybox_image.rs
 /// builds).
-fn busybox_archive(dir: &Path) -> Result<PathBuf, String> {
+pub(super) fn busybox_archive(dir: &Path) -> Result<PathBuf, String> {
     const BUSYBOX: &str = "/bin/busybox";
     let busybox = std::fs::read(BUSYBOX).map_err(|e| format!("{BUSYBOX}: {e}"))?;
     if !is_static_x86_64(&busybox) {
@@ -159,7 +159,7 @@ fn busybox_archive(dir: &Path) -> Result<PathBuf, String> {
 }
 
 /// Runs `husk ARGS --state-dir STATE` to completion.
-fn husk_cli(husk: &Path, state: &Path, args: &[&str]) -> Result<(), String> {
+pub(super) fn husk_cli(husk: &Path, state: &Path, args: &[&str]) -> Result<(), String> {
     let out = Command::new(husk)
         .args(args)
         .arg("--state-dir")
@@ -179,7 +179,7 @@ fn husk_cli(husk: &Path, state: &Path, args: &[&str]) -> Result<(), String> {
 
 /// The guest kernel: `flag`, else $HUSK_GUEST_KERNEL, else the daemon's
 /// default (`<state dir>/kernels/vmlinux`), else /var/lib/husk's.
-fn guest_kernel(flag: Option<&Path>) -> Result<PathBuf, String> {
+pub(super) fn guest_kernel(flag: Option<&Path>) -> Result<PathBuf, String> {
     let given = flag.map(Path::to_path_buf).or_else(|| {
         std::env::var_os("HUSK_GUEST_KERNEL")
             .filter(|v| !v.is_empty())
@@ -210,7 +210,7 @@ fn guest_kernel(flag: Option<&Path>) -> Result<PathBuf, String> {
 /// tests do (a debug build carries 100 MB the guest would unpack); a
 /// plain copy when objcopy is missing. Returns it and whether it was
 /// stripped.
-fn stripped_agent(dir: &Path) -> Result<(PathBuf, PathBuf, bool), String> {
+pub(super) fn stripped_agent(dir: &Path) -> Result<(PathBuf, PathBuf, bool), String> {
     let built = crate::agent::initramfs::find_agent().map_err(|e| e.to_string())?;
     let agent = dir.join("husk-agent");
     let stripped = Command::new("objcopy")

@@ -5,6 +5,7 @@
 mod containers;
 mod images;
 mod jailed;
+mod network;
 mod snapshot;
 mod soak;
 
@@ -54,6 +55,7 @@ pub enum Suite {
     Soak,
     Containers,
     Snapshot,
+    Network,
     All,
 }
 
@@ -466,6 +468,12 @@ pub fn run(args: BenchArgs) -> i32 {
                 kernel: args.kernel.as_deref(),
             };
             out.insert("containers".into(), containers::measure(opts)?);
+        }
+        if wants(Suite::Network) {
+            out.insert(
+                "network".into(),
+                network::measure(args.runs.min(5), args.kernel.as_deref())?,
+            );
         }
         Ok::<_, String>(serde_json::Value::Object(out))
     })();

@@ -313,7 +313,8 @@ pub fn setup(name: &str) -> Option<Daemon> {
 }
 
 /// A daemon in this host's own network namespace, with no default
-/// network (`--bridge none`): for tests that reach it over TCP.
+/// network (`--bridge none`): for tests that reach it over TCP, or a
+/// registry on its loopback.
 pub fn setup_in_host_net(name: &str, extra: &[&str]) -> Option<Daemon> {
     let kernel = match qemu::tools_available().and_then(|()| qemu::guest_kernel()) {
         Ok(k) => k,

@@ -52,7 +52,7 @@ fn the_daemon_pulls_imports_and_runs_images() {
         "amd64",
         &anon,
     );
-    let Some(d) = daemon::setup_with("images", &["--insecure-registry", &host]) else {
+    let Some(d) = daemon::setup_in_host_net("images", &["--insecure-registry", &host]) else {
         return;
     };
 
