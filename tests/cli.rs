@@ -206,3 +206,77 @@ fn detached_containers_are_managed_by_name() {
     assert_ne!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("web"), "{}", stderr(&o));
 }
+
+#[test]
+fn husk_network_and_published_ports() {
+    let Some(d) = setup("cli-net") else {
+        return;
+    };
+    let o = husk(
+        &d,
+        &["network", "create", "--subnet", "10.210.0.0/24", "front"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    assert_eq!(id.len(), 64);
+    let ls = stdout(&husk(&d, &["network", "ls"]));
+    let row = ls
+        .lines()
+        .find(|l| l.contains("front"))
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert!(
+        row.starts_with(&id[..12]) && row.contains("10.210.0.0/24"),
+        "{ls}"
+    );
+    assert!(ls.lines().any(|l| l.contains(" bridge ")), "{ls}");
+    let o = husk(&d, &["network", "create", "front"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+
+    // A published port shows in ps and answers on the host.
+    let o = husk(
+        &d,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "front",
+            "-p",
+            "127.0.0.1:8088:80",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo hi > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let ps = stdout(&husk(&d, &["ps"]));
+    assert!(
+        ps.contains("PORTS") && ps.contains("127.0.0.1:8088->80/tcp"),
+        "{ps}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = d
+            .ns()
+            .sh("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 127.0.0.1 8088 | tail -n 1");
+        if got == "hi" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let inspect = stdout(&husk(&d, &["network", "inspect", "front"]));
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v[0]["containers"][0]["name"], "web", "{v}");
+    // In use: refused; then removed.
+    let o = husk(&d, &["network", "rm", "front"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("web"), "{}", stderr(&o));
+    assert_eq!(husk(&d, &["rm", "-f", "web"]).status.code(), Some(0));
+    let o = husk(&d, &["network", "rm", "front"]);
+    assert_eq!((stdout(&o), o.status.code()), ("front\n".into(), Some(0)));
+    assert!(!stdout(&husk(&d, &["network", "ls"])).contains("front"));
+}

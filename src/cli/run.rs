@@ -452,6 +452,41 @@ mod tests {
     }
 
     #[test]
+    fn network_and_published_ports() {
+        let r = run_args(&[
+            "--network",
+            "front",
+            "-p",
+            "8080:80",
+            "--publish",
+            "127.0.0.1:53:53/udp",
+            "-p",
+            "9000",
+            "busybox",
+        ]);
+        let req = r.opts.request(false).unwrap();
+        assert_eq!(req.network.as_deref(), Some("front"));
+        let shown: Vec<String> = req.publish.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "0.0.0.0:8080->80/tcp",
+                "127.0.0.1:53->53/udp",
+                "0.0.0.0:0->9000/tcp"
+            ]
+        );
+        assert_eq!(
+            run_args(&["--net", "none", "busybox"])
+                .opts
+                .network
+                .as_deref(),
+            Some("none")
+        );
+        assert!(parse_args(&["run", "-p", "80/sctp", "busybox"]).is_err());
+        assert!(parse_args(&["run", "-p", "x:80", "busybox"]).is_err());
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         assert!(parse_args(&["run", "-m", "lots", "busybox"]).is_err());
         assert!(parse_args(&["run", "--cpus", "0", "busybox"]).is_err());
