@@ -316,16 +316,7 @@ pub fn setup(name: &str) -> Option<Daemon> {
 /// network (`--bridge none`): for tests that reach it over TCP, or a
 /// registry on its loopback.
 pub fn setup_in_host_net(name: &str, extra: &[&str]) -> Option<Daemon> {
-    let kernel = match qemu::tools_available().and_then(|()| qemu::guest_kernel()) {
-        Ok(k) => k,
-        Err(reason) => {
-            qemu::skip(&reason);
-            return None;
-        }
-    };
-    let dir = std::env::temp_dir().join(format!("husk-daemon-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let (kernel, dir) = tcg_scratch(name)?;
     let mut args = vec!["--bridge", "none"];
     args.extend_from_slice(extra);
     Some(Daemon::start_in(&dir, &kernel, "tcg", &args, None))
@@ -333,6 +324,14 @@ pub fn setup_in_host_net(name: &str, extra: &[&str]) -> Option<Daemon> {
 
 /// A daemon started with these flags besides the harness's own.
 pub fn setup_with(name: &str, extra: &[&str]) -> Option<Daemon> {
+    let (kernel, dir) = tcg_scratch(name)?;
+    Some(Daemon::start(&dir, &kernel, "tcg", extra))
+}
+
+/// The guest kernel for the tcg backend and an empty scratch directory;
+/// `None`, after saying `skipped:`, when QEMU's tools or the kernel are
+/// missing.
+fn tcg_scratch(name: &str) -> Option<(PathBuf, PathBuf)> {
     let kernel = match qemu::tools_available().and_then(|()| qemu::guest_kernel()) {
         Ok(k) => k,
         Err(reason) => {
@@ -343,7 +342,7 @@ pub fn setup_with(name: &str, extra: &[&str]) -> Option<Daemon> {
     let dir = std::env::temp_dir().join(format!("husk-daemon-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    Some(Daemon::start(&dir, &kernel, "tcg", extra))
+    Some((kernel, dir))
 }
 
 /// A daemon on the `kvm` backend (`husk-vmm`), when `HUSK_TEST_KERNEL`

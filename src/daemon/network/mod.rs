@@ -195,6 +195,16 @@ struct Net {
     _dns: Option<DnsServer>,
 }
 
+impl Net {
+    fn new(record: NetworkRecord) -> Net {
+        Net {
+            record,
+            names: Names::default(),
+            _dns: None,
+        }
+    }
+}
+
 struct Attached {
     ep: Endpoint,
     _held: Vec<ports::Reservation>,
@@ -275,14 +285,7 @@ impl NetworkManager {
                 serde_json::from_slice::<NetworkRecord>(&b).map_err(|e| e.to_string())
             }) {
                 Ok(record) => {
-                    inner.nets.insert(
-                        record.name.clone(),
-                        Net {
-                            record,
-                            names: Names::default(),
-                            _dns: None,
-                        },
-                    );
+                    inner.nets.insert(record.name.clone(), Net::new(record));
                 }
                 Err(e) => tracing::error!("skipping network record {}: {e}", p.display()),
             }
@@ -339,14 +342,7 @@ impl NetworkManager {
                 .new_record(&nl, &inner, &req, Some(DEFAULT_BRIDGE.into()), true)
                 .await?;
             self.save(&record)?;
-            inner.nets.insert(
-                record.name.clone(),
-                Net {
-                    record,
-                    names: Names::default(),
-                    _dns: None,
-                },
-            );
+            inner.nets.insert(record.name.clone(), Net::new(record));
         }
         let names: Vec<String> = inner.nets.keys().cloned().collect();
         for name in names {
@@ -545,11 +541,7 @@ impl NetworkManager {
             )));
         }
         let record = self.new_record(&nl, &inner, &req, None, false).await?;
-        let mut net = Net {
-            record,
-            names: Names::default(),
-            _dns: None,
-        };
+        let mut net = Net::new(record);
         if let Err(e) = self.bring_up(&nl, &mut net).await {
             let _ = nl.delete(&net.record.bridge).await;
             return Err(e);
