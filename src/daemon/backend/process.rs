@@ -49,6 +49,15 @@ fn stat(pid: i32) -> Option<(u8, u64)> {
     parse_stat(&std::fs::read(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// Whether a thread other than the leader of `pid`'s thread group is
+/// still there.
+fn other_threads(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_str() != Some(&pid.to_string()))
+    })
+}
+
 impl ProcId {
     /// The process that runs as `pid` now, if any.
     pub fn of(pid: i32) -> Option<ProcId> {
@@ -85,8 +94,10 @@ impl ProcId {
             return false;
         }
         // ECHILD: not our child. Its own parent reaps it; until then a
-        // zombie is as dead as it gets.
-        !matches!(state, b'Z' | b'X' | b'x')
+        // zombie is as dead as it gets, once all its threads are gone: a
+        // killed thread group's leader shows as a zombie while its other
+        // threads still tear down, holding its files (a listening socket).
+        !matches!(state, b'Z' | b'X' | b'x') || other_threads(self.pid)
     }
 
     /// Sends `signal` to this process if it still runs as `pid`; returns
