@@ -282,6 +282,14 @@ fn published_ports_outbound_nat_and_dns() {
         line_of(&got, "route").starts_with(&format!("default via {gateway}")),
         "{got}"
     );
+    // The network's DNS serves its containers only: not the host's LAN,
+    // even one that routes the network's subnet to the host.
+    let subnet = bridge["subnet"].as_str().unwrap();
+    out.ns.ip(&["route", "add", subnet, "via", HOST_UPLINK]);
+    let lan = out.ns.sh(&format!(
+        "timeout 5 busybox nslookup outside.test {gateway} 2>&1 | grep -c 198.51.100.9"
+    ));
+    assert_eq!(lan, "0");
     // The outside saw the host's address, not the guest's.
     let log = out.httpd_log();
     assert!(log.contains(HOST_UPLINK), "{log}");
@@ -351,7 +359,11 @@ fn names_isolation_and_spoofing() {
         .spawn()
         .unwrap();
 
-    let srv = server(&d, "srv", json!({"network": "front"}));
+    let srv = server(
+        &d,
+        "srv",
+        json!({"network": "front", "publish": [{"host_port": 8085, "container_port": 80}]}),
+    );
     let srv_ip = inspect(&d, &srv)["network"]["ip_address"]
         .as_str()
         .unwrap()
@@ -377,14 +389,25 @@ fn names_isolation_and_spoofing() {
     // From other networks, srv cannot be reached, nor its name resolved;
     // an internal network's DNS answers no outside name.
     let script = guest_get("cross", &srv_ip, 80)
+        + &guest_get("published", "10.201.0.1", 8085)
         + &format!("echo \"name:$(nslookup srv 2>&1 | grep -c {srv_ip})\"; ")
         + "echo \"outside:$(nslookup example.com 2>&1 | grep -q REFUSED && echo refused)\"";
     let got = run_script(&d, &script, json!({"network": "back"}));
     assert_eq!(line_of(&got, "cross"), "", "{got}");
     assert_eq!(line_of(&got, "outside"), "refused", "{got}");
     assert_eq!(line_of(&got, "name"), "0", "{got}");
-    let got = run_script(&d, &guest_get("cross", &srv_ip, 80), json!({}));
+    // An internal network has no way out, not even to a published port.
+    assert_eq!(line_of(&got, "published"), "", "{got}");
+    // From the default network: not srv's address, but its published
+    // port, as from anywhere.
+    let bridge_gw = d.call("GET", "/v1/networks/bridge", None).json()["gateway"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let script = guest_get("cross", &srv_ip, 80) + &guest_get("published", &bridge_gw, 8085);
+    let got = run_script(&d, &script, json!({}));
     assert_eq!(line_of(&got, "cross"), "", "{got}");
+    assert_eq!(line_of(&got, "published"), "served by srv", "{got}");
     // Control: the same request from srv's own network gets through.
     let got = run_script(
         &d,

@@ -256,7 +256,10 @@ impl Manager {
             .all()
             .iter()
             .map(|c| c.snapshot())
-            .filter(|r| r.state.is_active() && r.vm.as_ref().is_some_and(VmHandle::is_running))
+            // Only containers whose process ran: one still starting when
+            // the daemon died is retired by `recover`, and its TAP goes.
+            .filter(|r| r.state.is_active() && r.agent_id.is_some())
+            .filter(|r| r.vm.as_ref().is_some_and(VmHandle::is_running))
             .filter_map(|r| Some((r.id.clone(), r.net?)))
             .collect();
         if let Err(e) = self.net.start(running).await {
@@ -391,7 +394,14 @@ impl Manager {
 
     /// Records a new container; the image must be in the store (or is
     /// pulled first).
-    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<ContainerRecord, ApiError> {
+    pub async fn create(
+        self: &Arc<Self>,
+        mut req: CreateRequest,
+    ) -> Result<ContainerRecord, ApiError> {
+        // 0.0.0.0 is every address, as no address is.
+        for p in &mut req.publish {
+            p.host_ip = p.host_ip.filter(|ip| !ip.is_unspecified());
+        }
         check_request(&req)?;
         self.net
             .check_joinable(req.network.as_deref(), &req.publish)

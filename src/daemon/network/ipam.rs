@@ -132,6 +132,24 @@ pub fn check_subnet(s: &Subnet) -> Result<(), String> {
     if s.addr.is_link_local() {
         return Err(format!("subnet {s} is link-local"));
     }
+    // Only private ranges (RFC 1918, and the shared space of RFC 6598): a
+    // network over public addresses would take them from the host.
+    let private = [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+    ];
+    if !private
+        .iter()
+        .filter_map(|p| p.parse::<Subnet>().ok())
+        .any(|p| p.contains(s.addr) && p.contains(s.broadcast()))
+    {
+        return Err(format!(
+            "subnet {s} is not a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or \
+             100.64.0.0/10)"
+        ));
+    }
     Ok(())
 }
 
@@ -155,11 +173,20 @@ pub fn default_gateway(s: &Subnet) -> Ipv4Addr {
         .expect("a subnet of /29 or larger has a first host")
 }
 
-/// The lowest host address of `subnet` that is not `gateway` and not in
-/// `used`.
-pub fn allocate(subnet: &Subnet, gateway: Ipv4Addr, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
-    (1..subnet.size())
-        .filter_map(|n| subnet.nth(n))
+/// The first host address of `subnet` after `last` (from the start when
+/// `None`, wrapping around) that is not `gateway` and not in `used`.
+pub fn allocate(
+    subnet: &Subnet,
+    gateway: Ipv4Addr,
+    used: &[Ipv4Addr],
+    last: Option<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    let size = subnet.size();
+    let start = last
+        .filter(|l| subnet.contains(*l))
+        .map_or(1, |l| u64::from(u32::from(l) - u32::from(subnet.addr)) + 1);
+    (0..size)
+        .filter_map(|i| subnet.nth((start + i) % size))
         .find(|ip| subnet.is_host(*ip) && *ip != gateway && !used.contains(ip))
 }
 
@@ -209,6 +236,9 @@ mod tests {
             "169.254.0.0/16",
             "10.0.0.0/30",
             "0.0.0.0/8",
+            "8.8.8.0/24",
+            "11.0.0.0/8",
+            "172.0.0.0/8",
         ] {
             assert!(check_subnet(&s(bad)).is_err(), "{bad}");
         }
@@ -243,18 +273,20 @@ mod tests {
         let n = s("10.90.0.0/29");
         let gw = default_gateway(&n);
         assert_eq!(gw, Ipv4Addr::new(10, 90, 0, 1));
-        let a = allocate(&n, gw, &[]).unwrap();
-        assert_eq!(a, Ipv4Addr::new(10, 90, 0, 2));
-        let used: Vec<Ipv4Addr> = (2..=5).map(|i| Ipv4Addr::new(10, 90, 0, i)).collect();
-        assert_eq!(allocate(&n, gw, &used), Some(Ipv4Addr::new(10, 90, 0, 6)));
+        let ip = |i| Ipv4Addr::new(10, 90, 0, i);
+        let a = allocate(&n, gw, &[], None).unwrap();
+        assert_eq!(a, ip(2));
+        let used: Vec<Ipv4Addr> = (2..=5).map(ip).collect();
+        assert_eq!(allocate(&n, gw, &used, None), Some(ip(6)));
         // .7 is the broadcast address: the /29 is full.
-        let used: Vec<Ipv4Addr> = (2..=6).map(|i| Ipv4Addr::new(10, 90, 0, i)).collect();
-        assert_eq!(allocate(&n, gw, &used), None);
+        let used: Vec<Ipv4Addr> = (2..=6).map(ip).collect();
+        assert_eq!(allocate(&n, gw, &used, None), None);
         // A gateway elsewhere in the range frees .1.
-        assert_eq!(
-            allocate(&n, Ipv4Addr::new(10, 90, 0, 6), &[]),
-            Some(Ipv4Addr::new(10, 90, 0, 1))
-        );
+        assert_eq!(allocate(&n, ip(6), &[], None), Some(ip(1)));
+        // After the last one handed out, not the lowest free: .3 was just
+        // given back, .5 is next; past the end it wraps around.
+        assert_eq!(allocate(&n, gw, &[ip(2)], Some(ip(4))), Some(ip(5)));
+        assert_eq!(allocate(&n, gw, &[ip(2)], Some(ip(6))), Some(ip(3)));
     }
 
     #[test]

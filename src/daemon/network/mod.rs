@@ -151,6 +151,15 @@ struct Inner {
     nets: BTreeMap<String, Net>,
     /// By container id.
     eps: BTreeMap<String, Attached>,
+    /// By network id: the address handed out last (the next one goes
+    /// after it, so an address is not reused at once: conntrack entries
+    /// of the container that had it may live on for a while).
+    last: BTreeMap<String, Ipv4Addr>,
+    /// husk turned IPv4 forwarding on: forward only for its bridges.
+    strict_forward: bool,
+    /// The lock that makes this daemon the one that manages the networks
+    /// of its network namespace.
+    _lock: Option<std::fs::File>,
 }
 
 pub struct NetworkManager {
@@ -159,6 +168,8 @@ pub struct NetworkManager {
     upstreams: Vec<SocketAddr>,
     /// `None` with the reason when networking cannot work here.
     nl: Result<Netlink, String>,
+    /// Why the set-up at start failed, if it did: networking is off then.
+    failed: std::sync::Mutex<Option<String>>,
     inner: tokio::sync::Mutex<Inner>,
 }
 
@@ -200,6 +211,7 @@ impl NetworkManager {
             opts,
             upstreams,
             nl,
+            failed: std::sync::Mutex::new(None),
             inner: tokio::sync::Mutex::new(inner),
         }))
     }
@@ -219,14 +231,22 @@ impl NetworkManager {
     }
 
     /// Why networking is off, if it is.
-    pub fn unavailable(&self) -> Option<&str> {
-        self.nl.as_ref().err().map(String::as_str)
+    pub fn unavailable(&self) -> Option<String> {
+        match &self.nl {
+            Err(e) => Some(e.clone()),
+            Ok(_) => self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
     }
 
     fn netlink(&self) -> Result<&Netlink, NetError> {
-        self.nl
-            .as_ref()
-            .map_err(|e| NetError::Unavailable(e.clone()))
+        match (&self.nl, self.unavailable()) {
+            (Ok(nl), None) => Ok(nl),
+            (_, why) => Err(NetError::Unavailable(why.unwrap_or_default())),
+        }
     }
 
     /// At daemon start, once the containers' records are loaded: makes
@@ -235,8 +255,25 @@ impl NetworkManager {
     /// still run (`running`), removes every TAP of ours that none of them
     /// owns, and writes the rules.
     pub async fn start(&self, running: Vec<(String, Endpoint)>) -> Result<(), NetError> {
+        let r = self.start_inner(running).await;
+        if let Err(e) = &r {
+            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+        }
+        r
+    }
+
+    async fn start_inner(&self, running: Vec<(String, Endpoint)>) -> Result<(), NetError> {
         let nl = self.netlink()?.clone();
         let mut inner = self.inner.lock().await;
+        inner._lock = Some(lock_namespace()?);
+        // Forwarding: when husk turns it on (and the marker says it did,
+        // across restarts), only its own bridges' traffic is forwarded.
+        let marker = self.dir.join("ip_forward-set-by-husk");
+        let forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+        if forward.trim() == "0" {
+            let _ = std::fs::write(&marker, b"");
+        }
+        inner.strict_forward = marker.exists();
         if !self.opts.no_default && !inner.nets.contains_key(DEFAULT_NETWORK) {
             let req = NetworkCreateRequest {
                 name: DEFAULT_NETWORK.into(),
@@ -336,6 +373,15 @@ impl NetworkManager {
                         n.record.name, n.record.subnet
                     )));
                 }
+                if let Some(u) = self.upstreams.iter().find(|u| match u.ip() {
+                    std::net::IpAddr::V4(ip) => s.contains(ip),
+                    std::net::IpAddr::V6(_) => false,
+                }) {
+                    return Err(NetError::Conflict(format!(
+                        "subnet {s} holds {}, the host's DNS server",
+                        u.ip()
+                    )));
+                }
                 if let Some(h) = host.iter().find(|h| h.overlaps(&s)) {
                     return Err(NetError::Conflict(format!(
                         "subnet {s} overlaps {h}, which the host already routes"
@@ -415,7 +461,7 @@ impl NetworkManager {
         let doc = if nets.is_empty() {
             rules::removal()
         } else {
-            rules::ruleset(&nets, &eps)
+            rules::ruleset(&nets, &eps, inner.strict_forward)
         };
         tokio::task::spawn_blocking(move || rules::apply(&doc))
             .await
@@ -607,26 +653,29 @@ impl NetworkManager {
             .filter(|a| a.ep.network_id == r.id)
             .map(|a| a.ep.ip)
             .collect();
-        let ip = ipam::allocate(&r.subnet, r.gateway, &used).ok_or_else(|| {
-            NetError::Conflict(format!("network {} has no free address left", r.name))
-        })?;
+        let ip = ipam::allocate(&r.subnet, r.gateway, &used, inner.last.get(&r.id).copied())
+            .ok_or_else(|| {
+                NetError::Conflict(format!("network {} has no free address left", r.name))
+            })?;
         let tap = format!("{TAP_PREFIX}{}", &req.container_id[..11]);
         if let Err(e) = nl.create_tap(&tap, None, &r.bridge, r.mtu).await {
             return Err(e.into());
         }
-        // Names only on user-defined networks, as Docker does.
+        // Names only on user-defined networks, as Docker does: the
+        // container's name and short id (both unique in the daemon; a
+        // host name is the caller's to choose, so it is not one). A name
+        // already answered (the same name in another case) stays its
+        // first owner's.
         let names: Vec<String> = if r.builtin {
             Vec::new()
         } else {
-            let mut n = vec![
+            [
                 req.container_name.to_lowercase(),
                 req.container_id[..12].to_string(),
-            ];
-            let host = req.hostname.to_lowercase();
-            if !n.contains(&host) {
-                n.push(host);
-            }
-            n
+            ]
+            .into_iter()
+            .filter(|n| table.lookup(n).is_none())
+            .collect()
         };
         let ep = Endpoint {
             network: r.name.clone(),
@@ -649,6 +698,7 @@ impl NetworkManager {
                 _held: held,
             },
         );
+        inner.last.insert(r.id.clone(), ip);
         if let Err(e) = self.write_rules(&inner).await {
             inner.eps.remove(req.container_id);
             let _ = nl.delete(&tap).await;
@@ -683,6 +733,35 @@ impl NetworkManager {
             tracing::error!("cannot update the network rules: {e}");
         }
     }
+}
+
+/// Takes the lock that makes this daemon the one managing the networks of
+/// its network namespace (`/run/husk/net-<namespace inode>.lock`): two
+/// would share `husk0`, the TAPs' names and the `husk` tables.
+fn lock_namespace() -> Result<std::fs::File, NetError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata("/proc/thread-self/ns/net")
+        .map_err(|e| NetError::Internal(format!("/proc/thread-self/ns/net: {e}")))?
+        .ino();
+    let dir = Path::new("/run/husk");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| NetError::Internal(format!("{}: {e}", dir.display())))?;
+    let path = dir.join(format!("net-{ino}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| NetError::Internal(format!("{}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor we own; no pointers.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(NetError::Unavailable(format!(
+            "another husk daemon manages the networks of this network namespace ({} is locked)",
+            path.display()
+        )));
+    }
+    Ok(f)
 }
 
 /// Whether `name` is one of our TAPs' names.

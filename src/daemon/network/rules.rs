@@ -143,8 +143,12 @@ impl Table {
 }
 
 /// The whole ruleset, as one nftables JSON document of commands.
-pub fn ruleset(nets: &[NetRules], eps: &[EndpointRules]) -> Value {
-    let mut cmds = ip_table(nets, eps).cmds;
+///
+/// `strict_forward`: husk turned IPv4 forwarding on, so forwarding that
+/// involves no husk bridge is dropped (the host does not become a router
+/// for anyone else).
+pub fn ruleset(nets: &[NetRules], eps: &[EndpointRules], strict_forward: bool) -> Value {
+    let mut cmds = ip_table(nets, eps, strict_forward).cmds;
     cmds.extend(bridge_table(eps).cmds);
     json!({ "nftables": cmds })
 }
@@ -160,7 +164,7 @@ pub fn removal() -> Value {
     json!({ "nftables": cmds })
 }
 
-fn ip_table(nets: &[NetRules], eps: &[EndpointRules]) -> Table {
+fn ip_table(nets: &[NetRules], eps: &[EndpointRules], strict_forward: bool) -> Table {
     let mut t = Table::new("ip");
     let bridges: Vec<&str> = nets.iter().map(|n| n.bridge.as_str()).collect();
     let all = || set(&bridges);
@@ -171,6 +175,21 @@ fn ip_table(nets: &[NetRules], eps: &[EndpointRules]) -> Table {
         )
     };
 
+    // Before conntrack and NAT: nothing from outside the host may reach a
+    // loopback address (route_localnet would let a DNAT to a published
+    // 127.0.0.1 port through; the fix kube-proxy made for CVE-2020-8558).
+    t.base_chain("raw_prerouting", "filter", "prerouting", -300);
+    t.rule(
+        "raw_prerouting",
+        vec![
+            m("!=", meta("iifname"), json!("lo")),
+            eq(
+                payload("ip", "daddr"),
+                json!({"prefix": {"addr": "127.0.0.0", "len": 8}}),
+            ),
+            verdict("drop"),
+        ],
+    );
     t.base_chain("prerouting", "nat", "prerouting", -100);
     t.base_chain("output", "nat", "output", -100);
     t.base_chain("postrouting", "nat", "postrouting", 100);
@@ -232,6 +251,19 @@ fn ip_table(nets: &[NetRules], eps: &[EndpointRules]) -> Table {
     }
 
     if !bridges.is_empty() {
+        // An internal network's traffic goes nowhere but itself, not even
+        // to a published port of another network.
+        for n in nets.iter().filter(|n| n.internal) {
+            let br = json!(n.bridge);
+            t.rule(
+                "forward",
+                vec![
+                    eq(meta("iifname"), br.clone()),
+                    m("!=", meta("oifname"), br),
+                    verdict("drop"),
+                ],
+            );
+        }
         for n in nets {
             let br = json!(n.bridge);
             t.rule(
@@ -264,10 +296,22 @@ fn ip_table(nets: &[NetRules], eps: &[EndpointRules]) -> Table {
             ],
         );
         t.rule("forward", vec![eq(meta("oifname"), all()), verdict("drop")]);
-        for n in nets.iter().filter(|n| n.internal) {
+        if strict_forward {
             t.rule(
                 "forward",
-                vec![eq(meta("iifname"), json!(n.bridge)), verdict("drop")],
+                vec![m("!=", meta("iifname"), all()), verdict("drop")],
+            );
+        }
+        // A network's gateway address answers only on its own bridge (and
+        // to the host itself): not a DNS server for the host's LAN.
+        for n in nets {
+            t.rule(
+                "input",
+                vec![
+                    eq(payload("ip", "daddr"), json!(n.gateway.to_string())),
+                    m("!=", meta("iifname"), set(&["lo", &n.bridge])),
+                    verdict("drop"),
+                ],
             );
         }
 
@@ -422,7 +466,7 @@ mod tests {
                 "53:53/udp".parse().unwrap(),
             ],
         }];
-        let doc = ruleset(&nets, &eps);
+        let doc = ruleset(&nets, &eps, true);
         let typed: nftables::schema::Nftables = serde_json::from_value(doc.clone()).unwrap();
         // The typed form says the same as the document.
         assert_eq!(
@@ -448,9 +492,24 @@ mod tests {
         let egress: Vec<_> = post.iter().filter(|r| r.contains("\"!=\"")).collect();
         assert_eq!(egress.len(), 1);
         assert!(egress[0].contains("172.20.0.0"));
-        // The internal network's traffic goes nowhere but itself.
+        // The internal network's traffic goes nowhere but itself, first of all.
         let fwd = rules_of(&doc, "ip", "forward");
-        assert!(fwd.last().unwrap().contains("husk-1") && fwd.last().unwrap().contains("drop"));
+        assert!(fwd[0].contains("husk-1") && fwd[0].contains("!=") && fwd[0].contains("drop"));
+        // Strict forwarding: nothing that does not come from a bridge.
+        assert!(fwd.last().unwrap().contains("\"!=\"") && fwd.last().unwrap().contains("drop"));
+        let lax = ruleset(&nets, &eps, false);
+        assert_eq!(rules_of(&lax, "ip", "forward").len(), fwd.len() - 1);
+        // Loopback addresses only from lo.
+        let raw = rules_of(&doc, "ip", "raw_prerouting");
+        assert!(
+            raw[0].contains("127.0.0.0") && raw[0].contains("\"lo\""),
+            "{raw:?}"
+        );
+        // Gateways answer only on their bridges.
+        let input = rules_of(&doc, "ip", "input");
+        assert!(input
+            .iter()
+            .any(|r| r.contains("172.21.0.1") && r.contains("husk-1") && r.contains("\"lo\"")));
         // Anti-spoofing for the one TAP.
         let br = rules_of(&doc, "bridge", "prerouting");
         assert_eq!(br.len(), 5);
@@ -459,7 +518,7 @@ mod tests {
 
     #[test]
     fn no_networks_means_empty_tables() {
-        let doc = ruleset(&[], &[]);
+        let doc = ruleset(&[], &[], false);
         assert!(rules_of(&doc, "ip", "forward").is_empty());
         assert!(rules_of(&doc, "ip", "input").is_empty());
     }
