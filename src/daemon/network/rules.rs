@@ -296,6 +296,19 @@ fn ip_table(nets: &[NetRules], eps: &[EndpointRules], strict_forward: bool) -> T
             ],
         );
         t.rule("forward", vec![eq(meta("oifname"), all()), verdict("drop")]);
+        // No link-local destinations out there (a cloud's metadata
+        // service at 169.254.169.254 is the host's, not its tenants').
+        t.rule(
+            "forward",
+            vec![
+                eq(meta("iifname"), all()),
+                eq(
+                    payload("ip", "daddr"),
+                    json!({"prefix": {"addr": "169.254.0.0", "len": 16}}),
+                ),
+                verdict("drop"),
+            ],
+        );
         if strict_forward {
             t.rule(
                 "forward",
@@ -497,6 +510,9 @@ mod tests {
         assert!(fwd[0].contains("husk-1") && fwd[0].contains("!=") && fwd[0].contains("drop"));
         // Strict forwarding: nothing that does not come from a bridge.
         assert!(fwd.last().unwrap().contains("\"!=\"") && fwd.last().unwrap().contains("drop"));
+        assert!(fwd
+            .iter()
+            .any(|r| r.contains("169.254.0.0") && r.contains("drop")));
         let lax = ruleset(&nets, &eps, false);
         assert_eq!(rules_of(&lax, "ip", "forward").len(), fwd.len() - 1);
         // Loopback addresses only from lo.
