@@ -349,7 +349,12 @@ fn a_refused_load_leaves_no_device_socket_or_fd_behind() {
     refused(&b, load(&b, &late, &mem), "was refused", "late, again");
     let r = load(&b, &good, &mem);
     assert_eq!(r.status, 204, "after refused loads: {}", r.body);
-    assert_eq!(after, before, "fds left open by a refused load");
+    // No more than before: an fd of an earlier API connection may close
+    // meanwhile (seen once in CI: 17 after, 18 before), but a leak adds.
+    assert!(
+        after <= before,
+        "fds left open by a refused load: {after} after, {before} before"
+    );
 }
 
 #[test]
