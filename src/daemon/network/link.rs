@@ -149,6 +149,10 @@ impl Netlink {
             Err(e) if is_exists(&e) => {}
             Err(e) => return Err(nl("cannot add the gateway address to", name)(e)),
         }
+        self.set_up(index, name).await
+    }
+
+    async fn set_up(&self, index: u32, name: &str) -> Result<(), LinkError> {
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())
@@ -209,12 +213,7 @@ impl Netlink {
                 .execute()
                 .await
                 .map_err(nl("cannot set hairpin mode on", name))?;
-            self.handle
-                .link()
-                .set(LinkUnspec::new_with_index(index).up().build())
-                .execute()
-                .await
-                .map_err(nl("cannot set up", name))
+            self.set_up(index, name).await
         };
         if let Err(e) = attach.await {
             let _ = self.delete(name).await;
