@@ -42,16 +42,31 @@ struct Outside {
 
 /// The outside's DNS server, on a thread that enters its namespace:
 /// `outside.test` is 198.51.100.9, anything else NXDOMAIN.
-fn upstream_dns(ns: &str, stop: &AtomicBool) {
+fn upstream_dns(ns: &str, stop: &AtomicBool, bound: std::sync::mpsc::Sender<Result<(), String>>) {
     use simple_dns::rdata::{RData, A};
     use simple_dns::{Packet, PacketFlag, ResourceRecord, CLASS, RCODE};
     use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    // SAFETY: setns on this thread alone, with a descriptor we hold.
-    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-    let sock = std::net::UdpSocket::bind((OUTSIDE, 53)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let sock = (|| {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| e.to_string())?;
+        // SAFETY: setns on this thread alone, with a descriptor we hold.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns: {}", std::io::Error::last_os_error()));
+        }
+        let sock = std::net::UdpSocket::bind((OUTSIDE, 53)).map_err(|e| format!("bind: {e}"))?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(|e| e.to_string())?;
+        Ok(sock)
+    })();
+    let sock = match sock {
+        Ok(s) => {
+            let _ = bound.send(Ok(()));
+            s
+        }
+        Err(e) => {
+            let _ = bound.send(Err(e));
+            return;
+        }
+    };
     let mut buf = [0u8; 512];
     while !stop.load(Ordering::Relaxed) {
         let Ok((n, from)) = sock.recv_from(&mut buf) else {
@@ -108,10 +123,16 @@ impl Outside {
             .spawn()
             .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
+        let (bound_tx, bound) = std::sync::mpsc::channel();
         let dns = {
             let (ns, stop) = (ns.name.clone(), stop.clone());
-            std::thread::spawn(move || upstream_dns(&ns, &stop))
+            std::thread::spawn(move || upstream_dns(&ns, &stop, bound_tx))
         };
+        // It listens before anyone asks it.
+        bound
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the outside's DNS server did not start")
+            .unwrap_or_else(|e| panic!("the outside's DNS server: {e}"));
         Outside {
             ns,
             kids: vec![httpd],
@@ -268,7 +289,8 @@ fn published_ports_outbound_nat_and_dns() {
     let web_ip = r["network"]["ip_address"].as_str().unwrap().to_string();
     let script = guest_get("out", OUTSIDE, 80)
         + &guest_get("neighbour", &web_ip, 80)
-        + "echo \"dns:$(nslookup outside.test | grep -c 198.51.100.9)\"; \
+        + "for i in 1 2 3; do n=$(nslookup outside.test 2>&1 | grep -c 198.51.100.9); \
+             [ $n = 1 ] && break; done; echo \"dns:$n\"; \
            echo \"resolv:$(grep nameserver /etc/resolv.conf)\"; \
            echo \"hosts:$(grep -c \"$(hostname)\" /etc/hosts)\"; \
            echo \"route:$(ip route | grep default)\"";
