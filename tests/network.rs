@@ -252,6 +252,8 @@ fn published_ports_outbound_nat_and_dns() {
     let out = Outside::new(&d);
     let bridge = d.call("GET", "/v1/networks/bridge", None).json();
     assert_eq!(bridge["bridge"], "husk0", "{bridge}");
+    let info = d.call("GET", "/v1/info", None).json();
+    assert_eq!(info["networks"], json!(["bridge"]), "{info}");
     let gateway = bridge["gateway"].as_str().unwrap().to_string();
 
     // -p 8080:80 reaches the guest's server from the host itself (its

@@ -47,6 +47,10 @@ pub fn render_info(info: &Info, socket: &std::path::Path) -> String {
     }
     s.push_str(&format!(" Virtualization: {}\n", info.virtualization));
     s.push_str(&format!(" Kernel: {}\n", info.kernel));
+    match &info.networking_off {
+        Some(why) => s.push_str(&format!(" Networks: off ({why})\n")),
+        None => s.push_str(&format!(" Networks: {}\n", info.networks.join(" "))),
+    }
     if !info.state_dir.is_empty() {
         s.push_str(&format!(" State Dir: {}\n", info.state_dir));
     }
@@ -132,6 +136,8 @@ mod tests {
             running: 1,
             images: 2,
             state_dir: "/var/lib/husk".into(),
+            networks: vec!["bridge".into(), "front".into()],
+            networking_off: None,
         };
         let t = render_info(&i, std::path::Path::new("/run/husk/husk.sock"));
         assert!(t.contains(" Socket:     /run/husk/husk.sock\n"), "{t}");
@@ -143,6 +149,14 @@ mod tests {
             t.contains(" Backend: tcg\n Fallback Reason: no VT-x\n"),
             "{t}"
         );
+        assert!(t.contains(" Networks: bridge front\n"), "{t}");
+        let off = Info {
+            networks: vec![],
+            networking_off: Some("not root".into()),
+            ..i
+        };
+        let t = render_info(&off, std::path::Path::new("/s"));
+        assert!(t.contains(" Networks: off (not root)\n"), "{t}");
     }
 
     #[test]

@@ -721,6 +721,11 @@ pub struct Info {
     /// Where the daemon keeps images and containers.
     #[serde(default)]
     pub state_dir: String,
+    /// The networks' names, or why container networking is off.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networking_off: Option<String>,
 }
 
 /// One line of `GET /v1/events`.

@@ -531,6 +531,13 @@ async fn info(State(m): Shared) -> Json<serde_json::Value> {
     if let Some(why) = &m.cfg.fallback_reason {
         v["fallback_reason"] = why.clone().into();
     }
+    match m.net.unavailable() {
+        Some(why) => v["networking_off"] = why.into(),
+        None => {
+            let names: Vec<String> = m.net.list().await.into_iter().map(|n| n.name).collect();
+            v["networks"] = names.into();
+        }
+    }
     Json(v)
 }
 
