@@ -84,7 +84,6 @@ fn manager_figures(state: &Path, runs: usize) -> Result<Value, String> {
             net.attach(AttachRequest {
                 container_id: &id,
                 container_name: "bench",
-                hostname: "bench",
                 network: None,
                 ports: std::slice::from_ref(&port),
             })

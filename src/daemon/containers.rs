@@ -493,7 +493,6 @@ impl Manager {
             .attach(AttachRequest {
                 container_id: &r.id,
                 container_name: &r.name,
-                hostname: &hostname_of(&r),
                 network: r.config.network.as_deref(),
                 ports: &r.config.publish,
             })

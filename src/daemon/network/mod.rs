@@ -78,7 +78,6 @@ impl From<rules::RulesError> for NetError {
 pub struct AttachRequest<'a> {
     pub container_id: &'a str,
     pub container_name: &'a str,
-    pub hostname: &'a str,
     /// `None`: the default network (or none, where networking is off).
     pub network: Option<&'a str>,
     pub ports: &'a [PortBinding],
@@ -599,13 +598,7 @@ impl NetworkManager {
         self.netlink()?;
         let inner = self.inner.lock().await;
         let net = Self::find(&inner, name)?;
-        if net.record.internal && !ports.is_empty() {
-            return Err(NetError::BadRequest(format!(
-                "network {} is internal: its containers cannot publish ports",
-                net.record.name
-            )));
-        }
-        Ok(())
+        net.record.check_ports(ports)
     }
 
     /// Attaches a starting container: an address, a TAP on the bridge,
@@ -628,12 +621,7 @@ impl NetworkManager {
         let mut inner = self.inner.lock().await;
         let net = Self::find(&inner, name)?;
         let (r, table) = (net.record.clone(), net.names.clone());
-        if r.internal && !req.ports.is_empty() {
-            return Err(NetError::BadRequest(format!(
-                "network {} is internal: its containers cannot publish ports",
-                r.name
-            )));
-        }
+        r.check_ports(req.ports)?;
         for p in req.ports.iter().filter(|p| p.host_port != 0) {
             if let Some(other) = inner
                 .eps

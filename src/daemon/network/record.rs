@@ -30,6 +30,19 @@ pub struct NetworkRecord {
     pub labels: BTreeMap<String, String>,
 }
 
+impl NetworkRecord {
+    /// An internal network's containers cannot publish ports.
+    pub fn check_ports(&self, ports: &[PortBinding]) -> Result<(), super::NetError> {
+        if self.internal && !ports.is_empty() {
+            return Err(super::NetError::BadRequest(format!(
+                "network {} is internal: its containers cannot publish ports",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A container's attachment: kept in its record while it runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
