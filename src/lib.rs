@@ -1,6 +1,7 @@
 //! husk: a KVM microVM monitor.
 
 pub mod agent;
+pub mod archive;
 pub mod bench;
 pub mod cli;
 pub mod client;

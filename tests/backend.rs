@@ -100,6 +100,8 @@ fn probe_files(dir: &Path) -> VmSpec {
         boot_args: "probe=cmdline,initrd,wait-cad".into(),
         jail: None,
         net: None,
+        drives: vec![],
+        shares: vec![],
     }
 }
 
@@ -421,6 +423,8 @@ impl Guest {
             boot_args: String::new(),
             jail: None,
             net: None,
+            drives: vec![],
+            shares: vec![],
         }
     }
 }

@@ -301,6 +301,26 @@ impl AgentClient {
         self.launch(id, Message::Exec { id, spec }).await
     }
 
+    /// Mounts filesystems in a container that is not started (to copy
+    /// its files); the process ends with 0 once they are mounted.
+    pub async fn mount(
+        &self,
+        mounts: Vec<crate::agent::protocol::GuestMount>,
+    ) -> Result<Process, ClientError> {
+        let id = self.new_id();
+        self.launch(id, Message::Mount { id, mounts }).await
+    }
+
+    /// Runs an archive operation (`husk cp`): the tar stream is the
+    /// process's stdout (read, stat) or stdin (write).
+    pub async fn archive(
+        &self,
+        op: crate::agent::protocol::ArchiveOp,
+    ) -> Result<Process, ClientError> {
+        let id = self.new_id();
+        self.launch(id, Message::Archive { id, op }).await
+    }
+
     /// Follows a process that an earlier connection started (after the
     /// host restarted): its output from here on, and its exit.
     pub async fn attach(&self, id: u32) -> Result<Process, ClientError> {

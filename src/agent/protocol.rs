@@ -144,7 +144,68 @@ pub struct ContainerSpec {
     /// starts; `None` leaves the guest with loopback only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<GuestNetwork>,
+    /// Filesystems mounted in the container before the main process
+    /// starts (volumes, bind mounts, tmpfs), in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<GuestMount>,
 }
+
+/// A filesystem the agent mounts in the container (see
+/// `agent::guest::mounts`, which validates it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestMount {
+    /// An absolute path in the container; created when missing.
+    pub target: String,
+    pub source: MountSource,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// What a [`GuestMount`] mounts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MountSource {
+    /// A virtio-blk disk holding an ext4 filesystem, found by its serial
+    /// (the host's drive id).
+    Block { serial: String },
+    /// A virtio-fs share, by its tag.
+    VirtioFs { tag: String },
+    /// A new tmpfs.
+    Tmpfs {
+        /// Bytes; the kernel's default (half the RAM) when unset.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+        /// The root's permission bits (default 1777).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        #[serde(default)]
+        noexec: bool,
+        #[serde(default)]
+        nosuid: bool,
+        #[serde(default)]
+        nodev: bool,
+    },
+}
+
+/// A tar stream in or out of the container (`husk cp`), run by the agent
+/// in a child process whose stdin or stdout carries the stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ArchiveOp {
+    /// stdout: a tar of `path` (not following its last component when
+    /// it is a symlink), whose entries are named `name` then the path
+    /// below; `name` "." packs a directory's contents.
+    Read { path: String, name: String },
+    /// stdin: a tar unpacked into the directory `path`.
+    Write { path: String },
+    /// stdout: the JSON `archive::PathStat` of `path`.
+    Stat { path: String },
+}
+
+/// Exit codes of an archive child: the path is missing, or the request
+/// (or the archive) is refused; any other failure exits 1.
+pub const ARCHIVE_NOT_FOUND: i32 = 2;
+pub const ARCHIVE_REFUSED: i32 = 3;
 
 /// The guest's side of a container's network: one virtio-net interface,
 /// found by its MAC address, with one IPv4 address and an optional
@@ -227,6 +288,18 @@ pub enum Message {
     /// exit from here on.
     Attach {
         id: u32,
+    },
+    /// Mount filesystems in the container's root without starting it
+    /// (for copying files of a stopped container); answered as a process
+    /// that exits 0 at once, or with `Error`.
+    Mount {
+        id: u32,
+        mounts: Vec<GuestMount>,
+    },
+    /// Run an archive operation as process `id`.
+    Archive {
+        id: u32,
+        op: ArchiveOp,
     },
     /// Stop everything and end the VM.
     Shutdown,

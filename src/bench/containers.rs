@@ -796,6 +796,8 @@ fn kvm_launch_figures(ctx: &Ctx, root: &Path, why: &str) -> Result<Value, String
         boot_args: String::new(),
         jail: None,
         net: None,
+        drives: vec![],
+        shares: vec![],
     };
     let mut launch = vec![];
     let mut after = Value::Null;

@@ -39,6 +39,9 @@ pub struct RmArgs {
     /// Force the removal of a running container (kills it).
     #[arg(short, long)]
     pub force: bool,
+    /// Remove the container's anonymous volumes too.
+    #[arg(short, long)]
+    pub volumes: bool,
     /// Containers: ids, id prefixes or names.
     #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
@@ -87,9 +90,9 @@ pub async fn kill(client: &DaemonClient, args: KillArgs) -> i32 {
 }
 
 pub async fn rm(client: &DaemonClient, args: RmArgs) -> i32 {
-    let force = args.force;
+    let (force, volumes) = (args.force, args.volumes);
     each(&args.containers, |id| async move {
-        client.remove(&id, force).await.map(|()| id)
+        client.remove_with(&id, force, volumes).await.map(|()| id)
     })
     .await
 }

@@ -9,6 +9,7 @@
 
 pub mod attach;
 pub mod containers;
+pub mod cp;
 pub mod exec;
 pub mod format;
 pub mod images;
@@ -18,6 +19,7 @@ pub mod parse;
 pub mod ps;
 pub mod run;
 pub mod system;
+pub mod volume;
 
 use std::future::Future;
 use std::path::Path;
@@ -65,6 +67,10 @@ pub enum Verb {
     Rmi(images::RmiArgs),
     /// Manage networks.
     Network(network::NetworkArgs),
+    /// Manage volumes.
+    Volume(volume::VolumeArgs),
+    /// Copy files between a container and the host.
+    Cp(cp::CpArgs),
     /// Show what the daemon runs on and how much it holds.
     Info(system::InfoArgs),
     /// Show the daemon's events as they happen.
@@ -104,6 +110,8 @@ pub fn dispatch(socket: Option<&Path>, verb: Verb) -> i32 {
             Verb::Load(a) => images::load(&client, a).await,
             Verb::Rmi(a) => images::rmi(&client, a).await,
             Verb::Network(a) => network::network(&client, a).await,
+            Verb::Volume(a) => volume::volume(&client, a).await,
+            Verb::Cp(a) => cp::cp(&client, a).await,
             Verb::Info(a) => system::info(&client, a).await,
             Verb::Events(a) => system::events(&client, a).await,
         }

@@ -61,6 +61,19 @@ pub struct ContainerOpts {
     /// [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp].
     #[arg(short, long = "publish", value_name = "PORT")]
     pub publish: Vec<crate::client::types::PortBinding>,
+    /// Mount a volume or a host directory: [SOURCE:]TARGET[:ro]. A
+    /// SOURCE that starts with / or . is a host directory (shared over
+    /// virtio-fs), any other a named volume (made if missing); none
+    /// makes an anonymous volume.
+    #[arg(short = 'v', long = "volume", value_name = "[SOURCE:]TARGET[:ro]")]
+    pub volume: Vec<String>,
+    /// Mount a volume, host directory or tmpfs:
+    /// type=volume|bind|tmpfs,source=...,target=...[,readonly][,tmpfs-size=...][,tmpfs-mode=...].
+    #[arg(long, value_name = "SPEC")]
+    pub mount: Vec<String>,
+    /// Mount a tmpfs: TARGET[:size=64m,mode=1777,noexec,...].
+    #[arg(long, value_name = "TARGET[:OPTIONS]")]
+    pub tmpfs: Vec<String>,
     /// Keep STDIN open and send this one's to the container.
     #[arg(short, long)]
     pub interactive: bool,
@@ -141,7 +154,25 @@ impl ContainerOpts {
             pull: Some(false),
             network: self.network.clone(),
             publish: self.publish.clone(),
+            mounts: self.mounts()?,
         })
+    }
+
+    /// `-v`, `--mount` and `--tmpfs`, in that order.
+    fn mounts(&self) -> Result<Vec<crate::client::types::Mount>, String> {
+        use crate::client::types::Mount;
+        let cwd = std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?;
+        let mut out = Vec::new();
+        for v in &self.volume {
+            out.push(Mount::parse_volume_flag(v, &cwd)?);
+        }
+        for v in &self.mount {
+            out.push(Mount::parse_mount_flag(v, &cwd)?);
+        }
+        for v in &self.tmpfs {
+            out.push(Mount::parse_tmpfs_flag(v)?);
+        }
+        Ok(out)
     }
 }
 

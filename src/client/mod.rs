@@ -3,9 +3,11 @@
 //! kept open between calls and a long stream (logs, events) never blocks
 //! another request.
 
+pub mod copy;
 pub mod ndjson;
 pub mod types;
 mod upload;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 
@@ -322,7 +324,22 @@ impl DaemonClient {
 
     /// `DELETE /v1/containers/{id}`.
     pub async fn remove(&self, id: &str, force: bool) -> Result<(), ClientError> {
-        let path = container_path(id, &query(&[("force", force.to_string())]));
+        self.remove_with(id, force, false).await
+    }
+
+    /// `DELETE /v1/containers/{id}`, with its anonymous volumes when
+    /// `volumes` is set.
+    pub async fn remove_with(
+        &self,
+        id: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<(), ClientError> {
+        let mut q = vec![("force", force.to_string())];
+        if volumes {
+            q.push(("volumes", "true".to_string()));
+        }
+        let path = container_path(id, &query(&q));
         drain(self.send(Method::DELETE, &path, None).await?).await
     }
 
@@ -459,6 +476,49 @@ impl DaemonClient {
     pub async fn remove_network(&self, id: &str) -> Result<(), ClientError> {
         let path = format!("/v1/networks/{}", encode_component(id));
         drain(self.send(Method::DELETE, &path, None).await?).await
+    }
+
+    // --- volumes ---
+
+    /// `POST /v1/volumes`.
+    pub async fn create_volume(
+        &self,
+        req: &types::VolumeCreateRequest,
+    ) -> Result<types::VolumeView, ClientError> {
+        read_json(self.send_json(Method::POST, "/v1/volumes", req).await?).await
+    }
+
+    /// `GET /v1/volumes`.
+    pub async fn volumes(&self) -> Result<Vec<types::VolumeView>, ClientError> {
+        self.get("/v1/volumes").await
+    }
+
+    /// `GET /v1/volumes/{name}`.
+    pub async fn inspect_volume(&self, name: &str) -> Result<types::VolumeView, ClientError> {
+        self.get(&format!("/v1/volumes/{}", encode_component(name)))
+            .await
+    }
+
+    /// `DELETE /v1/volumes/{name}`.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/volumes/{}", encode_component(name));
+        drain(self.send(Method::DELETE, &path, None).await?).await
+    }
+
+    /// `POST /v1/volumes/{name}/resize`.
+    pub async fn resize_volume(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> Result<types::VolumeView, ClientError> {
+        let path = format!("/v1/volumes/{}/resize", encode_component(name));
+        let req = types::VolumeResizeRequest { size };
+        read_json(self.send_json(Method::POST, &path, &req).await?).await
+    }
+
+    /// `POST /v1/volumes/prune`.
+    pub async fn prune_volumes(&self) -> Result<types::VolumePruneReport, ClientError> {
+        read_json(self.send(Method::POST, "/v1/volumes/prune", None).await?).await
     }
 
     // --- system ---

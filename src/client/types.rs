@@ -57,7 +57,16 @@ pub struct CreateRequest {
     /// Host ports forwarded to the container (`-p`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<PortBinding>,
+    /// Volumes, bind mounts and tmpfs mounts (`-v`, `--mount`,
+    /// `--tmpfs`). The daemon names the anonymous volumes it makes, and
+    /// adds one for each of the image's `VOLUME`s no mount covers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
 }
+
+pub use super::volumes::{
+    Mount, MountKind, VolumeCreateRequest, VolumePruneReport, VolumeResizeRequest, VolumeView,
+};
 
 /// A transport protocol of a published port.
 #[derive(

@@ -134,6 +134,22 @@ pub fn router(m: Arc<Manager>, token: Option<String>) -> Router {
             "/v1/networks/{id}",
             get(super::networks::inspect).delete(super::networks::remove),
         )
+        .route(
+            "/v1/volumes",
+            post(super::volumes::create).get(super::volumes::list),
+        )
+        .route("/v1/volumes/prune", post(super::volumes::prune))
+        .route(
+            "/v1/volumes/{name}",
+            get(super::volumes::inspect).delete(super::volumes::remove),
+        )
+        .route("/v1/volumes/{name}/resize", post(super::volumes::resize))
+        .route(
+            "/v1/containers/{id}/archive",
+            get(super::archive::get)
+                .put(super::archive::put)
+                .head(super::archive::head),
+        )
         .route("/v1/info", get(info))
         .route(
             "/v1/openapi.json",
@@ -251,6 +267,10 @@ struct RemoveQuery {
     /// Kill it first if it runs.
     #[serde(default)]
     force: bool,
+    /// Remove its anonymous volumes too (`-v`), unless another container
+    /// uses them.
+    #[serde(default)]
+    volumes: bool,
 }
 
 #[utoipa::path(delete, path = "/v1/containers/{id}", tag = "containers", params(("id" = String, Path, description = "A container's id, unique id prefix, or name"), RemoveQuery), responses((status = 204, description = "Removed, with its files"), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state does not allow it", body = ErrorBody)))]
@@ -259,7 +279,7 @@ async fn remove(
     Path(id): Path<String>,
     Query(q): Query<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
-    detached(async move { m.remove(&id, q.force).await }).await?;
+    detached(async move { m.remove(&id, q.force, q.volumes).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -89,7 +89,7 @@ pub struct Container {
     /// meanwhile waits for the agent instead of finding none.
     agent: Arc<tokio::sync::Mutex<Option<Arc<AgentClient>>>>,
     /// Start, stop and remove of one container happen one at a time.
-    lifecycle: tokio::sync::Mutex<()>,
+    pub(super) lifecycle: Arc<tokio::sync::Mutex<()>>,
     /// Clients attached to the main process's stdio (`attach.rs`).
     pub(super) stdio: AttachPoint,
 }
@@ -102,7 +102,7 @@ impl Container {
             live: logs::live_channel(),
             exited: watch::channel(done).0,
             agent: Arc::new(tokio::sync::Mutex::new(None)),
-            lifecycle: tokio::sync::Mutex::new(()),
+            lifecycle: Arc::new(tokio::sync::Mutex::new(())),
             stdio: AttachPoint::default(),
         })
     }
@@ -135,6 +135,7 @@ impl Container {
 pub struct Manager {
     pub cfg: DaemonConfig,
     pub net: Arc<NetworkManager>,
+    pub volumes: Arc<super::volume::VolumeManager>,
     records: Records,
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
     events: broadcast::Sender<serde_json::Value>,
@@ -212,6 +213,7 @@ fn check_request(req: &CreateRequest) -> Result<(), ApiError> {
     }
     super::network::check_request(req.network.as_deref(), &req.publish)
         .map_err(ApiError::BadRequest)?;
+    super::mounts::check(&req.mounts).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     for list in [&req.cmd, &req.entrypoint].into_iter().flatten() {
         if list.iter().any(|a| a.contains('\0')) {
             return bad("arguments cannot hold NUL bytes".into());
@@ -226,14 +228,23 @@ impl Manager {
         let records =
             Records::open(&cfg.state_dir).map_err(|e| ApiError::Internal(e.to_string()))?;
         let net = NetworkManager::open(&cfg.state_dir, cfg.net.clone())?;
+        let volumes = super::volume::VolumeManager::open(&cfg.state_dir)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         let m = Arc::new(Manager {
             net,
+            volumes: Arc::new(volumes),
             cfg,
             containers: Mutex::new(BTreeMap::new()),
             events: broadcast::channel(256).0,
             records,
         });
         for r in m.records.load_all() {
+            // The volumes of VMs that may still run stay theirs.
+            if r.state.is_active() {
+                if let Ok(plan) = super::mounts::plan(&m.volumes, &r.config.mounts) {
+                    let _ = m.volumes.claim(&r.id, &plan.claims);
+                }
+            }
             let c = Container::new(r);
             let id = c.snapshot().id;
             m.containers
@@ -409,7 +420,7 @@ impl Manager {
         let state_dir = self.cfg.state_dir.clone();
         let image_ref = req.image.clone();
         let may_pull = req.pull.unwrap_or(true);
-        let (reference, config) = {
+        let (reference, config, image_volumes) = {
             let m = self.clone();
             tokio::task::spawn_blocking(move || match resolve_image(&state_dir, &image_ref) {
                 // Not in the store: pull it, as `docker run` would.
@@ -431,6 +442,17 @@ impl Manager {
             })
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??
+        };
+        // Volumes and bind sources: made and resolved now, so that the
+        // container's config names them for good.
+        let req = {
+            let volumes = self.volumes.clone();
+            tokio::task::spawn_blocking(move || {
+                super::mounts::resolve(&volumes, &mut req.mounts, &image_volumes).map(|()| req)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(mount_error)?
         };
         let id = random_id();
         let name = req
@@ -486,8 +508,13 @@ impl Manager {
                 r.state.as_str()
             )));
         }
-        // The network first: a refusal (a host port in use, a full
-        // subnet) leaves the container created, to start again later.
+        // Volumes and the network first: a refusal (a volume another
+        // container writes, a host port in use, a full subnet) leaves the
+        // container created, to start again later.
+        let plan = super::mounts::plan(&self.volumes, &r.config.mounts).map_err(mount_error)?;
+        self.volumes
+            .claim(&r.id, &plan.claims)
+            .map_err(volume_error)?;
         let ep = self
             .net
             .attach(AttachRequest {
@@ -496,7 +523,8 @@ impl Manager {
                 network: r.config.network.as_deref(),
                 ports: &r.config.publish,
             })
-            .await?;
+            .await
+            .inspect_err(|_| self.volumes.release(&r.id))?;
         let r = c.update(|r| {
             r.state = ContainerState::Starting;
             r.net = ep;
@@ -542,53 +570,80 @@ impl Manager {
         }
     }
 
-    async fn boot(&self, c: &Arc<Container>) -> Result<(AgentClient, Process), BootFailure> {
-        let r = c.snapshot();
-        let dir = self.records.dir(&r.id);
+    /// The container's disk (made from its image the first time) and the
+    /// agent's initramfs.
+    pub(super) async fn prepare_disks(
+        &self,
+        r: &ContainerRecord,
+    ) -> Result<(PathBuf, PathBuf), String> {
         let (state_dir, image, agent) = (
             self.cfg.state_dir.clone(),
             r.image.clone(),
             self.cfg.agent.clone(),
         );
-        let rootfs = dir.join("rootfs.ext4");
-        let (rootfs_path, initramfs) = {
-            let rootfs = rootfs.clone();
-            tokio::task::spawn_blocking(move || -> Result<_, String> {
-                use crate::image::{rootfs as fs, store::Store};
+        let rootfs = self.records.dir(&r.id).join("rootfs.ext4");
+        tokio::task::spawn_blocking(move || -> Result<_, String> {
+            use crate::image::{rootfs as fs, store::Store};
+            // Made once: files copied into a created container (husk cp)
+            // are in it already.
+            if !rootfs.exists() {
                 let store = Store::open(&state_dir).map_err(|e| e.to_string())?;
                 let record = store.get(&image).map_err(|e| e.to_string())?;
-                fs::export(&store, &record, fs::RootfsOptions::default(), &rootfs, None)
+                let tmp = rootfs.with_extension("new");
+                fs::export(&store, &record, fs::RootfsOptions::default(), &tmp, None)
                     .map_err(|e| format!("cannot build the root filesystem: {e}"))?;
-                let agent = match agent {
-                    Some(a) => a,
-                    None => crate::agent::initramfs::find_agent().map_err(|e| e.to_string())?,
-                };
-                let initramfs = crate::agent::initramfs::cached_initramfs(&agent, &state_dir)
-                    .map_err(|e| e.to_string())?;
-                Ok((rootfs, initramfs))
-            })
-            .await
-            .map_err(|e| e.to_string())??
-        };
-        let hostname = hostname_of(&r);
-        let ep = r.net.clone();
-        let vm_dir = self.cfg.run_dir.join(&r.id[..12]);
-        std::fs::create_dir_all(&vm_dir).map_err(|e| format!("{}: {e}", vm_dir.display()))?;
-        let spec = VmSpec {
-            dir: vm_dir,
+                std::fs::rename(&tmp, &rootfs).map_err(|e| e.to_string())?;
+            }
+            let agent = match agent {
+                Some(a) => a,
+                None => crate::agent::initramfs::find_agent().map_err(|e| e.to_string())?,
+            };
+            let initramfs = crate::agent::initramfs::cached_initramfs(&agent, &state_dir)
+                .map_err(|e| e.to_string())?;
+            Ok((rootfs, initramfs))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// The VM for container `r` in run directory `name`, with the disks
+    /// and shares of `plan` and network endpoint `ep`.
+    pub(super) async fn vm_spec(
+        &self,
+        r: &ContainerRecord,
+        name: &str,
+        plan: &super::mounts::Plan,
+        ep: Option<&super::network::Endpoint>,
+    ) -> Result<VmSpec, String> {
+        let (rootfs, initramfs) = self.prepare_disks(r).await?;
+        let dir = self.cfg.run_dir.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(VmSpec {
+            dir,
             kernel: self.cfg.kernel.clone(),
             initramfs,
-            rootfs: rootfs_path,
+            rootfs,
             vcpus: r.vcpus,
             memory_mib: r.memory_mib,
             boot_args: String::new(),
             jail: self.cfg.jail.clone(),
-            net: ep.as_ref().map(|e| backend::VmNet {
+            net: ep.map(|e| backend::VmNet {
                 tap: e.tap.clone(),
                 mac: e.mac.clone(),
                 mtu: e.mtu,
             }),
-        };
+            drives: plan.drives.clone(),
+            shares: plan.shares.clone(),
+        })
+    }
+
+    async fn boot(&self, c: &Arc<Container>) -> Result<(AgentClient, Process), BootFailure> {
+        let r = c.snapshot();
+        let hostname = hostname_of(&r);
+        let ep = r.net.clone();
+        let plan =
+            super::mounts::plan(&self.volumes, &r.config.mounts).map_err(|e| e.to_string())?;
+        let spec = self.vm_spec(&r, &r.id[..12], &plan, ep.as_ref()).await?;
         let kind = self.cfg.backend;
         let vm = tokio::task::spawn_blocking(move || backend::launch(kind, &spec))
             .await
@@ -625,6 +680,7 @@ impl Manager {
             tty: cfg.tty,
             // The size of a terminal attached before the start.
             window: c.stdio.window().filter(|_| cfg.tty),
+            mounts: plan.guest.clone(),
             ..Default::default()
         };
         let p = client.start(spec).await.map_err(|e| match e {
@@ -709,7 +765,7 @@ impl Manager {
 
     /// Ends a VM for good: its processes, its sockets and run directory;
     /// the guest's console is kept with the container's record.
-    fn retire(&self, id: &str, vm: &VmHandle) {
+    pub(super) fn retire(&self, id: &str, vm: &VmHandle) {
         vm.cleanup();
         let _ = std::fs::copy(&vm.console_log, self.records.dir(id).join("console.log"));
         let _ = std::fs::remove_dir_all(vm.dir());
@@ -731,11 +787,17 @@ impl Manager {
             r.vm = None;
             r.net = None;
         });
+        self.volumes.release(&r.id);
         self.save(&r);
         self.event(&r, "die");
         c.exited.send_replace(true);
         if r.config.auto_remove {
             self.forget(&r.id);
+            // As `docker run --rm`: its anonymous volumes go with it.
+            let (vols, names) = (self.volumes.clone(), self.orphaned_volumes(&r));
+            if !names.is_empty() {
+                std::thread::spawn(move || remove_volumes(&vols, names));
+            }
         }
     }
 
@@ -753,7 +815,10 @@ impl Manager {
         }
     }
 
-    async fn agent_of(&self, c: &Container) -> Result<(Arc<AgentClient>, u32), ApiError> {
+    pub(super) async fn agent_of(
+        &self,
+        c: &Container,
+    ) -> Result<(Arc<AgentClient>, u32), ApiError> {
         let r = c.snapshot();
         let not_running =
             || ApiError::Conflict(format!("container {} is not running", &r.id[..12]));
@@ -794,7 +859,7 @@ impl Manager {
         Ok(())
     }
 
-    pub async fn remove(&self, key: &str, force: bool) -> Result<(), ApiError> {
+    pub async fn remove(&self, key: &str, force: bool, volumes: bool) -> Result<(), ApiError> {
         let c = self.find(key)?;
         let _turn = c.lifecycle.lock().await;
         let r = c.snapshot();
@@ -811,7 +876,30 @@ impl Manager {
             c.wait_exit().await;
         }
         self.forget(&r.id);
+        if volumes {
+            self.remove_anonymous_volumes(&r).await;
+        }
         Ok(())
+    }
+
+    /// The anonymous volumes of a removed container that no other
+    /// container uses.
+    fn orphaned_volumes(&self, r: &ContainerRecord) -> Vec<String> {
+        let others: Vec<ContainerRecord> = self.all().iter().map(|c| c.snapshot()).collect();
+        super::mounts::volume_names(&r.config.mounts)
+            .filter(|n| self.volumes.get(n).is_ok_and(|v| v.anonymous))
+            .filter(|n| {
+                !others
+                    .iter()
+                    .any(|o| super::mounts::volume_names(&o.config.mounts).any(|x| x == *n))
+            })
+            .map(String::from)
+            .collect()
+    }
+
+    async fn remove_anonymous_volumes(&self, r: &ContainerRecord) {
+        let (vols, names) = (self.volumes.clone(), self.orphaned_volumes(r));
+        let _ = tokio::task::spawn_blocking(move || remove_volumes(&vols, names)).await;
     }
 
     /// Another process in a running container.
@@ -861,7 +949,7 @@ fn console_tail(vm: &VmHandle) -> String {
 fn resolve_image(
     state_dir: &std::path::Path,
     reference: &str,
-) -> Result<(String, ImageConfig), ApiError> {
+) -> Result<(String, ImageConfig, Vec<String>), ApiError> {
     use crate::image::store::Store;
     let store = Store::open(state_dir).map_err(|e| ApiError::Internal(e.to_string()))?;
     let record = store.get(reference).map_err(|e| {
@@ -872,7 +960,44 @@ fn resolve_image(
     let blob = store
         .read_blob(&record.config)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok((record.reference, image_config(&blob)))
+    Ok((record.reference, image_config(&blob), image_volumes(&blob)))
+}
+
+fn remove_volumes(vols: &super::volume::VolumeManager, names: Vec<String>) {
+    for n in names {
+        if let Err(e) = vols.remove(&n, vec![]) {
+            tracing::warn!("cannot remove an anonymous volume: {e}");
+        }
+    }
+}
+
+/// The image's `VOLUME`s: the keys of its config's `Volumes` object.
+fn image_volumes(blob: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(blob).unwrap_or_default();
+    v["config"]["Volumes"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// How a volume's refusal reads in the API.
+fn volume_error(e: super::volume::VolumeError) -> ApiError {
+    use super::volume::VolumeError as V;
+    match e {
+        V::NotFound(_) => ApiError::NotFound(e.to_string()),
+        V::Exists(_) | V::InUse { .. } | V::Busy { .. } => ApiError::Conflict(e.to_string()),
+        V::Name(_) | V::Size(_) | V::Shrink { .. } => ApiError::BadRequest(e.to_string()),
+        V::Tool { .. } | V::Io { .. } => ApiError::Internal(e.to_string()),
+    }
+}
+
+pub(super) fn mount_error(e: super::mounts::MountError) -> ApiError {
+    use super::mounts::MountError as M;
+    match e {
+        M::Volume(v) => volume_error(v),
+        M::BindSource { .. } | M::BindFile(_) => ApiError::BadRequest(e.to_string()),
+        e => ApiError::BadRequest(e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,10 @@ pub mod network;
 pub mod networks;
 pub mod openapi;
 pub mod serve;
+pub mod volume;
+pub mod volumes;
+pub mod mounts;
+pub mod archive;
 pub mod state;
 
 pub use serve::{serve, ServeArgs};

@@ -4,7 +4,7 @@
 
 use utoipa::OpenApi;
 
-use super::{api, images, networks, state};
+use super::{api, archive, images, networks, state, volumes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,6 +35,15 @@ use super::{api, images, networks, state};
         networks::list,
         networks::inspect,
         networks::remove,
+        volumes::create,
+        volumes::list,
+        volumes::inspect,
+        volumes::remove,
+        volumes::resize,
+        volumes::prune,
+        archive::head,
+        archive::get,
+        archive::put,
     ),
     components(schemas(
         state::CreateRequest,
@@ -46,6 +55,12 @@ use super::{api, images, networks, state};
         crate::client::types::NetworkMember,
         crate::client::types::NetworkCreateRequest,
         crate::client::types::Protocol,
+        crate::client::types::Mount,
+        crate::client::types::MountKind,
+        crate::client::types::VolumeView,
+        crate::client::types::VolumeCreateRequest,
+        crate::client::types::VolumeResizeRequest,
+        crate::client::types::VolumePruneReport,
     ))
 )]
 struct ApiDoc;

@@ -12,6 +12,8 @@
 //! keeps the host's network namespace there, so it leaves `lo` alone and
 //! configures an interface only when `Start` names one.
 
+pub mod archive;
+pub mod mounts;
 pub mod net;
 pub mod server;
 pub mod setup;

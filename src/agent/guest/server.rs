@@ -127,6 +127,8 @@ pub struct Agent {
     root: PathBuf,
     /// The main process ended and the agent is on its way out.
     finished: bool,
+    /// The container's extra filesystems are mounted.
+    mounted: bool,
 }
 
 fn errno() -> io::Error {
@@ -217,6 +219,7 @@ impl Agent {
             setup_error,
             root: PathBuf::from("/"),
             finished: false,
+            mounted: false,
         })
     }
 
@@ -499,6 +502,14 @@ impl Agent {
                 }
             }
             Message::Shutdown => self.finished = true,
+            Message::Mount { id, mounts } => self.mount(id, &mounts),
+            Message::Archive { id, op } => {
+                if self.procs.contains_key(&id) || self.main.is_some_and(|(m, _)| m == id) {
+                    return self.error(Some(id), format!("process id {id} is in use"));
+                }
+                let spawned = super::archive::spawn(&op).map_err(|e| e.to_string());
+                self.register(id, spawned, false);
+            }
             Message::Attach { id } => match self.procs.get_mut(&id) {
                 Some(p) => {
                     p.attached = true;
@@ -522,7 +533,17 @@ impl Agent {
         if self.procs.contains_key(&id) {
             return self.error(Some(id), format!("process id {id} is in use"));
         }
-        // The network is ready before anything of the container runs.
+        // The filesystems and the network are ready before anything of
+        // the container runs.
+        if !spec.mounts.is_empty() {
+            if self.mounted {
+                return self.error(Some(id), "the container's mounts are already set up".into());
+            }
+            if let Err(e) = super::mounts::apply(&spec.mounts) {
+                return self.error(Some(id), e.to_string());
+            }
+            self.mounted = true;
+        }
         if let Some(net) = &spec.network {
             if let Err(e) = super::net::configure(net) {
                 return self.error(Some(id), e.to_string());
@@ -557,25 +578,60 @@ impl Agent {
     }
 
     fn launch(&mut self, id: u32, l: &spawn::Launch) -> bool {
-        match spawn::spawn(l) {
+        let spawned = spawn::spawn(l).map_err(|e| (e.to_string(), e.exit_code()));
+        match spawned {
+            Ok(s) => self.register(id, Ok(s), l.tty.is_some()),
+            Err((message, exit_code)) => {
+                self.send(&Message::Error {
+                    id: Some(id),
+                    message,
+                    exit_code,
+                });
+                false
+            }
+        }
+    }
+
+    /// Follows a started process as `id`, or reports why it did not start.
+    fn register(&mut self, id: u32, spawned: Result<spawn::Spawned, String>, tty: bool) -> bool {
+        match spawned {
             Ok(s) => {
                 let pid = s.pid;
                 let spawn_us = self.t0.elapsed().as_micros() as u64;
-                let mut p = Proc::new(s, l.tty.is_some());
+                let mut p = Proc::new(s, tty);
                 p.spawn_us = spawn_us;
                 self.procs.insert(id, p);
                 self.send(&Message::Started { id, pid, spawn_us });
                 true
             }
-            Err(e) => {
-                self.send(&Message::Error {
-                    id: Some(id),
-                    message: e.to_string(),
-                    exit_code: e.exit_code(),
-                });
+            Err(message) => {
+                self.error(Some(id), message);
                 false
             }
         }
+    }
+
+    /// Mounts filesystems without starting the container; answered as a
+    /// process that ends at once.
+    fn mount(&mut self, id: u32, mounts: &[crate::agent::protocol::GuestMount]) {
+        if self.mounted || self.main.is_some() {
+            return self.error(Some(id), "the container's mounts are already set up".into());
+        }
+        if let Err(e) = super::mounts::apply(mounts) {
+            return self.error(Some(id), e.to_string());
+        }
+        self.mounted = true;
+        let spawn_us = self.t0.elapsed().as_micros() as u64;
+        self.send(&Message::Started {
+            id,
+            pid: 0,
+            spawn_us,
+        });
+        self.send(&Message::Exit {
+            id,
+            code: Some(0),
+            signal: None,
+        });
     }
 
     fn signal(&mut self, id: u32, signal: i32) {

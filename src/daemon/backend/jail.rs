@@ -37,6 +37,11 @@ pub const PARENT_CGROUP: &str = "husk";
 pub const KERNEL: &str = "/vmlinux";
 pub const INITRAMFS: &str = "/initramfs";
 pub const ROOTFS: &str = "/rootfs";
+
+/// Where an extra disk (a volume) is in the jail.
+pub fn drive_path(id: &str) -> PathBuf {
+    PathBuf::from(format!("/drive-{id}"))
+}
 pub const CONFIG: &str = "/vm.json";
 pub const API_SOCK: &str = "/run/vmm.sock";
 pub const VSOCK_SOCK: &str = "/run/vsock.sock";
@@ -265,11 +270,16 @@ pub fn prepare(
     let (uid, claim) = claim_uid(settings, &paths.id_dir)?;
     // The VM writes its rootfs as its own uid; the file is the
     // container's private copy.
-    let ready = std::os::unix::fs::chown(&spec.rootfs, Some(uid), Some(uid))
-        .map_err(super::io_err(
-            "rootfs (chown to the VM's uid)",
-            &spec.rootfs,
-        ))
+    // So does a volume it mounts read-write (one VM at a time); one
+    // mounted read-only is opened read-only.
+    let writable = std::iter::once(&spec.rootfs)
+        .chain(spec.drives.iter().filter(|d| !d.read_only).map(|d| &d.path));
+    let ready = writable
+        .map(|p| {
+            std::os::unix::fs::chown(p, Some(uid), Some(uid))
+                .map_err(super::io_err("disk (chown to the VM's uid)", p))
+        })
+        .collect::<Result<(), _>>()
         .and_then(|()| HostCgroups::read().map_err(|e| BackendError::Unavailable(e.to_string())));
     let host = match ready {
         Ok(h) => h,
@@ -302,6 +312,11 @@ pub fn prepare(
     cmd.arg("--mount")
         .arg(mount(&spec.initramfs, INITRAMFS, true));
     cmd.arg("--mount").arg(mount(&spec.rootfs, ROOTFS, false));
+    for d in &spec.drives {
+        let inside = drive_path(&d.id);
+        cmd.arg("--mount")
+            .arg(mount(&d.path, &inside.to_string_lossy(), d.read_only));
+    }
     cmd.arg("--mount").arg(mount(config, CONFIG, true));
     cmd.args(["--", "--api-sock", API_SOCK, "--config-file", CONFIG]);
     let record = JailRecord {

@@ -13,7 +13,7 @@ use std::process::Command;
 use super::process::{detach, spawn, ProcId};
 use super::{
     base_cmdline, create_log, free_socket, io_err, jail, wait_started, with_extra, BackendError,
-    BackendKind, VmHandle, VmSpec, CONSOLE_LOG, GUEST_CID, VMM_LOG, VSOCK_SOCK,
+    BackendKind, VmDrive, VmHandle, VmSpec, CONSOLE_LOG, GUEST_CID, VMM_LOG, VSOCK_SOCK,
 };
 use crate::text::echo_path;
 use crate::vmm::config::{
@@ -61,7 +61,7 @@ pub fn config(spec: &VmSpec, vsock_uds: &Path) -> VmConfig {
         },
         // The agent mounts /dev/vda itself (husk.root=): the kernel must
         // not take it as its root, so it is not the root device.
-        drives: vec![DriveConfig {
+        drives: std::iter::once(DriveConfig {
             drive_id: ROOTFS_DRIVE.into(),
             path_on_host: path_string(&spec.rootfs),
             is_root_device: false,
@@ -70,7 +70,20 @@ pub fn config(spec: &VmSpec, vsock_uds: &Path) -> VmConfig {
             cache_type: CacheType::Unsafe,
             io_engine: None,
             rate_limiter: None,
-        }],
+        })
+        // Volumes outlive the VM: their writes are flushed when the guest
+        // asks (Writeback), not left to chance.
+        .chain(spec.drives.iter().map(|d| DriveConfig {
+            drive_id: d.id.clone(),
+            path_on_host: path_string(&d.path),
+            is_root_device: false,
+            is_read_only: d.read_only,
+            partuuid: None,
+            cache_type: CacheType::Writeback,
+            io_engine: None,
+            rate_limiter: None,
+        }))
+        .collect(),
         network_interfaces: spec
             .net
             .iter()
@@ -177,10 +190,22 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
             dir.join(VSOCK_SOCK),
         ),
     };
+    let drives = spec
+        .drives
+        .iter()
+        .map(|d| VmDrive {
+            path: match jailed {
+                Some(_) => jail::drive_path(&d.id),
+                None => d.path.clone(),
+            },
+            ..d.clone()
+        })
+        .collect();
     let seen = VmSpec {
         kernel,
         initramfs,
         rootfs,
+        drives,
         ..spec.clone()
     };
 

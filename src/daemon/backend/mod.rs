@@ -41,6 +41,7 @@ pub mod jail;
 pub mod kvm;
 mod process;
 pub mod tcg;
+pub mod virtiofs;
 
 pub use process::ProcId;
 
@@ -104,6 +105,28 @@ pub struct VmSpec {
     pub jail: Option<jail::JailSettings>,
     /// The container's network interface, if it has one.
     pub net: Option<VmNet>,
+    /// Extra disks (volumes), after the rootfs.
+    pub drives: Vec<VmDrive>,
+    /// Host directories shared over virtio-fs (bind mounts).
+    pub shares: Vec<VmShare>,
+}
+
+/// An extra disk: the guest finds it by its serial, `id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmDrive {
+    /// 1 to 20 letters and digits: the drive id, and the disk's serial.
+    pub id: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// A host directory shared with the guest through virtiofsd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmShare {
+    /// The virtio-fs tag the guest mounts (at most 36 bytes).
+    pub tag: String,
+    pub dir: PathBuf,
+    pub read_only: bool,
 }
 
 /// A VM's network interface: a TAP that exists on the host already (the
@@ -220,6 +243,17 @@ pub fn launch(kind: BackendKind, spec: &VmSpec) -> Result<VmHandle, BackendError
         ("rootfs", &spec.rootfs),
     ] {
         std::fs::File::open(path).map_err(io_err(what, path))?;
+    }
+    for d in &spec.drives {
+        std::fs::File::open(&d.path).map_err(io_err("volume", &d.path))?;
+    }
+    for s in &spec.shares {
+        if !s.dir.is_dir() {
+            return Err(BackendError::Config(format!(
+                "the bind mount's source {} is not a directory",
+                echo_path(&s.dir)
+            )));
+        }
     }
     tracing::debug!(backend = %kind, dir = %spec.dir.display(), "launching a VM");
     match kind {
@@ -596,6 +630,8 @@ pub(crate) mod tests {
             boot_args: " probe=x  ".into(),
             jail: None,
             net: None,
+            drives: vec![],
+            shares: vec![],
         }
     }
 

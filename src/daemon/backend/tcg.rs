@@ -130,6 +130,25 @@ pub fn qemu_args(
     push(&[s("-device"), s("vhost-user-vsock-device,chardev=vsock")]);
     push(&[s("-drive"), &drive]);
     push(&[s("-device"), s("virtio-blk-device,drive=rootfs")]);
+    for d in &spec.drives {
+        let mut drive = OsString::from(format!("id={},", d.id));
+        drive.push(opt_path("file", &d.path));
+        drive.push(",format=raw,if=none");
+        if d.read_only {
+            drive.push(",readonly=on");
+        }
+        let device = format!("virtio-blk-device,drive={0},serial={0}", d.id);
+        push(&[s("-drive"), &drive, s("-device"), device.as_ref()]);
+    }
+    for (i, share) in spec.shares.iter().enumerate() {
+        let mut chardev = OsString::from(format!("socket,id=fs{i},"));
+        chardev.push(opt_path(
+            "path",
+            &super::virtiofs::socket_path(&spec.dir, &share.tag),
+        ));
+        let device = format!("vhost-user-fs-device,chardev=fs{i},tag={}", share.tag);
+        push(&[s("-chardev"), &chardev, s("-device"), device.as_ref()]);
+    }
     push(&[s("-object"), s("rng-random,id=rng,filename=/dev/urandom")]);
     push(&[s("-device"), s("virtio-rng-device,rng=rng")]);
     if let Some(n) = &spec.net {
@@ -330,12 +349,31 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
         }
         None => None,
     };
+    // The shares' daemons first: QEMU connects to them as it starts.
+    let shares = match super::virtiofs::start(&spec.shares, &spec.dir, None) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(j) = &jail {
+                super::jail::clean_up(j);
+            }
+            return Err(e);
+        }
+    };
     let launched = launch_as(spec, &tools, jail.clone());
-    if let (Err(_), Some(j)) = (&launched, &jail) {
-        // Nothing of the VM runs: its uid goes back.
-        super::jail::clean_up(j);
+    match launched {
+        Ok(mut handle) => {
+            handle.procs.extend(shares.iter().map(|s| s.proc));
+            Ok(handle)
+        }
+        Err(e) => {
+            // Nothing of the VM runs: its uid and shares go back.
+            super::virtiofs::stop(&shares);
+            if let Some(j) = &jail {
+                super::jail::clean_up(j);
+            }
+            Err(e)
+        }
     }
-    launched
 }
 
 fn launch_as(

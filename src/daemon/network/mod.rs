@@ -22,7 +22,7 @@ pub mod dns;
 pub mod ipam;
 pub mod link;
 pub mod ports;
-mod record;
+pub(crate) mod record;
 pub mod rules;
 
 use record::{random_hex, valid_name, write_atomic};

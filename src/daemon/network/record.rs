@@ -90,7 +90,7 @@ impl Endpoint {
     }
 }
 
-pub(super) fn random_hex() -> String {
+pub(crate) fn random_hex() -> String {
     let mut b = [0u8; 32];
     if std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
@@ -111,7 +111,7 @@ pub(super) fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
