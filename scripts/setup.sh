@@ -4,9 +4,12 @@
 #   scripts/setup.sh run        to build husk and boot the probe guest: a C
 #                               toolchain (gcc, libc6-dev) besides cargo
 #   scripts/setup.sh container  also what running a container needs:
-#                               e2fsprogs (root filesystems),
-#                               busybox-static (the demo image), and
-#                               nftables and iproute2 (container networks)
+#                               e2fsprogs (root filesystems and volumes),
+#                               busybox-static (the demo image),
+#                               nftables and iproute2 (container networks),
+#                               and virtiofsd (bind mounts; cargo install,
+#                               which builds against libseccomp and
+#                               libcap-ng)
 #   scripts/setup.sh fallback   also the software-emulation backend, for
 #                               hosts whose KVM cannot run the guest kernel:
 #                               qemu-system-x86 (its microvm machine) and
@@ -52,6 +55,12 @@ if $container; then
     # Container networks: the daemon writes its packet filter rules with
     # nft's JSON API (links and addresses go over netlink directly).
     command -v nft >/dev/null || [[ -x /usr/sbin/nft ]] || need_apt+=(nftables)
+    # Bind mounts are served by virtiofsd, built from crates.io below.
+    if ! command -v virtiofsd >/dev/null && [[ ! -x ${CARGO_HOME:-$HOME/.cargo}/bin/virtiofsd ]]; then
+        for p in libseccomp-dev libcap-ng-dev pkg-config; do
+            dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || need_apt+=("$p")
+        done
+    fi
 fi
 if $fallback; then
     # A stock Linux guest cannot run on a PVM host's KVM: the daemon and the
@@ -135,6 +144,29 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
+cargo_install() {
+    local tool=$1
+    echo "setup: installing $tool (cargo install)" >&2
+    for attempt in 1 2 3; do
+        if cargo install --locked --quiet "$tool"; then
+            return 0
+        fi
+        if ((attempt == 3)); then
+            echo "setup: cannot install $tool" >&2
+            exit 1
+        fi
+        sleep $((attempt * 5))
+    done
+}
+
+if $container; then
+    # virtiofsd serves bind mounts (the Debian release here does not
+    # package it).
+    if ! command -v virtiofsd >/dev/null && [[ ! -x ${CARGO_HOME:-$HOME/.cargo}/bin/virtiofsd ]]; then
+        cargo_install virtiofsd
+    fi
+fi
+
 if $fallback; then
     # QEMU's microvm machine with a vhost-user vsock device is how the
     # fallback reaches a real guest; make sure this QEMU has both.
@@ -146,25 +178,17 @@ if $fallback; then
         exit 1
     fi
     devices=$(qemu-system-x86_64 -device help)
-    if ! grep -q '"vhost-user-vsock-device"' <<<"$devices"; then
-        echo "setup: qemu-system-x86_64 has no vhost-user-vsock-device" >&2
-        exit 1
-    fi
+    for dev in vhost-user-vsock-device vhost-user-fs-device; do
+        if ! grep -q "\"$dev\"" <<<"$devices"; then
+            echo "setup: qemu-system-x86_64 has no $dev" >&2
+            exit 1
+        fi
+    done
     # The vhost-user backend for that vsock device is a rust-vmm program
     # from crates.io; cargo puts it in $CARGO_HOME/bin.
     cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
     if ! command -v vhost-device-vsock >/dev/null && [[ ! -x $cargo_bin/vhost-device-vsock ]]; then
-        echo "setup: installing vhost-device-vsock (cargo install)" >&2
-        for attempt in 1 2 3; do
-            if cargo install --locked --quiet vhost-device-vsock; then
-                break
-            fi
-            if ((attempt == 3)); then
-                echo "setup: cannot install vhost-device-vsock" >&2
-                exit 1
-            fi
-            sleep $((attempt * 5))
-        done
+        cargo_install vhost-device-vsock
     fi
     if ! command -v vhost-device-vsock >/dev/null; then
         echo "setup: note: vhost-device-vsock is in $cargo_bin, which is not on PATH;" \

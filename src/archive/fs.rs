@@ -5,7 +5,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,18 +153,26 @@ pub fn open_beneath(dir: BorrowedFd, path: &[u8]) -> io::Result<OwnedFd> {
             return Err(io::Error::from_raw_os_error(libc::EAGAIN));
         }
     }
-    let mut cur = dup(dir)?;
-    for part in path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
-        let next = openat(fd(&cur), &cstr(part)?, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-        cur = next;
-    }
-    Ok(cur)
+    walk_beneath(dir, path)
 }
 
-/// A borrowed view of `fd`.
-pub fn fd(fd: &OwnedFd) -> BorrowedFd<'_> {
-    use std::os::fd::AsFd;
-    fd.as_fd()
+/// [`open_beneath`] without `openat2`: one `openat(O_NOFOLLOW |
+/// O_DIRECTORY)` per component.
+pub fn walk_beneath(dir: BorrowedFd, path: &[u8]) -> io::Result<OwnedFd> {
+    let mut cur = dup(dir)?;
+    for part in path.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+        if part == b".." {
+            // Never asked for; refused as RESOLVE_BENEATH would.
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        cur = openat(
+            cur.as_fd(),
+            &cstr(part)?,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+    }
+    Ok(cur)
 }
 
 /// A new descriptor for the same open directory or file.
@@ -179,7 +187,12 @@ pub fn lstat_at(dir: BorrowedFd, name: &CStr) -> io::Result<Stat> {
     // SAFETY: `name` is NUL-terminated and `st` a live stat; both outlive
     // the call.
     check(unsafe {
-        libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     })?;
     Ok(Stat::from_raw(&st))
 }
@@ -225,7 +238,13 @@ pub fn symlinkat(target: &CStr, dir: BorrowedFd, name: &CStr) -> io::Result<()> 
 pub fn linkat(old_dir: BorrowedFd, old: &CStr, new_dir: BorrowedFd, new: &CStr) -> io::Result<()> {
     // SAFETY: both strings are NUL-terminated and outlive the call.
     check(unsafe {
-        libc::linkat(old_dir.as_raw_fd(), old.as_ptr(), new_dir.as_raw_fd(), new.as_ptr(), 0)
+        libc::linkat(
+            old_dir.as_raw_fd(),
+            old.as_ptr(),
+            new_dir.as_raw_fd(),
+            new.as_ptr(),
+            0,
+        )
     })
     .map(drop)
 }
@@ -239,7 +258,13 @@ pub fn mknodat(dir: BorrowedFd, name: &CStr, mode: u32, dev: u64) -> io::Result<
 pub fn lchownat(dir: BorrowedFd, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
     // SAFETY: `name` is NUL-terminated and outlives the call.
     check(unsafe {
-        libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW)
+        libc::fchownat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     })
     .map(drop)
 }
@@ -260,7 +285,12 @@ pub fn fchmod(fd: BorrowedFd, mode: u32) -> io::Result<()> {
 pub fn chmodat_nofollow(dir: BorrowedFd, name: &CStr, mode: u32) -> io::Result<()> {
     // SAFETY: `name` is NUL-terminated and outlives the call.
     let ret = unsafe {
-        libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, libc::AT_SYMLINK_NOFOLLOW)
+        libc::fchmodat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            mode,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     };
     if ret == 0 {
         return Ok(());
@@ -297,7 +327,12 @@ pub fn lutimensat(dir: BorrowedFd, name: &CStr, sec: i64, nsec: i64) -> io::Resu
     // SAFETY: `name` is NUL-terminated; `t` holds two timespecs; both
     // outlive the call.
     check(unsafe {
-        libc::utimensat(dir.as_raw_fd(), name.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+        libc::utimensat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     })
     .map(drop)
 }
@@ -325,7 +360,10 @@ pub fn readlinkat(dir: BorrowedFd, name: &CStr) -> io::Result<Vec<u8>> {
             return Ok(buf);
         }
         if buf.len() > 1 << 20 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "symlink target too long"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "symlink target too long",
+            ));
         }
         buf.resize(buf.len() * 2, 0);
     }

@@ -131,7 +131,10 @@ impl<W: Write> Packer<W> {
         if let Some(a) = &arc {
             let a = a.as_os_str().as_bytes();
             if a.len() > MAX_PATH {
-                return Err(limit(disp, "its path in the archive is longer than 4096 bytes"));
+                return Err(limit(
+                    disp,
+                    "its path in the archive is longer than 4096 bytes",
+                ));
             }
             if a.iter().filter(|&&b| b == b'/').count() >= MAX_DEPTH {
                 return Err(limit(disp, "it is nested deeper than 512 directories"));
@@ -148,7 +151,11 @@ impl<W: Write> Packer<W> {
         };
         match (content, arc) {
             (Content::Dir(fd), arc) => {
-                if fs::fstat(fd.as_fd()).map_err(|e| local("stat", disp, e, false))?.ino != st.ino {
+                if fs::fstat(fd.as_fd())
+                    .map_err(|e| local("stat", disp, e, false))?
+                    .ino
+                    != st.ino
+                {
                     return Err(ArchiveError::Changed {
                         path: echo_path(disp),
                     });
@@ -166,7 +173,9 @@ impl<W: Write> Packer<W> {
             (content, Some(a)) if first != a => {
                 drop(content);
                 let mut h = header(&st, EntryType::Link);
-                self.b.append_link(&mut h, &a, &first).map_err(ArchiveError::Write)
+                self.b
+                    .append_link(&mut h, &a, &first)
+                    .map_err(ArchiveError::Write)
             }
             (Content::File(mut f), Some(a)) => {
                 let now = fs::fstat(f.as_fd()).map_err(|e| local("stat", disp, e, false))?;
@@ -223,12 +232,7 @@ impl<W: Write> Packer<W> {
     }
 
     /// Appends the contents of the open directory `dir`.
-    fn dir(
-        &mut self,
-        dir: OwnedFd,
-        arc: Option<&Path>,
-        disp: &Path,
-    ) -> Result<(), ArchiveError> {
+    fn dir(&mut self, dir: OwnedFd, arc: Option<&Path>, disp: &Path) -> Result<(), ArchiveError> {
         let names = fs::read_dir_names(dir.as_fd()).map_err(|e| local("list", disp, e, false))?;
         for name in names {
             let child_disp = disp.join(fs::as_path(name.to_bytes()));
@@ -252,8 +256,8 @@ impl<W: Write> Packer<W> {
                 }
                 libc::S_IFREG => Content::File(open_file(&child_disp, at)?),
                 libc::S_IFLNK => {
-                    let t = fs::readlinkat(dir.as_fd(), &name)
-                        .map_err(|e| changed(&child_disp, e))?;
+                    let t =
+                        fs::readlinkat(dir.as_fd(), &name).map_err(|e| changed(&child_disp, e))?;
                     Content::Symlink(t)
                 }
                 _ => Content::Other,

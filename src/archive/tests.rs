@@ -3,7 +3,6 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -40,10 +39,13 @@ impl Tmp {
         self.0.join("outside")
     }
 
-    /// Nothing appeared next to `dest` and `outside`, nor in `outside`
+    /// Nothing appeared next to `dest`, `outside` (and `src`, the tree a
+    /// round trip packs), nor in `outside`
     /// beyond `expected`.
     fn assert_outside_untouched(&self, expected: &[&str]) {
-        assert_eq!(names(&self.0), ["dest", "outside"], "next to dest");
+        let mut next_to = names(&self.0);
+        next_to.retain(|n| n != "src");
+        assert_eq!(next_to, ["dest", "outside"], "next to dest");
         assert_eq!(names(&self.outside()), expected, "in outside");
     }
 }
@@ -134,7 +136,11 @@ fn archive(parts: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-fn unpack_into(tar: &[u8], dest: &Path, opts: &UnpackOptions) -> Result<UnpackSummary, ArchiveError> {
+fn unpack_into(
+    tar: &[u8],
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackSummary, ArchiveError> {
     unpack(tar, dest, opts)
 }
 
@@ -164,7 +170,10 @@ fn sample_tree(t: &Tmp) -> PathBuf {
         .unwrap()
         .set_modified(when)
         .unwrap();
-    fs::File::open(top.join("pub")).unwrap().set_modified(when).unwrap();
+    fs::File::open(top.join("pub"))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
     top
 }
 
@@ -187,19 +196,39 @@ fn round_trip_keeps_types_modes_links_and_times() {
     assert_eq!(mode(&top.join("a")), 0o700);
     assert_eq!(mode(&top.join("pub")), 0o755);
     assert!(fs::read_dir(top.join("empty")).unwrap().next().is_none());
-    assert_eq!(fs::read_link(top.join("abs")).unwrap(), Path::new("/etc/passwd"));
+    assert_eq!(
+        fs::read_link(top.join("abs")).unwrap(),
+        Path::new("/etc/passwd")
+    );
     assert_eq!(fs::read_link(top.join("rel")).unwrap(), Path::new("a/x"));
-    let deep = top.join("l".repeat(60)).join("m".repeat(60)).join("deep.txt");
+    let deep = top
+        .join("l".repeat(60))
+        .join("m".repeat(60))
+        .join("deep.txt");
     assert_eq!(fs::read(deep).unwrap(), b"long");
     let x = fs::metadata(top.join("a/x")).unwrap();
     assert_eq!(fs::metadata(top.join("hl")).unwrap().ino(), x.ino());
     assert_eq!(x.mtime(), 1_234_567_890);
-    assert_eq!(fs::metadata(top.join("pub")).unwrap().mtime(), 1_234_567_890);
-    assert!(fs::metadata(top.join("fifo")).unwrap().file_type().is_fifo());
+    assert_eq!(
+        fs::metadata(top.join("pub")).unwrap().mtime(),
+        1_234_567_890
+    );
+    assert!(fs::metadata(top.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
     let me = fs::metadata(&src).unwrap();
     assert_eq!((x.uid(), x.gid()), (me.uid(), me.gid()));
     assert_eq!(
-        (s.files, s.dirs, s.symlinks, s.hard_links, s.special, s.bytes, s.skipped),
+        (
+            s.files,
+            s.dirs,
+            s.symlinks,
+            s.hard_links,
+            s.special,
+            s.bytes,
+            s.skipped
+        ),
         (3, 6, 2, 1, 1, 5 + 10 + 4, 0)
     );
     t.assert_outside_untouched(&[]);
@@ -238,7 +267,10 @@ fn rename_top_replaces_the_first_component_of_paths_and_links() {
             ..UnpackOptions::default()
         };
         let e = unpack_into(&tar, &t.dest(), &opts).unwrap_err();
-        assert!(matches!(e, ArchiveError::InvalidName { .. }), "{bad:?}: {e}");
+        assert!(
+            matches!(e, ArchiveError::InvalidName { .. }),
+            "{bad:?}: {e}"
+        );
     }
 }
 
@@ -249,7 +281,9 @@ fn dot_packs_a_directorys_contents_without_a_top_entry() {
     let tar = packed(&src, ".");
     let names = entry_names(&tar);
     assert!(names.contains(&"a/".to_string()), "{names:?}");
-    assert!(names.iter().all(|n| !n.starts_with("top") && n != "." && n != "./"));
+    assert!(names
+        .iter()
+        .all(|n| !n.starts_with("top") && n != "." && n != "./"));
     unpack_into(&tar, &t.dest(), &UnpackOptions::default()).unwrap();
     assert_eq!(fs::read(t.dest().join("a/x")).unwrap(), b"hello");
     assert!(t.dest().join("pub").is_dir());
@@ -272,7 +306,10 @@ fn single_files_and_symlinks_pack_under_the_given_name() {
 
     for bad in ["", "..", "a/b", "a\0b"] {
         let e = pack(&src, bad, Vec::new()).unwrap_err();
-        assert!(matches!(e, ArchiveError::InvalidName { .. }), "{bad:?}: {e}");
+        assert!(
+            matches!(e, ArchiveError::InvalidName { .. }),
+            "{bad:?}: {e}"
+        );
         assert!(e.is_refusal());
     }
     let e = pack(&t.0.join("missing"), "m", Vec::new()).unwrap_err();
@@ -308,7 +345,10 @@ fn a_read_only_directory_is_filled_before_its_mode_is_set() {
     assert_eq!(mode(&t.dest().join("ro")), 0o555);
     assert_eq!(mode(&t.dest().join("ro/sub")), 0o500);
     assert_eq!(fs::read(t.dest().join("ro/sub/g")).unwrap(), b"more");
-    assert_eq!(fs::metadata(t.dest().join("ro")).unwrap().mtime(), 1_000_000_000);
+    assert_eq!(
+        fs::metadata(t.dest().join("ro")).unwrap().mtime(),
+        1_000_000_000
+    );
 }
 
 #[test]
@@ -331,16 +371,28 @@ fn existing_files_and_symlinks_are_replaced_never_written_through() {
 
 /// Unpacks `parts` into a fresh destination; the archive must be refused
 /// with an error naming `entry`, and nothing may appear outside.
-fn assert_refused(tag: &str, setup: impl Fn(&Tmp), parts: impl Fn(&Tmp) -> Vec<Vec<u8>>, entry: &str) {
+fn assert_refused(
+    tag: &str,
+    setup: impl Fn(&Tmp),
+    parts: impl Fn(&Tmp) -> Vec<Vec<u8>>,
+    entry: &str,
+) {
     let t = Tmp::new(tag);
     fs::write(t.outside().join("secret"), b"secret").unwrap();
     setup(&t);
     let tar = archive(&parts(&t));
     let e = unpack_into(&tar, &t.dest(), &UnpackOptions::default()).unwrap_err();
     assert!(e.is_refusal(), "{tag}: {e}");
-    assert!(e.to_string().contains(entry), "{tag}: {e} should name {entry}");
+    assert!(
+        e.to_string().contains(entry),
+        "{tag}: {e} should name {entry}"
+    );
     t.assert_outside_untouched(&["secret"]);
-    assert_eq!(fs::read(t.outside().join("secret")).unwrap(), b"secret", "{tag}");
+    assert_eq!(
+        fs::read(t.outside().join("secret")).unwrap(),
+        b"secret",
+        "{tag}"
+    );
     assert_eq!(mode(&t.outside().join("secret")), 0o644, "{tag}");
 }
 
@@ -354,7 +406,12 @@ fn hostile_paths_are_refused() {
     assert_refused("dotdot", none, |_| vec![file(b"../x", b"evil")], "../x");
     // An absolute path pointing at our own `outside`, so that a broken
     // unpacker would write there rather than anywhere that matters.
-    assert_refused("absolute", none, |t| vec![file(&abs(t, "x"), b"evil")], "outside/x");
+    assert_refused(
+        "absolute",
+        none,
+        |t| vec![file(&abs(t, "x"), b"evil")],
+        "outside/x",
+    );
     assert_refused(
         "inner-dotdot",
         none,
@@ -365,10 +422,14 @@ fn hostile_paths_are_refused() {
         "nul",
         none,
         |_| {
-            let mut name = b"././@LongLink".to_vec();
-            name.truncate(13);
             vec![
-                raw(&name, EntryType::GNULongName, b"", b"a\0b\0", 0o644),
+                raw(
+                    b"././@LongLink",
+                    EntryType::GNULongName,
+                    b"",
+                    b"a\0b\0",
+                    0o644,
+                ),
                 file(b"placeholder", b"x"),
             ]
         },
@@ -419,7 +480,12 @@ fn writing_through_an_archive_symlink_is_refused() {
 #[test]
 fn a_symlink_already_in_dest_is_not_a_parent() {
     let setup = |t: &Tmp| symlink("../outside", t.dest().join("pre")).unwrap();
-    assert_refused("pre-link", setup, |_| vec![file(b"pre/x", b"evil")], "pre/x");
+    assert_refused(
+        "pre-link",
+        setup,
+        |_| vec![file(b"pre/x", b"evil")],
+        "pre/x",
+    );
     // A directory entry over it is a directory over a non-directory.
     assert_refused(
         "pre-link-dir",
@@ -488,7 +554,10 @@ fn directories_and_non_directories_do_not_replace_each_other() {
     assert_eq!(fs::read(t.dest().join("f")).unwrap(), b"file");
     assert_eq!(fs::read(t.dest().join("d/keep")).unwrap(), b"keep");
     // A directory over a directory merges.
-    let merge = archive(&[raw(b"d/", EntryType::Directory, b"", b"", 0o750), file(b"d/new", b"n")]);
+    let merge = archive(&[
+        raw(b"d/", EntryType::Directory, b"", b"", 0o750),
+        file(b"d/new", b"n"),
+    ]);
     unpack_into(&merge, &t.dest(), &UnpackOptions::default()).unwrap();
     assert_eq!(names(&t.dest().join("d")), ["keep", "new"]);
     assert_eq!(mode(&t.dest().join("d")), 0o750);
@@ -503,7 +572,13 @@ fn pax_paths_are_honoured_and_checked() {
             len += 1;
         }
         let body = format!("{len} {rec}");
-        raw(b"PaxHeader", EntryType::XHeader, b"", body.as_bytes(), 0o644)
+        raw(
+            b"PaxHeader",
+            EntryType::XHeader,
+            b"",
+            body.as_bytes(),
+            0o644,
+        )
     }
     let long = format!("{}/{}", "p".repeat(150), "file");
     let t = Tmp::new("pax");
@@ -511,7 +586,12 @@ fn pax_paths_are_honoured_and_checked() {
     unpack_into(&tar, &t.dest(), &UnpackOptions::default()).unwrap();
     assert_eq!(fs::read(t.dest().join(&long)).unwrap(), b"pax");
     assert!(!t.dest().join("short").exists());
-    assert_refused("pax-dotdot", |_| {}, |_| vec![pax("../evil"), file(b"ok", b"x")], "../evil");
+    assert_refused(
+        "pax-dotdot",
+        |_| {},
+        |_| vec![pax("../evil"), file(b"ok", b"x")],
+        "../evil",
+    );
 }
 
 #[test]
@@ -526,8 +606,12 @@ fn limits_are_enforced() {
     h.set_cksum();
     huge[..512].copy_from_slice(h.as_bytes());
     huge.extend(std::iter::repeat_n(b'a', 4 << 20));
-    let e = unpack_into(&archive(&[huge, file(b"x", b"x")]), &t.dest(), &Default::default())
-        .unwrap_err();
+    let e = unpack_into(
+        &archive(&[huge, file(b"x", b"x")]),
+        &t.dest(),
+        &Default::default(),
+    )
+    .unwrap_err();
     assert!(matches!(e, ArchiveError::HeaderTooLarge), "{e}");
 
     let too_long = "a/".repeat(2100) + "x";
@@ -561,9 +645,9 @@ fn devices_are_made_only_when_asked() {
     h.set_device_minor(3).unwrap();
     h.set_cksum();
     null.copy_from_slice(h.as_bytes());
-    let tar = archive(&[null, raw(b"sock", EntryType::new(b'7'), b"", b"", 0o644)]);
+    let tar = archive(&[null, raw(b"sock", EntryType::new(b'V'), b"", b"", 0o644)]);
     let s = unpack_into(&tar, &t.dest(), &Default::default()).unwrap();
-    assert_eq!((s.skipped, s.special), (1, 0));
+    assert_eq!((s.skipped, s.special), (2, 0));
     assert!(names(&t.dest()).is_empty());
     if is_root() {
         let opts = UnpackOptions {
@@ -572,7 +656,7 @@ fn devices_are_made_only_when_asked() {
             ..Default::default()
         };
         let s = unpack_into(&tar, &t.dest(), &opts).unwrap();
-        assert_eq!(s.special, 1);
+        assert_eq!((s.skipped, s.special), (1, 1));
         let m = fs::symlink_metadata(t.dest().join("null")).unwrap();
         assert!(m.file_type().is_char_device());
         assert_eq!(m.rdev(), libc::makedev(1, 3));
@@ -598,7 +682,10 @@ fn stat_reports_go_modes_and_rfc3339_times() {
     assert!(stat(&src.join("nope")).unwrap_err().is_not_found());
 
     assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");
-    assert_eq!(rfc3339(1_700_000_000, 120_000_000), "2023-11-14T22:13:20.12Z");
+    assert_eq!(
+        rfc3339(1_700_000_000, 120_000_000),
+        "2023-11-14T22:13:20.12Z"
+    );
     assert_eq!(rfc3339(-1, 0), "1969-12-31T23:59:59Z");
     assert_eq!(rfc3339(951_782_400, 0), "2000-02-29T00:00:00Z");
     for m in [
@@ -630,7 +717,10 @@ fn resolve_in_root_treats_root_as_slash() {
     assert_eq!(r("abs", false).unwrap(), root.join("abs"));
     assert_eq!(r("abs", true).unwrap(), root.join("real"));
     assert_eq!(r("abs/", false).unwrap(), root.join("real"));
-    assert_eq!(r("/real/new/file", false).unwrap(), root.join("real/new/file"));
+    assert_eq!(
+        r("/real/new/file", false).unwrap(),
+        root.join("real/new/file")
+    );
     assert_eq!(r("", false).unwrap(), root);
     let e = r("loop1/x", false).unwrap_err();
     assert!(matches!(e, ArchiveError::SymlinkLoop { .. }), "{e}");
@@ -650,6 +740,34 @@ fn unpack_refuses_a_destination_that_is_not_a_directory() {
     let e = unpack_into(&tar, &t.dest().join("missing"), &Default::default()).unwrap_err();
     assert!(e.is_not_found(), "{e}");
     t.assert_outside_untouched(&[]);
-    let mut sink = Vec::new();
-    fs::File::open(t.dest()).map(|mut f| f.read_to_end(&mut sink)).ok();
+}
+
+#[test]
+fn parents_open_beneath_with_and_without_openat2() {
+    use std::os::fd::AsFd;
+    let t = Tmp::new("beneath");
+    let d = t.dest();
+    fs::create_dir_all(d.join("a/b")).unwrap();
+    fs::write(d.join("a/f"), b"").unwrap();
+    symlink("b", d.join("a/inner")).unwrap();
+    symlink("../outside", d.join("up")).unwrap();
+    let root = super::fs::open_dir(&d).unwrap();
+    for open in [super::fs::open_beneath, super::fs::walk_beneath] {
+        let errno = |p: &str| open(root.as_fd(), p.as_bytes()).unwrap_err().raw_os_error();
+        assert!(open(root.as_fd(), b"a/b").is_ok());
+        assert!(open(root.as_fd(), b"").is_ok());
+        assert!(matches!(
+            errno("a/inner"),
+            Some(libc::ELOOP | libc::ENOTDIR)
+        ));
+        assert!(matches!(errno("up"), Some(libc::ELOOP | libc::ENOTDIR)));
+        assert!(matches!(errno("up/x"), Some(libc::ELOOP | libc::ENOTDIR)));
+        assert!(matches!(
+            errno("a/inner/x"),
+            Some(libc::ELOOP | libc::ENOTDIR)
+        ));
+        assert_eq!(errno("a/f"), Some(libc::ENOTDIR));
+        assert_eq!(errno("a/missing"), Some(libc::ENOENT));
+        assert_eq!(errno(".."), Some(libc::EXDEV));
+    }
 }

@@ -197,13 +197,21 @@ impl Unpacker<'_> {
     /// Opens the directory `comps` beneath the root, making missing ones
     /// when `create`; a symlink or a non-directory on the way is an
     /// error naming `entry`.
-    fn open_dir(&self, comps: &[&[u8]], entry: &str, create: bool) -> Result<OwnedFd, ArchiveError> {
+    fn open_dir(
+        &self,
+        comps: &[&[u8]],
+        entry: &str,
+        create: bool,
+    ) -> Result<OwnedFd, ArchiveError> {
         // The usual case, one call: every directory is there.
         let err = match fs::open_beneath(self.root.as_fd(), &join(comps)) {
             Ok(fd) => return Ok(fd),
             Err(e) => e,
         };
-        if !matches!(os_err(&err), libc::ENOENT | libc::ELOOP | libc::ENOTDIR | libc::EXDEV) {
+        if !matches!(
+            os_err(&err),
+            libc::ENOENT | libc::ELOOP | libc::ENOTDIR | libc::EXDEV
+        ) {
             return Err(entry_err("open the directory of", entry, err));
         }
         // One component at a time, to make what is missing and to name
@@ -225,8 +233,8 @@ impl Unpacker<'_> {
                 Ok(fd) => fd,
                 Err(e) if matches!(os_err(&e), libc::ELOOP | libc::ENOTDIR) => {
                     let here = shown(&join(&comps[..=i]));
-                    let link = fs::lstat_at(cur.as_fd(), &name)
-                        .is_ok_and(|st| st.kind() == libc::S_IFLNK);
+                    let link =
+                        fs::lstat_at(cur.as_fd(), &name).is_ok_and(|st| st.kind() == libc::S_IFLNK);
                     return Err(if link {
                         ArchiveError::ThroughSymlink {
                             entry: entry.to_string(),
@@ -325,8 +333,7 @@ impl Unpacker<'_> {
         }
         match existing {
             Some(st) if st.is_dir() => return Err(ArchiveError::NonDirOverDir { entry: name }),
-            Some(_) => fs::unlinkat(p, &leaf, 0)
-                .map_err(|err| entry_err("replace", &name, err))?,
+            Some(_) => fs::unlinkat(p, &leaf, 0).map_err(|err| entry_err("replace", &name, err))?,
             None => {}
         }
         let mut consumed = 0;
@@ -355,8 +362,8 @@ impl Unpacker<'_> {
                 // Opening a FIFO to read, without blocking, gives a
                 // descriptor to set its metadata through.
                 let flags = libc::O_RDONLY | libc::O_NONBLOCK;
-                let fd = fs::openat(p, &leaf, flags, 0)
-                    .map_err(|err| entry_err("open", &name, err))?;
+                let fd =
+                    fs::openat(p, &leaf, flags, 0).map_err(|err| entry_err("open", &name, err))?;
                 self.fd_meta(fd.as_fd(), &name, meta)?;
                 self.summary.special += 1;
             }
@@ -374,8 +381,8 @@ impl Unpacker<'_> {
             }
             _ => {
                 let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-                let fd =
-                    fs::openat(p, &leaf, flags, 0o600).map_err(|err| entry_err("create", &name, err))?;
+                let fd = fs::openat(p, &leaf, flags, 0o600)
+                    .map_err(|err| entry_err("create", &name, err))?;
                 let mut f = File::from(fd);
                 let sparse = kind == EntryType::GNUSparse;
                 consumed = self.copy(e, &mut f, sparse, &name)?;
@@ -470,7 +477,10 @@ impl Unpacker<'_> {
         let h = e.header();
         match (h.device_major(), h.device_minor()) {
             (Ok(Some(major)), Ok(Some(minor))) => Ok(fs::makedev(major, minor)),
-            _ => Err(bad_header(name, "its device numbers are missing or malformed")),
+            _ => Err(bad_header(
+                name,
+                "its device numbers are missing or malformed",
+            )),
         }
     }
 
@@ -504,7 +514,8 @@ impl Unpacker<'_> {
             done += n as u64;
         }
         if hole {
-            f.set_len(done).map_err(|err| entry_err("write", name, err))?;
+            f.set_len(done)
+                .map_err(|err| entry_err("write", name, err))?;
         }
         if done != size {
             return Err(ArchiveError::Read(io::Error::new(

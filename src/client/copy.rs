@@ -96,10 +96,43 @@ fn parse_stat(resp: &hyper::Response<hyper::body::Incoming>) -> Result<PathStat,
 impl DaemonClient {
     /// `HEAD /v1/containers/{id}/archive`: what is at `path`.
     pub async fn archive_stat(&self, id: &str, path: &str) -> Result<PathStat, ClientError> {
-        let resp = self
-            .send(Method::HEAD, &archive_path(id, path), None)
-            .await?;
-        parse_stat(&resp)
+        let (mut sender, conn) = self.open().await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .method(Method::HEAD)
+            .uri(archive_path(id, path))
+            .header(header::HOST, "localhost")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| ClientError::Protocol(format!("cannot build the request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        if resp.status().is_success() {
+            return parse_stat(&resp);
+        }
+        // A HEAD answer has no body: the message is in a header.
+        let status = resp.status().as_u16();
+        let message = resp
+            .headers()
+            .get("x-husk-error")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| resp.status().canonical_reason().unwrap_or("error"))
+            .to_string();
+        let code = match status {
+            404 => super::types::ErrorCode::NotFound,
+            409 => super::types::ErrorCode::Conflict,
+            400 => super::types::ErrorCode::BadRequest,
+            _ => super::types::ErrorCode::Internal,
+        };
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+            exit_code: None,
+        })
     }
 
     /// `GET /v1/containers/{id}/archive`: the path's stat, and a reader

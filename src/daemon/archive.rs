@@ -49,6 +49,12 @@ struct CopyVm {
     id: String,
     holder: String,
     vm: VmHandle,
+    /// Set once connected: asked to end the VM cleanly (its disks synced
+    /// and unmounted) before it is killed.
+    client: Option<Arc<AgentClient>>,
+    /// The container's lifecycle turn, held until the VM is gone: a
+    /// start meanwhile waits for the disks.
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Drop for CopyVm {
@@ -59,12 +65,24 @@ impl Drop for CopyVm {
             self.holder.clone(),
             self.vm.clone(),
         );
-        // Killing waits for the VM's processes: not on the async threads.
-        tokio::task::spawn_blocking(move || {
-            vm.cleanup();
-            let _ = std::fs::remove_dir_all(vm.dir());
-            m.volumes.release(&holder);
-            tracing::debug!(%id, "the copying VM is gone");
+        let client = self.client.take();
+        let turn = self.turn.take();
+        tokio::spawn(async move {
+            if let Some(c) = client {
+                let _ = c.shutdown().await;
+            }
+            // Waiting and killing block: not on the async threads.
+            let _ = tokio::task::spawn_blocking(move || {
+                if !vm.wait_exit(std::time::Duration::from_secs(10)) {
+                    tracing::warn!(%id, "the copying VM did not end by itself; killing it");
+                }
+                vm.cleanup();
+                let _ = std::fs::remove_dir_all(vm.dir());
+                m.volumes.release(&holder);
+                tracing::debug!(%id, "the copying VM is gone");
+            })
+            .await;
+            drop(turn);
         });
     }
 }
@@ -73,17 +91,12 @@ impl Drop for CopyVm {
 struct Session {
     client: Arc<AgentClient>,
     _vm: Option<CopyVm>,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 async fn session(m: &Arc<Manager>, key: &str, writing: bool) -> Result<Session, ApiError> {
     let c = m.find(key)?;
     if let Ok((client, _)) = m.agent_of(&c).await {
-        return Ok(Session {
-            client,
-            _vm: None,
-            _turn: None,
-        });
+        return Ok(Session { client, _vm: None });
     }
     let turn = c.lifecycle.clone().lock_owned().await;
     let r = c.snapshot();
@@ -91,17 +104,13 @@ async fn session(m: &Arc<Manager>, key: &str, writing: bool) -> Result<Session, 
         // It started while this request waited: use its agent.
         drop(turn);
         let (client, _) = m.agent_of(&c).await?;
-        return Ok(Session {
-            client,
-            _vm: None,
-            _turn: None,
-        });
+        return Ok(Session { client, _vm: None });
     }
-    let (client, vm) = copy_vm(m, &c, writing).await?;
+    let (client, mut vm) = copy_vm(m, &c, writing).await?;
+    vm.turn = Some(turn);
     Ok(Session {
-        client: Arc::new(client),
+        client,
         _vm: Some(vm),
-        _turn: Some(turn),
     })
 }
 
@@ -110,7 +119,7 @@ async fn copy_vm(
     m: &Arc<Manager>,
     c: &Container,
     writing: bool,
-) -> Result<(AgentClient, CopyVm), ApiError> {
+) -> Result<(Arc<AgentClient>, CopyVm), ApiError> {
     let r = c.snapshot();
     let internal =
         |e: String| ApiError::Internal(format!("cannot reach the container's files: {e}"));
@@ -155,18 +164,23 @@ async fn copy_vm(
             return Err(internal(e.to_string()));
         }
     };
-    let guard = CopyVm {
+    let mut guard = CopyVm {
         m: m.clone(),
         id: r.id.clone(),
         holder,
         vm: vm.clone(),
+        client: None,
+        turn: None,
     };
     vm.agent_started(BOOT_TIMEOUT)
         .await
         .map_err(|e| internal(e.to_string()))?;
-    let client = AgentClient::connect_vsock(&vm.vsock_uds, BOOT_TIMEOUT)
-        .await
-        .map_err(|e| internal(e.to_string()))?;
+    let client = Arc::new(
+        AgentClient::connect_vsock(&vm.vsock_uds, BOOT_TIMEOUT)
+            .await
+            .map_err(|e| internal(e.to_string()))?,
+    );
+    guard.client = Some(client.clone());
     if !plan.guest.is_empty() {
         let out = client
             .mount(plan.guest.clone())
@@ -242,13 +256,31 @@ pub(super) async fn head(
     Path(id): Path<String>,
     Query(q): Query<ArchiveQuery>,
 ) -> Result<Response, ApiError> {
-    check_path(&q.path)?;
-    let s = session(&m, &id, false).await?;
-    let st = stat(&s.client, &q.path).await?;
-    let mut r = StatusCode::OK.into_response();
-    r.headers_mut().insert(STAT_HEADER, stat_header(&st));
-    Ok(r)
+    let answer = async {
+        check_path(&q.path)?;
+        let s = session(&m, &id, false).await?;
+        stat(&s.client, &q.path).await
+    };
+    match answer.await {
+        Ok(st) => {
+            let mut r = StatusCode::OK.into_response();
+            r.headers_mut().insert(STAT_HEADER, stat_header(&st));
+            Ok(r)
+        }
+        // A HEAD answer has no body: the message goes in a header.
+        Err(e) => {
+            let msg = crate::text::echo(&e.to_string()).replace(|c: char| !c.is_ascii(), "?");
+            let mut r = e.into_response();
+            if let Ok(v) = HeaderValue::from_str(&msg) {
+                r.headers_mut().insert(ERROR_HEADER, v);
+            }
+            Ok(r)
+        }
+    }
 }
+
+/// A failed HEAD's message.
+pub const ERROR_HEADER: &str = "x-husk-error";
 
 #[utoipa::path(get, path = "/v1/containers/{id}/archive", tag = "containers",
     params(("id" = String, Path, description = "A container's id, unique id prefix, or name"), ArchiveQuery),

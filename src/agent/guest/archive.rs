@@ -75,13 +75,21 @@ pub fn spawn(op: &ArchiveOp) -> io::Result<Spawned> {
 
 /// The child's work; returns its exit code.
 fn run(op: &ArchiveOp) -> i32 {
-    match run_op(op) {
+    let code = match run_op(op) {
         Ok(()) => 0,
         Err((code, msg)) => {
             let _ = writeln!(io::stderr(), "{msg}");
             code
         }
-    }
+    };
+    // The child ends with _exit, which flushes nothing of Rust's.
+    let _ = io::stdout().flush();
+    code
+}
+
+/// The child's stdout, written through a buffer flushed at the end.
+fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
+    io::BufWriter::with_capacity(64 * 1024, io::stdout().lock())
 }
 
 type Failure = (i32, String);
@@ -103,15 +111,17 @@ fn run_op(op: &ArchiveOp) -> Result<(), Failure> {
             let p = archive::resolve_in_root(Path::new("/"), path, false).map_err(failure)?;
             let st = archive::stat(&p).map_err(failure)?;
             let json = serde_json::to_vec(&st).map_err(|e| (1, e.to_string()))?;
-            io::stdout()
-                .write_all(&json)
+            let mut out = stdout();
+            out.write_all(&json)
+                .and_then(|()| out.flush())
                 .map_err(|e| (1, e.to_string()))
         }
         ArchiveOp::Read { path, name } => {
             let follow = path.ends_with('/') || name == ".";
             let p = archive::resolve_in_root(Path::new("/"), path, follow).map_err(failure)?;
-            let out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-            archive::pack(&p, name, out).map_err(failure)
+            let mut out = stdout();
+            archive::pack(&p, name, &mut out).map_err(failure)?;
+            out.flush().map_err(|e| (1, e.to_string()))
         }
         ArchiveOp::Write { path } => {
             let p = archive::resolve_in_root(Path::new("/"), path, true).map_err(failure)?;

@@ -77,8 +77,10 @@ fn apply_one(m: &GuestMount) -> Result<(), MountError> {
             let dev = find_disk(serial)?;
             let fresh = !Path::new(&m.target).exists();
             mount_point(&m.target)?;
-            if m.read_only || fresh {
-                mount(&dev, &m.target, "ext4", ro, None)?;
+            if m.read_only {
+                read_only_ext4(&dev, &m.target)?;
+            } else if fresh {
+                mount(&dev, &m.target, "ext4", 0, None)?;
             } else {
                 // Mounted aside first: an empty volume gets the image's
                 // files at its target before it covers them.
@@ -139,6 +141,46 @@ fn apply_one(m: &GuestMount) -> Result<(), MountError> {
         }
     }
     Ok(())
+}
+
+/// A read-only disk whose journal was left dirty (its last VM was
+/// killed) cannot replay it: it is then mounted without recovery, as it
+/// was last written through.
+fn read_only_ext4(dev: &str, target: &str) -> Result<(), MountError> {
+    match mount(dev, target, "ext4", libc::MS_RDONLY, None) {
+        Err(SetupError::Mount { err, .. }) if err.raw_os_error() == Some(libc::EROFS) => {
+            eprintln!("husk-agent: warning: {dev} was not cleanly unmounted; mounting it without journal recovery");
+            Ok(mount(
+                dev,
+                target,
+                "ext4",
+                libc::MS_RDONLY,
+                Some("norecovery"),
+            )?)
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Unmounts the container's filesystems, deepest first, so that volumes
+/// are clean for the next VM (called as the VM ends).
+pub fn unmount_all() {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let targets: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|t| *t != "/")
+        .collect();
+    for t in targets.iter().rev() {
+        // Octal escapes (\040 for a space) are left: such a target only
+        // stays mounted, and the reboot's sync still covers it.
+        if let Ok(c) = CString::new(*t) {
+            // SAFETY: a valid path string.
+            unsafe { libc::umount2(c.as_ptr(), 0) };
+        }
+    }
 }
 
 fn detach(path: &str) {

@@ -294,6 +294,7 @@ pub fn end_vm() -> ! {
         libc::kill(-1, libc::SIGKILL);
         libc::sync();
     }
+    super::mounts::unmount_all();
     let _ = mount("none", "/", "", libc::MS_REMOUNT | libc::MS_RDONLY, None);
     // SAFETY: as above.
     unsafe {
