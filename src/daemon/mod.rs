@@ -5,19 +5,19 @@
 //! emulation where the host cannot run the guest kernel).
 
 pub mod api;
+pub mod archive;
 pub mod attach;
 pub mod backend;
 pub mod containers;
 pub mod images;
 pub mod logs;
+pub mod mounts;
 pub mod network;
 pub mod networks;
 pub mod openapi;
 pub mod serve;
+pub mod state;
 pub mod volume;
 pub mod volumes;
-pub mod mounts;
-pub mod archive;
-pub mod state;
 
 pub use serve::{serve, ServeArgs};

@@ -275,11 +275,11 @@ pub fn prepare(
     let writable = std::iter::once(&spec.rootfs)
         .chain(spec.drives.iter().filter(|d| !d.read_only).map(|d| &d.path));
     let ready = writable
-        .map(|p| {
+        .into_iter()
+        .try_for_each(|p| {
             std::os::unix::fs::chown(p, Some(uid), Some(uid))
                 .map_err(super::io_err("disk (chown to the VM's uid)", p))
         })
-        .collect::<Result<(), _>>()
         .and_then(|()| HostCgroups::read().map_err(|e| BackendError::Unavailable(e.to_string())));
     let host = match ready {
         Ok(h) => h,
