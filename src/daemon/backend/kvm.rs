@@ -159,6 +159,15 @@ fn instance_id(dir: &Path) -> Option<&str> {
 }
 
 pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
+    if !spec.shares.is_empty() {
+        // husk-vmm has no virtio-fs device yet: refuse rather than boot a
+        // guest whose bind mounts cannot appear.
+        return Err(BackendError::Unavailable(
+            "bind mounts need a virtio-fs device, which the kvm backend (husk-vmm) does not \
+             have yet; run the daemon with --vm-backend tcg for bind mounts"
+                .into(),
+        ));
+    }
     let dir = &spec.dir;
     let cfg_path = dir.join(CONFIG_FILE);
     let log_path = dir.join(VMM_LOG);
