@@ -34,13 +34,17 @@
 //!   [`UnpackOptions::same_owner`]; modes (no umask) and mtimes always;
 //!   a directory's mode and mtime are set after its contents.
 //!   [`UnpackOptions::rename_top`] replaces every entry's first path
-//!   component (`husk cp c:/data ./backup`, `./backup` missing: `data/x`
-//!   unpacks as `backup/x`).
+//!   component, hard link targets' too (`husk cp c:/data ./backup`,
+//!   `./backup` missing: `data/x` unpacks as `backup/x`); it is meant
+//!   for an archive with one top entry, packed with a `name`.
 //!
 //!   The stream is read once, so an entry that is refused stops the
-//!   unpack there: what earlier entries made stays, always inside `dest`.
-//!   Limits: entry paths up to 4096 bytes and 512 components; a header
-//!   extension (long name, PAX record) up to 1 MiB; file contents are
+//!   unpack there: what earlier entries made stays, always inside `dest`
+//!   (directories the archive made keep mode 0700 then, their own mode
+//!   being set only at the end).
+//!   Limits: entry paths up to 4096 bytes and 512 components; an entry's
+//!   header extensions (GNU long names, PAX records) up to 1 MiB
+//!   together; file contents are
 //!   streamed, never held. What stays in memory is one 64 KiB buffer, a
 //!   64-bit hash per non-directory entry (for hard links) and the path and
 //!   metadata of each directory entry (applied at the end).

@@ -158,6 +158,7 @@ fn sample_tree(t: &Tmp) -> PathBuf {
     fs::set_permissions(top.join("pub"), fs::Permissions::from_mode(0o755)).unwrap();
     symlink("/etc/passwd", top.join("abs")).unwrap();
     symlink("a/x", top.join("rel")).unwrap();
+    symlink(format!("../..{}", "/t".repeat(60)), top.join("far")).unwrap();
     let long = top.join("l".repeat(60)).join("m".repeat(60));
     fs::create_dir_all(&long).unwrap();
     fs::write(long.join("deep.txt"), b"long").unwrap();
@@ -201,6 +202,8 @@ fn round_trip_keeps_types_modes_links_and_times() {
         Path::new("/etc/passwd")
     );
     assert_eq!(fs::read_link(top.join("rel")).unwrap(), Path::new("a/x"));
+    let far = format!("../..{}", "/t".repeat(60));
+    assert_eq!(fs::read_link(top.join("far")).unwrap(), Path::new(&far));
     let deep = top
         .join("l".repeat(60))
         .join("m".repeat(60))
@@ -229,7 +232,7 @@ fn round_trip_keeps_types_modes_links_and_times() {
             s.bytes,
             s.skipped
         ),
-        (3, 6, 2, 1, 1, 5 + 10 + 4, 0)
+        (3, 6, 3, 1, 1, 5 + 10 + 4, 0)
     );
     t.assert_outside_untouched(&[]);
 }
@@ -770,4 +773,36 @@ fn parents_open_beneath_with_and_without_openat2() {
         assert_eq!(errno("a/missing"), Some(libc::ENOENT));
         assert_eq!(errno(".."), Some(libc::EXDEV));
     }
+}
+
+#[test]
+fn sparse_entries_unpack_with_holes() {
+    let t = Tmp::new("sparse");
+    let hole = 4 << 20;
+    let mut h = Header::new_gnu();
+    h.as_old_mut().name[..6].copy_from_slice(b"sparse");
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(512);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.sparse[0].set_offset(hole);
+    gnu.sparse[0].set_length(512);
+    gnu.set_real_size(hole + 512);
+    h.set_cksum();
+    let mut entry = h.as_bytes().to_vec();
+    entry.extend_from_slice(&[b'z'; 512]);
+    let s = unpack_into(&archive(&[entry]), &t.dest(), &Default::default()).unwrap();
+    assert_eq!(s.bytes, hole + 512);
+    let p = t.dest().join("sparse");
+    let data = fs::read(&p).unwrap();
+    assert_eq!(data.len() as u64, hole + 512);
+    assert!(data[..hole as usize].iter().all(|&b| b == 0));
+    assert!(data[hole as usize..].iter().all(|&b| b == b'z'));
+    assert!(
+        fs::metadata(&p).unwrap().blocks() * 512 < hole,
+        "no hole made"
+    );
 }

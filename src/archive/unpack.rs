@@ -312,6 +312,24 @@ impl Unpacker<'_> {
             None
         };
 
+        // The rest of what the header says, checked before anything at
+        // the entry's path is touched.
+        let symlink_target = if kind == EntryType::Symlink {
+            match e.link_name_bytes() {
+                Some(t) if !t.is_empty() => Some(
+                    fs::cstr(&t)
+                        .map_err(|_| bad_header(&name, "its symlink target has a NUL byte"))?,
+                ),
+                _ => return Err(bad_header(&name, "it is a symlink without a target")),
+            }
+        } else {
+            None
+        };
+        let dev = match kind {
+            EntryType::Char | EntryType::Block => self.device(e, &name)?,
+            _ => 0,
+        };
+
         let parent = self.open_dir(parents, &name, true)?;
         let p = parent.as_fd();
         let leaf = fs::cstr(last).map_err(|err| entry_err("unpack", &name, err))?;
@@ -339,12 +357,8 @@ impl Unpacker<'_> {
         let mut consumed = 0;
         match kind {
             EntryType::Symlink => {
-                let target = match e.link_name_bytes() {
-                    Some(t) if !t.is_empty() => fs::cstr(&t)
-                        .map_err(|_| bad_header(&name, "its symlink target has a NUL byte"))?,
-                    _ => return Err(bad_header(&name, "it is a symlink without a target")),
-                };
-                fs::symlinkat(&target, p, &leaf)
+                let target = symlink_target.as_deref().unwrap_or_default();
+                fs::symlinkat(target, p, &leaf)
                     .map_err(|err| entry_err("make the symlink", &name, err))?;
                 self.leaf_meta(p, &leaf, &name, meta, false)?;
                 self.summary.symlinks += 1;
@@ -373,7 +387,6 @@ impl Unpacker<'_> {
                 } else {
                     libc::S_IFBLK
                 };
-                let dev = self.device(e, &name)?;
                 fs::mknodat(p, &leaf, kind_bits | 0o600, dev)
                     .map_err(|err| entry_err("make the device node", &name, err))?;
                 self.leaf_meta(p, &leaf, &name, meta, true)?;
