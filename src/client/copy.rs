@@ -198,21 +198,9 @@ impl DaemonClient {
                 .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
         });
         let body = StreamBody::new(stream).boxed_unsync();
-        let (mut sender, conn) = self.open().await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::builder()
-            .method(Method::PUT)
-            .uri(archive_path(id, path))
-            .header(header::HOST, "localhost")
-            .header(header::CONTENT_TYPE, "application/x-tar")
-            .body(body)
-            .map_err(|e| ClientError::Protocol(format!("cannot build the request: {e}")))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        let resp = self
+            .send_tar(Method::PUT, &archive_path(id, path), body)
+            .await?;
         if !resp.status().is_success() {
             return Err(api_error(resp).await);
         }

@@ -31,7 +31,35 @@ async fn next_chunk(mut r: Reader) -> Option<(std::io::Result<Frame<Bytes>>, Rea
     }
 }
 
+/// A request body streamed as it is produced.
+pub(super) type StreamedBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
 impl DaemonClient {
+    /// Sends a tar stream as a request's body, on a connection of its
+    /// own; the answer, whatever its status.
+    pub(super) async fn send_tar(
+        &self,
+        method: Method,
+        uri: &str,
+        body: StreamedBody,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let (mut sender, conn) = self.open().await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "localhost")
+            .header(header::CONTENT_TYPE, "application/x-tar")
+            .body(body)
+            .map_err(|e| ClientError::Protocol(format!("cannot build the request: {e}")))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Broken(e.to_string()))
+    }
+
     /// Imports the `docker save` or OCI archive in `path` (`-` for stdin);
     /// `tag` names the image when the archive does not, or overrides it.
     pub async fn import(
@@ -58,21 +86,7 @@ impl DaemonClient {
         // Boxed: the body's type then names no function (hyper's connection
         // task must be `Send` for any lifetime).
         let body = StreamBody::new(stream::unfold(reader, next_chunk)).boxed_unsync();
-        let (mut sender, conn) = self.open().await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header(header::HOST, "localhost")
-            .header(header::CONTENT_TYPE, "application/x-tar")
-            .body(body)
-            .map_err(|e| ClientError::Protocol(format!("cannot build the request: {e}")))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Broken(e.to_string()))?;
+        let resp = self.send_tar(Method::POST, &uri, body).await?;
         if resp.status().is_success() {
             read_json(resp).await
         } else {

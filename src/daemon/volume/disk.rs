@@ -35,23 +35,24 @@ fn run(prog: &'static str, args: &[&std::ffi::OsStr]) -> Result<(), VolumeError>
     })
 }
 
+/// Sets the file's length (a new file's, with `create`).
+fn set_len(path: &Path, size: u64, create: bool) -> Result<(), VolumeError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(create)
+        .open(path)
+        .and_then(|f| f.set_len(size))
+        .map_err(|err| VolumeError::Io {
+            path: path.display().to_string(),
+            err,
+        })
+}
+
 /// Makes `path` a new, empty ext4 filesystem of `size` bytes. The file
 /// is sparse; the inode tables are marked zeroed (the file's holes read
 /// as zeros), so neither mkfs nor the guest writes them out.
 pub fn make(path: &Path, size: u64) -> Result<(), VolumeError> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|err| VolumeError::Io {
-            path: path.display().to_string(),
-            err,
-        })?;
-    f.set_len(size).map_err(|err| VolumeError::Io {
-        path: path.display().to_string(),
-        err,
-    })?;
-    drop(f);
+    set_len(path, size, true)?;
     let made = run(
         "mkfs.ext4",
         &[
@@ -91,18 +92,7 @@ pub fn make(path: &Path, size: u64) -> Result<(), VolumeError> {
 /// resize2fs requires).
 pub fn grow(path: &Path, size: u64) -> Result<(), VolumeError> {
     run("e2fsck", &["-f".as_ref(), "-p".as_ref(), path.as_os_str()])?;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|err| VolumeError::Io {
-            path: path.display().to_string(),
-            err,
-        })?;
-    f.set_len(size).map_err(|err| VolumeError::Io {
-        path: path.display().to_string(),
-        err,
-    })?;
-    drop(f);
+    set_len(path, size, false)?;
     run("resize2fs", &["-f".as_ref(), path.as_os_str()])
 }
 
