@@ -24,7 +24,7 @@ use crate::vmm::devices::virtio::block::{Block, BlockOptions};
 use crate::vmm::devices::virtio::mmio::MmioTransport;
 use crate::vmm::devices::virtio::rng::Rng;
 use crate::vmm::exit::ExitNotifier;
-use crate::vmm::kvm::memory::{create_guest_memory, MemoryError};
+use crate::vmm::kvm::memory::{create_guest_memory, create_shared_guest_memory, MemoryError};
 use crate::vmm::kvm::persist::{check_cpu, restore_vm, KvmStateError};
 use crate::vmm::kvm::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vmm::kvm::{Vm, VmError};
@@ -264,6 +264,40 @@ fn attach_net_devices(
     Ok(nets)
 }
 
+/// Phase 2: one virtio-fs device per `fs-devices` entry, each connected
+/// now to its vhost-user backend (a backend that cannot be reached, or
+/// that hangs up, fails the start).
+fn attach_fs_devices(
+    vm: &Vm,
+    mem: &GuestMem,
+    dm: &mut DeviceManager,
+    events: &mut EventLoop,
+    cfg: &VmConfig,
+) -> Result<(), StartError> {
+    use crate::vmm::devices::virtio::fs::Fs;
+    for f in &cfg.fs_devices {
+        let fs = Fs::new(
+            &f.tag,
+            Path::new(&f.socket_path),
+            f.num_queues,
+            f.queue_size,
+        )
+        .map_err(|e| {
+            let tag = crate::text::echo(&f.tag);
+            StartError::Device("virtio-fs", format!("tag {tag:?}: {e}"))
+        })?;
+        dm.attach_virtio(
+            vm,
+            mem,
+            events,
+            "virtio-fs",
+            &f.tag,
+            Arc::new(Mutex::new(fs)),
+        )?;
+    }
+    Ok(())
+}
+
 /// Phase 3: the vCPUs, sharing the (now frozen) buses.
 fn create_vcpus(
     vm: &Vm,
@@ -358,6 +392,7 @@ fn attach_devices(
     dm.track_legacy(serial.clone(), i8042.clone());
     let drives = attach_virtio_devices(vm, mem, dm, events, cfg)?;
     let nets = attach_net_devices(vm, mem, dm, events, cfg)?;
+    attach_fs_devices(vm, mem, dm, events, cfg)?;
     Ok(((serial, i8042), drives, nets))
 }
 
@@ -484,8 +519,13 @@ pub fn build_and_start(
     how: &Launch,
 ) -> Result<RunningVm, StartError> {
     let machine = &cfg.machine_config;
-    // Phase 1.
-    let mem = create_guest_memory(machine.mem_size_mib, machine.track_dirty_pages)?;
+    // Phase 1. A vhost-user backend maps guest memory too: it must be a
+    // shared memfd then.
+    let mem = if cfg.fs_devices.is_empty() {
+        create_guest_memory(machine.mem_size_mib, machine.track_dirty_pages)?
+    } else {
+        create_shared_guest_memory(machine.mem_size_mib, machine.track_dirty_pages)?
+    };
     vm.set_up(&mem, machine.track_dirty_pages)?;
     tracing::debug!("KVM VM set up");
     // Phases 2 to 4.
@@ -506,6 +546,13 @@ pub fn restore_and_start(
     how: &Launch,
 ) -> Result<RunningVm, StartError> {
     let machine = &cfg.machine_config;
+    if !cfg.fs_devices.is_empty() {
+        // No snapshot has one (creating it is refused); a state file
+        // that says otherwise was not written by husk.
+        return Err(StartError::Restore(
+            crate::vmm::devices::virtio::fs::NOT_RESTORABLE.into(),
+        ));
+    }
     if state.vcpus.len() != usize::from(machine.vcpu_count) {
         return Err(StartError::Restore(format!(
             "the snapshot has {} vCPU states for {} vCPUs",

@@ -161,6 +161,21 @@ pub struct VsockMetrics {
     pub errors: Counter,
 }
 
+/// virtio-fs: the vhost-user frontend (the backend process serves the
+/// requests, so there are no request counts here).
+#[derive(Debug, Default, Serialize)]
+pub struct FsMetrics {
+    /// Times the backend was given the queues (the driver's DRIVER_OK).
+    pub activations: Counter,
+    /// Used-buffer interrupts raised for the backend's calls.
+    pub interrupts: Counter,
+    /// Backends that closed the connection (or answered out of turn)
+    /// while the VM ran; their guest requests go unanswered.
+    pub backend_disconnects: Counter,
+    /// vhost-user requests that failed (the connection is then dropped).
+    pub backend_errors: Counter,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct VmmMetrics {
     pub instance_starts: Counter,
@@ -183,6 +198,7 @@ pub struct Metrics {
     pub rng: RngMetrics,
     pub net: NetMetrics,
     pub vsock: VsockMetrics,
+    pub fs: FsMetrics,
     pub vmm: VmmMetrics,
 }
 
@@ -264,6 +280,12 @@ pub static METRICS: Metrics = Metrics {
         credit_violations,
         dropped_packets,
         errors
+    }),
+    fs: zeroed!(FsMetrics {
+        activations,
+        interrupts,
+        backend_disconnects,
+        backend_errors
     }),
     vmm: zeroed!(VmmMetrics {
         instance_starts,

@@ -187,6 +187,10 @@ impl Vmm {
         if let Some(v) = cfg.vsock {
             self.set_vsock(v)?;
         }
+        for f in cfg.fs_devices {
+            let tag = f.tag.clone();
+            self.set_fs(&tag, f)?;
+        }
         Ok(())
     }
 
@@ -340,6 +344,21 @@ impl Vmm {
         Ok(())
     }
 
+    /// Adds a virtio-fs device, or replaces the one with the same tag.
+    fn set_fs(&mut self, path_tag: &str, f: config::FsConfig) -> Result<(), VmmActionError> {
+        self.require_not_started()?;
+        if f.tag != path_tag {
+            return Err(ConfigError::FsTagMismatch {
+                body: crate::text::echo(&f.tag).into_owned(),
+                path: crate::text::echo(path_tag).into_owned(),
+            }
+            .into());
+        }
+        f.validate()?;
+        config::insert_fs(&mut self.config.fs_devices, f);
+        Ok(())
+    }
+
     fn set_logger(&mut self, l: LoggerConfig) -> Result<(), VmmActionError> {
         self.logger.configure(&l)?;
         self.config.logger = Some(l);
@@ -466,6 +485,7 @@ impl Vmm {
             VmmAction::PatchDrive(id, u) => done(self.patch_drive(&id, u)),
             VmmAction::PutNetworkInterface(id, n) => done(self.set_network_interface(&id, n)),
             VmmAction::PatchNetworkInterface(id, u) => done(self.patch_network_interface(&id, u)),
+            VmmAction::PutFs(tag, f) => done(self.set_fs(&tag, f)),
             // Starting needs the event loop; `run.rs` handles it before
             // the microVM runs. Here it can only be too late.
             VmmAction::InstanceStart => done(

@@ -47,6 +47,8 @@ pub enum VmmAction {
     /// The iface id from the path, and the body.
     PutNetworkInterface(String, crate::vmm::config::NetworkInterfaceConfig),
     PatchNetworkInterface(String, crate::vmm::config::NetworkInterfaceUpdate),
+    /// The tag from the path, and the body.
+    PutFs(String, crate::vmm::config::FsConfig),
     InstanceStart,
     SendCtrlAltDel,
     FlushMetrics,

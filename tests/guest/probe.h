@@ -101,5 +101,7 @@ void check_blk_again(const struct check *c); /* blk.c */
 void check_vsock(const struct check *c); /* vsock.c */
 void check_vsock_reset(const struct check *c); /* vsock.c */
 void check_net(const struct check *c); /* net.c */
+void check_fs(const struct check *c); /* fs.c */
+void check_fs_again(const struct check *c); /* fs.c */
 
 #endif

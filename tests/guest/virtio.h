@@ -36,6 +36,7 @@
 #define VIRTIO_ID_BLOCK 2
 #define VIRTIO_ID_RNG 4
 #define VIRTIO_ID_VSOCK 19
+#define VIRTIO_ID_FS 26
 
 /* ---- virtio-mmio registers (section 4.2.2) */
 #define VIRTIO_MMIO_MAGIC_VALUE 0x000

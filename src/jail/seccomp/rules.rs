@@ -265,6 +265,20 @@ fn vmm(l: &mut List) {
         .any("recvfrom", SYS_recvfrom, "vsock sockets")
         .any("sendto", SYS_sendto, "vsock sockets")
         .any("shutdown", SYS_shutdown, "vsock: a closed connection")
+        .one_of(
+            "sendmsg",
+            SYS_sendmsg,
+            2,
+            &[MSG_NOSIGNAL as u64],
+            "virtio-fs: vhost-user requests, eventfds and the guest memfd passed with SCM_RIGHTS",
+        )
+        .one_of(
+            "recvmsg",
+            SYS_recvmsg,
+            2,
+            &[0],
+            "virtio-fs: vhost-user replies",
+        )
         .any("poll", SYS_poll, "is a frame waiting on the TAP")
         .any("getrandom", SYS_getrandom, "virtio-rng")
         .one_of(

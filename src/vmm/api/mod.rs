@@ -125,7 +125,8 @@ pub fn router(api: ApiSender) -> Router {
         .route(
             "/network-interfaces/{iface_id}",
             put(put_network_interface).patch(patch_network_interface),
-        );
+        )
+        .route("/fs/{tag}", put(put_fs));
     #[cfg(feature = "test-hooks")]
     let routes = routes.route("/test/forbidden-call", put(put_forbidden_call));
     routes
@@ -293,6 +294,14 @@ async fn patch_network_interface(
     body: Body,
 ) -> Response {
     call_with(&api, &body, |n| VmmAction::PatchNetworkInterface(id, n)).await
+}
+
+async fn put_fs(
+    State(api): State<ApiSender>,
+    UrlPath(tag): UrlPath<String>,
+    body: Body,
+) -> Response {
+    call_with(&api, &body, |f| VmmAction::PutFs(tag, f)).await
 }
 
 async fn put_entropy(State(api): State<ApiSender>, body: Body) -> Response {
@@ -474,6 +483,45 @@ mod tests {
             assert!(body["fault_message"].is_string(), "{body}");
         }
         assert!(seen.is_empty(), "{seen:?}");
+    }
+
+    #[test]
+    fn fs_devices_become_actions_with_the_path_tag() {
+        let (results, seen) = with_router(
+            |_| Ok(VmmData::Empty),
+            |r| {
+                vec![
+                    send(
+                        &r,
+                        "PUT",
+                        "/fs/share",
+                        r#"{"tag": "share", "socket_path": "/run/fs.sock"}"#,
+                    ),
+                    // Never reach the VMM: a missing field, an unknown
+                    // one, no tag in the path, a PATCH.
+                    send(&r, "PUT", "/fs/share", r#"{"tag": "share"}"#),
+                    send(
+                        &r,
+                        "PUT",
+                        "/fs/share",
+                        r#"{"tag": "share", "socket_path": "/s", "dax": true}"#,
+                    ),
+                    send(&r, "PUT", "/fs", r#"{"tag": "a", "socket_path": "/s"}"#),
+                    send(&r, "PATCH", "/fs/share", r#"{"tag": "share"}"#),
+                ]
+            },
+        );
+        let codes: Vec<_> = results.iter().map(|r| r.0).collect();
+        assert_eq!(codes, vec![204, 400, 400, 400, 400], "{results:?}");
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].starts_with("PutFs(\"share\", FsConfig { tag: \"share\""),
+            "{seen:?}"
+        );
+        assert!(
+            seen[0].contains("num_queues: 1, queue_size: 1024"),
+            "{seen:?}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::vmm::arch::x86_64::layout::MAX_VCPUS;
 mod boot;
 mod drive;
 mod entropy;
+mod fs;
 mod machine;
 mod net;
 mod output;
@@ -20,6 +21,7 @@ mod vsock;
 pub use boot::{BootSourceConfig, DEFAULT_BOOT_ARGS};
 pub use drive::{insert_drive, CacheType, DriveConfig, DriveUpdate};
 pub use entropy::EntropyConfig;
+pub use fs::{insert_fs, FsConfig, MAX_FS_QUEUES, MAX_FS_QUEUE_SIZE, MAX_TAG_LEN};
 pub use machine::{host_memory_mib, MachineConfig, MachineConfigUpdate, MIN_MEM_SIZE_MIB};
 pub use net::{
     check_unique_ids, check_update, insert_interface, put_interface, MacAddr,
@@ -79,6 +81,12 @@ pub enum ConfigError {
     Net(String),
     #[error("invalid vsock: {0}")]
     Vsock(String),
+    #[error("invalid fs device: {0}")]
+    Fs(String),
+    #[error("invalid fs tag {0:?}: 1 to 36 bytes, none of them NUL")]
+    FsTag(String),
+    #[error("the tag in the body ({body}) differs from the one in the path ({path})")]
+    FsTagMismatch { body: String, path: String },
 }
 
 /// A whole VM: the `--config-file` format and `GET /vm/config`.
@@ -111,6 +119,9 @@ pub struct VmConfig {
     pub entropy: Option<EntropyConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices on vhost-user backends (a husk extension).
+    #[serde(rename = "fs-devices", default, skip_serializing_if = "Vec::is_empty")]
+    pub fs_devices: Vec<FsConfig>,
 }
 
 /// Ids (instance, drive, interface) end up in paths, logs and what the

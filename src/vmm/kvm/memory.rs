@@ -1,7 +1,9 @@
-//! Guest memory: private mappings with MAP_NORESERVE, so pages cost
-//! nothing until the guest touches them. A cold boot maps anonymous
-//! memory; a restore maps the snapshot's memory file `MAP_PRIVATE`, so
-//! pages load on first touch and writes stay in this process.
+//! Guest memory: mappings with MAP_NORESERVE, so pages cost nothing
+//! until the guest touches them. A cold boot maps anonymous memory; a
+//! restore maps the snapshot's memory file `MAP_PRIVATE`, so pages load
+//! on first touch and writes stay in this process. A VM with a vhost-user
+//! device (virtio-fs) maps a memfd `MAP_SHARED` instead, so the backend
+//! process can map the same pages (it gets the memfd with SET_MEM_TABLE).
 //!
 //! With dirty-page tracking each region carries a bitmap of the pages the
 //! VMM's devices wrote (KVM's dirty log only sees the guest's writes).
@@ -42,6 +44,8 @@ pub enum MemoryError {
     Layout,
     #[error("cannot use the memory file: {0}")]
     File(std::io::Error),
+    #[error("cannot create shared guest memory (memfd): {0}")]
+    Memfd(std::io::Error),
 }
 
 /// The guest-physical ranges of `size_mib` MiB of RAM, split around the
@@ -60,13 +64,51 @@ pub fn ram_ranges(size_mib: u64) -> Result<Vec<(GuestAddress, usize)>, MemoryErr
 /// Maps `size_mib` MiB of anonymous guest RAM, split around the MMIO gap,
 /// with a bitmap of device writes when `track_dirty` is set.
 pub fn create_guest_memory(size_mib: u64, track_dirty: bool) -> Result<GuestMem, MemoryError> {
-    build(&ram_ranges(size_mib)?, None, track_dirty)
+    build(&ram_ranges(size_mib)?, Backing::Anonymous, track_dirty)
+}
+
+/// Like [`create_guest_memory`], but the RAM is one memfd mapped
+/// `MAP_SHARED`, each region at its offset in it: a vhost-user backend
+/// maps the same pages. Each region keeps a handle on the memfd
+/// (`GuestRegionMmap::file_offset`), which is what SET_MEM_TABLE sends.
+pub fn create_shared_guest_memory(
+    size_mib: u64,
+    track_dirty: bool,
+) -> Result<GuestMem, MemoryError> {
+    let ranges = ram_ranges(size_mib)?;
+    let total: u64 = ranges.iter().map(|r| r.1 as u64).sum();
+    let memfd = sealed_memfd("husk-guest-ram", total).map_err(MemoryError::Memfd)?;
+    build(&ranges, Backing::Shared(&memfd), track_dirty)
+}
+
+/// A new memfd of `size` bytes, closed on exec, whose size is then
+/// sealed: the backend that gets it cannot shrink it under the VMM's
+/// mappings (a later access there would be a SIGBUS in this process).
+fn sealed_memfd(name: &str, size: u64) -> std::io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the
+    // call; memfd_create takes no other pointer.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_len(size)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS on a descriptor we own; no memory is passed.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
 }
 
 /// Anonymous memory over `ranges`, without dirty tracking (tests and
 /// tools).
 pub fn anonymous(ranges: &[(GuestAddress, usize)]) -> Result<GuestMem, MemoryError> {
-    build(ranges, None, false)
+    build(ranges, Backing::Anonymous, false)
 }
 
 /// Maps `file` `MAP_PRIVATE` over `ranges`, the regions one after the
@@ -76,12 +118,21 @@ pub fn from_file(
     ranges: &[(GuestAddress, usize)],
     track_dirty: bool,
 ) -> Result<GuestMem, MemoryError> {
-    build(ranges, Some(file), track_dirty)
+    build(ranges, Backing::Private(file), track_dirty)
+}
+
+/// What guest RAM is mapped from.
+enum Backing<'a> {
+    Anonymous,
+    /// A file mapped copy-on-write (a snapshot's memory file).
+    Private(&'a File),
+    /// A memfd every writer shares (a vhost-user backend maps it too).
+    Shared(&'a File),
 }
 
 fn build(
     ranges: &[(GuestAddress, usize)],
-    file: Option<&File>,
+    backing: Backing<'_>,
     track_dirty: bool,
 ) -> Result<GuestMem, MemoryError> {
     let size_mib = ranges.iter().map(|r| r.1 as u64).sum::<u64>() >> 20;
@@ -92,14 +143,19 @@ fn build(
         let bitmap = track_dirty.then(|| AtomicBitmap::new(len, page));
         let mut builder = MmapRegionBuilder::new_with_bitmap(len, bitmap)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
-        builder = match file {
-            Some(f) => builder
+        let file_at = |f: &File| {
+            f.try_clone()
+                .map(|f| FileOffset::new(f, offset))
+                .map_err(MemoryError::File)
+        };
+        builder = match backing {
+            Backing::Private(f) => builder
                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-                .with_file_offset(FileOffset::new(
-                    f.try_clone().map_err(MemoryError::File)?,
-                    offset,
-                )),
-            None => builder
+                .with_file_offset(file_at(f)?),
+            Backing::Shared(f) => builder
+                .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
+                .with_file_offset(file_at(f)?),
+            Backing::Anonymous => builder
                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE),
         };
         let region = builder
@@ -175,5 +231,28 @@ mod tests {
         assert_eq!(m.read_obj::<u8>(GuestAddress(10)).unwrap(), 9);
         assert_eq!(std::fs::read(&path).unwrap()[10], 5);
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn shared_memory_is_one_memfd_every_region_maps() {
+        use std::os::unix::fs::FileExt;
+        let m = create_shared_guest_memory(4096, false).unwrap();
+        let regions: Vec<_> = m.iter().collect();
+        assert_eq!(regions.len(), 2);
+        let offsets: Vec<u64> = regions
+            .iter()
+            .map(|r| r.file_offset().unwrap().start())
+            .collect();
+        assert_eq!(offsets, vec![0, regions[0].len()]);
+        // A write through the mapping shows in the file: it is shared.
+        m.write_obj(0x5au8, GuestAddress(1 << 32)).unwrap();
+        let f = regions[1].file_offset().unwrap().file();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, regions[0].len()).unwrap();
+        assert_eq!(b[0], 0x5a);
+        // Its size is sealed: whoever else holds it cannot pull pages
+        // from under this process's mappings.
+        let e = f.set_len(4096).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
     }
 }

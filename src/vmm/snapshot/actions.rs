@@ -65,6 +65,8 @@ pub enum SnapshotError {
     SameFile,
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    #[error("a microVM with a virtio-fs device cannot be snapshotted: fs device {0:?} is served by a vhost-user backend (virtiofsd) whose state husk cannot save")]
+    ExternalBackend(String),
 }
 
 fn show(p: &str) -> String {
@@ -78,6 +80,9 @@ impl Vmm {
         p: SnapshotCreateParams,
     ) -> Result<(), VmmActionError> {
         p.validate()?;
+        if let Some(f) = self.config.fs_devices.first() {
+            return Err(SnapshotError::ExternalBackend(show(&f.tag)).into());
+        }
         if self.state != VmState::Paused {
             return Err(VmmActionError::NotPaused(self.state.as_str()));
         }
@@ -173,6 +178,8 @@ impl Vmm {
             Some("vsock")
         } else if c.entropy.is_some() {
             Some("entropy")
+        } else if !c.fs_devices.is_empty() {
+            Some("an fs device")
         } else if c.serial.is_some() {
             Some("serial")
         } else if c.machine_config != Default::default() {

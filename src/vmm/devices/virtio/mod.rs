@@ -8,6 +8,7 @@
 //! Snapshots of the transport and of each device are in [`persist`].
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod persist;
@@ -36,6 +37,7 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// InterruptStatus bits.
 pub const INT_USED_RING: u32 = 1;

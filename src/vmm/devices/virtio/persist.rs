@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
 
 use super::block::BlockState;
+use super::fs::FsState;
 use super::mmio::{status, MmioTransport};
 use super::net::NetState;
 use super::rng::RngState;
@@ -116,6 +117,9 @@ pub enum DeviceState {
     Net(NetState),
     Rng(RngState),
     Vsock(VsockState),
+    /// Never in a snapshot: a VM with a virtio-fs device cannot be
+    /// snapshotted (see `fs/persist.rs`).
+    Fs(FsState),
 }
 
 impl DeviceState {
@@ -125,6 +129,7 @@ impl DeviceState {
             DeviceState::Net(_) => "virtio-net",
             DeviceState::Rng(_) => "virtio-rng",
             DeviceState::Vsock(_) => "virtio-vsock",
+            DeviceState::Fs(_) => "virtio-fs",
         }
     }
 
