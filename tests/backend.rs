@@ -322,6 +322,104 @@ fn kvm_vms_are_jailed_each_as_its_own_uid_and_cleaned_up() {
     assert!(!record.claim.exists());
 }
 
+/// Launches `spec` on kvm; a failure shows the VMM's and virtiofsd's logs.
+fn launch_or_explain(spec: &VmSpec) -> VmHandle {
+    backend::launch(BackendKind::Kvm, spec).unwrap_or_else(|e| {
+        let logs: Vec<String> = std::fs::read_dir(&spec.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|f| f.file_name().to_string_lossy().ends_with(".log"))
+            .map(|f| {
+                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                format!("{}:\n{text}", f.file_name().to_string_lossy())
+            })
+            .collect();
+        panic!("launch: {e}\n{}", logs.join("\n"))
+    })
+}
+
+/// A host directory for a bind mount, holding `hello.txt`.
+fn shared_dir(parent: &Path, name: &str) -> PathBuf {
+    let d = parent.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("hello.txt"), "HUSK-KVM-SHARE").unwrap();
+    d
+}
+
+#[test]
+fn kvm_bind_mounts_reach_the_guest_through_virtiofsd_jailed_or_not() {
+    if let Err(why) = backend::available(BackendKind::Kvm) {
+        return skip(&why);
+    }
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip("jailing (and virtiofsd's sandbox) needs root");
+    }
+    if let Err(e) = backend::virtiofs::virtiofsd() {
+        return skip(&e.to_string());
+    }
+    let dir = Scratch::new("share");
+    // Jailed, read-write: the socket is made by the daemon, owned by the
+    // VM's uid, bound into the jail's /run; the probe's FUSE requests
+    // read the host's file and create one.
+    let rw = shared_dir(&dir.0, "rw");
+    let mut spec = probe_files(&dir.0);
+    spec.boot_args = "probe=fs,wait-cad".into();
+    spec.shares = vec![backend::VmShare {
+        tag: "fs0".into(),
+        dir: rw.clone(),
+        read_only: false,
+    }];
+    spec.jail = Some(backend::jail::JailSettings {
+        base: dir.0.join("jail"),
+        uids: (250_010, 250_019),
+        claims: dir.0.join("uids"),
+        jailer: PathBuf::from(env!("CARGO_BIN_EXE_husk-jailer")),
+    });
+    let vm = Guard(launch_or_explain(&spec));
+    let vm = &vm.0;
+    let line = console_line(vm, "PROBE fs ", BOOT);
+    assert!(
+        line.starts_with("PROBE fs OK tag=fs0 queues=1 init=7.")
+            && line.ends_with(" read=HUSK-KVM-SHARE create=0 wrote=25"),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("guest.txt")).unwrap(),
+        "HUSK-VIRTIOFS-GUEST-WRITE"
+    );
+    let cfg = client::request(vm.api_sock.as_ref().unwrap(), "GET", "/vm/config", None)
+        .unwrap()
+        .json();
+    assert_eq!(cfg["fs-devices"][0]["socket_path"], "/run/fs-fs0.sock");
+    use std::os::unix::fs::MetadataExt;
+    let sock = backend::virtiofs::socket_path(&spec.dir, "fs0");
+    assert_eq!(std::fs::metadata(&sock).unwrap().uid(), 250_010);
+    // virtiofsd is the VM's: cleaned up with it.
+    assert_eq!(vm.procs.len(), 3, "the jailer, the VMM, virtiofsd");
+    let fsd = vm.procs[2].pid;
+    vm.cleanup();
+    assert!(!Path::new(&format!("/proc/{fsd}")).exists());
+    assert!(!vm.jail.as_ref().unwrap().claim.exists());
+
+    // Not jailed, read-only: virtiofsd itself refuses the create.
+    let ro = shared_dir(&dir.0, "ro");
+    std::fs::create_dir_all(dir.0.join("two")).unwrap();
+    let mut spec = probe_files(&dir.0.join("two"));
+    spec.dir = dir.0.join("c2");
+    spec.boot_args = "probe=fs,wait-cad".into();
+    spec.shares = vec![backend::VmShare {
+        tag: "fs0".into(),
+        dir: ro.clone(),
+        read_only: true,
+    }];
+    let vm = Guard(launch_or_explain(&spec));
+    let line = console_line(&vm.0, "PROBE fs ", BOOT);
+    assert!(line.ends_with(" read=HUSK-KVM-SHARE create=-30"), "{line}");
+    assert!(!ro.join("guest.txt").exists());
+}
+
 /// The environment variable that turns `launch_and_leave` into a helper.
 const HELPER_ENV: &str = "HUSK_BACKEND_TEST_LAUNCH_IN";
 

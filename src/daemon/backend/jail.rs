@@ -12,6 +12,8 @@
 //! | `/rootfs` | the container's private root filesystem, owned by the VM's uid |
 //! | `/vm.json` (read-only) | `<run dir>/vm.json` |
 //! | `/run/vmm.sock`, `/run/vsock.sock` | `<jail root>/run/...`: the API and vsock sockets |
+//! | `/run/fs-<tag>.sock` | `<run dir>/fs-<tag>.sock`: a bind mount's virtiofsd, owned by the VM's uid |
+//! | `/drive-<id>` | a volume's disk, owned by the VM's uid when read-write |
 //!
 //! A uid is taken by creating `/run/husk/jail-uids/<uid>` exclusively
 //! (one directory for the host, so two daemons never share a uid; the
@@ -43,6 +45,8 @@ pub fn drive_path(id: &str) -> PathBuf {
     PathBuf::from(format!("/drive-{id}"))
 }
 pub const CONFIG: &str = "/vm.json";
+/// The VMM's own writable directory in the jail, where its sockets are.
+pub const RUN_DIR: &str = "/run";
 pub const API_SOCK: &str = "/run/vmm.sock";
 pub const VSOCK_SOCK: &str = "/run/vsock.sock";
 
@@ -318,6 +322,16 @@ pub fn prepare(
             .arg(mount(&d.path, &inside.to_string_lossy(), d.read_only));
     }
     cmd.arg("--mount").arg(mount(config, CONFIG, true));
+    // Each share's virtiofsd socket (made by the daemon, owned by the
+    // VM's uid), where the VM's config names it.
+    for share in &spec.shares {
+        let inside = super::virtiofs::socket_path(Path::new(RUN_DIR), &share.tag);
+        cmd.arg("--mount").arg(mount(
+            &super::virtiofs::socket_path(&spec.dir, &share.tag),
+            &inside.to_string_lossy(),
+            false,
+        ));
+    }
     cmd.args(["--", "--api-sock", API_SOCK, "--config-file", CONFIG]);
     let record = JailRecord {
         uid,

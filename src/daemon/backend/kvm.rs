@@ -17,8 +17,8 @@ use super::{
 };
 use crate::text::echo_path;
 use crate::vmm::config::{
-    BootSourceConfig, CacheType, ConfigFileError, DriveConfig, EntropyConfig, MachineConfig,
-    NetworkInterfaceConfig, VmConfig, VsockConfig,
+    BootSourceConfig, CacheType, ConfigFileError, DriveConfig, EntropyConfig, FsConfig,
+    MachineConfig, NetworkInterfaceConfig, VmConfig, VsockConfig, MAX_FS_QUEUE_SIZE,
 };
 
 /// The per-VM API socket.
@@ -46,8 +46,10 @@ fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// The VM config for `spec`, its vsock socket at `vsock_uds`.
-pub fn config(spec: &VmSpec, vsock_uds: &Path) -> VmConfig {
+/// The VM config for `spec`, as the VMM sees it: its vsock and
+/// virtio-fs sockets in `sockets` (the run directory, or the jail's
+/// `/run`).
+pub fn config(spec: &VmSpec, sockets: &Path) -> VmConfig {
     VmConfig {
         boot_source: Some(BootSourceConfig {
             kernel_image_path: path_string(&spec.kernel),
@@ -99,9 +101,21 @@ pub fn config(spec: &VmSpec, vsock_uds: &Path) -> VmConfig {
         entropy: Some(EntropyConfig::default()),
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
-            uds_path: path_string(vsock_uds),
+            uds_path: path_string(&sockets.join(VSOCK_SOCK)),
             vsock_id: None,
         }),
+        // Each share's virtiofsd, one request queue (what QEMU's
+        // vhost-user-fs-device gives the tcg backend too).
+        fs_devices: spec
+            .shares
+            .iter()
+            .map(|s| FsConfig {
+                tag: s.tag.clone(),
+                socket_path: path_string(&super::virtiofs::socket_path(sockets, &s.tag)),
+                num_queues: 1,
+                queue_size: MAX_FS_QUEUE_SIZE,
+            })
+            .collect(),
         ..VmConfig::default()
     }
 }
@@ -159,21 +173,13 @@ fn instance_id(dir: &Path) -> Option<&str> {
 }
 
 pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
-    if !spec.shares.is_empty() {
-        // husk-vmm has no virtio-fs device yet: refuse rather than boot a
-        // guest whose bind mounts cannot appear.
-        return Err(BackendError::Unavailable(
-            "bind mounts need a virtio-fs device, which the kvm backend (husk-vmm) does not \
-             have yet; run the daemon with --vm-backend tcg for bind mounts"
-                .into(),
-        ));
-    }
     let dir = &spec.dir;
     let cfg_path = dir.join(CONFIG_FILE);
-    let log_path = dir.join(VMM_LOG);
     let id = instance_id(dir);
+    check(spec, &cfg_path)?;
+    let bin = vmm_binary().map_err(BackendError::Unavailable)?;
     let jailed = match (&spec.jail, id) {
-        (Some(settings), Some(id)) => Some((settings, id)),
+        (Some(settings), Some(id)) => Some(jail::prepare(settings, spec, id, &bin, &cfg_path)?),
         (Some(_), None) => {
             return Err(BackendError::Config(format!(
                 "a jailed VM's run directory must be named by a plain id, not {}",
@@ -182,71 +188,99 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
         }
         (None, _) => None,
     };
-    // What the VMM sees: the host's paths, or the jail's.
-    let (kernel, initramfs, rootfs, api_in, vsock_in) = match jailed {
-        Some(_) => (
-            PathBuf::from(jail::KERNEL),
-            PathBuf::from(jail::INITRAMFS),
-            PathBuf::from(jail::ROOTFS),
-            PathBuf::from(jail::API_SOCK),
-            PathBuf::from(jail::VSOCK_SOCK),
-        ),
-        None => (
-            spec.kernel.clone(),
-            spec.initramfs.clone(),
-            spec.rootfs.clone(),
-            dir.join(API_SOCK),
-            dir.join(VSOCK_SOCK),
-        ),
-    };
-    let drives = spec
-        .drives
-        .iter()
-        .map(|d| VmDrive {
-            path: match jailed {
-                Some(_) => jail::drive_path(&d.id),
-                None => d.path.clone(),
-            },
-            ..d.clone()
-        })
-        .collect();
-    let seen = VmSpec {
-        kernel,
-        initramfs,
-        rootfs,
-        drives,
-        ..spec.clone()
-    };
+    let record = jailed.as_ref().map(|j| j.record.clone());
+    // The shares' daemons first: their sockets are checked, bound into
+    // the jail, and connected to as the VM starts. A jailed VMM connects
+    // as the VM's uid.
+    let owner = record.as_ref().map(|r| r.uid);
+    let launched = super::virtiofs::start(&spec.shares, dir, owner).and_then(|shares| {
+        match launch_vmm(spec, &bin, &cfg_path, id, jailed) {
+            Ok(mut handle) => {
+                handle.procs.extend(shares.iter().map(|s| s.proc));
+                Ok(handle)
+            }
+            Err(e) => {
+                super::virtiofs::stop(&shares);
+                Err(e)
+            }
+        }
+    });
+    if launched.is_err() {
+        // Nothing of the VM runs: its jail and uid go back.
+        if let Some(r) = &record {
+            jail::clean_up(r);
+        }
+    }
+    launched
+}
 
-    // Checked here (files, machine shape, command line) so that a bad
-    // spec fails the launch with a clear error, not a VMM that exits; by
-    // the host's paths, which a jail's stand for.
-    let checked = serde_json::to_vec(&config(spec, &dir.join(VSOCK_SOCK)))
-        .map_err(|e| BackendError::Config(e.to_string()))?;
-    VmConfig::from_slice(&echo_path(&cfg_path), &checked).map_err(|e| match e {
+/// Checks `spec`'s VM config (files, machine shape, command line) so
+/// that a bad spec fails the launch with a clear error before anything
+/// starts, not a VMM that exits; by the host's paths, which a jail's
+/// stand for. The shares' sockets do not exist yet: the daemon makes
+/// them next.
+fn check(spec: &VmSpec, cfg_path: &Path) -> Result<(), BackendError> {
+    let cfg = VmConfig {
+        fs_devices: Vec::new(),
+        ..config(spec, &spec.dir)
+    };
+    let checked = serde_json::to_vec(&cfg).map_err(|e| BackendError::Config(e.to_string()))?;
+    VmConfig::from_slice(&echo_path(cfg_path), &checked).map_err(|e| match e {
         ConfigFileError::Invalid(_, e) => BackendError::Config(e.to_string()),
         e => BackendError::Config(e.to_string()),
     })?;
-    let text = serde_json::to_vec_pretty(&config(&seen, &vsock_in))
+    Ok(())
+}
+
+/// Writes the VM's config and starts its VMM (under the jailer when
+/// `jailed`); the caller gives the jail back on failure.
+fn launch_vmm(
+    spec: &VmSpec,
+    bin: &Path,
+    cfg_path: &Path,
+    id: Option<&str>,
+    jailed: Option<jail::JailedLaunch>,
+) -> Result<VmHandle, BackendError> {
+    let dir = &spec.dir;
+    let log_path = dir.join(VMM_LOG);
+    // What the VMM sees: the host's paths, or the jail's.
+    let seen = match jailed {
+        Some(_) => VmSpec {
+            kernel: PathBuf::from(jail::KERNEL),
+            initramfs: PathBuf::from(jail::INITRAMFS),
+            rootfs: PathBuf::from(jail::ROOTFS),
+            drives: spec
+                .drives
+                .iter()
+                .map(|d| VmDrive {
+                    path: jail::drive_path(&d.id),
+                    ..d.clone()
+                })
+                .collect(),
+            ..spec.clone()
+        },
+        None => spec.clone(),
+    };
+    let sockets_seen = match jailed {
+        Some(_) => Path::new(jail::RUN_DIR),
+        None => dir.as_path(),
+    };
+
+    let text = serde_json::to_vec_pretty(&config(&seen, sockets_seen))
         .map_err(|e| BackendError::Config(e.to_string()))?;
-    let bin = vmm_binary().map_err(BackendError::Unavailable)?;
-    std::fs::write(&cfg_path, &text).map_err(io_err("VM config", &cfg_path))?;
+    std::fs::write(cfg_path, &text).map_err(io_err("VM config", cfg_path))?;
 
     let (mut cmd, api, vsock, record, pid_file) = match jailed {
-        Some((settings, id)) => {
-            let j = jail::prepare(settings, spec, id, &bin, &cfg_path)?;
+        Some(j) => {
             // The VMM opens its TAP as the VM's uid.
             if let Some(net) = &spec.net {
-                if let Err(err) =
-                    crate::daemon::network::link::set_tap_owner(&net.tap, j.record.uid)
-                {
-                    jail::clean_up(&j.record);
-                    return Err(BackendError::Io {
+                crate::daemon::network::link::set_tap_owner(&net.tap, j.record.uid).map_err(
+                    |err| BackendError::Io {
                         what: "cannot hand the TAP to the VM's uid:",
                         path: net.tap.clone(),
                         err,
-                    });
-                }
+                    },
+                )?;
             }
             let on_host = |p: &str| j.paths.root.join(p.trim_start_matches('/'));
             (
@@ -258,53 +292,40 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
             )
         }
         None => {
-            let mut cmd = Command::new(&bin);
+            let api = dir.join(API_SOCK);
+            let mut cmd = Command::new(bin);
             cmd.arg("--api-sock")
-                .arg(&api_in)
+                .arg(&api)
                 .arg("--config-file")
-                .arg(&cfg_path);
+                .arg(cfg_path);
             if let Some(id) = id {
                 cmd.args(["--id", id]);
             }
-            (cmd, api_in.clone(), vsock_in.clone(), None, None)
-        }
-    };
-    let spawned = (|| {
-        free_socket(&api)?;
-        free_socket(&vsock)?;
-        let console = create_log(&dir.join(CONSOLE_LOG))?;
-        let log = create_log(&log_path)?;
-        cmd.current_dir(dir).stdout(console).stderr(log);
-        detach(&mut cmd);
-        spawn(&mut cmd).map_err(|err| BackendError::Spawn {
-            prog: launcher(&record),
-            err,
-        })
-    })();
-    let main = match spawned {
-        Ok(main) => main,
-        Err(e) => {
-            // Nothing of the VM runs: its jail and uid go back.
-            if let Some(j) = &record {
-                jail::clean_up(j);
-            }
-            return Err(e);
+            (cmd, api, dir.join(VSOCK_SOCK), None, None)
         }
     };
     let prog = launcher(&record);
+    free_socket(&api)?;
+    free_socket(&vsock)?;
+    let console = create_log(&dir.join(CONSOLE_LOG))?;
+    let log = create_log(&log_path)?;
+    cmd.current_dir(dir).stdout(console).stderr(log);
+    detach(&mut cmd);
+    let main = spawn(&mut cmd).map_err(|err| BackendError::Spawn { prog, err })?;
     let mut handle = VmHandle {
         kind: BackendKind::Kvm,
         procs: vec![main],
         vsock_uds: vsock,
-        api_sock: Some(api.clone()),
+        api_sock: Some(api),
         console_log: dir.join(CONSOLE_LOG),
-        jail: record,
+        // The caller gives the jail back if the start fails.
+        jail: None,
     };
-    let started = wait_for_vmm(&mut handle, &log_path, prog, pid_file.as_deref());
-    if let Err(e) = started {
+    if let Err(e) = wait_for_vmm(&mut handle, &log_path, prog, pid_file.as_deref()) {
         handle.cleanup();
         return Err(e);
     }
+    handle.jail = record;
     Ok(handle)
 }
 
@@ -369,7 +390,7 @@ mod tests {
         let dir = Scratch::new("kvm-config");
         let s = spec(&dir.0);
         let vsock = s.dir.join(VSOCK_SOCK);
-        let json = serde_json::to_value(config(&s, &vsock)).unwrap();
+        let json = serde_json::to_value(config(&s, &s.dir)).unwrap();
         let boot = &json["boot-source"];
         assert_eq!(boot["kernel_image_path"], s.kernel.to_str().unwrap());
         assert_eq!(boot["initrd_path"], s.initramfs.to_str().unwrap());
@@ -395,7 +416,7 @@ mod tests {
         // What husk-vmm reads back is what was written.
         let text = serde_json::to_vec(&json).unwrap();
         let back = VmConfig::from_slice("vm.json", &text).unwrap();
-        assert_eq!(back, config(&s, &vsock));
+        assert_eq!(back, config(&s, &s.dir));
 
         // With a network: the daemon's TAP as eth0, the guest's MAC and MTU.
         let s = VmSpec {
@@ -406,7 +427,7 @@ mod tests {
             }),
             ..s
         };
-        let json = serde_json::to_value(config(&s, &vsock)).unwrap();
+        let json = serde_json::to_value(config(&s, &s.dir)).unwrap();
         let nics = json["network-interfaces"].as_array().unwrap();
         assert_eq!(nics.len(), 1, "{json}");
         assert_eq!(nics[0]["iface_id"], "eth0");
@@ -416,8 +437,39 @@ mod tests {
         let text = serde_json::to_vec(&json).unwrap();
         assert_eq!(
             VmConfig::from_slice("vm.json", &text).unwrap(),
-            config(&s, &vsock)
+            config(&s, &s.dir)
         );
+    }
+
+    #[test]
+    fn each_share_is_an_fs_device_on_its_virtiofsd_socket() {
+        let dir = Scratch::new("kvm-fs");
+        let mut s = spec(&dir.0);
+        s.shares = vec![
+            super::super::VmShare {
+                tag: "fs0".into(),
+                dir: "/srv/a".into(),
+                read_only: false,
+            },
+            super::super::VmShare {
+                tag: "fs1".into(),
+                dir: "/srv/b".into(),
+                read_only: true,
+            },
+        ];
+        let json = serde_json::to_value(config(&s, &s.dir)).unwrap();
+        let fs = json["fs-devices"].as_array().unwrap();
+        assert_eq!(fs.len(), 2, "{json}");
+        assert_eq!(fs[0]["tag"], "fs0");
+        assert_eq!(
+            fs[0]["socket_path"],
+            s.dir.join("fs-fs0.sock").to_str().unwrap()
+        );
+        assert_eq!(fs[1]["tag"], "fs1");
+        // In a jail, the sockets are in the VMM's /run.
+        let json = serde_json::to_value(config(&s, Path::new(jail::RUN_DIR))).unwrap();
+        assert_eq!(json["fs-devices"][1]["socket_path"], "/run/fs-fs1.sock");
+        assert_eq!(json["vsock"]["uds_path"], jail::VSOCK_SOCK);
     }
 
     #[test]

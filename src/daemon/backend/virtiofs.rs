@@ -122,12 +122,19 @@ fn start_one(
         .stderr(log);
     detach(&mut cmd);
     let raw = fd.as_raw_fd();
-    // SAFETY: dup2 is async-signal-safe; it gives the child the listening
-    // socket as fd 3 (without close-on-exec), the only fd it inherits
-    // besides its standard streams.
+    // SAFETY: dup2 and fcntl are async-signal-safe; they give the child
+    // the listening socket as fd 3 without close-on-exec, the only fd it
+    // inherits besides its standard streams. When the socket already is
+    // fd 3, dup2 would do nothing (close-on-exec would stay), so the flag
+    // is cleared instead.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
+            let done = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            };
+            if done < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
