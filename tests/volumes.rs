@@ -477,3 +477,64 @@ fn archives_that_escape_are_refused() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(ok(&d, &["exec", "box", "cat", "/srv/in/fine"]), "ok");
 }
+
+#[test]
+fn the_root_filesystem_has_room_to_write_and_can_be_sized() {
+    let Some(d) = setup("vol-rootfs") else {
+        return;
+    };
+    // 10 GiB by default (sparse on the host): far more than the image,
+    // so a container can write what it needs, as under Docker.
+    let df = ok(&d, &["run", "--rm", IMAGE, "df", "-k", "/"]);
+    let total = |df: &str| -> u64 {
+        let line = df.lines().nth(1).unwrap_or_default();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let kib = total(&df);
+    assert!((9 << 20..=10 << 20).contains(&kib), "{df}");
+    // A write bigger than the image's own headroom, and the host file
+    // stays sparse: it holds what was written, not the whole size.
+    ok(
+        &d,
+        &[
+            "run",
+            "--name",
+            "big",
+            IMAGE,
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/big bs=1M count=48 && sync",
+        ],
+    );
+    let view: serde_json::Value = serde_json::from_str(&ok(&d, &["inspect", "big"])).unwrap();
+    let id = view[0]["id"].as_str().unwrap().to_string();
+    let disk = d.state.join("containers").join(id).join("rootfs.ext4");
+    let meta = std::fs::metadata(&disk).unwrap();
+    assert_eq!(meta.len(), 10 << 30);
+    let used = meta.blocks() * 512;
+    assert!((48 << 20..1 << 30).contains(&used), "{used} bytes used");
+    ok(&d, &["rm", "big"]);
+
+    // --storage-opt size= sets it.
+    let df = ok(
+        &d,
+        &[
+            "run",
+            "--rm",
+            "--storage-opt",
+            "size=256m",
+            IMAGE,
+            "df",
+            "-k",
+            "/",
+        ],
+    );
+    let kib = total(&df);
+    assert!((200 << 10..=256 << 10).contains(&kib), "{df}");
+    let o = husk(
+        &d,
+        &["run", "--rm", "--storage-opt", "size=1m", IMAGE, "true"],
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", err(&o));
+    assert!(err(&o).contains("rootfs_size must be"), "{}", err(&o));
+}

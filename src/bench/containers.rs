@@ -16,19 +16,18 @@
 //! The image is built on this machine from the host's static busybox and
 //! imported with `husk image import`, as the tests do: no registry.
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::daemon::{kill_strays, Ctx, Daemon};
 use super::{ms, rss_kib};
 use crate::client::types::{CreateRequest, ListOptions};
-use crate::client::DaemonClient;
 use crate::daemon::backend::{self, BackendKind, VmHandle, VmSpec};
 
 /// The image the bench builds and imports.
@@ -42,13 +41,6 @@ const BURST: usize = 20;
 /// by the boots' total CPU whatever the concurrency. A smaller number
 /// frees a slot as soon as its container's process runs.
 const BURST_PARALLEL: usize = BURST;
-/// The longest any one step (a start, a wait, a burst) may take.
-const STEP_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long the daemon is given to remove the containers at the end; then
-/// it and whatever runs in the bench's directory is killed. (A start that
-/// was cut short, by an interrupt or an error, leaves its container
-/// `starting` for good, and its removal never ends.)
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a KVM guest is watched after its launch for the agent's line.
 const KVM_WATCH: Duration = Duration::from_secs(3);
 /// How long the CPU use of idle running containers is sampled.
@@ -224,215 +216,6 @@ pub(super) fn stripped_agent(dir: &Path) -> Result<(PathBuf, PathBuf, bool), Str
         std::fs::copy(&built, &agent).map_err(|e| format!("{}: {e}", built.display()))?;
     }
     Ok((built, agent, stripped))
-}
-
-// --- interruption, and the runtime ---
-
-/// What every measurement shares.
-struct Ctx {
-    rt: tokio::runtime::Runtime,
-    /// Turns true on SIGINT or SIGTERM: the bench stops and cleans up.
-    interrupted: watch::Receiver<bool>,
-    husk: PathBuf,
-    kernel: PathBuf,
-    agent: PathBuf,
-    runs: usize,
-}
-
-impl Ctx {
-    /// Runs `f` to completion, unless the bench is interrupted or it
-    /// takes longer than [`STEP_TIMEOUT`].
-    fn block<T>(
-        &self,
-        what: &str,
-        f: impl std::future::Future<Output = Result<T, String>>,
-    ) -> Result<T, String> {
-        let mut stop = self.interrupted.clone();
-        self.rt
-            .block_on(async move {
-                tokio::select! {
-                    r = tokio::time::timeout(STEP_TIMEOUT, f) => r.unwrap_or_else(|_| {
-                        Err(format!("{what}: no answer within {} s", STEP_TIMEOUT.as_secs()))
-                    }),
-                    _ = stop.wait_for(|v| *v) => Err("interrupted".into()),
-                }
-            })
-            .map_err(|e| format!("{what}: {e}"))
-    }
-
-    fn check(&self) -> Result<(), String> {
-        if *self.interrupted.borrow() {
-            return Err("interrupted".into());
-        }
-        Ok(())
-    }
-}
-
-fn listen_for_signals(rt: &tokio::runtime::Runtime) -> Result<watch::Receiver<bool>, String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (tx, rx) = watch::channel(false);
-    let _guard = rt.enter();
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    rt.spawn(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("husk bench: interrupted; removing the containers");
-        let _ = tx.send(true);
-    });
-    Ok(rx)
-}
-
-/// SIGKILLs every process but this one whose command line names `root`
-/// (the VMs a daemon left behind live in there), and waits until they
-/// are gone.
-fn kill_strays(root: &Path) {
-    let mut needle = root.as_os_str().as_encoded_bytes().to_vec();
-    needle.push(b'/');
-    let me = std::process::id();
-    let strays = || -> Vec<i32> {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return vec![];
-        };
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|&pid| pid != me)
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
-            })
-            .map(|pid| pid as i32)
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = strays();
-        if left.is_empty() || Instant::now() > deadline {
-            return;
-        }
-        for pid in left {
-            // SAFETY: kill has no memory effects; pid names a process
-            // whose command line holds our scratch directory.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-// --- the daemon ---
-
-/// A `husk serve` of ours: its containers, its VMs and itself end when
-/// this is dropped, whatever happened.
-struct Daemon<'a> {
-    ctx: &'a Ctx,
-    child: Child,
-    root: PathBuf,
-    state: PathBuf,
-    sock: PathBuf,
-    client: DaemonClient,
-}
-
-impl<'a> Daemon<'a> {
-    /// Starts `husk serve` in `root` (its state directory already holds
-    /// the image); returns it with the time from exec to its socket
-    /// accepting connections, and to its first API answer.
-    fn start(ctx: &'a Ctx, root: &Path, kind: BackendKind) -> Result<(Self, f64, f64), String> {
-        let state = root.join("state");
-        let sock = root.join("husk.sock");
-        let log_path = root.join("daemon.log");
-        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let begin = Instant::now();
-        let child = Command::new(&ctx.husk)
-            .arg("serve")
-            .arg("--socket")
-            .arg(&sock)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--kernel")
-            .arg(&ctx.kernel)
-            .arg("--agent")
-            .arg(&ctx.agent)
-            .arg("--vm-backend")
-            .arg(kind.as_str())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| format!("cannot start husk serve: {e}"))?;
-        let mut d = Daemon {
-            ctx,
-            child,
-            root: root.to_path_buf(),
-            client: DaemonClient::new(&sock),
-            state,
-            sock,
-        };
-        let deadline = begin + Duration::from_secs(20);
-        let mut socket_ms = None;
-        loop {
-            ctx.check()?;
-            if socket_ms.is_none() && UnixStream::connect(&d.sock).is_ok() {
-                socket_ms = Some(ms(begin.elapsed()));
-            }
-            if socket_ms.is_some() && ctx.rt.block_on(d.client.info()).is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = d.child.try_wait() {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(format!("husk serve exited ({status}): {}", log.trim()));
-            }
-            if Instant::now() > deadline {
-                return Err("husk serve did not answer within 20 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let api_ms = ms(begin.elapsed());
-        Ok((d, socket_ms.unwrap_or(api_ms), api_ms))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Removes every container (their VMs end with them).
-    async fn remove_all(client: DaemonClient) -> Result<usize, String> {
-        let all = ListOptions {
-            all: true,
-            ..Default::default()
-        };
-        let list = client.list(&all).await.map_err(|e| e.to_string())?;
-        let n = list.len();
-        let mut set = JoinSet::new();
-        for r in list {
-            let c = client.clone();
-            set.spawn(async move { c.remove(&r.id, true).await });
-        }
-        while let Some(r) = set.join_next().await {
-            r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-        }
-        Ok(n)
-    }
-
-    /// The console the daemon kept of an exited container.
-    fn console(&self, id: &str) -> String {
-        let p = self.state.join("containers").join(id).join("console.log");
-        std::fs::read_to_string(p).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon<'_> {
-    fn drop(&mut self) {
-        let client = self.client.clone();
-        let _ = self.ctx.rt.block_on(async move {
-            tokio::time::timeout(CLEANUP_TIMEOUT, Self::remove_all(client)).await
-        });
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Whatever the daemon did not end (it was wedged, or died).
-        kill_strays(&self.root);
-    }
 }
 
 // --- the figures ---
@@ -930,20 +713,7 @@ fn measure_in(dir: &Path, kernel: PathBuf, runs: usize) -> Result<Value, String>
         Ok(a) => a,
         Err(why) => return Ok(json!({"skipped": why})),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let interrupted = listen_for_signals(&rt)?;
-    let ctx = Ctx {
-        rt,
-        interrupted,
-        husk: std::env::current_exe().map_err(|e| e.to_string())?,
-        kernel,
-        agent,
-        runs,
-    };
+    let ctx = Ctx::new(kernel, agent, runs)?;
     let (auto, auto_why) = backend::auto(&ctx.kernel);
     let mut backends = serde_json::Map::new();
     for kind in [BackendKind::Kvm, BackendKind::Tcg] {

@@ -3,11 +3,13 @@
 //! registry on loopback for images. Prints JSON.
 
 mod containers;
+mod daemon;
 mod images;
 mod jailed;
 mod network;
 mod snapshot;
 mod soak;
+mod volumes;
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
@@ -56,6 +58,7 @@ pub enum Suite {
     Containers,
     Snapshot,
     Network,
+    Volumes,
     All,
 }
 
@@ -473,6 +476,12 @@ pub fn run(args: BenchArgs) -> i32 {
             out.insert(
                 "network".into(),
                 network::measure(args.runs.min(5), args.kernel.as_deref())?,
+            );
+        }
+        if wants(Suite::Volumes) {
+            out.insert(
+                "volumes".into(),
+                volumes::measure(args.runs.min(5), args.kernel.as_deref())?,
             );
         }
         Ok::<_, String>(serde_json::Value::Object(out))

@@ -74,6 +74,10 @@ pub struct ContainerOpts {
     /// Mount a tmpfs: TARGET[:size=64m,mode=1777,noexec,...].
     #[arg(long, value_name = "TARGET[:OPTIONS]")]
     pub tmpfs: Vec<String>,
+    /// Storage driver options: size=SIZE, the root filesystem's size
+    /// (e.g. 20g; default 10g, sparse on the host).
+    #[arg(long = "storage-opt", value_name = "size=SIZE")]
+    pub storage_opt: Vec<String>,
     /// Keep STDIN open and send this one's to the container.
     #[arg(short, long)]
     pub interactive: bool,
@@ -155,7 +159,25 @@ impl ContainerOpts {
             network: self.network.clone(),
             publish: self.publish.clone(),
             mounts: self.mounts()?,
+            rootfs_size: self.rootfs_size()?,
         })
+    }
+
+    /// `--storage-opt size=SIZE` (the one option there is; the last wins).
+    fn rootfs_size(&self) -> Result<Option<u64>, String> {
+        let mut size = None;
+        for o in &self.storage_opt {
+            match o.split_once('=') {
+                Some(("size", v)) => size = Some(crate::client::volumes::parse_size(v)?),
+                _ => {
+                    return Err(format!(
+                        "invalid --storage-opt {:?}: the only option is size=SIZE",
+                        crate::text::echo(o)
+                    ))
+                }
+            }
+        }
+        Ok(size)
     }
 
     /// `-v`, `--mount` and `--tmpfs`, in that order.
@@ -526,6 +548,16 @@ mod tests {
         assert!(r.opts.request(false).is_err());
         let r = run_args(&["--env-file", "/nonexistent/husk.env", "busybox"]);
         assert!(r.opts.request(false).unwrap_err().contains("env file"));
+    }
+
+    #[test]
+    fn storage_opt_size_sets_the_rootfs_size() {
+        let r = run_args(&["--storage-opt", "size=20g", "busybox"]);
+        assert_eq!(r.opts.request(false).unwrap().rootfs_size, Some(20 << 30));
+        for bad in ["size=lots", "dm.basesize=1g", "size"] {
+            let r = run_args(&["--storage-opt", bad, "busybox"]);
+            assert!(r.opts.request(false).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -62,6 +62,11 @@ pub struct CreateRequest {
     /// adds one for each of the image's `VOLUME`s no mount covers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
+    /// The root filesystem's size in bytes (`--storage-opt size=`); by
+    /// default 10 GiB, or the image's own size when that is more. The
+    /// disk is sparse: only what the container writes takes host space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_size: Option<u64>,
 }
 
 pub use super::volumes::{

@@ -60,7 +60,7 @@ pub struct Mount {
 }
 
 impl Mount {
-    fn new(kind: MountKind, source: Option<String>, target: &str) -> Mount {
+    pub fn new(kind: MountKind, source: Option<String>, target: &str) -> Mount {
         Mount {
             kind,
             source,

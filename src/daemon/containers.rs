@@ -23,6 +23,11 @@ use crate::agent::protocol::{ContainerSpec, ImageConfig, ProcessSpec};
 
 /// How long a VM may take from launch to the agent's `Ready`.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A container's root filesystem unless it asks otherwise (or its image
+/// needs more): a sparse file, so the size costs nothing until written.
+pub const DEFAULT_ROOTFS_SIZE: u64 = 10 << 30;
+const MIN_ROOTFS_SIZE: u64 = 64 << 20;
+const MAX_ROOTFS_SIZE: u64 = 16 << 40;
 
 /// What the API answers with when a request fails.
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +215,16 @@ fn check_request(req: &CreateRequest) -> Result<(), ApiError> {
     }
     if req.memory_mib.is_some_and(|m| !(64..=65536).contains(&m)) {
         return bad("memory_mib must be 64 to 65536".into());
+    }
+    if req
+        .rootfs_size
+        .is_some_and(|s| !(MIN_ROOTFS_SIZE..=MAX_ROOTFS_SIZE).contains(&s))
+    {
+        return bad(format!(
+            "rootfs_size must be {} MiB to {} TiB",
+            MIN_ROOTFS_SIZE >> 20,
+            MAX_ROOTFS_SIZE >> 40
+        ));
     }
     super::network::check_request(req.network.as_deref(), &req.publish)
         .map_err(ApiError::BadRequest)?;
@@ -582,6 +597,7 @@ impl Manager {
             self.cfg.agent.clone(),
         );
         let rootfs = self.records.dir(&r.id).join("rootfs.ext4");
+        let size = r.config.rootfs_size;
         tokio::task::spawn_blocking(move || -> Result<_, String> {
             use crate::image::{rootfs as fs, store::Store};
             // Made once: files copied into a created container (husk cp)
@@ -592,6 +608,16 @@ impl Manager {
                 let tmp = rootfs.with_extension("new");
                 fs::export(&store, &record, fs::RootfsOptions::default(), &tmp, None)
                     .map_err(|e| format!("cannot build the root filesystem: {e}"))?;
+                // Room for what the container writes, as Docker gives it.
+                let want = match size {
+                    Some(s) => s,
+                    None => {
+                        let have = std::fs::metadata(&tmp).map_err(|e| e.to_string())?.len();
+                        have.max(DEFAULT_ROOTFS_SIZE)
+                    }
+                };
+                fs::grow(&tmp, want)
+                    .map_err(|e| format!("cannot size the root filesystem: {e}"))?;
                 std::fs::rename(&tmp, &rootfs).map_err(|e| e.to_string())?;
             }
             let agent = match agent {

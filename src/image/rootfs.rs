@@ -254,21 +254,28 @@ pub fn export(
 ) -> Result<()> {
     let cached = build(store, image, opts)?;
     copy_sparse(&cached, dst).map_err(io_err(dst))?;
-    if let Some(want) = size {
-        let have = fs::metadata(dst).map_err(io_err(dst))?.len();
-        if want < have {
-            return Err(RootfsError::TooSmall { want, have });
-        }
-        if want > have {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(dst)
-                .map_err(io_err(dst))?;
-            f.set_len(want).map_err(io_err(dst))?;
-            drop(f);
-            run("e2fsck", &["-f".as_ref(), "-p".as_ref(), dst.as_os_str()])?;
-            run("resize2fs", &[dst.as_os_str()])?;
-        }
+    match size {
+        Some(want) => grow(dst, want),
+        None => Ok(()),
+    }
+}
+
+/// Grows the ext4 image `path` (not in use) to `want` bytes; one already
+/// that size is left alone, and a bigger one is an error.
+pub fn grow(path: &Path, want: u64) -> Result<()> {
+    let have = fs::metadata(path).map_err(io_err(path))?.len();
+    if want < have {
+        return Err(RootfsError::TooSmall { want, have });
+    }
+    if want > have {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        f.set_len(want).map_err(io_err(path))?;
+        drop(f);
+        run("e2fsck", &["-f".as_ref(), "-p".as_ref(), path.as_os_str()])?;
+        run("resize2fs", &[path.as_os_str()])?;
     }
     Ok(())
 }
