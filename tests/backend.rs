@@ -140,8 +140,9 @@ fn kvm_boots_the_vm_it_was_asked_for() {
     assert_eq!(boot["initrd_path"], spec.initramfs.to_str().unwrap());
     let args = boot["boot_args"].as_str().unwrap();
     assert!(
-        args.starts_with("console=ttyS0 reboot=k panic=-1 quiet husk.root=/dev/vda ")
-            && args.ends_with(" probe=cmdline,initrd,wait-cad"),
+        args.starts_with(
+            "console=ttyS0 reboot=k panic=-1 quiet no_timer_check husk.root=/dev/vda "
+        ) && args.ends_with(" probe=cmdline,initrd,wait-cad"),
         "{args}"
     );
     assert_eq!(cfg["machine-config"]["vcpu_count"], 1);

@@ -159,7 +159,16 @@ fn detached_containers_are_managed_by_name() {
     let o = husk(&d, &["ps", "-q"]);
     assert_eq!(stdout(&o).trim(), &id[..12]);
 
-    let o = husk(&d, &["exec", "web", "sh", "-c", "echo in-exec; exit 4"]);
+    let o = husk(
+        &d,
+        &[
+            "exec",
+            "web",
+            "sh",
+            "-c",
+            "echo from-exec > /kept; echo in-exec; exit 4",
+        ],
+    );
     assert_eq!(
         (stdout(&o), o.status.code()),
         ("in-exec\n".into(), Some(4)),
@@ -193,6 +202,30 @@ fn detached_containers_are_managed_by_name() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["state"], "exited", "{v}");
     assert_eq!(v[0]["exit_code"], 143, "{v}");
+
+    // An exited container starts again, on the root filesystem it left
+    // (the file made by the exec is there), its logs going on; restart
+    // stops a running one first.
+    let o = husk(&d, &["start", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = husk(&d, &["exec", "web", "cat", "/kept"]);
+    assert_eq!(stdout(&o), "from-exec\n", "{}", stderr(&o));
+    let o = husk(&d, &["inspect", "web"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["state"], "running", "{v}");
+    assert!(v[0].get("exit_code").is_none(), "{v}");
+    let o = husk(&d, &["restart", "-t", "1", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stdout(&husk(&d, &["logs", "web"])) != "up\nup\nup\n" {
+        assert!(
+            Instant::now() < deadline,
+            "no output from the restarted container"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = husk(&d, &["stop", "-t", "1", "web"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 
     let o = husk(&d, &["rm", "web"]);
     assert_eq!(

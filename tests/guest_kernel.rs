@@ -140,7 +140,11 @@ fn guest_kernel_boots_under_qemu() {
         .set_len(16 << 20)
         .unwrap();
 
-    let mut spec = QemuSpec::new(&kernel, &initrd, "console=ttyS0 reboot=t panic=-1");
+    let mut spec = QemuSpec::new(
+        &kernel,
+        &initrd,
+        "console=ttyS0 reboot=t panic=-1 no_timer_check",
+    );
     spec.drives = vec![vda, vdb];
     spec.vsock_cid = Some(3);
     spec.rng = true;

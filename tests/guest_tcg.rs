@@ -65,7 +65,7 @@ fn setup(name: &str) -> Option<Setup> {
     })
 }
 
-const APPEND: &str = "console=ttyS0 reboot=t panic=-1 quiet husk.root=/dev/vda";
+const APPEND: &str = "console=ttyS0 reboot=t panic=-1 quiet no_timer_check husk.root=/dev/vda";
 
 fn boot(s: &Setup, drives: Vec<PathBuf>) -> QemuGuest {
     let mut spec = QemuSpec::new(&s.kernel, &s.initrd, APPEND);

@@ -81,6 +81,15 @@ pub async fn stop(client: &DaemonClient, args: StopArgs) -> i32 {
     .await
 }
 
+pub async fn restart(client: &DaemonClient, args: StopArgs) -> i32 {
+    let time = args.time;
+    each(&args.containers, |id| async move {
+        client.stop(&id, time).await?;
+        client.start(&id).await.map(|()| id)
+    })
+    .await
+}
+
 pub async fn kill(client: &DaemonClient, args: KillArgs) -> i32 {
     let signal = args.signal;
     each(&args.containers, |id| async move {

@@ -39,8 +39,10 @@ pub enum Verb {
     Run(run::RunArgs),
     /// Create a container without starting it; prints its id.
     Create(run::CreateArgs),
-    /// Start one or more created containers.
+    /// Start one or more created or exited containers.
     Start(containers::IdsArgs),
+    /// Stop one or more containers if they run, then start them again.
+    Restart(containers::StopArgs),
     /// List containers.
     Ps(ps::PsArgs),
     /// Show a container's output.
@@ -97,6 +99,7 @@ pub fn dispatch(socket: Option<&Path>, verb: Verb) -> i32 {
             Verb::Run(a) => run::run(&client, a).await,
             Verb::Create(a) => run::create(&client, a).await,
             Verb::Start(a) => containers::start(&client, a).await,
+            Verb::Restart(a) => containers::restart(&client, a).await,
             Verb::Ps(a) => ps::ps(&client, a).await,
             Verb::Logs(a) => logs::logs(&client, a).await,
             Verb::Exec(a) => exec::exec(&client, a).await,

@@ -144,6 +144,12 @@ impl AttachPoint {
         self.input.send_replace(Some(input));
     }
 
+    /// The container starts again after it exited: its next main process
+    /// has not ended.
+    pub fn restarted(&self) {
+        self.ended.store(false, Ordering::SeqCst);
+    }
+
     /// The main process ended: clients get the end of its output.
     pub fn ended(&self) {
         self.ended.store(true, Ordering::SeqCst);

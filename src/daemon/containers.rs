@@ -516,9 +516,11 @@ impl Manager {
         let c = self.find(key)?;
         let _turn = c.lifecycle.lock().await;
         let r = c.snapshot();
-        if r.state != ContainerState::Created {
+        // An exited container starts again as Docker's does: a new VM on
+        // the same root filesystem, its logs going on where they ended.
+        if !matches!(r.state, ContainerState::Created | ContainerState::Exited) {
             return Err(ApiError::Conflict(format!(
-                "container {} is {}; only a created container can start",
+                "container {} is {}; only a created or exited container can start",
                 &r.id[..12],
                 r.state.as_str()
             )));
@@ -543,8 +545,13 @@ impl Manager {
         let r = c.update(|r| {
             r.state = ContainerState::Starting;
             r.net = ep;
+            r.exit_code = None;
+            r.signal = None;
+            r.error = None;
+            r.finished_ms = None;
         });
         self.save(&r);
+        c.stdio.restarted();
         c.exited.send_replace(false);
         match self.boot(&c).await {
             Ok((client, p)) => {

@@ -396,7 +396,7 @@ mod tests {
         assert_eq!(boot["initrd_path"], s.initramfs.to_str().unwrap());
         assert_eq!(
             boot["boot_args"],
-            "console=ttyS0 reboot=k panic=-1 quiet husk.root=/dev/vda pci=off nomodule \
+            "console=ttyS0 reboot=k panic=-1 quiet no_timer_check husk.root=/dev/vda pci=off nomodule \
              i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd probe=x"
         );
         assert_eq!(json["machine-config"]["vcpu_count"], 2);

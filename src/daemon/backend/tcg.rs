@@ -566,7 +566,7 @@ mod tests {
         assert_eq!(values(&args, "-initrd"), [s.initramfs.to_str().unwrap()]);
         assert_eq!(
             values(&args, "-append"),
-            ["console=ttyS0 reboot=t panic=-1 quiet husk.root=/dev/vda probe=x"]
+            ["console=ttyS0 reboot=t panic=-1 quiet no_timer_check husk.root=/dev/vda probe=x"]
         );
         assert_eq!(
             values(&args, "-chardev"),
