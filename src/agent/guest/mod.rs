@@ -15,6 +15,7 @@
 pub mod archive;
 pub mod mounts;
 pub mod net;
+mod procs;
 pub mod server;
 pub mod setup;
 pub mod spawn;

@@ -22,15 +22,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::spawn::{self, Context, Spawned};
+use super::procs::{errno, read_fd, signal_fd, would_block, write_fd, Proc, EXIT_GRACE};
+use super::spawn::{self, Context};
 use crate::agent::protocol::{
-    encode_data, encode_message, Frame, FrameReader, Message, Stream, Timings, MAX_DATA, VERSION,
-    WINDOW,
+    encode_message, Frame, FrameReader, Message, Stream, Timings, MAX_DATA, VERSION, WINDOW,
 };
 
-/// How long a process's output may stay open after it exited (a
-/// background child holding the pipe) before its exit is reported.
-const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How long the agent tries to deliver its last frames before the VM ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most one write to the host's connection carries: a page. The guest
@@ -39,7 +36,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// 0.3.0 (`DescriptorLengthTooSmall`), silently losing output.
 const MAX_WRITE: usize = 4096;
 /// Signals PID 1 passes on to the main process.
-const FORWARDED: [i32; 6] = [
+pub(super) const FORWARDED: [i32; 6] = [
     libc::SIGTERM,
     libc::SIGINT,
     libc::SIGHUP,
@@ -57,132 +54,31 @@ pub enum Ending {
     Exit,
 }
 
-struct Output {
-    fd: OwnedFd,
-    credit: u32,
-    eof: bool,
-}
-
-struct Proc {
-    pid: i32,
-    stdin: Option<OwnedFd>,
-    stdin_buf: Vec<u8>,
-    /// Close stdin (or send ^D to a terminal) once the buffer is written.
-    stdin_closing: bool,
-    tty: bool,
-    out: [Option<Output>; 2],
-    status: Option<(Option<i32>, Option<i32>)>,
-    exited_at: Option<Instant>,
-    /// The current connection follows this process.
-    attached: bool,
-    spawn_us: u64,
-}
-
-impl Proc {
-    fn new(s: Spawned, tty: bool) -> Proc {
-        let out = |fd| Output {
-            fd,
-            credit: WINDOW,
-            eof: false,
-        };
-        Proc {
-            pid: s.pid,
-            stdin: Some(s.stdin),
-            stdin_buf: Vec::new(),
-            stdin_closing: false,
-            tty,
-            out: [Some(out(s.stdout)), s.stderr.map(out)],
-            status: None,
-            exited_at: None,
-            attached: true,
-            spawn_us: 0,
-        }
-    }
-
-    fn output_done(&self) -> bool {
-        self.out.iter().flatten().all(|o| o.eof)
-    }
-}
-
-struct Conn {
-    fd: OwnedFd,
-    reader: FrameReader,
-    out: Vec<u8>,
+pub(super) struct Conn {
+    pub(super) fd: OwnedFd,
+    pub(super) reader: FrameReader,
+    pub(super) out: Vec<u8>,
 }
 
 /// The agent once the guest is set up.
 pub struct Agent {
-    listener: OwnedFd,
-    conn: Option<Conn>,
-    procs: BTreeMap<u32, Proc>,
+    pub(super) listener: OwnedFd,
+    pub(super) conn: Option<Conn>,
+    pub(super) procs: BTreeMap<u32, Proc>,
     /// The main process's id, once started, and its container's context.
-    main: Option<(u32, bool)>,
-    context: Option<Context>,
-    signals: OwnedFd,
-    timings: Timings,
-    t0: Instant,
-    ending: Ending,
-    setup_error: Option<String>,
+    pub(super) main: Option<(u32, bool)>,
+    pub(super) context: Option<Context>,
+    pub(super) signals: OwnedFd,
+    pub(super) timings: Timings,
+    pub(super) t0: Instant,
+    pub(super) ending: Ending,
+    pub(super) setup_error: Option<String>,
     /// The container root, for user lookups (`/` once switched).
-    root: PathBuf,
+    pub(super) root: PathBuf,
     /// The main process ended and the agent is on its way out.
-    finished: bool,
+    pub(super) finished: bool,
     /// The container's extra filesystems are mounted.
-    mounted: bool,
-}
-
-fn errno() -> io::Error {
-    io::Error::last_os_error()
-}
-
-/// A signalfd for SIGCHLD and the forwarded signals, which are blocked
-/// for normal delivery (children get an empty mask at spawn).
-fn signal_fd() -> io::Result<OwnedFd> {
-    // SAFETY: the sigset is initialised by sigemptyset before use, and
-    // every call gets valid pointers to it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in FORWARDED.iter().chain(&[libc::SIGCHLD]) {
-            libc::sigaddset(&mut set, *s);
-        }
-        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(errno());
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        if fd < 0 {
-            return Err(errno());
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
-}
-
-fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: the buffer is valid for writes of its length.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(errno())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: the buffer is valid for reads of its length. MSG_NOSIGNAL
-    // is not available for pipes; SIGPIPE is ignored by the agent.
-    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(errno())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-fn would_block(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
+    pub(super) mounted: bool,
 }
 
 /// What one entry of the poll set stands for.
@@ -223,7 +119,7 @@ impl Agent {
         })
     }
 
-    fn send(&mut self, msg: &Message) {
+    pub(super) fn send(&mut self, msg: &Message) {
         if let Some(c) = &mut self.conn {
             encode_message(msg, &mut c.out);
         }
@@ -413,7 +309,7 @@ impl Agent {
     }
 
     /// Writes what the connection will take now.
-    fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         let Some(c) = &mut self.conn else {
             return;
         };
@@ -647,151 +543,6 @@ impl Agent {
                 }
             }
             _ => self.error(Some(id), format!("no running process {id}")),
-        }
-    }
-
-    fn on_signals(&mut self) {
-        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
-        while let Ok(n) = read_fd(self.signals.as_raw_fd(), &mut info) {
-            if n < info.len() {
-                break;
-            }
-            let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32;
-            if signo == libc::SIGCHLD {
-                self.reap();
-            } else if let Some((id, _)) = self.main {
-                if let Some(p) = self.procs.get(&id) {
-                    // SAFETY: kill takes no pointers.
-                    unsafe { libc::kill(p.pid, signo) };
-                }
-            }
-        }
-        // A SIGCHLD may have been merged with one read before: reap anyway.
-        self.reap();
-    }
-
-    /// Collects every exited child: ours get their status, orphans that
-    /// PID 1 inherited are just reaped.
-    fn reap(&mut self) {
-        loop {
-            let mut status = 0;
-            // SAFETY: waitpid writes the status into the local.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                return;
-            }
-            let exit = if libc::WIFEXITED(status) {
-                (Some(libc::WEXITSTATUS(status)), None)
-            } else if libc::WIFSIGNALED(status) {
-                (None, Some(libc::WTERMSIG(status)))
-            } else {
-                continue;
-            };
-            if let Some(p) = self
-                .procs
-                .values_mut()
-                .find(|p| p.pid == pid && p.status.is_none())
-            {
-                p.status = Some(exit);
-                p.exited_at = Some(Instant::now());
-            }
-        }
-    }
-
-    fn on_output(&mut self, id: u32, i: usize, buf: &mut [u8]) {
-        let Some(p) = self.procs.get_mut(&id) else {
-            return;
-        };
-        let Some(o) = p.out[i].as_mut() else {
-            return;
-        };
-        let want = (o.credit as usize).min(buf.len());
-        if want == 0 {
-            return;
-        }
-        match read_fd(o.fd.as_raw_fd(), &mut buf[..want]) {
-            Ok(0) => o.eof = true,
-            Ok(n) => {
-                if let Some(c) = &mut self.conn {
-                    o.credit -= n as u32;
-                    let stream = if i == 0 {
-                        Stream::Stdout
-                    } else {
-                        Stream::Stderr
-                    };
-                    encode_data(id, stream, &buf[..n], &mut c.out);
-                }
-            }
-            Err(e) if would_block(&e) => {}
-            // EIO: the terminal's last user closed it.
-            Err(_) => o.eof = true,
-        }
-        if self.conn.as_ref().is_some_and(|c| c.out.len() >= MAX_DATA) {
-            self.flush();
-        }
-    }
-
-    fn on_stdin(&mut self, id: u32) {
-        let Some(p) = self.procs.get_mut(&id) else {
-            return;
-        };
-        let Some(fd) = &p.stdin else {
-            return;
-        };
-        let mut written = 0;
-        while written < p.stdin_buf.len() {
-            match write_fd(fd.as_raw_fd(), &p.stdin_buf[written..]) {
-                Ok(n) => written += n,
-                Err(e) if would_block(&e) => break,
-                Err(_) => {
-                    // The process closed its stdin: what is left is dropped.
-                    written = p.stdin_buf.len();
-                    p.stdin = None;
-                    break;
-                }
-            }
-        }
-        p.stdin_buf.drain(..written);
-        if p.stdin_buf.is_empty() && p.stdin_closing {
-            p.stdin = None;
-        }
-        if written > 0 {
-            let bytes = written as u32;
-            self.send(&Message::Credit {
-                id,
-                stream: Stream::Stdin,
-                bytes,
-            });
-        }
-    }
-
-    /// Reports processes whose exit and output are both done (or whose
-    /// output outlived the grace period) to the host that follows them.
-    fn report_exits(&mut self) {
-        if self.conn.is_none() {
-            return;
-        }
-        let done: Vec<u32> = self
-            .procs
-            .iter()
-            .filter(|(_, p)| {
-                p.attached
-                    && p.status.is_some()
-                    && (p.output_done() || p.exited_at.is_some_and(|t| t.elapsed() >= EXIT_GRACE))
-            })
-            .map(|(&id, _)| id)
-            .collect();
-        for id in done {
-            let Some(p) = self.procs.remove(&id) else {
-                continue;
-            };
-            let (code, signal) = p.status.unwrap_or((None, None));
-            self.send(&Message::Exit { id, code, signal });
-            if let Some((main, keep)) = self.main {
-                if main == id && !keep {
-                    self.finished = true;
-                }
-            }
         }
     }
 
