@@ -14,15 +14,17 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use super::containers::{busybox_archive, guest_kernel, husk_cli, stats, stripped_agent, IMAGE};
+use super::daemon::{kill_strays, Ctx, Daemon};
 use super::ms;
 use crate::client::types::{CreateRequest, PortBinding};
 use crate::client::DaemonClient;
+use crate::daemon::backend::BackendKind;
 use crate::daemon::network::{AttachRequest, NetOptions, NetworkManager};
 
 /// Bytes each throughput run moves.
@@ -126,54 +128,23 @@ fn guest_figures(dir: &Path, runs: usize, kernel: Option<&Path>) -> Result<Value
     };
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let husk = std::env::current_exe().map_err(|e| e.to_string())?;
-    let state = dir.join("state");
     let archive = busybox_archive(dir)?;
     husk_cli(
         &husk,
-        &state,
+        &dir.join("state"),
         &["image", "import", &archive.to_string_lossy()],
     )?;
     let (_, agent, _) = stripped_agent(dir)?;
-    let sock = dir.join("husk.sock");
-    let log = std::fs::File::create(dir.join("daemon.log")).map_err(|e| e.to_string())?;
-    let mut daemon = Command::new(&husk)
-        .arg("serve")
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--agent")
-        .arg(&agent)
-        .args(["--vm-backend", "tcg"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot start husk serve: {e}"))?;
-    let result = guest_figures_with(&DaemonClient::new(&sock), runs);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    // Its VMs run on without it: end them.
-    let _ = Command::new("pkill")
-        .args(["-9", "-f", &dir.to_string_lossy()])
-        .status();
+    let ctx = Ctx::new(kernel, agent, runs)?;
+    let (daemon, _, _) = Daemon::start(&ctx, dir, BackendKind::Tcg)?;
+    let result = guest_figures_with(&ctx, &daemon.client);
+    drop(daemon);
+    kill_strays(dir);
     result
 }
 
-fn guest_figures_with(client: &DaemonClient, runs: usize) -> Result<Value, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while rt.block_on(client.info()).is_err() {
-        if Instant::now() > deadline {
-            return Err("husk serve did not answer within 20 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn guest_figures_with(ctx: &Ctx, client: &DaemonClient) -> Result<Value, String> {
+    let (rt, runs) = (&ctx.rt, ctx.runs);
     // A web server with a big and a small file, and a sink that takes
     // connection after connection.
     let script = format!(
