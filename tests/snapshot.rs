@@ -231,12 +231,17 @@ fn pause_and_resume_a_thousand_times() {
     let a = count_of(&vmm.expect_line("COUNT ")).unwrap();
     let b = count_of(&vmm.expect_line("COUNT ")).unwrap();
     assert_eq!(b, a + 1);
-    // Pausing twice, or resuming a running VM, is refused and changes
-    // nothing.
+    // Pausing twice, or resuming a running VM, changes nothing (a 204,
+    // as in Firecracker).
     pause(&vmm);
-    assert_eq!(vmm.patch("/vm", json!({"state": "Paused"})).status, 400);
+    assert_eq!(vmm.patch("/vm", json!({"state": "Paused"})).status, 204);
+    assert_eq!(vmm.get("/").json()["state"], "Paused");
     resume(&vmm);
-    assert_eq!(vmm.patch("/vm", json!({"state": "Resumed"})).status, 400);
+    assert_eq!(vmm.patch("/vm", json!({"state": "Resumed"})).status, 204);
+    assert_eq!(vmm.get("/").json()["state"], "Running");
+    let a = count_of(&vmm.expect_line("COUNT ")).unwrap();
+    let b = count_of(&vmm.expect_line("COUNT ")).unwrap();
+    assert_eq!(b, a + 1);
 }
 
 #[test]

@@ -332,7 +332,8 @@ fn hostile_device_states_are_refused() {
     let r = b.put("/snapshot/load", load_body(&greedy, "File", &mem, true));
     assert_eq!(r.status, 204, "{}", r.body);
     assert_eq!(b.action("SendCtrlAltDel").status, 204);
-    assert!(b.expect_line("PROBE blk-again").ends_with("OK wrote=1"));
+    let line = b.expect_line("PROBE blk-again");
+    assert!(line.ends_with("OK wrote=1"), "{line}");
 }
 
 #[test]

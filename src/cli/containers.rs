@@ -1,5 +1,5 @@
-//! The verbs that act on containers by id: `start`, `stop`, `kill`, `rm`,
-//! `wait`, `inspect`. Each takes several ids, goes on past a failure, and
+//! The verbs that act on containers by id: `start`, `stop`, `restart`,
+//! `kill`, `rm`, `wait`, `inspect`. Each takes several ids, goes on past a failure, and
 //! exits 1 if any failed (as Docker does).
 
 use clap::Args;
@@ -84,6 +84,15 @@ pub async fn stop(client: &DaemonClient, args: StopArgs) -> i32 {
 pub async fn restart(client: &DaemonClient, args: StopArgs) -> i32 {
     let time = args.time;
     each(&args.containers, |id| async move {
+        // A --rm container is removed once it stops: refused before the
+        // stop, rather than stopped and gone.
+        if client.inspect(&id).await?.config.auto_remove {
+            return Err(crate::client::ClientError::Local {
+                path: id,
+                err: "was run with --rm: it is removed when it stops, so it cannot be restarted"
+                    .into(),
+            });
+        }
         client.stop(&id, time).await?;
         client.start(&id).await.map(|()| id)
     })

@@ -49,6 +49,9 @@ use rpc::{VmmAction, VmmActionError, VmmData};
 pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The Firecracker release whose API husk serves: `GET /version` answers
+/// it as `firecracker_version`, which Firecracker's SDKs check.
+pub const FIRECRACKER_API_VERSION: &str = "1.17.0";
 /// How often metrics are written once a metrics file is configured.
 pub const METRICS_PERIOD: Duration = Duration::from_secs(60);
 
@@ -154,6 +157,13 @@ impl Vmm {
         match self.state {
             VmState::NotStarted => Ok(()),
             _ => Err(VmmActionError::AfterStart),
+        }
+    }
+
+    fn require_started(&self) -> Result<(), VmmActionError> {
+        match self.state {
+            VmState::NotStarted => Err(VmmActionError::BeforeStart),
+            _ => Ok(()),
         }
     }
 
@@ -359,7 +369,9 @@ impl Vmm {
         Ok(())
     }
 
+    /// The logger is configured before start only, as in Firecracker.
     fn set_logger(&mut self, l: LoggerConfig) -> Result<(), VmmActionError> {
+        self.require_not_started()?;
         self.logger.configure(&l)?;
         self.config.logger = Some(l);
         Ok(())
@@ -407,6 +419,10 @@ impl Vmm {
     /// Pauses every vCPU or none: each is asked before any answer is
     /// awaited, and if one fails the ones that paused run again.
     fn pause(&mut self) -> Result<(), VmmActionError> {
+        // Pausing a paused microVM changes nothing, as in Firecracker.
+        if self.state == VmState::Paused {
+            return Ok(());
+        }
         if self.state != VmState::Running {
             return Err(VmmActionError::NotRunning(self.state.as_str()));
         }
@@ -423,6 +439,10 @@ impl Vmm {
 
     /// Resumes every vCPU or none (the ones that resumed pause again).
     fn resume(&mut self) -> Result<(), VmmActionError> {
+        // Nor does resuming a running one.
+        if self.state == VmState::Running {
+            return Ok(());
+        }
         if self.state != VmState::Paused {
             return Err(VmmActionError::NotPaused(self.state.as_str()));
         }
@@ -461,15 +481,15 @@ impl Vmm {
         match action {
             VmmAction::GetVmInfo => json(self.info_json()),
             VmmAction::GetVersion => json(serde_json::json!({
-                "firecracker_version": VERSION,
+                "firecracker_version": FIRECRACKER_API_VERSION,
                 "vmm_version": VERSION,
             })),
-            VmmAction::GetMachineConfig => {
-                json(serde_json::to_value(&self.config.machine_config).unwrap_or_default())
-            }
-            VmmAction::GetFullConfig => {
-                json(serde_json::to_value(&self.config).unwrap_or_default())
-            }
+            VmmAction::GetMachineConfig => json(config::shown_machine_config(
+                serde_json::to_value(&self.config.machine_config).unwrap_or_default(),
+            )),
+            VmmAction::GetFullConfig => json(config::shown_full_config(
+                serde_json::to_value(&self.config).unwrap_or_default(),
+            )),
             VmmAction::PutBootSource(b) => done(self.set_boot_source(b)),
             VmmAction::PutMachineConfig(m) => done(self.set_machine_config(m)),
             VmmAction::PatchMachineConfig(u) => {
@@ -493,7 +513,11 @@ impl Vmm {
                     .and(Err(VmmActionError::AfterStart)),
             ),
             VmmAction::SendCtrlAltDel => done(self.send_ctrl_alt_del()),
-            VmmAction::FlushMetrics => done(self.metrics.flush().map_err(Into::into)),
+            // Before start there is nothing to flush (Firecracker refuses it too).
+            VmmAction::FlushMetrics => done(
+                self.require_started()
+                    .and_then(|()| self.metrics.flush().map_err(Into::into)),
+            ),
             VmmAction::Pause => done(self.pause()),
             VmmAction::Resume => done(self.resume()),
             VmmAction::CreateSnapshot(p) => done(self.create_snapshot(p)),

@@ -73,6 +73,8 @@ pub enum VmmData {
 pub enum VmmActionError {
     #[error("the requested operation is not supported after starting the microVM")]
     AfterStart,
+    #[error("the requested operation is not supported before starting the microVM")]
+    BeforeStart,
     #[error("the microVM is not running (state: {0})")]
     NotRunning(&'static str),
     #[error("the microVM is not paused (state: {0})")]

@@ -84,6 +84,10 @@ pub struct VmmArgs {
     /// open-file limit); one more closes the one idle the longest.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub api_max_connections: u64,
+    /// The largest API request body, in bytes (Firecracker's option and
+    /// default).
+    #[arg(long, default_value_t = 51_200, value_parser = clap::value_parser!(u64).range(1..=16 << 20))]
+    pub http_api_max_payload_size: u64,
     /// What a system call outside a thread's seccomp filter does: `kill`
     /// ends the process with SIGSYS after naming the call on stderr;
     /// `log` lets it through and the kernel's audit log records it.
@@ -142,6 +146,7 @@ impl From<VmmArgs> for VmmOptions {
                 body_timeout: Duration::from_millis(a.api_body_timeout_ms),
                 idle_timeout: Duration::from_millis(a.api_idle_timeout_ms),
                 max_connections: a.api_max_connections as usize,
+                max_payload: a.http_api_max_payload_size as usize,
             },
         }
     }

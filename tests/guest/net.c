@@ -38,8 +38,8 @@
 #define FRAME_MAX 256
 /* Frames of other types skipped before giving up. */
 #define MAX_SKIPPED 8
-/* virtq_wait_used rounds (about 0.4 s each) for the first buffer of a frame. */
-#define WAIT_ROUNDS 4
+/* virtq_wait_used rounds (about 3.3 s each) for the first buffer of a frame. */
+#define WAIT_ROUNDS 1
 
 static struct virtq net_rxq, net_txq;
 static uint8_t net_tx_hdr[NET_HDR];

@@ -9,14 +9,17 @@
 /* ---- bounded waits */
 
 /*
- * A wait gives up after 2^30 TSC cycles (0.4 s at 2.6 GHz). The spin cap
- * is only a backstop for a TSC that does not advance: natively a poll
- * with `pause` takes 10 to 150 cycles, so the TSC bound comes first.
- * Emulated (KVM's instruction emulator on a PVM host), a poll costs about
- * 17 us, so a wait that never ends takes 0.4 s and about 300k
- * instructions; a device that answers is seen within a few polls.
+ * A wait gives up after 2^33 TSC cycles (3.3 s at 2.6 GHz): long enough
+ * for a VMM thread that a loaded host (a CI run building beside the
+ * tests) leaves off its CPU for a second, which 2^30 cycles were not.
+ * The spin cap is only a backstop for a TSC that does not advance:
+ * natively a poll with `pause` takes 10 to 150 cycles, so the TSC bound
+ * comes first. Emulated (KVM's instruction emulator on a PVM host), a
+ * poll costs about 17 us, so a wait that never ends takes 3.3 s and
+ * about 2.4M instructions; a device that answers is seen within a few
+ * polls.
  */
-#define WAIT_TSC (1ull << 30)
+#define WAIT_TSC (1ull << 33)
 #define WAIT_SPINS (1u << 28)
 
 struct wait {

@@ -51,12 +51,12 @@
 #define RX_BUF_SIZE 256
 #define GUEST_BUF_ALLOC 4096
 #define LINE_MAX 64
-/* virtq_wait_used rounds (about 0.4 s each) before a wait gives up. */
-#define WAIT_ROUNDS 8
+/* virtq_wait_used rounds (about 3.3 s each) before a wait gives up. */
+#define WAIT_ROUNDS 2
 /* Packets for other streams a wait skips before it gives up. */
 #define MAX_SKIPPED 16
 /* virtq_wait_used rounds vsock-reset waits for the event. */
-#define EVENT_ROUNDS 5
+#define EVENT_ROUNDS 1
 #define VSOCK_EVENT_TRANSPORT_RESET 0
 /* The event buffer's contents before the device writes it: no valid id. */
 #define EVENT_UNSET 0xff

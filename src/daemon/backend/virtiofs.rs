@@ -107,11 +107,43 @@ fn start_one(
     let socket = socket_path(dir, &share.tag);
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).map_err(io_err("virtio-fs socket", &socket))?;
-    if let Some(uid) = owner {
-        std::os::unix::fs::chown(&socket, Some(uid), Some(uid))
-            .map_err(io_err("virtio-fs socket (chown to the VM's uid)", &socket))?;
+    let started = spawn_on(prog, share, dir, owner, &socket, listener);
+    if started.is_err() {
+        let _ = std::fs::remove_file(&socket);
     }
-    let fd = OwnedFd::from(listener);
+    started
+}
+
+/// Starts virtiofsd for `share` on the bound `listener` (at `socket`).
+fn spawn_on(
+    prog: &Path,
+    share: &VmShare,
+    dir: &Path,
+    owner: Option<u32>,
+    socket: &Path,
+    listener: UnixListener,
+) -> Result<Share, BackendError> {
+    if let Some(uid) = owner {
+        std::os::unix::fs::chown(socket, Some(uid), Some(uid))
+            .map_err(io_err("virtio-fs socket (chown to the VM's uid)", socket))?;
+    }
+    // Above fd 3 (and close-on-exec here): the child's dup2 onto 3 then
+    // never meets the socket already there, nor a descriptor the spawn
+    // itself opened at 3 meanwhile.
+    let fd = std::os::fd::AsFd::as_fd(&listener)
+        .try_clone_to_owned()
+        .and_then(|f| {
+            // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; it returns a
+            // new descriptor (at least 10) that nothing else owns.
+            let dup = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+            if dup < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: `dup` is a new descriptor this function owns.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) })
+        })
+        .map_err(io_err("virtio-fs socket", socket))?;
+    drop(listener);
     let log_path = dir.join(format!("virtiofsd-{}.log", share.tag));
     let log = create_log(&log_path)?;
     let mut cmd = Command::new(prog);
@@ -122,19 +154,12 @@ fn start_one(
         .stderr(log);
     detach(&mut cmd);
     let raw = fd.as_raw_fd();
-    // SAFETY: dup2 and fcntl are async-signal-safe; they give the child
-    // the listening socket as fd 3 without close-on-exec, the only fd it
-    // inherits besides its standard streams. When the socket already is
-    // fd 3, dup2 would do nothing (close-on-exec would stay), so the flag
-    // is cleared instead.
+    // SAFETY: dup2 is async-signal-safe; it gives the child the listening
+    // socket as fd 3 without close-on-exec, the only fd it inherits
+    // besides its standard streams (`raw` is at least 10, never 3).
     unsafe {
         cmd.pre_exec(move || {
-            let done = if raw == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(raw, 3)
-            };
-            if done < 0 {
+            if libc::dup2(raw, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -147,7 +172,7 @@ fn start_one(
     drop(fd);
     Ok(Share {
         proc,
-        socket,
+        socket: socket.to_path_buf(),
         tag: share.tag.clone(),
     })
 }

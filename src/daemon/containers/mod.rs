@@ -423,9 +423,21 @@ impl Manager {
     pub async fn start(self: &Arc<Self>, key: &str) -> Result<(), ApiError> {
         let c = self.find(key)?;
         let _turn = c.lifecycle.lock().await;
-        let r = c.snapshot();
         // An exited container starts again as Docker's does: a new VM on
-        // the same root filesystem, its logs going on where they ended.
+        // the same root filesystem, its logs going on where they ended;
+        // once the end of its last run is wholly recorded (its claims
+        // released, its waiters woken).
+        if c.snapshot().state == ContainerState::Exited {
+            c.wait_exit().await;
+        }
+        let r = c.snapshot();
+        if r.state == ContainerState::Exited && r.config.auto_remove {
+            return Err(ApiError::Conflict(format!(
+                "container {} was run with auto-remove (--rm): it is removed once it exits, \
+                 not started again",
+                &r.id[..12]
+            )));
+        }
         if !matches!(r.state, ContainerState::Created | ContainerState::Exited) {
             return Err(ApiError::Conflict(format!(
                 "container {} is {}; only a created or exited container can start",
@@ -433,9 +445,11 @@ impl Manager {
                 r.state.as_str()
             )));
         }
-        // Volumes and the network first: a refusal (a volume another
-        // container writes, a host port in use, a full subnet) leaves the
-        // container created, to start again later.
+        // Its disks, volumes and network first: a refusal (a root
+        // filesystem smaller than its image, a volume another container
+        // writes, a host port in use, a full subnet) leaves the container
+        // as it was, to start again later.
+        self.prepare_rootfs(&r).await?;
         let plan = super::mounts::plan(&self.volumes, &r.config.mounts).map_err(mount_error)?;
         self.volumes
             .claim(&r.id, &plan.claims)
@@ -450,6 +464,10 @@ impl Manager {
             })
             .await
             .inspect_err(|_| self.volumes.release(&r.id))?;
+        // Not ended any more before the state says Starting, so an attach
+        // or a wait that sees Starting waits for this run.
+        c.stdio.restarted();
+        c.exited.send_replace(false);
         let r = c.update(|r| {
             r.state = ContainerState::Starting;
             r.net = ep;
@@ -457,10 +475,12 @@ impl Manager {
             r.signal = None;
             r.error = None;
             r.finished_ms = None;
+            // The last run's process: a daemon that restarts while this
+            // one boots must not take it for a process that ran.
+            r.agent_id = None;
+            r.guest_pid = None;
         });
         self.save(&r);
-        c.stdio.restarted();
-        c.exited.send_replace(false);
         match self.boot(&c).await {
             Ok((client, p)) => {
                 let r = c.update(|r| {
@@ -527,9 +547,12 @@ impl Manager {
         self.volumes.release(&r.id);
         self.save(&r);
         self.event(&r, "die");
+        if r.config.auto_remove {
+            // Gone before its waiters wake, so none of them finds it again.
+            self.forget(&r.id);
+        }
         c.exited.send_replace(true);
         if r.config.auto_remove {
-            self.forget(&r.id);
             // As `docker run --rm`: its anonymous volumes go with it.
             let (vols, names) = (self.volumes.clone(), self.orphaned_volumes(&r));
             if !names.is_empty() {

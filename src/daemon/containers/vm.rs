@@ -13,41 +13,45 @@ use super::*;
 pub(super) const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Manager {
-    /// The container's disk (made from its image the first time) and the
-    /// agent's initramfs.
+    /// The container's root filesystem, made from its image the first
+    /// time (files copied into a created container by `husk cp` are in it
+    /// already). A size asked smaller than the image is a 400; nothing
+    /// half-made is left.
+    pub(in crate::daemon) async fn prepare_rootfs(
+        &self,
+        r: &ContainerRecord,
+    ) -> Result<PathBuf, ApiError> {
+        let (state_dir, image, size) = (
+            self.cfg.state_dir.clone(),
+            r.image.clone(),
+            r.config.rootfs_size,
+        );
+        let rootfs = self.records.dir(&r.id).join("rootfs.ext4");
+        tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+            if !rootfs.exists() {
+                let tmp = rootfs.with_extension("new");
+                let made = build_rootfs(&state_dir, &image, size, &tmp).and_then(|()| {
+                    std::fs::rename(&tmp, &rootfs).map_err(|e| ApiError::Internal(e.to_string()))
+                });
+                if made.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                made?;
+            }
+            Ok(rootfs)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    }
+
+    /// The container's root filesystem and the agent's initramfs.
     pub(in crate::daemon) async fn prepare_disks(
         &self,
         r: &ContainerRecord,
     ) -> Result<(PathBuf, PathBuf), String> {
-        let (state_dir, image, agent) = (
-            self.cfg.state_dir.clone(),
-            r.image.clone(),
-            self.cfg.agent.clone(),
-        );
-        let rootfs = self.records.dir(&r.id).join("rootfs.ext4");
-        let size = r.config.rootfs_size;
+        let rootfs = self.prepare_rootfs(r).await.map_err(|e| e.to_string())?;
+        let (state_dir, agent) = (self.cfg.state_dir.clone(), self.cfg.agent.clone());
         tokio::task::spawn_blocking(move || -> Result<_, String> {
-            use crate::image::{rootfs as fs, store::Store};
-            // Made once: files copied into a created container (husk cp)
-            // are in it already.
-            if !rootfs.exists() {
-                let store = Store::open(&state_dir).map_err(|e| e.to_string())?;
-                let record = store.get(&image).map_err(|e| e.to_string())?;
-                let tmp = rootfs.with_extension("new");
-                fs::export(&store, &record, fs::RootfsOptions::default(), &tmp, None)
-                    .map_err(|e| format!("cannot build the root filesystem: {e}"))?;
-                // Room for what the container writes, as Docker gives it.
-                let want = match size {
-                    Some(s) => s,
-                    None => {
-                        let have = std::fs::metadata(&tmp).map_err(|e| e.to_string())?.len();
-                        have.max(DEFAULT_ROOTFS_SIZE)
-                    }
-                };
-                fs::grow(&tmp, want)
-                    .map_err(|e| format!("cannot size the root filesystem: {e}"))?;
-                std::fs::rename(&tmp, &rootfs).map_err(|e| e.to_string())?;
-            }
             let agent = match agent {
                 Some(a) => a,
                 None => crate::agent::initramfs::find_agent().map_err(|e| e.to_string())?,
@@ -219,6 +223,36 @@ impl Manager {
             ),
         }
     }
+}
+
+/// Builds a container's root filesystem at `tmp` from `image`: its size
+/// `size` when given, else [`DEFAULT_ROOTFS_SIZE`] or the image's own
+/// when that is more, as Docker gives a container room to write.
+fn build_rootfs(
+    state_dir: &std::path::Path,
+    image: &str,
+    size: Option<u64>,
+    tmp: &std::path::Path,
+) -> Result<(), ApiError> {
+    use crate::image::rootfs::{self as fs, RootfsError};
+    use crate::image::store::Store;
+    let internal = |e: String| ApiError::Internal(e);
+    let store = Store::open(state_dir).map_err(|e| internal(e.to_string()))?;
+    let record = store.get(image).map_err(|e| internal(e.to_string()))?;
+    fs::export(&store, &record, fs::RootfsOptions::default(), tmp, None)
+        .map_err(|e| internal(format!("cannot build the root filesystem: {e}")))?;
+    let have = std::fs::metadata(tmp)
+        .map_err(|e| internal(e.to_string()))?
+        .len();
+    let want = size.unwrap_or(have.max(DEFAULT_ROOTFS_SIZE));
+    fs::grow(tmp, want).map_err(|e| match e {
+        RootfsError::TooSmall { want, have } => ApiError::BadRequest(format!(
+            "rootfs_size ({} MiB) is smaller than the image's root filesystem ({} MiB)",
+            want >> 20,
+            have.div_ceil(1 << 20)
+        )),
+        e => internal(format!("cannot size the root filesystem: {e}")),
+    })
 }
 
 /// The container's host name: as asked, else its short id.

@@ -94,8 +94,9 @@ pub fn spawn_server(
     }
 }
 
-/// No request this API takes comes close to this.
-pub const MAX_BODY: usize = 64 * 1024;
+/// The largest body the router itself takes; the server has already
+/// held every request to its configured limit (`server::Limits`).
+const MAX_BODY: usize = server::MAX_MAX_PAYLOAD;
 
 /// A request body, or why it could not be read (too large, cut short).
 type Body = Result<Bytes, BytesRejection>;
@@ -249,7 +250,14 @@ async fn put_machine_config(State(api): State<ApiSender>, body: Body) -> Respons
 }
 
 async fn patch_machine_config(State(api): State<ApiSender>, body: Body) -> Response {
-    call_with(&api, &body, VmmAction::PatchMachineConfig).await
+    // A PATCH that changes nothing is refused, as Firecracker refuses it.
+    match parse::<crate::vmm::config::MachineConfigUpdate>(&body) {
+        Ok(u) if u.is_empty() => {
+            METRICS.api_server.requests.inc();
+            fault("Empty PATCH request: name at least one field to change")
+        }
+        _ => call_with(&api, &body, VmmAction::PatchMachineConfig).await,
+    }
 }
 
 async fn put_logger(State(api): State<ApiSender>, body: Body) -> Response {

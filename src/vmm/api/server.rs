@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use super::{fault_with, MAX_BODY};
+use super::fault_with;
 use crate::vmm::metrics::METRICS;
 
 /// The API server's limits.
@@ -43,6 +43,8 @@ pub struct Limits {
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// The largest request body (`--http-api-max-payload-size`).
+    pub max_payload: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +54,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 128,
+            max_payload: DEFAULT_MAX_PAYLOAD,
         }
     }
 }
@@ -64,9 +67,16 @@ const MIN_CONNECTIONS: usize = 4;
 /// How long the accept loop waits when no connection can be closed to
 /// free a descriptor.
 const EXHAUSTED_BACKOFF: Duration = Duration::from_millis(20);
-/// hyper's read buffer per connection; no request this API takes needs
-/// more than its body limit plus headers.
-const READ_BUFFER: usize = MAX_BODY + 16 * 1024;
+/// Firecracker's default request body limit.
+pub const DEFAULT_MAX_PAYLOAD: usize = 51_200;
+/// The largest body limit that may be configured.
+pub const MAX_MAX_PAYLOAD: usize = 16 << 20;
+/// Room for a request's head in hyper's read buffer, beyond its body.
+const HEAD_ROOM: usize = 16 * 1024;
+/// How much of a body over the limit is still read (and dropped) so
+/// that the client, still writing it, gets the 400 rather than a broken
+/// pipe; a bigger one closes the connection.
+const DRAIN_LIMIT: usize = 1 << 20;
 
 impl Limits {
     /// The connection cap, lowered so that connections can take at most
@@ -310,13 +320,13 @@ async fn serve_connection(
         let in_flight = InFlight::new(for_requests.clone());
         let router = router.clone();
         async move {
-            let answer = handle(req, router, limits.body_timeout).await;
+            let answer = handle(req, router, &limits).await;
             drop(in_flight);
             Ok::<_, std::convert::Infallible>(answer)
         }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.max_buf_size(READ_BUFFER);
+    http.max_buf_size(limits.max_payload.min(MAX_MAX_PAYLOAD) + HEAD_ROOM);
     let serving = http.serve_connection(io, service);
     tokio::pin!(serving);
     loop {
@@ -349,19 +359,56 @@ async fn serve_connection(
 }
 
 /// Reads the whole body, within the body timeout and the size limit, then
-/// routes the request.
-async fn handle(req: Request<Incoming>, router: Router, body_timeout: Duration) -> Response {
-    let (parts, body) = req.into_parts();
-    let body = Body::new(body);
-    let bytes = match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, MAX_BODY)).await
-    {
+/// routes the request by its path as Firecracker reads one.
+async fn handle(req: Request<Incoming>, router: Router, limits: &Limits) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let limit = limits.max_payload;
+    let read =
+        async {
+            match declared {
+                // A body over the limit that the client declared (and may
+                // still be sending) is read and dropped, up to a bound, so the
+                // client gets the answer rather than a broken pipe.
+                Some(n) if n > limit => {
+                    let drained = n <= DRAIN_LIMIT
+                        && axum::body::to_bytes(Body::new(body), DRAIN_LIMIT)
+                            .await
+                            .is_ok();
+                    Err(ReadError::Over { drained })
+                }
+                _ => axum::body::to_bytes(Body::new(body), limit)
+                    .await
+                    .map_err(|e| match is_over_limit(&e) {
+                        true => ReadError::Over { drained: false },
+                        false => ReadError::Other(e),
+                    }),
+            }
+        };
+    let bytes = match tokio::time::timeout(limits.body_timeout, read).await {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
+        Ok(Err(ReadError::Other(e))) => {
             METRICS.api_server.requests.inc();
             return closing(fault_with(
                 StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {}", body_error(&e)),
+                format!("cannot read the request body: {e}"),
             ));
+        }
+        Ok(Err(ReadError::Over { drained })) => {
+            METRICS.api_server.requests.inc();
+            let size = declared.map_or("unknown".into(), |n| n.to_string());
+            let answer = fault_with(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "Request payload with size {size} is larger than the limit of {limit} \
+                     allowed by server."
+                ),
+            );
+            return if drained { answer } else { closing(answer) };
         }
         Err(_) => {
             METRICS.api_server.requests.inc();
@@ -370,28 +417,63 @@ async fn handle(req: Request<Incoming>, router: Router, body_timeout: Duration) 
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "the request body did not arrive within {} ms",
-                    body_timeout.as_millis()
+                    limits.body_timeout.as_millis()
                 ),
             ));
         }
     };
-    let req = Request::from_parts(parts, Body::from(bytes));
+    if let Some(path) = firecracker_path(&parts.uri) {
+        if let Ok(uri) = path.parse() {
+            parts.uri = uri;
+        }
+    }
+    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
     match router.oneshot(req).await {
         Ok(r) => r,
         Err(never) => match never {},
     }
 }
 
-fn body_error(e: &axum::Error) -> String {
+/// Why a request body was not read.
+enum ReadError {
+    /// It is over the limit; `drained` when it was read to its end anyway
+    /// (the connection can go on).
+    Over {
+        drained: bool,
+    },
+    Other(axum::Error),
+}
+
+/// The path Firecracker's API server routes `uri` by, when it differs
+/// from the path as sent: leading and trailing slashes do not count
+/// (`/machine-config/` is `/machine-config`), and a query is part of the
+/// path (so `/machine-config?x=1` names no resource and is refused).
+fn firecracker_path(uri: &axum::http::Uri) -> Option<String> {
+    let path = uri.path();
+    let trimmed = path.trim_start_matches('/').trim_end_matches('/');
+    let query = uri.query();
+    if query.is_none() && trimmed.len() + 1 == path.len() {
+        return None;
+    }
+    let mut p = format!("/{trimmed}");
+    if let Some(q) = query {
+        // Not a query any more: characters a path cannot hold are escaped.
+        p.push_str("%3F");
+        p.push_str(&q.replace('%', "%25"));
+    }
+    Some(p)
+}
+
+fn is_over_limit(e: &axum::Error) -> bool {
     use std::error::Error as _;
     let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
-            return format!("the body is larger than {MAX_BODY} bytes");
+            return true;
         }
         source = s.source();
     }
-    e.to_string()
+    false
 }
 
 /// The answer, with the connection closed after it: what is left of the
@@ -415,6 +497,7 @@ mod tests {
             body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 8,
+            max_payload: DEFAULT_MAX_PAYLOAD,
         };
         let c = Arc::new(ConnState::new());
         let idle = c.deadline(&limits).unwrap();

@@ -65,6 +65,13 @@ pub struct MachineConfigUpdate {
     pub huge_pages: Option<String>,
 }
 
+impl MachineConfigUpdate {
+    /// Whether it names no field at all.
+    pub fn is_empty(&self) -> bool {
+        *self == MachineConfigUpdate::default()
+    }
+}
+
 /// Physical memory of this host, in MiB.
 pub fn host_memory_mib() -> u64 {
     // SAFETY: sysinfo only writes into the struct we pass.

@@ -127,6 +127,46 @@ pub struct VmConfig {
 /// Ids (instance, drive, interface) end up in paths, logs and what the
 /// guest sees, so they are kept plain: 1 to 64 letters, digits, '-' or
 /// '_'.
+/// `GET /machine-config` as Firecracker answers it: `huge_pages` always
+/// shown (`"None"` when unset).
+pub fn shown_machine_config(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        o.entry("huge_pages").or_insert_with(|| "None".into());
+    }
+    v
+}
+
+/// `GET /vm/config` as Firecracker answers it: every section of its
+/// schema shown, `null` or `[]` when unset (husk's own sections, such as
+/// `fs-devices`, as they are).
+pub fn shown_full_config(mut v: serde_json::Value) -> serde_json::Value {
+    const NULLS: [&str; 10] = [
+        "balloon",
+        "boot-source",
+        "cpu-config",
+        "logger",
+        "metrics",
+        "mmds-config",
+        "vsock",
+        "entropy",
+        "memory-hotplug",
+        "serial",
+    ];
+    const LISTS: [&str; 3] = ["drives", "network-interfaces", "pmem"];
+    if let Some(o) = v.as_object_mut() {
+        for k in NULLS {
+            o.entry(k).or_insert(serde_json::Value::Null);
+        }
+        for k in LISTS {
+            o.entry(k).or_insert_with(|| serde_json::json!([]));
+        }
+        if let Some(m) = o.get_mut("machine-config") {
+            *m = shown_machine_config(m.take());
+        }
+    }
+    v
+}
+
 pub fn is_plain_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
