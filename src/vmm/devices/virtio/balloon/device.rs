@@ -226,7 +226,9 @@ impl Balloon {
         };
         q.serve(&METRICS.balloon.malformed, |mem, chain| {
             let pages = for_each_pfn(mem, chain, |mem, pfns| {
-                pfns.iter().filter(|&&p| page_of(mem, p).is_some()).count() as u64
+                let good = pfns.iter().filter(|&&p| page_of(mem, p).is_some()).count();
+                METRICS.balloon.bad_pfns.add((pfns.len() - good) as u64);
+                good as u64
             });
             METRICS.balloon.deflated_pages.add(pages);
             Some(0)
