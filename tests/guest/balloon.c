@@ -136,23 +136,30 @@ void check_balloon_inflate(const struct check *c)
 		fail(c, "run `balloon` first");
 		return;
 	}
-	/* A fresh vector: only the configuration change can set it. */
-	if ((err = virtio_irq_route(&dev))) {
-		fail(c, err);
-		return;
-	}
+	/*
+	 * Wait for the device's interrupt on a fresh vector. The statistics
+	 * timer may hand its buffer back meanwhile (a used-buffer interrupt
+	 * only): then route a fresh vector again and keep waiting.
+	 */
 	uint64_t t0 = rdtsc();
-	while (!virtio_irq_pending(&dev)) {
-		__asm__ volatile("pause" ::: "memory");
-		if (rdtsc() - t0 > (1ull << 35)) {
-			fail(c, "no configuration-change interrupt in the LAPIC IRR");
+	uint32_t isr = 0;
+	while (!(isr & VIRTIO_INT_CONFIG)) {
+		if ((err = virtio_irq_route(&dev))) {
+			fail(c, err);
 			return;
 		}
-	}
-	uint32_t isr = virtio_irq_ack(&dev);
-	if (!(isr & VIRTIO_INT_CONFIG)) {
-		fail(c, virtio_why("InterruptStatus lacks the configuration bit:", isr));
-		return;
+		while (!virtio_irq_pending(&dev)) {
+			__asm__ volatile("pause" ::: "memory");
+			if (rdtsc() - t0 > (1ull << 35)) {
+				fail(c, "no configuration-change interrupt in the LAPIC IRR");
+				return;
+			}
+		}
+		isr = virtio_irq_ack(&dev);
+		if (!(isr & (VIRTIO_INT_CONFIG | VIRTIO_INT_USED_RING))) {
+			fail(c, virtio_why("an interrupt with InterruptStatus", isr));
+			return;
+		}
 	}
 	uint32_t target = num_pages();
 	uint32_t n = target < BALLOON_PAGES ? target : BALLOON_PAGES;
