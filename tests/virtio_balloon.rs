@@ -275,3 +275,81 @@ fn a_balloon_from_the_config_file_shows_its_target() {
     );
     assert_eq!(vmm.wait().code(), Some(0));
 }
+
+#[test]
+fn a_balloon_and_its_statistics_buffer_survive_a_snapshot() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = common::TempDir::new();
+    let mut a = Vmm::with_api();
+    a.put_ok(
+        "/balloon",
+        json!({"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1}),
+    );
+    a.configure(
+        "probe=balloon,balloon-stats,wait-cad,balloon-inflate,balloon-deflate,balloon-stats",
+        1,
+        128,
+    );
+    a.start();
+    a.expect_line("PROBE balloon OK");
+    a.expect_line("PROBE balloon-stats OK round=1");
+    // The guest's second report is in: the device holds its buffer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.get("/balloon/statistics").json()["free_memory"] != 1_000_001 {
+        assert!(Instant::now() < deadline, "no second statistics report");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(a.patch("/vm", json!({"state": "Paused"})).status, 204);
+    let (state, mem) = (dir.path("s"), dir.path("m"));
+    let r = a.put(
+        "/snapshot/create",
+        json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    drop(a);
+
+    let mut b = Vmm::with_api();
+    let r = b.put(
+        "/snapshot/load",
+        json!({
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": mem},
+            "resume_vm": true,
+        }),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        b.get("/balloon").json(),
+        json!({"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1})
+    );
+    let s = b.get("/balloon/statistics").json();
+    assert_eq!(s["free_memory"], 1_000_001, "{s}");
+    assert_eq!(b.action("SendCtrlAltDel").status, 204);
+    // The guest now waits for the configuration change.
+    std::thread::sleep(Duration::from_millis(200));
+    let r = b.patch("/balloon", json!({"amount_mib": 16}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        b.expect_line("PROBE balloon-inflate"),
+        format!("PROBE balloon-inflate OK target={PAGES} inflated={PAGES} config-irq=1")
+    );
+    // Restored memory is the memory file mapped private: a page dropped
+    // from it reads as the file has it (the spec leaves a deflated page's
+    // contents undefined).
+    assert_eq!(
+        b.expect_line("PROBE balloon-deflate"),
+        format!("PROBE balloon-deflate OK deflated={PAGES} zeroed=0")
+    );
+    // The buffer the device held at the snapshot comes back: the
+    // guest's statistics go on.
+    assert_eq!(
+        b.expect_line("PROBE balloon-stats"),
+        "PROBE balloon-stats OK round=2"
+    );
+    let m = b.get("/metrics").json();
+    assert_eq!(m["balloon"]["inflated_pages"], PAGES, "{m}");
+    common::assert_filtered(b.pid());
+    assert_eq!(b.wait().code(), Some(0));
+}

@@ -434,7 +434,7 @@ impl Vmm {
             "the device is not attached".into(),
         ))?;
         let stats = b.balloon.lock().unwrap_or_else(|e| e.into_inner()).stats();
-        Ok(serde_json::to_value(stats).unwrap_or_default())
+        Ok(stats.to_json())
     }
 
     fn set_logger(&mut self, l: LoggerConfig) -> Result<(), VmmActionError> {

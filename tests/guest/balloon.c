@@ -16,9 +16,11 @@
  * a buffer, and writes `actual`. Prints
  * `PROBE balloon-inflate OK target=<num_pages> inflated=<n> config-irq=1`.
  *
- * `balloon-deflate` checks the inflated pages now read as zeros (the host
- * dropped them), takes them back through the deflate queue, writes
- * `actual` 0 and prints `PROBE balloon-deflate OK deflated=<n> zeroed=1`.
+ * `balloon-deflate` looks whether the inflated pages now read as zeros
+ * (the host dropped them: so they do on anonymous memory; after a restore
+ * from a memory file they read as the file has them), takes them back
+ * through the deflate queue, writes `actual` 0 and prints
+ * `PROBE balloon-deflate OK deflated=<n> zeroed=<1 if all read 0, else 0>`.
  *
  * `balloon-stats` waits (up to about 5 s) for the device to hand the
  * statistics buffer back, then refills it with new figures and gives it
@@ -184,13 +186,10 @@ void check_balloon_deflate(const struct check *c)
 		fail(c, "run `balloon` first");
 		return;
 	}
-	for (uint32_t i = 0; i < inflated; i++) {
-		uint8_t v = rd8(BALLOON_BASE + (uint64_t)i * 4096);
-		if (v) {
-			fail(c, virtio_why("an inflated page still holds its byte; page", i));
-			return;
-		}
-	}
+	uint32_t zeroed = 1;
+	for (uint32_t i = 0; i < inflated; i++)
+		if (rd8(BALLOON_BASE + (uint64_t)i * 4096))
+			zeroed = 0;
 	if ((err = send_pages(&deflateq, (uint32_t)(BALLOON_BASE >> 12), inflated))) {
 		fail(c, err);
 		return;
@@ -199,7 +198,9 @@ void check_balloon_deflate(const struct check *c)
 	ok(c);
 	puts_serial(" deflated=");
 	put_dec(inflated);
-	puts_serial(" zeroed=1\n");
+	puts_serial(" zeroed=");
+	put_dec(zeroed);
+	putc_serial('\n');
 	inflated = 0;
 }
 

@@ -66,28 +66,20 @@ pub enum BalloonError {
 }
 
 /// The figures the guest last reported, by the spec's tags, in
-/// Firecracker's names.
+/// Firecracker's names. (Snapshots hold it too, in a format that is not
+/// self-describing: no field is ever skipped here; the API leaves out
+/// the ones the guest never sent, in [`BalloonStats::to_json`].)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuestStats {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub swap_in: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub swap_out: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub major_faults: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub minor_faults: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub free_memory: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub total_memory: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub available_memory: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_caches: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub hugetlb_allocations: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub hugetlb_failures: Option<u64>,
 }
 
@@ -120,6 +112,18 @@ pub struct BalloonStats {
     pub actual_mib: u32,
     #[serde(flatten)]
     pub guest: GuestStats,
+}
+
+impl BalloonStats {
+    /// The answer's body: the figures the guest never reported are left
+    /// out, as Firecracker does.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.retain(|_, v| !v.is_null());
+        }
+        v
+    }
 }
 
 pub struct Balloon {

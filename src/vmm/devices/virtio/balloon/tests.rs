@@ -134,7 +134,7 @@ fn the_stats_buffer_is_kept_until_the_timer_asks_again() {
     assert_eq!(s.guest.free_memory, Some(1000));
     assert_eq!(s.guest.total_memory, Some(5000));
     assert_eq!(s.guest.swap_in, None);
-    let v = serde_json::to_value(s).unwrap();
+    let v = s.to_json();
     assert_eq!(v["free_memory"], 1000);
     assert!(v.get("swap_in").is_none(), "{v}");
     assert_eq!(v["target_mib"], 1);
