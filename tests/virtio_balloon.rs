@@ -102,7 +102,7 @@ fn the_guest_sees_a_new_target_and_inflating_gives_memory_back() {
     );
 
     let before = rss_kib(vmm.pid());
-    let target_mib = PAGES * 4096 >> 20;
+    let target_mib = (PAGES * 4096) >> 20;
     let r = vmm.patch("/balloon", json!({"amount_mib": target_mib}));
     assert_eq!(r.status, 204, "{}", r.body);
     assert_eq!(

@@ -321,8 +321,10 @@ fn attach_balloon(
     };
     b.validate(cfg.machine_config.mem_size_mib)
         .map_err(|e| StartError::Device("virtio-balloon", e.to_string()))?;
+    // With a vhost-user device guest memory is a shared memfd.
+    let shared = !cfg.fs_devices.is_empty();
     let balloon =
-        Balloon::new(b).map_err(|e| StartError::Device("virtio-balloon", e.to_string()))?;
+        Balloon::new(b, shared).map_err(|e| StartError::Device("virtio-balloon", e.to_string()))?;
     let balloon = Arc::new(Mutex::new(balloon));
     let transport = dm.attach_virtio(
         vm,

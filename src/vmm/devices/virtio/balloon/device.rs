@@ -5,7 +5,8 @@
 //! driver holds, le32, written by the driver).
 //!
 //! Inflated pages are given back to the host with `MADV_DONTNEED` on the
-//! guest memory mapping; a page frame number outside guest memory is
+//! guest memory mapping (`MADV_REMOVE` when guest memory is a shared
+//! memfd, as with virtio-fs: there DONTNEED would only unmap the pages); a page frame number outside guest memory is
 //! skipped and counted (`bad_pfns`), never trusted. Deflated pages need
 //! nothing: the guest's next touch faults a zero page back in.
 //!
@@ -132,6 +133,8 @@ pub struct Balloon {
     pub(super) stats_timer: TimerFd,
     pub(super) stats_interval_s: u16,
     deflate_on_oom: bool,
+    /// The madvise advice that frees a page of guest memory.
+    advice: libc::c_int,
     pub(super) target_pages: u32,
     pub(super) actual_pages: u32,
     /// The queues, once the driver set DRIVER_OK.
@@ -142,7 +145,9 @@ pub struct Balloon {
 }
 
 impl Balloon {
-    pub fn new(cfg: &BalloonConfig) -> Result<Self, BalloonError> {
+    /// A balloon for guest memory that is a shared memfd (`shared`) or
+    /// private memory.
+    pub fn new(cfg: &BalloonConfig, shared: bool) -> Result<Self, BalloonError> {
         let count = if cfg.stats_enabled() { 3 } else { 2 };
         let queue_evts = (0..count)
             .map(|_| EventFd::new(EFD_NONBLOCK))
@@ -154,6 +159,11 @@ impl Balloon {
             stats_timer: TimerFd::new().map_err(BalloonError::Timer)?,
             stats_interval_s: 0,
             deflate_on_oom: cfg.deflate_on_oom,
+            advice: if shared {
+                libc::MADV_REMOVE
+            } else {
+                libc::MADV_DONTNEED
+            },
             target_pages: mib_to_pages(cfg.amount_mib),
             actual_pages: 0,
             active: Vec::new(),
@@ -215,8 +225,9 @@ impl Balloon {
         let Some(q) = self.active.get_mut(INFLATE) else {
             return 0;
         };
+        let advice = self.advice;
         q.serve(&METRICS.balloon.malformed, |mem, chain| {
-            let pages = for_each_pfn(mem, chain, discard);
+            let pages = for_each_pfn(mem, chain, |mem, pfns| discard(mem, pfns, advice));
             METRICS.balloon.inflated_pages.add(pages);
             Some(0)
         })
@@ -359,20 +370,23 @@ fn page_of(
 /// Gives the pages named back to the host, runs of neighbours in one
 /// call. Returns how many were; PFNs outside guest memory are counted in
 /// `bad_pfns` and skipped.
-fn discard(mem: &GuestMem, pfns: &[u32]) -> u64 {
+fn discard(mem: &GuestMem, pfns: &[u32], advice: libc::c_int) -> u64 {
     let mut done = 0;
     let mut run: Option<(*mut u8, usize)> = None;
     let flush = |run: &mut Option<(*mut u8, usize)>| {
         if let Some((ptr, len)) = run.take() {
             // SAFETY: [ptr, ptr + len) lies inside one guest memory
             // mapping owned by `mem` (checked by page_of for every page
-            // of the run). MADV_DONTNEED only drops the pages' contents:
-            // the mapping stays valid, and the next access (by the guest
-            // or the VMM) finds zeros, which is what a balloon promises.
-            let r = unsafe { libc::madvise(ptr.cast(), len, libc::MADV_DONTNEED) };
+            // of the run). MADV_DONTNEED (and MADV_REMOVE on a shared
+            // memfd) only drops the pages' contents: the mapping stays
+            // valid, and the next access (by the guest or the VMM) finds
+            // zeros (the file's contents, for a private file mapping);
+            // the spec leaves them undefined.
+            let r = unsafe { libc::madvise(ptr.cast(), len, advice) };
             if r != 0 {
                 tracing::warn!(
-                    "virtio-balloon: madvise(MADV_DONTNEED): {}",
+                    advice,
+                    "virtio-balloon: madvise: {}",
                     std::io::Error::last_os_error()
                 );
             }
@@ -507,5 +521,23 @@ impl VirtioDevice for Balloon {
         };
         self.active = queues;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_memory_needs_madv_remove_to_drop_a_page() {
+        let mem = crate::vmm::kvm::memory::create_shared_guest_memory(16, false).unwrap();
+        let at = GuestAddress(1 << 20);
+        let pfn = (at.0 / BALLOON_PAGE_SIZE) as u32;
+        mem.write_obj(0x5au8, at).unwrap();
+        // DONTNEED only unmaps a shared page: the memfd still has it.
+        assert_eq!(discard(&mem, &[pfn], libc::MADV_DONTNEED), 1);
+        assert_eq!(mem.read_obj::<u8>(at).unwrap(), 0x5a);
+        assert_eq!(discard(&mem, &[pfn], libc::MADV_REMOVE), 1);
+        assert_eq!(mem.read_obj::<u8>(at).unwrap(), 0);
     }
 }

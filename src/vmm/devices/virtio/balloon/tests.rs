@@ -23,7 +23,7 @@ fn config(amount_mib: u32, oom: bool, stats: u16) -> BalloonConfig {
 }
 
 fn up(cfg: &BalloonConfig) -> (Arc<Mutex<Balloon>>, Driver) {
-    let b = Arc::new(Mutex::new(Balloon::new(cfg).unwrap()));
+    let b = Arc::new(Mutex::new(Balloon::new(cfg, false).unwrap()));
     let mut d = Driver::new(b.clone());
     let features = b.lock().unwrap().avail_features();
     let queues = if cfg.stats_enabled() { 3 } else { 2 };
@@ -33,12 +33,12 @@ fn up(cfg: &BalloonConfig) -> (Arc<Mutex<Balloon>>, Driver) {
 
 #[test]
 fn features_and_config_space_follow_the_configuration() {
-    let b = Balloon::new(&config(2, true, 0)).unwrap();
+    let b = Balloon::new(&config(2, true, 0), false).unwrap();
     let f = b.avail_features();
     assert_ne!(f & VIRTIO_BALLOON_F_DEFLATE_ON_OOM, 0);
     assert_eq!(f & VIRTIO_BALLOON_F_STATS_VQ, 0);
     assert_eq!(b.queue_max_sizes().len(), 2);
-    let b = Balloon::new(&config(0, false, 3)).unwrap();
+    let b = Balloon::new(&config(0, false, 3), false).unwrap();
     let f = b.avail_features();
     assert_eq!(f & VIRTIO_BALLOON_F_DEFLATE_ON_OOM, 0);
     assert_ne!(f & VIRTIO_BALLOON_F_STATS_VQ, 0);
@@ -141,10 +141,10 @@ fn the_stats_buffer_is_kept_until_the_timer_asks_again() {
     // The snapshot carries the held buffer.
     let saved = Persist::save(&*b.lock().unwrap());
     assert_eq!(saved.stats_desc, Some(0));
-    let mut other = Balloon::new(&config(1, true, 60)).unwrap();
+    let mut other = Balloon::new(&config(1, true, 60), false).unwrap();
     Persist::restore(&mut other, &saved).unwrap();
     assert_eq!(Persist::save(&other), saved);
-    let mut no_stats = Balloon::new(&config(1, true, 0)).unwrap();
+    let mut no_stats = Balloon::new(&config(1, true, 0), false).unwrap();
     assert!(Persist::restore(&mut no_stats, &saved).is_err());
     // The tick hands it back.
     b.lock().unwrap().request_stats();
