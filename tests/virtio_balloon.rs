@@ -326,6 +326,8 @@ fn a_balloon_and_its_statistics_buffer_survive_a_snapshot() {
     );
     let s = b.get("/balloon/statistics").json();
     assert_eq!(s["free_memory"], 1_000_001, "{s}");
+    // The guest waits for Ctrl-Alt-Del: its vCPU thread is there.
+    common::assert_filtered(b.pid());
     assert_eq!(b.action("SendCtrlAltDel").status, 204);
     // The guest now waits for the configuration change.
     std::thread::sleep(Duration::from_millis(200));
@@ -350,6 +352,5 @@ fn a_balloon_and_its_statistics_buffer_survive_a_snapshot() {
     );
     let m = b.get("/metrics").json();
     assert_eq!(m["balloon"]["inflated_pages"], PAGES, "{m}");
-    common::assert_filtered(b.pid());
     assert_eq!(b.wait().code(), Some(0));
 }
