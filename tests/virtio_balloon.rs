@@ -218,12 +218,6 @@ fn bad_balloon_requests_get_clear_400s() {
         (
             "PUT",
             "/balloon",
-            Some(json!({"amount_mib": 1, "deflate_on_oom": false, "free_page_reporting": true})),
-            "free_page_reporting is not supported",
-        ),
-        (
-            "PUT",
-            "/balloon",
             Some(json!({"amount_mib": 1, "deflate_on_oom": false, "free_page_hinting": true})),
             "free_page_hinting is not supported",
         ),
@@ -353,4 +347,45 @@ fn a_balloon_and_its_statistics_buffer_survive_a_snapshot() {
     let m = b.get("/metrics").json();
     assert_eq!(m["balloon"]["inflated_pages"], PAGES, "{m}");
     assert_eq!(b.wait().code(), Some(0));
+}
+
+#[test]
+fn free_pages_the_guest_reports_leave_the_vmm() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vmm = Vmm::with_api();
+    vmm.put_ok(
+        "/balloon",
+        json!({"amount_mib": 0, "deflate_on_oom": false, "free_page_reporting": true}),
+    );
+    assert_eq!(
+        vmm.get("/balloon").json(),
+        json!({"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 0,
+               "free_page_reporting": true})
+    );
+    vmm.configure("probe=balloon,wait-cad,balloon-report,wait-cad", 1, 128);
+    vmm.start();
+    assert_eq!(
+        vmm.expect_line("PROBE balloon "),
+        format!("PROBE balloon OK target=0 features=0x100000020 touched={PAGES}")
+    );
+    let before = rss_kib(vmm.pid());
+    vmm.action("SendCtrlAltDel");
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-report"),
+        format!("PROBE balloon-report OK reported={PAGES}")
+    );
+    let after = rss_kib(vmm.pid());
+    let freed = before.saturating_sub(after);
+    eprintln!("VmRSS before reporting {before} KiB, after {after} KiB: {freed} KiB freed for {PAGES} pages");
+    assert!(
+        freed >= PAGES * 4 * 3 / 4,
+        "VmRSS fell by {freed} KiB only ({before} -> {after}); {PAGES} pages were reported"
+    );
+    let m = vmm.get("/metrics").json();
+    assert_eq!(m["balloon"]["reported_pages"], PAGES, "{m}");
+    assert_eq!(m["balloon"]["malformed"], 0, "{m}");
+    vmm.action("SendCtrlAltDel");
+    assert_eq!(vmm.wait().code(), Some(0));
 }

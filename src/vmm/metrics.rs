@@ -185,6 +185,8 @@ pub struct BalloonMetrics {
     pub inflated_pages: Counter,
     /// Pages the guest took back (deflate queue).
     pub deflated_pages: Counter,
+    /// Free pages the guest reported (free page reporting), dropped.
+    pub reported_pages: Counter,
     /// Page frame numbers outside guest memory, skipped.
     pub bad_pfns: Counter,
     /// Malformed buffers: device-writable, not a whole number of PFNs,
@@ -313,6 +315,7 @@ pub static METRICS: Metrics = Metrics {
         activations,
         inflated_pages,
         deflated_pages,
+        reported_pages,
         bad_pfns,
         malformed,
         stats_updates,

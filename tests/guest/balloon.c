@@ -26,6 +26,11 @@
  * statistics buffer back, then refills it with new figures and gives it
  * again. Prints `PROBE balloon-stats OK round=<k>`.
  *
+ * `balloon-report` (with VIRTIO_BALLOON_F_PAGE_REPORTING) reports the
+ * touched pages as free: one device-writable buffer over all of them on
+ * the reporting queue, as Linux's page reporting does. Prints
+ * `PROBE balloon-report OK reported=<N>`.
+ *
  * `balloon-hostile` sends the inflate queue PFNs outside guest memory, a
  * buffer of 2 bytes and a device-writable buffer, expects each back on
  * the used ring, and prints `PROBE balloon-hostile OK`.
@@ -34,13 +39,14 @@
 
 #define F_STATS_VQ (1ull << 1)
 #define F_DEFLATE_ON_OOM (1ull << 2)
+#define F_PAGE_REPORTING (1ull << 5)
 #define BALLOON_BASE (32ull << 20)
 #define BALLOON_PAGES 4096u
 #define PFNS_PER_BUF 256u
 #define STAT_LEN 10
 
 static struct virtio_dev dev;
-static struct virtq inflateq, deflateq, statsq;
+static struct virtq inflateq, deflateq, statsq, reportq;
 static uint32_t pfns[PFNS_PER_BUF];
 static uint8_t stats_buf[3 * STAT_LEN];
 static int balloon_up;
@@ -108,10 +114,12 @@ void check_balloon(const struct check *c)
 	balloon_up = 0;
 	if ((err = virtio_find(VIRTIO_ID_BALLOON, 0, &dev)) ||
 	    (err = virtio_irq_route(&dev)) ||
-	    (err = virtio_init(&dev, F_STATS_VQ | F_DEFLATE_ON_OOM)) ||
+	    (err = virtio_init(&dev, F_STATS_VQ | F_DEFLATE_ON_OOM | F_PAGE_REPORTING)) ||
 	    (err = virtq_setup(&dev, &inflateq, 0, 64)) ||
 	    (err = virtq_setup(&dev, &deflateq, 1, 64)) ||
 	    ((dev.features & F_STATS_VQ) && (err = virtq_setup(&dev, &statsq, 2, 8))) ||
+	    ((dev.features & F_PAGE_REPORTING) &&
+	     (err = virtq_setup(&dev, &reportq, (dev.features & F_STATS_VQ) ? 3 : 2, 8))) ||
 	    (err = virtio_driver_ok(&dev)) ||
 	    ((dev.features & F_STATS_VQ) && (err = give_stats(0)))) {
 		fail(c, err);
@@ -261,5 +269,24 @@ void check_balloon_hostile(const struct check *c)
 		return;
 	}
 	ok(c);
+	putc_serial('\n');
+}
+
+void check_balloon_report(const struct check *c)
+{
+	const char *err;
+	uint32_t len;
+	if (!balloon_up || !(dev.features & F_PAGE_REPORTING)) {
+		fail(c, "run `balloon` first, with free page reporting on");
+		return;
+	}
+	struct virtq_buf b = {BALLOON_BASE, BALLOON_PAGES * 4096, 1};
+	if ((err = virtq_transfer(&reportq, &b, 1, &len))) {
+		fail(c, err);
+		return;
+	}
+	ok(c);
+	puts_serial(" reported=");
+	put_dec(BALLOON_PAGES);
 	putc_serial('\n');
 }

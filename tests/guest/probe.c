@@ -583,6 +583,7 @@ static const struct {
 	{"balloon-deflate", check_balloon_deflate},
 	{"balloon-stats", check_balloon_stats},
 	{"balloon-hostile", check_balloon_hostile},
+	{"balloon-report", check_balloon_report},
 };
 
 static void run_check(const struct check *c)

@@ -108,5 +108,6 @@ void check_balloon_inflate(const struct check *c); /* balloon.c */
 void check_balloon_deflate(const struct check *c); /* balloon.c */
 void check_balloon_stats(const struct check *c); /* balloon.c */
 void check_balloon_hostile(const struct check *c); /* balloon.c */
+void check_balloon_report(const struct check *c); /* balloon.c */
 
 #endif

@@ -10,6 +10,11 @@
 //! skipped and counted (`bad_pfns`), never trusted. Deflated pages need
 //! nothing: the guest's next touch faults a zero page back in.
 //!
+//! With free page reporting (VIRTIO_BALLOON_F_PAGE_REPORTING) the driver
+//! also sends ranges of free guest memory on a reporting queue; each
+//! buffer's own address and length name the range, which is dropped like
+//! inflated pages and the buffer returned.
+//!
 //! Statistics follow the spec's protocol: the driver offers one buffer of
 //! `{le16 tag; le64 val}` records; the device reads it and keeps it, and
 //! every polling interval (a timerfd) hands it back as used, which asks
@@ -48,9 +53,12 @@ pub const PAGES_PER_MIB: u32 = (1 << 20) / BALLOON_PAGE_SIZE as u32;
 
 pub const VIRTIO_BALLOON_F_STATS_VQ: u64 = 1 << 1;
 pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u64 = 1 << 2;
+pub const VIRTIO_BALLOON_F_PAGE_REPORTING: u64 = 1 << 5;
 
 pub const INFLATE: usize = 0;
 pub const DEFLATE: usize = 1;
+/// The statistics queue's index, when there is one; the reporting
+/// queue comes after it (or takes its index without statistics).
 pub const STATS: usize = 2;
 
 /// One statistics record: le16 tag, le64 value, packed.
@@ -142,13 +150,21 @@ pub struct Balloon {
     /// The statistics buffer the device holds (its head index).
     pub(super) stats_desc: Option<u16>,
     pub(super) stats: GuestStats,
+    /// The statistics queue's index, when statistics are on.
+    pub(super) stats_q: Option<usize>,
+    /// The free page reporting queue's index, when reporting is on.
+    pub(super) report_q: Option<usize>,
 }
 
 impl Balloon {
     /// A balloon for guest memory that is a shared memfd (`shared`) or
     /// private memory.
     pub fn new(cfg: &BalloonConfig, shared: bool) -> Result<Self, BalloonError> {
-        let count = if cfg.stats_enabled() { 3 } else { 2 };
+        let stats_q = cfg.stats_enabled().then_some(STATS);
+        let report_q = cfg
+            .free_page_reporting
+            .then_some(STATS + usize::from(stats_q.is_some()));
+        let count = 2 + usize::from(stats_q.is_some()) + usize::from(report_q.is_some());
         let queue_evts = (0..count)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
@@ -169,6 +185,8 @@ impl Balloon {
             active: Vec::new(),
             stats_desc: None,
             stats: GuestStats::default(),
+            stats_q,
+            report_q,
         };
         b.set_stats_interval(cfg.stats_polling_interval_s)?;
         Ok(b)
@@ -185,7 +203,7 @@ impl Balloon {
     pub fn set_stats_interval(&mut self, secs: u16) -> Result<(), BalloonError> {
         self.stats_interval_s = secs;
         let every = Duration::from_secs(u64::from(secs.max(1)));
-        if secs == 0 || self.queue_evts.len() <= STATS {
+        if secs == 0 || self.stats_q.is_none() {
             return Ok(());
         }
         self.stats_timer
@@ -253,7 +271,7 @@ impl Balloon {
     /// The driver offered a statistics buffer: read it and keep it until
     /// the next tick.
     pub fn process_stats(&mut self) {
-        let Some(q) = self.active.get_mut(STATS) else {
+        let Some(q) = self.stats_q.and_then(|i| self.active.get_mut(i)) else {
             return;
         };
         let mut returned = false;
@@ -290,7 +308,7 @@ impl Balloon {
 
     /// Hands the statistics buffer back (if the device holds one).
     pub fn request_stats(&mut self) {
-        let Some(q) = self.active.get_mut(STATS) else {
+        let Some(q) = self.stats_q.and_then(|i| self.active.get_mut(i)) else {
             return;
         };
         let Some(head) = self.stats_desc.take() else {
@@ -303,6 +321,57 @@ impl Balloon {
         }
         q.interrupt.signal(INT_USED_RING);
     }
+}
+
+impl Balloon {
+    /// Serves the reporting queue: each buffer names a range of free
+    /// guest memory, which the host drops. Returns how many chains were
+    /// served.
+    pub fn process_reporting(&mut self) -> usize {
+        let advice = self.advice;
+        let Some(q) = self.report_q.and_then(|i| self.active.get_mut(i)) else {
+            return 0;
+        };
+        q.serve(&METRICS.balloon.malformed, |mem, chain| {
+            for desc in chain {
+                let pages = discard_range(mem, desc.addr().0, desc.len(), advice);
+                METRICS.balloon.reported_pages.add(pages);
+            }
+            Some(0)
+        })
+    }
+}
+
+/// Drops the whole balloon pages in `[addr, addr + len)`; a range that
+/// is not page-aligned or not inside guest memory is malformed, and
+/// pages outside guest memory are counted as bad.
+fn discard_range(mem: &GuestMem, addr: u64, len: u32, advice: libc::c_int) -> u64 {
+    if !addr.is_multiple_of(BALLOON_PAGE_SIZE) || !u64::from(len).is_multiple_of(BALLOON_PAGE_SIZE)
+    {
+        METRICS.balloon.malformed.inc();
+        return 0;
+    }
+    let first = addr / BALLOON_PAGE_SIZE;
+    let count = u64::from(len) / BALLOON_PAGE_SIZE;
+    let Some(last) = first
+        .checked_add(count)
+        .filter(|&l| l <= u64::from(u32::MAX))
+    else {
+        METRICS.balloon.malformed.inc();
+        return 0;
+    };
+    let mut done = 0;
+    let mut pfns = [0u32; 256];
+    let mut next = first;
+    while next < last {
+        let n = (last - next).min(pfns.len() as u64) as usize;
+        for (i, p) in pfns[..n].iter_mut().enumerate() {
+            *p = (next + i as u64) as u32;
+        }
+        done += discard(mem, &pfns[..n], advice);
+        next += n as u64;
+    }
+    done
 }
 
 pub fn mib_to_pages(mib: u32) -> u32 {
@@ -449,8 +518,11 @@ impl VirtioDevice for Balloon {
         if self.deflate_on_oom {
             f |= VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
         }
-        if self.queue_evts.len() > STATS {
+        if self.stats_q.is_some() {
             f |= VIRTIO_BALLOON_F_STATS_VQ;
+        }
+        if self.report_q.is_some() {
+            f |= VIRTIO_BALLOON_F_PAGE_REPORTING;
         }
         f
     }
@@ -514,10 +586,10 @@ impl VirtioDevice for Balloon {
     }
 
     fn activate_restored(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
-        let queues: Vec<ActiveQueue> = if self.queue_evts.len() > STATS {
-            active.split::<3>()?.into()
-        } else {
-            active.split::<2>()?.into()
+        let queues: Vec<ActiveQueue> = match self.queue_evts.len() {
+            4 => active.split::<4>()?.into(),
+            3 => active.split::<3>()?.into(),
+            _ => active.split::<2>()?.into(),
         };
         self.active = queues;
         Ok(())

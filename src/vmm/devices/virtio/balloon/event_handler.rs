@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
-use super::device::{DEFLATE, INFLATE, STATS};
+use super::device::{DEFLATE, INFLATE};
 use super::Balloon;
 
 impl MutEventSubscriber for Balloon {
@@ -41,7 +41,10 @@ impl MutEventSubscriber for Balloon {
             DEFLATE => {
                 self.process_deflate();
             }
-            STATS => self.process_stats(),
+            q if Some(q) == self.stats_q => self.process_stats(),
+            q if Some(q) == self.report_q => {
+                self.process_reporting();
+            }
             _ => {}
         }
     }

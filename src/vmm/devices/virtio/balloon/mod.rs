@@ -12,6 +12,7 @@ mod tests;
 
 pub use device::{
     mib_to_pages, Balloon, BalloonError, BalloonStats, GuestStats, BALLOON_PAGE_SIZE,
-    PAGES_PER_MIB, QUEUE_SIZE, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_STATS_VQ,
+    PAGES_PER_MIB, QUEUE_SIZE, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_PAGE_REPORTING,
+    VIRTIO_BALLOON_F_STATS_VQ,
 };
 pub use persist::BalloonState;

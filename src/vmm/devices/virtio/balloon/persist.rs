@@ -36,7 +36,7 @@ impl Persist for Balloon {
     }
 
     fn restore(&mut self, s: &BalloonState) -> Result<(), VirtioPersistError> {
-        let has_stats = self.queue_evts.len() > super::device::STATS;
+        let has_stats = self.stats_q.is_some();
         if has_stats != (s.stats_polling_interval_s > 0) {
             return Err(VirtioPersistError::Invalid(
                 "the balloon's statistics setting differs from the snapshot's",

@@ -26,7 +26,7 @@ fn up(cfg: &BalloonConfig) -> (Arc<Mutex<Balloon>>, Driver) {
     let b = Arc::new(Mutex::new(Balloon::new(cfg, false).unwrap()));
     let mut d = Driver::new(b.clone());
     let features = b.lock().unwrap().avail_features();
-    let queues = if cfg.stats_enabled() { 3 } else { 2 };
+    let queues = b.lock().unwrap().queue_max_sizes().len() as u16;
     d.up(features, queues, 16);
     (b, d)
 }
@@ -153,4 +153,38 @@ fn the_stats_buffer_is_kept_until_the_timer_asks_again() {
     // Nothing held: a tick does nothing.
     b.lock().unwrap().request_stats();
     assert_eq!(d.used_idx(STATS as u16), 1);
+}
+
+#[test]
+fn reported_free_ranges_are_dropped() {
+    let mut cfg = config(0, false, 0);
+    cfg.free_page_reporting = true;
+    let (b, d) = up(&cfg);
+    let f = b.lock().unwrap().avail_features();
+    assert_ne!(f & VIRTIO_BALLOON_F_PAGE_REPORTING, 0);
+    assert_eq!(f & VIRTIO_BALLOON_F_STATS_VQ, 0);
+    let at = GuestAddress(4 << 20);
+    d.mem.write_obj(0x77u8, at).unwrap();
+    d.mem.write_obj(0x77u8, GuestAddress(at.0 + 4096)).unwrap();
+    let (reported, malformed) = (
+        METRICS.balloon.reported_pages.get(),
+        METRICS.balloon.malformed.get(),
+    );
+    // The reporting queue is index 2 without statistics: one good
+    // range of two pages, one that is not page-aligned.
+    d.desc(2, 0, at.0, 8192, F_WRITE, 0);
+    d.desc(2, 1, at.0 + 100, 4096, F_WRITE, 0);
+    d.make_available(2, 0);
+    d.make_available(2, 1);
+    assert_eq!(b.lock().unwrap().process_reporting(), 2);
+    assert_eq!(d.used_idx(2), 2);
+    assert_eq!(d.mem.read_obj::<u8>(at).unwrap(), 0);
+    assert_eq!(d.mem.read_obj::<u8>(GuestAddress(at.0 + 4096)).unwrap(), 0);
+    assert!(METRICS.balloon.reported_pages.get() >= reported + 2);
+    assert!(METRICS.balloon.malformed.get() > malformed);
+    // With statistics too, reporting is queue 3.
+    cfg.stats_polling_interval_s = 5;
+    let b = Balloon::new(&cfg, false).unwrap();
+    assert_eq!(b.queue_max_sizes().len(), 4);
+    assert_eq!((b.stats_q, b.report_q), (Some(2), Some(3)));
 }
