@@ -42,7 +42,15 @@ fn build(cc: &str, guest: &Path, out: &Path, sources: &[&str]) {
 /// The probe guest's sources, linked into both builds (start.S first: it
 /// holds the entry points at fixed offsets).
 const SOURCES: &[&str] = &[
-    "start.S", "probe.c", "virtio.c", "rng.c", "blk.c", "vsock.c", "net.c", "fs.c",
+    "start.S",
+    "probe.c",
+    "virtio.c",
+    "rng.c",
+    "blk.c",
+    "vsock.c",
+    "net.c",
+    "fs.c",
+    "balloon.c",
 ];
 
 /// Files the sources include or the link uses.

@@ -365,7 +365,11 @@ fn bad_config_files_exit_with_a_message() {
             r#"{"boot-source": {"kernel_image_path": "/no/such/kernel"}}"#,
             "cannot open kernel image /no/such/kernel",
         ),
-        (r#"{"balloon": {}}"#, "unknown field `balloon`"),
+        (r#"{"mmds": {}}"#, "unknown field `mmds`"),
+        (
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 1}}"#,
+            "missing field `deflate_on_oom`",
+        ),
     ] {
         std::fs::write(&cfg, body).unwrap();
         let out = std::process::Command::new(common::husk_bin())

@@ -83,6 +83,13 @@ pub struct AttachedNet {
     pub transport: Arc<Mutex<MmioTransport>>,
 }
 
+/// The virtio-balloon device as it runs, for PATCH /balloon and its
+/// statistics.
+pub struct AttachedBalloon {
+    pub balloon: Arc<Mutex<crate::vmm::devices::virtio::balloon::Balloon>>,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
 /// A microVM whose vCPUs are running.
 pub struct RunningVm {
     // Field order is drop order: stop the vCPUs, then close the VM, then
@@ -93,6 +100,7 @@ pub struct RunningVm {
     pub devices: DeviceManager,
     pub drives: Vec<AttachedDrive>,
     pub nets: Vec<AttachedNet>,
+    pub balloon: Option<AttachedBalloon>,
     pub vm: Vm,
     pub mem: GuestMem,
 }
@@ -298,6 +306,37 @@ fn attach_fs_devices(
     Ok(())
 }
 
+/// Phase 2: the balloon, when configured (last: adding it moves no
+/// other device's window).
+fn attach_balloon(
+    vm: &Vm,
+    mem: &GuestMem,
+    dm: &mut DeviceManager,
+    events: &mut EventLoop,
+    cfg: &VmConfig,
+) -> Result<Option<AttachedBalloon>, StartError> {
+    use crate::vmm::devices::virtio::balloon::Balloon;
+    let Some(b) = &cfg.balloon else {
+        return Ok(None);
+    };
+    b.validate(cfg.machine_config.mem_size_mib)
+        .map_err(|e| StartError::Device("virtio-balloon", e.to_string()))?;
+    // With a vhost-user device guest memory is a shared memfd.
+    let shared = !cfg.fs_devices.is_empty();
+    let balloon =
+        Balloon::new(b, shared).map_err(|e| StartError::Device("virtio-balloon", e.to_string()))?;
+    let balloon = Arc::new(Mutex::new(balloon));
+    let transport = dm.attach_virtio(
+        vm,
+        mem,
+        events,
+        "virtio-balloon",
+        "balloon",
+        balloon.clone(),
+    )?;
+    Ok(Some(AttachedBalloon { balloon, transport }))
+}
+
 /// Phase 3: the vCPUs, sharing the (now frozen) buses.
 fn create_vcpus(
     vm: &Vm,
@@ -375,6 +414,7 @@ struct Parts {
     i8042: Arc<Mutex<I8042Device>>,
     drives: Vec<AttachedDrive>,
     nets: Vec<AttachedNet>,
+    balloon: Option<AttachedBalloon>,
     vcpus: Vec<Vcpu>,
 }
 
@@ -387,14 +427,23 @@ fn attach_devices(
     events: &mut EventLoop,
     exit: &Arc<ExitNotifier>,
     dm: &mut DeviceManager,
-) -> Result<(LegacyDevices, Vec<AttachedDrive>, Vec<AttachedNet>), StartError> {
+) -> Result<Attached, StartError> {
     let (serial, i8042) = attach_legacy_devices(vm, dm, events, cfg.serial.as_ref(), exit)?;
     dm.track_legacy(serial.clone(), i8042.clone());
     let drives = attach_virtio_devices(vm, mem, dm, events, cfg)?;
     let nets = attach_net_devices(vm, mem, dm, events, cfg)?;
     attach_fs_devices(vm, mem, dm, events, cfg)?;
-    Ok(((serial, i8042), drives, nets))
+    let balloon = attach_balloon(vm, mem, dm, events, cfg)?;
+    Ok(((serial, i8042), drives, nets, balloon))
 }
+
+/// What [`attach_devices`] gives back.
+type Attached = (
+    LegacyDevices,
+    Vec<AttachedDrive>,
+    Vec<AttachedNet>,
+    Option<AttachedBalloon>,
+);
 
 /// What phase 4 does: load a kernel, or apply a snapshot's state.
 enum Boot<'a> {
@@ -415,7 +464,7 @@ fn build(
     exit: &Arc<ExitNotifier>,
     dm: &mut DeviceManager,
 ) -> Result<Parts, StartError> {
-    let ((serial, i8042), drives, nets) = attach_devices(vm, mem, cfg, events, exit, dm)?;
+    let ((serial, i8042), drives, nets, balloon) = attach_devices(vm, mem, cfg, events, exit, dm)?;
     if let Boot::Restore(state) = boot {
         dm.restore(&state.devices)
             .map_err(|e| StartError::Restore(e.to_string()))?;
@@ -438,6 +487,7 @@ fn build(
         i8042,
         drives,
         nets,
+        balloon,
         vcpus,
     })
 }
@@ -495,6 +545,7 @@ fn start(
         devices: dm,
         drives: parts.drives,
         nets: parts.nets,
+        balloon: parts.balloon,
         vm,
         mem,
     })

@@ -176,6 +176,29 @@ pub struct FsMetrics {
     pub backend_errors: Counter,
 }
 
+/// virtio-balloon.
+#[derive(Debug, Default, Serialize)]
+pub struct BalloonMetrics {
+    /// Times the driver started the device (DRIVER_OK).
+    pub activations: Counter,
+    /// Pages given back to the host (inflate queue).
+    pub inflated_pages: Counter,
+    /// Pages the guest took back (deflate queue).
+    pub deflated_pages: Counter,
+    /// Free pages the guest reported (free page reporting), dropped.
+    pub reported_pages: Counter,
+    /// Page frame numbers outside guest memory, skipped.
+    pub bad_pfns: Counter,
+    /// Malformed buffers: device-writable, not a whole number of PFNs,
+    /// outside guest memory, an empty or extra statistics buffer;
+    /// broken queues.
+    pub malformed: Counter,
+    /// Statistics buffers the guest filled.
+    pub stats_updates: Counter,
+    /// Targets changed by PATCH /balloon after start.
+    pub target_updates: Counter,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct VmmMetrics {
     pub instance_starts: Counter,
@@ -199,6 +222,7 @@ pub struct Metrics {
     pub net: NetMetrics,
     pub vsock: VsockMetrics,
     pub fs: FsMetrics,
+    pub balloon: BalloonMetrics,
     pub vmm: VmmMetrics,
 }
 
@@ -286,6 +310,16 @@ pub static METRICS: Metrics = Metrics {
         interrupts,
         backend_disconnects,
         backend_errors
+    }),
+    balloon: zeroed!(BalloonMetrics {
+        activations,
+        inflated_pages,
+        deflated_pages,
+        reported_pages,
+        bad_pfns,
+        malformed,
+        stats_updates,
+        target_updates
     }),
     vmm: zeroed!(VmmMetrics {
         instance_starts,

@@ -49,6 +49,11 @@ pub enum VmmAction {
     PatchNetworkInterface(String, crate::vmm::config::NetworkInterfaceUpdate),
     /// The tag from the path, and the body.
     PutFs(String, crate::vmm::config::FsConfig),
+    PutBalloon(crate::vmm::config::BalloonConfig),
+    GetBalloon,
+    PatchBalloon(crate::vmm::config::BalloonUpdate),
+    GetBalloonStats,
+    PatchBalloonStats(crate::vmm::config::BalloonStatsUpdate),
     InstanceStart,
     SendCtrlAltDel,
     FlushMetrics,
@@ -99,6 +104,8 @@ pub enum VmmActionError {
     DriveUpdate { id: String, err: String },
     #[error("cannot update network interface {id}: {err}")]
     NetUpdate { id: String, err: String },
+    #[error("cannot update the balloon: {0}")]
+    BalloonUpdate(String),
     #[error(transparent)]
     Snapshot(#[from] crate::vmm::snapshot::actions::SnapshotError),
 }

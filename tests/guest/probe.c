@@ -578,6 +578,12 @@ static const struct {
 	{"net", check_net},
 	{"fs", check_fs},
 	{"fs-again", check_fs_again},
+	{"balloon", check_balloon},
+	{"balloon-inflate", check_balloon_inflate},
+	{"balloon-deflate", check_balloon_deflate},
+	{"balloon-stats", check_balloon_stats},
+	{"balloon-hostile", check_balloon_hostile},
+	{"balloon-report", check_balloon_report},
 };
 
 static void run_check(const struct check *c)

@@ -103,5 +103,11 @@ void check_vsock_reset(const struct check *c); /* vsock.c */
 void check_net(const struct check *c); /* net.c */
 void check_fs(const struct check *c); /* fs.c */
 void check_fs_again(const struct check *c); /* fs.c */
+void check_balloon(const struct check *c); /* balloon.c */
+void check_balloon_inflate(const struct check *c); /* balloon.c */
+void check_balloon_deflate(const struct check *c); /* balloon.c */
+void check_balloon_stats(const struct check *c); /* balloon.c */
+void check_balloon_hostile(const struct check *c); /* balloon.c */
+void check_balloon_report(const struct check *c); /* balloon.c */
 
 #endif

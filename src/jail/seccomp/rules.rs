@@ -282,6 +282,13 @@ fn vmm(l: &mut List) {
         .any("poll", SYS_poll, "is a frame waiting on the TAP")
         .any("getrandom", SYS_getrandom, "virtio-rng")
         .one_of(
+            "madvise",
+            SYS_madvise,
+            2,
+            &[MADV_REMOVE as u64],
+            "virtio-balloon: inflated pages of shared (memfd) guest memory",
+        )
+        .one_of(
             "timerfd_settime",
             SYS_timerfd_settime,
             1,

@@ -127,7 +127,15 @@ pub fn router(api: ApiSender) -> Router {
             "/network-interfaces/{iface_id}",
             put(put_network_interface).patch(patch_network_interface),
         )
-        .route("/fs/{tag}", put(put_fs));
+        .route("/fs/{tag}", put(put_fs))
+        .route(
+            "/balloon",
+            put(put_balloon).get(get_balloon).patch(patch_balloon),
+        )
+        .route(
+            "/balloon/statistics",
+            get(get_balloon_stats).patch(patch_balloon_stats),
+        );
     #[cfg(feature = "test-hooks")]
     let routes = routes.route("/test/forbidden-call", put(put_forbidden_call));
     routes
@@ -310,6 +318,26 @@ async fn put_fs(
     body: Body,
 ) -> Response {
     call_with(&api, &body, |f| VmmAction::PutFs(tag, f)).await
+}
+
+async fn put_balloon(State(api): State<ApiSender>, body: Body) -> Response {
+    call_with(&api, &body, VmmAction::PutBalloon).await
+}
+
+async fn get_balloon(State(api): State<ApiSender>) -> Response {
+    call(&api, VmmAction::GetBalloon).await
+}
+
+async fn patch_balloon(State(api): State<ApiSender>, body: Body) -> Response {
+    call_with(&api, &body, VmmAction::PatchBalloon).await
+}
+
+async fn get_balloon_stats(State(api): State<ApiSender>) -> Response {
+    call(&api, VmmAction::GetBalloonStats).await
+}
+
+async fn patch_balloon_stats(State(api): State<ApiSender>, body: Body) -> Response {
+    call_with(&api, &body, VmmAction::PatchBalloonStats).await
 }
 
 async fn put_entropy(State(api): State<ApiSender>, body: Body) -> Response {
@@ -530,6 +558,81 @@ mod tests {
             seen[0].contains("num_queues: 1, queue_size: 1024"),
             "{seen:?}"
         );
+    }
+
+    #[test]
+    fn balloon_requests_become_actions() {
+        let (results, seen) = with_router(
+            |a| match a {
+                VmmAction::GetBalloonStats => Ok(VmmData::Json(
+                    serde_json::json!({"target_pages": 256, "actual_pages": 0,
+                                       "target_mib": 1, "actual_mib": 0}),
+                )),
+                VmmAction::PatchBalloonStats(_) => Err(VmmActionError::Config(
+                    crate::vmm::config::ConfigError::BalloonStatsChange,
+                )),
+                _ => Ok(VmmData::Empty),
+            },
+            |r| {
+                vec![
+                    send(
+                        &r,
+                        "PUT",
+                        "/balloon",
+                        r#"{"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#,
+                    ),
+                    send(&r, "GET", "/balloon", ""),
+                    send(&r, "PATCH", "/balloon", r#"{"amount_mib": 32}"#),
+                    send(&r, "GET", "/balloon/statistics", ""),
+                    send(
+                        &r,
+                        "PATCH",
+                        "/balloon/statistics",
+                        r#"{"stats_polling_interval_s": 0}"#,
+                    ),
+                    // Never reach the VMM: a missing field, an unknown
+                    // one, a negative target, a PUT of statistics.
+                    send(&r, "PUT", "/balloon", r#"{"amount_mib": 16}"#),
+                    send(
+                        &r,
+                        "PATCH",
+                        "/balloon",
+                        r#"{"amount_mib": 1, "deflate_on_oom": true}"#,
+                    ),
+                    send(&r, "PATCH", "/balloon", r#"{"amount_mib": -1}"#),
+                    send(
+                        &r,
+                        "PUT",
+                        "/balloon/statistics",
+                        r#"{"stats_polling_interval_s": 1}"#,
+                    ),
+                ]
+            },
+        );
+        let codes: Vec<_> = results.iter().map(|r| r.0).collect();
+        assert_eq!(
+            codes,
+            vec![204, 204, 204, 200, 400, 400, 400, 400, 400],
+            "{results:?}"
+        );
+        assert_eq!(results[3].1["target_mib"], 1);
+        assert!(results[4].1["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be enabled or disabled after the microVM started"));
+        assert!(results[5].1["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `deflate_on_oom`"));
+        assert_eq!(seen.len(), 5, "{seen:?}");
+        assert!(
+            seen[0].starts_with("PutBalloon(BalloonConfig { amount_mib: 16, deflate_on_oom: true, stats_polling_interval_s: 1"),
+            "{seen:?}"
+        );
+        assert_eq!(seen[1], "GetBalloon");
+        assert_eq!(seen[2], "PatchBalloon(BalloonUpdate { amount_mib: 32 })");
+        assert_eq!(seen[3], "GetBalloonStats");
+        assert!(seen[4].starts_with("PatchBalloonStats"), "{seen:?}");
     }
 
     #[test]

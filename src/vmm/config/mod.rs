@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vmm::arch::x86_64::layout::MAX_VCPUS;
 
+mod balloon;
 mod boot;
 mod drive;
 mod entropy;
@@ -18,6 +19,9 @@ mod output;
 mod snapshot;
 mod vsock;
 
+pub use balloon::{
+    check_amount, check_stats_change, BalloonConfig, BalloonStatsUpdate, BalloonUpdate,
+};
 pub use boot::{BootSourceConfig, DEFAULT_BOOT_ARGS};
 pub use drive::{insert_drive, CacheType, DriveConfig, DriveUpdate};
 pub use entropy::EntropyConfig;
@@ -87,6 +91,14 @@ pub enum ConfigError {
     FsTag(String),
     #[error("the tag in the body ({body}) differs from the one in the path ({path})")]
     FsTagMismatch { body: String, path: String },
+    #[error("invalid balloon: {0}")]
+    Balloon(String),
+    #[error("no balloon device is configured: PUT /balloon first")]
+    NoBalloon,
+    #[error("balloon statistics are not enabled: the balloon was configured with stats_polling_interval_s 0")]
+    BalloonStatsDisabled,
+    #[error("balloon statistics cannot be enabled or disabled after the microVM started (stats_polling_interval_s can only change between non-zero values)")]
+    BalloonStatsChange,
 }
 
 /// A whole VM: the `--config-file` format and `GET /vm/config`.
@@ -122,6 +134,8 @@ pub struct VmConfig {
     /// virtio-fs devices on vhost-user backends (a husk extension).
     #[serde(rename = "fs-devices", default, skip_serializing_if = "Vec::is_empty")]
     pub fs_devices: Vec<FsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonConfig>,
 }
 
 /// Ids (instance, drive, interface) end up in paths, logs and what the
@@ -286,8 +300,13 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.machine_config.vcpu_count, 2);
         assert_eq!(cfg.boot_source.unwrap().boot_args(), "console=ttyS0");
-        let err = serde_json::from_str::<VmConfig>(r#"{"balloon": {}}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field `balloon`"), "{err}");
+        let err = serde_json::from_str::<VmConfig>(r#"{"mmds": {}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `mmds`"), "{err}");
+        let cfg: VmConfig = serde_json::from_str(
+            r#"{"balloon": {"amount_mib": 8, "deflate_on_oom": true, "stats_polling_interval_s": 1}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.balloon.unwrap().amount_mib, 8);
         let err = serde_json::from_str::<MachineConfig>(r#"{"vcpu_count": 1}"#).unwrap_err();
         assert!(err.to_string().contains("mem_size_mib"), "{err}");
     }

@@ -180,6 +180,8 @@ impl Vmm {
             Some("entropy")
         } else if !c.fs_devices.is_empty() {
             Some("an fs device")
+        } else if c.balloon.is_some() {
+            Some("a balloon")
         } else if c.serial.is_some() {
             Some("serial")
         } else if c.machine_config != Default::default() {

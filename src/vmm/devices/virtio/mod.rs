@@ -7,6 +7,7 @@
 //! device its queues, guest memory and interrupt ([`ActiveQueues`]).
 //! Snapshots of the transport and of each device are in [`persist`].
 
+pub mod balloon;
 pub mod block;
 pub mod fs;
 pub mod mmio;
@@ -36,6 +37,7 @@ pub const VIRTIO_F_RING_EVENT_IDX: u64 = 1 << 29;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
+pub const TYPE_BALLOON: u32 = 5;
 pub const TYPE_VSOCK: u32 = 19;
 pub const TYPE_FS: u32 = 26;
 

@@ -19,6 +19,7 @@
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
 
+use super::balloon::BalloonState;
 use super::block::BlockState;
 use super::fs::FsState;
 use super::mmio::{status, MmioTransport};
@@ -120,6 +121,7 @@ pub enum DeviceState {
     /// Never in a snapshot: a VM with a virtio-fs device cannot be
     /// snapshotted (see `fs/persist.rs`).
     Fs(FsState),
+    Balloon(BalloonState),
 }
 
 impl DeviceState {
@@ -130,6 +132,7 @@ impl DeviceState {
             DeviceState::Rng(_) => "virtio-rng",
             DeviceState::Vsock(_) => "virtio-vsock",
             DeviceState::Fs(_) => "virtio-fs",
+            DeviceState::Balloon(_) => "virtio-balloon",
         }
     }
 
