@@ -137,11 +137,35 @@ pub fn write_cpio<W: Write>(agent: &[u8], mut out: W) -> io::Result<W> {
 /// processes that race both end up with the same complete file. A hit
 /// returns the path without touching the file.
 pub fn cached_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf, InitramfsError> {
+    let dir = cache_dir.join(CACHE_SUBDIR);
+    let cached = |hex: &str| {
+        let path = dir.join(format!("{hex}.cpio.gz"));
+        fs::metadata(&path)
+            .is_ok_and(|m| m.is_file())
+            .then_some(path)
+    };
+    // The same agent file as last time (same inode, size and mtime): its
+    // digest is known, and a hit costs a stat, not a read and a hash of
+    // megabytes on every container start.
+    let key = AgentKey::of(agent);
+    if let Some(path) = key
+        .as_ref()
+        .and_then(|k| k.digest())
+        .and_then(|h| cached(&h))
+    {
+        return Ok(path);
+    }
+    // One build at a time in this process: starts that come together wait
+    // for the first one's archive instead of each building their own.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let bytes = read_agent(agent)?;
     let hex = format!("{:x}", Sha256::digest(&bytes));
-    let dir = cache_dir.join(CACHE_SUBDIR);
+    if let Some(k) = key {
+        k.remember(&hex);
+    }
     let path = dir.join(format!("{hex}.cpio.gz"));
-    if fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+    if let Some(path) = cached(&hex) {
         return Ok(path);
     }
     fs::create_dir_all(&dir).map_err(|source| InitramfsError::CacheDir {
@@ -192,6 +216,52 @@ pub fn export(agent: &Path, cache_dir: &Path, output: &Path) -> Result<PathBuf, 
         })?;
     }
     Ok(cached)
+}
+
+/// What identifies an agent binary's contents without reading it: a
+/// rebuilt agent is a new file or has a new modification time.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct AgentKey {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+/// Digests of the agent binaries seen, by [`AgentKey`].
+static DIGESTS: std::sync::Mutex<Vec<(AgentKey, String)>> = std::sync::Mutex::new(Vec::new());
+
+impl AgentKey {
+    fn of(agent: &Path) -> Option<AgentKey> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(agent).ok()?;
+        Some(AgentKey {
+            path: agent.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
+
+    fn digest(&self) -> Option<String> {
+        let known = DIGESTS.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .iter()
+            .find(|(k, _)| k == self)
+            .map(|(_, h)| h.clone())
+    }
+
+    fn remember(self, hex: &str) {
+        let mut known = DIGESTS.lock().unwrap_or_else(|e| e.into_inner());
+        known.retain(|(k, _)| k.path != self.path);
+        // A daemon uses one agent; tests and tools a few.
+        if known.len() >= 16 {
+            known.remove(0);
+        }
+        known.push((self, hex.to_string()));
+    }
 }
 
 fn read_agent(agent: &Path) -> Result<Vec<u8>, InitramfsError> {
@@ -389,6 +459,22 @@ mod tests {
         assert_eq!(
             read_back(&fs::read(&third).unwrap())[5].data,
             b"another agent"
+        );
+        // Rewritten in place with the same length: the new modification
+        // time tells it apart from the digest remembered for the path.
+        fs::write(&agent, b"a third agent").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        fs::File::options()
+            .write(true)
+            .open(&agent)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let fourth = cached_initramfs(&agent, &cache).unwrap();
+        assert_ne!(fourth, third);
+        assert_eq!(
+            read_back(&fs::read(&fourth).unwrap())[5].data,
+            b"a third agent"
         );
     }
 
