@@ -193,7 +193,7 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
     // the jail, and connected to as the VM starts. A jailed VMM connects
     // as the VM's uid.
     let owner = record.as_ref().map(|r| r.uid);
-    let launched = super::virtiofs::start(&spec.shares, dir, owner).and_then(|shares| {
+    let mut launched = super::virtiofs::start(&spec.shares, dir, owner).and_then(|shares| {
         match launch_vmm(spec, &bin, &cfg_path, id, jailed) {
             Ok(mut handle) => {
                 handle.procs.extend(shares.iter().map(|s| s.proc));
@@ -205,6 +205,10 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
             }
         }
     });
+    if let Err(BackendError::Exited { log, .. } | BackendError::Timeout { log, .. }) = &mut launched
+    {
+        super::virtiofs::explain(log, &spec.shares, dir);
+    }
     if launched.is_err() {
         // Nothing of the VM runs: its jail and uid go back.
         if let Some(r) = &record {

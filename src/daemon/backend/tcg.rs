@@ -365,7 +365,10 @@ pub(super) fn launch(spec: &VmSpec) -> Result<VmHandle, BackendError> {
             handle.procs.extend(shares.iter().map(|s| s.proc));
             Ok(handle)
         }
-        Err(e) => {
+        Err(mut e) => {
+            if let BackendError::Exited { log, .. } | BackendError::Timeout { log, .. } = &mut e {
+                super::virtiofs::explain(log, &spec.shares, &spec.dir);
+            }
             // Nothing of the VM runs: its uid and shares go back.
             super::virtiofs::stop(&shares);
             if let Some(j) = &jail {

@@ -90,6 +90,18 @@ pub fn start(
     Ok(started)
 }
 
+/// Adds what each share's virtiofsd logged to `log` (a VMM's log that
+/// explains a failed start): a virtiofsd that died is why a VMM could
+/// not connect to it.
+pub fn explain(log: &mut String, shares: &[VmShare], dir: &Path) {
+    for s in shares {
+        let tail = super::log_tail(&dir.join(format!("virtiofsd-{}.log", s.tag)));
+        if !tail.is_empty() {
+            log.push_str(&format!("\nvirtiofsd ({}): {tail}", s.tag));
+        }
+    }
+}
+
 /// Kills the shares and removes their sockets.
 pub fn stop(shares: &[Share]) {
     for s in shares {
@@ -180,6 +192,25 @@ fn spawn_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_start_tells_what_virtiofsd_said() {
+        let dir = std::env::temp_dir().join(format!("husk-vfs-explain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let share = |tag: &str| VmShare {
+            tag: tag.into(),
+            dir: "/srv".into(),
+            read_only: false,
+        };
+        std::fs::write(dir.join("virtiofsd-fs0.log"), "Error: shared dir gone\n").unwrap();
+        let mut log = "cannot connect".to_string();
+        explain(&mut log, &[share("fs0"), share("fs1")], &dir);
+        assert_eq!(
+            log,
+            "cannot connect\nvirtiofsd (fs0): Error: shared dir gone"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn read_only_shares_are_read_only_in_virtiofsd() {
