@@ -366,6 +366,9 @@ fn kvm_bind_mounts_reach_the_guest_through_virtiofsd_jailed_or_not() {
     // read the host's file and create one.
     let rw = shared_dir(&dir.0, "rw");
     let mut spec = probe_files(&dir.0);
+    // Its own instance id (and so cgroup), apart from the other jailed
+    // test's `c1` running beside it.
+    spec.dir = dir.0.join("fs1");
     spec.boot_args = "probe=fs,wait-cad".into();
     spec.shares = vec![backend::VmShare {
         tag: "fs0".into(),
@@ -408,7 +411,7 @@ fn kvm_bind_mounts_reach_the_guest_through_virtiofsd_jailed_or_not() {
     let ro = shared_dir(&dir.0, "ro");
     std::fs::create_dir_all(dir.0.join("two")).unwrap();
     let mut spec = probe_files(&dir.0.join("two"));
-    spec.dir = dir.0.join("c2");
+    spec.dir = dir.0.join("fs2");
     spec.boot_args = "probe=fs,wait-cad".into();
     spec.shares = vec![backend::VmShare {
         tag: "fs0".into(),
