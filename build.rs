@@ -51,6 +51,7 @@ const SOURCES: &[&str] = &[
     "net.c",
     "fs.c",
     "balloon.c",
+    "cpu.c",
 ];
 
 /// Files the sources include or the link uses.

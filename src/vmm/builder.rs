@@ -16,8 +16,11 @@ use crate::vmm::kvm::memory::GuestMem;
 
 use crate::jail::seccomp::{Policy, SeccompError, ThreadKind};
 use crate::vmm::arch::x86_64::boot::{self, BootError, BootInfo, KernelEntry};
+use crate::vmm::arch::x86_64::cpu_template::{self, TemplateError};
 use crate::vmm::arch::x86_64::cpuid::Topology;
-use crate::vmm::config::{open_regular, CacheType, OpenRegularError, SerialConfig, VmConfig};
+use crate::vmm::config::{
+    open_regular, CacheType, CpuConfig, OpenRegularError, SerialConfig, VmConfig,
+};
 use crate::vmm::device_manager::{DeviceManager, DeviceManagerError};
 use crate::vmm::devices::legacy::{self, Console, I8042Device, SerialDevice};
 use crate::vmm::devices::virtio::block::{Block, BlockOptions};
@@ -25,7 +28,7 @@ use crate::vmm::devices::virtio::mmio::MmioTransport;
 use crate::vmm::devices::virtio::rng::Rng;
 use crate::vmm::exit::ExitNotifier;
 use crate::vmm::kvm::memory::{create_guest_memory, create_shared_guest_memory, MemoryError};
-use crate::vmm::kvm::persist::{check_cpu, restore_vm, KvmStateError};
+use crate::vmm::kvm::persist::{check_cpu, native_cpuid, restore_vm, KvmStateError};
 use crate::vmm::kvm::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vmm::kvm::{Vm, VmError};
 use crate::vmm::sink::OutputFile;
@@ -66,6 +69,8 @@ pub enum StartError {
     Restore(String),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    CpuTemplate(#[from] TemplateError),
 }
 
 /// A virtio-blk device as it runs, for PATCH /drives.
@@ -374,6 +379,7 @@ fn load_and_configure(
     cfg: &VmConfig,
     dm: &DeviceManager,
     vcpus: &[Vcpu],
+    template: Option<&CpuConfig>,
 ) -> Result<KernelEntry, StartError> {
     let boot_source = cfg.boot_source.as_ref().ok_or(StartError::NoKernel)?;
     let machine = &cfg.machine_config;
@@ -402,7 +408,7 @@ fn load_and_configure(
     )?;
     let topo = Topology::new(machine.vcpu_count, machine.smt);
     for vcpu in vcpus {
-        vcpu.configure(vm, mem, &entry, topo)?;
+        vcpu.configure(vm, mem, &entry, topo, template)?;
     }
     tracing::debug!("vCPUs configured");
     Ok(entry)
@@ -445,9 +451,10 @@ type Attached = (
     Option<AttachedBalloon>,
 );
 
-/// What phase 4 does: load a kernel, or apply a snapshot's state.
+/// What phase 4 does: load a kernel (and give the vCPUs a CPU
+/// template), or apply a snapshot's state.
 enum Boot<'a> {
-    Cold,
+    Cold(Option<&'a CpuConfig>),
     Restore(&'a MicrovmState),
 }
 
@@ -471,8 +478,8 @@ fn build(
     }
     let vcpus = create_vcpus(vm, dm, cfg.machine_config.vcpu_count, exit)?;
     match boot {
-        Boot::Cold => {
-            load_and_configure(vm, mem, cfg, dm, &vcpus)?;
+        Boot::Cold(template) => {
+            load_and_configure(vm, mem, cfg, dm, &vcpus, template)?;
         }
         Boot::Restore(state) => {
             restore_vm(vm, &state.vm)?;
@@ -570,6 +577,14 @@ pub fn build_and_start(
     how: &Launch,
 ) -> Result<RunningVm, StartError> {
     let machine = &cfg.machine_config;
+    // The CPU template first: a host it does not fit is refused before
+    // anything is built.
+    let template = cpu_template::resolve(cfg, native_cpuid)?;
+    if let Some(t) = &template {
+        cpu_template::check_capabilities(t, |n| {
+            vm.fd().check_extension_raw(libc::c_ulong::from(n)) > 0
+        })?;
+    }
     // Phase 1. A vhost-user backend maps guest memory too: it must be a
     // shared memfd then.
     let mem = if cfg.fs_devices.is_empty() {
@@ -581,7 +596,15 @@ pub fn build_and_start(
     tracing::debug!("KVM VM set up");
     // Phases 2 to 4.
     let mut dm = DeviceManager::new();
-    let built = build(&vm, &mem, cfg, Boot::Cold, events, &how.exit, &mut dm);
+    let built = build(
+        &vm,
+        &mem,
+        cfg,
+        Boot::Cold(template.as_ref()),
+        events,
+        &how.exit,
+        &mut dm,
+    );
     start(built, dm, events, (vm, mem), how)
 }
 

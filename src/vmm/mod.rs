@@ -179,6 +179,11 @@ impl Vmm {
             self.set_serial(s)?;
         }
         self.set_machine_config(cfg.machine_config)?;
+        // After the machine config: a custom template wins over a static
+        // one, as it does in Firecracker's config files.
+        if let Some(c) = cfg.cpu_config {
+            self.set_cpu_config(c)?;
+        }
         if let Some(b) = cfg.boot_source {
             self.set_boot_source(b)?;
         }
@@ -214,10 +219,24 @@ impl Vmm {
         Ok(())
     }
 
+    /// A `cpu_template` named here (even "None") replaces a custom CPU
+    /// template: the last one configured is the one applied.
     fn set_machine_config(&mut self, m: MachineConfig) -> Result<(), VmmActionError> {
         self.require_not_started()?;
         m.validate()?;
+        if m.cpu_template.is_some() {
+            self.config.cpu_config = None;
+        }
         self.config.machine_config = m;
+        Ok(())
+    }
+
+    /// A custom CPU template replaces the static one, if any.
+    fn set_cpu_config(&mut self, c: config::CpuConfig) -> Result<(), VmmActionError> {
+        self.require_not_started()?;
+        c.validate()?;
+        self.config.machine_config.cpu_template = None;
+        self.config.cpu_config = Some(c);
         Ok(())
     }
 
@@ -574,6 +593,7 @@ impl Vmm {
                 let patched = self.config.machine_config.patched(u);
                 done(self.set_machine_config(patched))
             }
+            VmmAction::PutCpuConfig(c) => done(self.set_cpu_config(c)),
             VmmAction::PutLogger(l) => done(self.set_logger(l)),
             VmmAction::PutMetrics(m) => done(self.set_metrics(m)),
             VmmAction::PutSerial(s) => done(self.set_serial(s)),

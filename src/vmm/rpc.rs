@@ -36,6 +36,7 @@ pub enum VmmAction {
     PutBootSource(BootSourceConfig),
     PutMachineConfig(MachineConfig),
     PatchMachineConfig(MachineConfigUpdate),
+    PutCpuConfig(crate::vmm::config::CpuConfig),
     PutLogger(LoggerConfig),
     PutMetrics(MetricsConfig),
     PutSerial(SerialConfig),

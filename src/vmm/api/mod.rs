@@ -112,6 +112,7 @@ pub fn router(api: ApiSender) -> Router {
                 .put(put_machine_config)
                 .patch(patch_machine_config),
         )
+        .route("/cpu-config", put(put_cpu_config))
         .route("/actions", put(put_actions))
         .route("/vm/config", get(get_vm_config))
         .route("/vm", axum::routing::patch(patch_vm))
@@ -266,6 +267,10 @@ async fn patch_machine_config(State(api): State<ApiSender>, body: Body) -> Respo
         }
         _ => call_with(&api, &body, VmmAction::PatchMachineConfig).await,
     }
+}
+
+async fn put_cpu_config(State(api): State<ApiSender>, body: Body) -> Response {
+    call_with(&api, &body, VmmAction::PutCpuConfig).await
 }
 
 async fn put_logger(State(api): State<ApiSender>, body: Body) -> Response {

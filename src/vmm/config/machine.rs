@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::{ConfigError, StaticTemplate};
 use crate::vmm::arch::x86_64::layout::MAX_VCPUS;
 
 /// The smallest guest husk boots.
@@ -98,15 +98,19 @@ impl MachineConfig {
         if self.mem_size_mib > host {
             return Err(ConfigError::MemoryTooLarge(self.mem_size_mib, host));
         }
-        match self.cpu_template.as_deref() {
-            None | Some("None") => {}
-            Some(t) => return Err(ConfigError::CpuTemplate(t.into())),
-        }
+        self.static_template()?;
         match self.huge_pages.as_deref() {
             None | Some("None") => {}
             Some(t) => return Err(ConfigError::HugePages(t.into())),
         }
         Ok(())
+    }
+
+    /// The static CPU template named, if any ("None" names none).
+    pub fn static_template(&self) -> Result<Option<StaticTemplate>, ConfigError> {
+        self.cpu_template
+            .as_deref()
+            .map_or(Ok(None), StaticTemplate::parse)
     }
 
     /// This config with `update` applied (not yet validated).
@@ -153,6 +157,11 @@ mod tests {
         assert_eq!(m.validate(), Err(ConfigError::SmtVcpuCount(3)));
         m.vcpu_count = 4;
         assert!(m.validate().is_ok());
+        m.cpu_template = Some("T2A".into());
+        assert!(m.validate().is_ok());
+        m.cpu_template = Some("T3".into());
+        assert!(matches!(m.validate(), Err(ConfigError::CpuTemplate(_))));
+        m.cpu_template = None;
         m.huge_pages = Some("2M".into());
         assert!(matches!(m.validate(), Err(ConfigError::HugePages(_))));
     }

@@ -10,6 +10,7 @@ use crate::vmm::arch::x86_64::layout::MAX_VCPUS;
 
 mod balloon;
 mod boot;
+mod cpu_config;
 mod drive;
 mod entropy;
 mod fs;
@@ -23,6 +24,10 @@ pub use balloon::{
     check_amount, check_stats_change, BalloonConfig, BalloonStatsUpdate, BalloonUpdate,
 };
 pub use boot::{BootSourceConfig, DEFAULT_BOOT_ARGS};
+pub use cpu_config::{
+    parse_capability, Bitmap, CpuConfig, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier,
+    MsrModifier, StaticTemplate, CPU_TEMPLATE_NAMES,
+};
 pub use drive::{insert_drive, CacheType, DriveConfig, DriveUpdate};
 pub use entropy::EntropyConfig;
 pub use fs::{insert_fs, FsConfig, MAX_FS_QUEUES, MAX_FS_QUEUE_SIZE, MAX_TAG_LEN};
@@ -48,8 +53,10 @@ pub enum ConfigError {
     MemoryTooSmall(u64),
     #[error("mem_size_mib {0} is more than this host's {1} MiB of memory")]
     MemoryTooLarge(u64, u64),
-    #[error("cpu_template {0:?} is not supported; use \"None\"")]
+    #[error("cpu_template {0:?} is not one of {CPU_TEMPLATE_NAMES}")]
     CpuTemplate(String),
+    #[error("invalid cpu-config: {0}")]
+    CpuConfig(String),
     #[error("huge_pages {0:?} is not supported; use \"None\"")]
     HugePages(String),
     #[error("cannot open {what} {path}: {err}")]
@@ -113,6 +120,13 @@ pub struct VmConfig {
     pub boot_source: Option<BootSourceConfig>,
     #[serde(rename = "machine-config", default)]
     pub machine_config: MachineConfig,
+    /// A custom CPU template (`PUT /cpu-config`).
+    #[serde(
+        rename = "cpu-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_config: Option<CpuConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<LoggerConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,6 +256,7 @@ impl VmConfig {
             .ok_or_else(|| ConfigFileError::NoBootSource(name.clone()))?;
         boot.validate()
             .and_then(|_| cfg.machine_config.validate())
+            .and_then(|_| cfg.cpu_config.as_ref().map_or(Ok(()), CpuConfig::validate))
             .and_then(|_| match &cfg.logger {
                 Some(l) => l.level_directive().map(|_| ()),
                 None => Ok(()),

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use crate::vmm::kvm::memory::GuestMem;
 use kvm_bindings::{
-    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_msr_entry, kvm_run, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable};
@@ -23,8 +24,10 @@ use super::persist::{self, KvmStateError, VcpuState};
 use super::vm::Vm;
 use crate::jail::seccomp::{Policy, ThreadKind};
 use crate::vmm::arch::x86_64::boot::KernelEntry;
+use crate::vmm::arch::x86_64::cpu_template::{self, TemplateError};
 use crate::vmm::arch::x86_64::cpuid::{self, Topology};
 use crate::vmm::arch::x86_64::regs::{self, RegsError};
+use crate::vmm::config::CpuConfig;
 use crate::vmm::devices::Bus;
 use crate::vmm::exit::{ExitNotifier, ExitReason};
 use crate::vmm::metrics::METRICS;
@@ -55,6 +58,10 @@ pub enum VcpuError {
     Seccomp(u8, String),
     #[error(transparent)]
     State(#[from] KvmStateError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("vCPU {index}: KVM refused the starting value of MSR {msr:#x}")]
+    MsrRefused { index: u8, msr: u32 },
 }
 
 /// What the vCPU loop does after an exit.
@@ -191,16 +198,32 @@ impl Vcpu {
         mem: &GuestMem,
         entry: &KernelEntry,
         topo: Topology,
+        template: Option<&CpuConfig>,
     ) -> Result<(), VcpuError> {
         let index = self.index;
         let err = |what: &'static str| move |err| VcpuError::Configure { index, what, err };
 
+        // The template first; husk's normalization (APIC IDs, topology)
+        // then wins where both touch a bit.
         let mut cpuid = vm.supported_cpuid().clone();
+        if let Some(t) = template {
+            cpuid::ensure_topology_levels(&mut cpuid);
+            cpu_template::apply_cpuid(&mut cpuid, t)?;
+        }
         cpuid::normalize(&mut cpuid, index, topo);
         self.fd.set_cpuid2(&cpuid).map_err(err("CPUID"))?;
 
-        let msrs = regs::boot_msrs()?;
-        self.fd.set_msrs(&msrs).map_err(err("MSRs"))?;
+        let mut msrs = regs::boot_msrs()?;
+        if let Some(t) = template {
+            let mut entries = msrs.as_slice().to_vec();
+            cpu_template::apply_msrs(&mut entries, t, |addr| self.read_msr(addr))?;
+            msrs = Msrs::from_entries(&entries).map_err(RegsError::Msrs)?;
+        }
+        let set = self.fd.set_msrs(&msrs).map_err(err("MSRs"))?;
+        if set != msrs.as_slice().len() {
+            let msr = msrs.as_slice().get(set).map_or(0, |m| m.index);
+            return Err(VcpuError::MsrRefused { index, msr });
+        }
 
         self.fd
             .set_regs(&regs::boot_regs(entry.addr, entry.protocol))
@@ -214,6 +237,19 @@ impl Vcpu {
         regs::configure_lint(&mut lapic);
         self.fd.set_lapic(&lapic).map_err(err("LAPIC"))?;
         Ok(())
+    }
+
+    /// One MSR's current value, or None when KVM does not offer it.
+    fn read_msr(&self, addr: u32) -> Option<u64> {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: addr,
+            ..Default::default()
+        }])
+        .ok()?;
+        match self.fd.get_msrs(&mut msrs) {
+            Ok(1) => Some(msrs.as_slice()[0].data),
+            _ => None,
+        }
     }
 
     /// Restores the state a snapshot saved, before the thread starts.

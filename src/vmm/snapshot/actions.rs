@@ -186,6 +186,8 @@ impl Vmm {
             Some("serial")
         } else if c.machine_config != Default::default() {
             Some("machine-config")
+        } else if c.cpu_config.is_some() {
+            Some("cpu-config")
         } else {
             None
         };

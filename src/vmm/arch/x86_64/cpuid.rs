@@ -63,7 +63,7 @@ fn bits_for(n: u32) -> u32 {
 /// Makes sure the extended topology leaves the guest can reach have the
 /// SMT (0) and core (1) levels and a terminating level (2): hosts report
 /// only what they have, and the guest must see our topology.
-fn ensure_topology_levels(cpuid: &mut CpuId) {
+pub fn ensure_topology_levels(cpuid: &mut CpuId) {
     let max_basic = cpuid
         .as_slice()
         .iter()
