@@ -321,3 +321,41 @@ fn cpuid_shows_the_configured_topology() {
         assert_eq!(vmm.wait().code(), Some(0));
     }
 }
+
+#[test]
+fn the_serial_rate_limiter_drops_what_is_over_its_budget() {
+    if !kvm_available() {
+        return;
+    }
+    let vmm = Vmm::with_api();
+    let out = vmm.dir.path("serial.log");
+    let metrics = vmm.dir.path("metrics.json");
+    // A bucket that never refills within the run: 20 bytes in all.
+    let limited = json!({
+        "serial_out_path": out,
+        "rate_limiter": {"size": 20, "refill_time": 1_000_000},
+    });
+    let msg = Vmm::fault(&vmm.put(
+        "/serial",
+        json!({"serial_out_path": out, "rate_limiter": {"size": 20, "refill_time": 0}}),
+    ));
+    assert!(msg.contains("refill_time"), "{msg}");
+    vmm.put_ok("/serial", limited.clone());
+    assert_eq!(vmm.get("/vm/config").json()["serial"], limited);
+    vmm.put_ok("/metrics", json!({ "metrics_path": metrics }));
+    vmm.configure("probe=count:2", 1, 128);
+    vmm.start();
+    let mut vmm = vmm;
+    assert_eq!(vmm.wait().code(), Some(0));
+    // The console, cut at the budget; the rest was dropped and counted.
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text, "PROBE BOOT\nCOUNT 1\nC");
+    let full = "PROBE BOOT\nCOUNT 1\nCOUNT 2\nPROBE count:2 OK\nPROBE DONE\n";
+    let last = std::fs::read_to_string(&metrics).unwrap();
+    let m: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        m["serial"]["rate_limiter_dropped_bytes"],
+        (full.len() - text.len()) as u64,
+        "{m}"
+    );
+}

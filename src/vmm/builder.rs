@@ -23,6 +23,7 @@ use crate::vmm::config::{
 };
 use crate::vmm::device_manager::{DeviceManager, DeviceManagerError};
 use crate::vmm::devices::legacy::{self, Console, I8042Device, SerialDevice};
+use crate::vmm::devices::rate_limiter::TokenBucket;
 use crate::vmm::devices::virtio::block::{Block, BlockOptions};
 use crate::vmm::devices::virtio::mmio::MmioTransport;
 use crate::vmm::devices::virtio::rng::Rng;
@@ -121,6 +122,18 @@ impl RunningVm {
 }
 
 fn serial_output(cfg: Option<&SerialConfig>) -> Result<Box<dyn std::io::Write + Send>, StartError> {
+    let out = serial_sink(cfg)?;
+    let limit = cfg.and_then(|c| c.rate_limiter.as_ref());
+    Ok(
+        match limit.and_then(|b| TokenBucket::new(b, std::time::Instant::now())) {
+            Some(bucket) => Box::new(crate::vmm::devices::legacy::RateLimited::new(out, bucket)),
+            None => out,
+        },
+    )
+}
+
+/// Where the guest console goes: `serial_out_path`, else stdout.
+fn serial_sink(cfg: Option<&SerialConfig>) -> Result<Box<dyn std::io::Write + Send>, StartError> {
     match cfg.and_then(|c| c.serial_out_path.as_deref()) {
         Some(path) => {
             let f = OutputFile::open(Path::new(path)).map_err(|err| StartError::SerialOut {

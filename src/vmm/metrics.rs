@@ -70,6 +70,8 @@ pub struct SerialMetrics {
     pub out_bytes: Counter,
     pub in_bytes: Counter,
     pub missed_write: Counter,
+    /// Output bytes the serial rate limiter dropped.
+    pub rate_limiter_dropped_bytes: Counter,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -253,7 +255,8 @@ pub static METRICS: Metrics = Metrics {
     serial: zeroed!(SerialMetrics {
         out_bytes,
         in_bytes,
-        missed_write
+        missed_write,
+        rate_limiter_dropped_bytes
     }),
     i8042: zeroed!(I8042Metrics {
         resets,

@@ -242,6 +242,7 @@ impl Vmm {
 
     fn set_serial(&mut self, s: SerialConfig) -> Result<(), VmmActionError> {
         self.require_not_started()?;
+        s.validate()?;
         self.config.serial = Some(s);
         Ok(())
     }

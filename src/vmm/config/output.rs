@@ -43,12 +43,28 @@ pub struct MetricsConfig {
     pub metrics_path: String,
 }
 
-/// `PUT /serial`: where the guest console goes (stdout when unset).
+/// `PUT /serial`: where the guest console goes (stdout when unset), and
+/// how many bytes of it per period (Firecracker's `rate_limiter`: one
+/// token bucket of bytes; what the guest writes beyond it is dropped and
+/// counted, so a guest cannot fill the host's disk or log).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial_out_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<crate::vmm::devices::rate_limiter::TokenBucketConfig>,
+}
+
+impl SerialConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.rate_limiter {
+            Some(b) => b
+                .validate()
+                .map_err(|e| ConfigError::RateLimiter(e.to_string())),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ pub mod serial;
 
 pub use console::Console;
 pub use i8042::I8042Device;
-pub use serial::SerialDevice;
+pub use serial::{RateLimited, SerialDevice};
 
 /// Port base and length of COM1.
 pub const COM1_BASE: u64 = 0x3f8;

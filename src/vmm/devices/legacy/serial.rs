@@ -10,6 +10,7 @@ use vm_superio::serial::SerialEvents;
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::vmm::devices::rate_limiter::TokenBucket;
 use crate::vmm::devices::{BusDevice, IrqTrigger};
 use crate::vmm::metrics::METRICS;
 
@@ -31,6 +32,42 @@ impl SerialEvents for SerialCounters {
 }
 
 pub type SerialOut = Box<dyn Write + Send>;
+
+/// The console's output under `PUT /serial`'s `rate_limiter`: bytes the
+/// bucket has tokens for go out; the rest are dropped and counted
+/// (`rate_limiter_dropped_bytes`), never waited for, so the vCPU writing
+/// them is never held.
+pub struct RateLimited {
+    inner: SerialOut,
+    bucket: TokenBucket,
+}
+
+impl RateLimited {
+    pub fn new(inner: SerialOut, bucket: TokenBucket) -> Self {
+        RateLimited { inner, bucket }
+    }
+}
+
+impl Write for RateLimited {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self
+            .bucket
+            .take(buf.len() as u64, std::time::Instant::now())
+        {
+            self.inner.write_all(buf)?;
+        } else {
+            METRICS
+                .serial
+                .rate_limiter_dropped_bytes
+                .add(buf.len() as u64);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 pub struct SerialDevice {
     pub(super) uart: Serial<IrqTrigger, SerialCounters, SerialOut>,
