@@ -178,6 +178,7 @@ fn guest_figures_with(ctx: &Ctx, client: &DaemonClient) -> Result<Value, String>
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(web, "/small").map(|b| b.len()).unwrap_or(0) < 3 {
+        ctx.check()?;
         if Instant::now() > deadline {
             return Err("the guest's server did not answer within 30 s".into());
         }
@@ -185,6 +186,9 @@ fn guest_figures_with(ctx: &Ctx, client: &DaemonClient) -> Result<Value, String>
     }
     let (mut up, mut down, mut conns) = (vec![], vec![], vec![]);
     for _ in 0..runs {
+        // Ctrl-C stops the suite between measurements; the daemon's drop
+        // then removes the container.
+        ctx.check()?;
         up.push(send(sink, BULK)?);
         let t = Instant::now();
         let body = get(web, "/big")?;

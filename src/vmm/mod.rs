@@ -411,9 +411,7 @@ impl Vmm {
         self.balloon_config()?;
         config::check_amount(u.amount_mib, self.config.machine_config.mem_size_mib)?;
         if let Some(vm) = &self.running {
-            let b = vm.balloon.as_ref().ok_or(VmmActionError::BalloonUpdate(
-                "the device is not attached".into(),
-            ))?;
+            let b = attached_balloon(vm)?;
             b.balloon
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -437,9 +435,7 @@ impl Vmm {
         let new = u.stats_polling_interval_s;
         if let Some(vm) = &self.running {
             config::check_stats_change(old, new)?;
-            let b = vm.balloon.as_ref().ok_or(VmmActionError::BalloonUpdate(
-                "the device is not attached".into(),
-            ))?;
+            let b = attached_balloon(vm)?;
             b.balloon
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -460,9 +456,7 @@ impl Vmm {
         let Some(vm) = &self.running else {
             return Err(VmmActionError::BeforeStart);
         };
-        let b = vm.balloon.as_ref().ok_or(VmmActionError::BalloonUpdate(
-            "the device is not attached".into(),
-        ))?;
+        let b = attached_balloon(vm)?;
         let stats = b.balloon.lock().unwrap_or_else(|e| e.into_inner()).stats();
         Ok(stats.to_json())
     }
@@ -737,6 +731,14 @@ fn all_or_nothing(
             Err(e)
         }
     }
+}
+
+/// The running microVM's balloon device (configured ones are attached at
+/// start).
+fn attached_balloon(vm: &RunningVm) -> Result<&builder::AttachedBalloon, VmmActionError> {
+    vm.balloon.as_ref().ok_or(VmmActionError::BalloonUpdate(
+        "the device is not attached".into(),
+    ))
 }
 
 /// The drive id in a body must be the one in the path.
