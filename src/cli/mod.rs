@@ -139,6 +139,21 @@ fn report(e: impl std::fmt::Display) {
     eprintln!("husk: {e}");
 }
 
+/// A verb's exit code for one call: 0 after `show` prints its answer, 1
+/// after the error is reported.
+fn answer<T, E: std::fmt::Display>(r: Result<T, E>, show: impl FnOnce(T)) -> i32 {
+    match r {
+        Ok(v) => {
+            show(v);
+            0
+        }
+        Err(e) => {
+            report(e);
+            1
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

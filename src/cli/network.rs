@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 
 use super::containers::pretty_json;
 use super::format::{self, Table};
-use super::report;
+use super::{answer, report};
 use crate::client::types::NetworkCreateRequest;
 use crate::client::DaemonClient;
 
@@ -90,16 +90,7 @@ async fn create(client: &DaemonClient, a: CreateArgs) -> i32 {
         internal: a.internal,
         labels,
     };
-    match client.create_network(&req).await {
-        Ok(n) => {
-            println!("{}", n.id);
-            0
-        }
-        Err(e) => {
-            report(e);
-            1
-        }
-    }
+    answer(client.create_network(&req).await, |n| println!("{}", n.id))
 }
 
 async fn ls(client: &DaemonClient, a: LsArgs) -> i32 {

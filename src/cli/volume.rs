@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 
 use super::containers::pretty_json;
 use super::format::Table;
-use super::report;
+use super::{answer, report};
 use crate::client::types::VolumeCreateRequest;
 use crate::client::volumes::parse_size;
 use crate::client::DaemonClient;
@@ -87,16 +87,9 @@ pub async fn volume(client: &DaemonClient, args: VolumeArgs) -> i32 {
         VolumeCommand::Inspect(a) => inspect(client, a).await,
         VolumeCommand::Rm(a) => rm(client, a).await,
         VolumeCommand::Prune(_) => prune(client).await,
-        VolumeCommand::Resize(a) => match client.resize_volume(&a.name, a.size).await {
-            Ok(v) => {
-                println!("{}", v.name);
-                0
-            }
-            Err(e) => {
-                report(e);
-                1
-            }
-        },
+        VolumeCommand::Resize(a) => answer(client.resize_volume(&a.name, a.size).await, |v| {
+            println!("{}", v.name)
+        }),
     }
 }
 
@@ -113,16 +106,7 @@ async fn create(client: &DaemonClient, a: CreateArgs) -> i32 {
         size: a.size,
         labels,
     };
-    match client.create_volume(&req).await {
-        Ok(v) => {
-            println!("{}", v.name);
-            0
-        }
-        Err(e) => {
-            report(e);
-            1
-        }
-    }
+    answer(client.create_volume(&req).await, |v| println!("{}", v.name))
 }
 
 /// `10737418240` as `10GiB`.
