@@ -344,11 +344,12 @@ impl Bench {
 /// this process: the part of every cycle spent in the kernel, mostly
 /// waiting for SRCU grace periods, that no VMM can avoid.
 fn kvm_floor() -> Result<(f64, f64), String> {
-    use crate::vmm::kvm::memory::create_guest_memory;
+    use crate::vmm::kvm::memory::{create_guest_memory, ram_ranges};
     use crate::vmm::kvm::Vm;
     let cpu_start = thread_cpu_ms();
     let start = Instant::now();
-    let mem = create_guest_memory(GUEST_MEM_MIB, false).map_err(|e| e.to_string())?;
+    let ranges = ram_ranges(GUEST_MEM_MIB).map_err(|e| e.to_string())?;
+    let mem = create_guest_memory(&ranges, false).map_err(|e| e.to_string())?;
     let vm = Vm::new(&mem, false).map_err(|e| e.to_string())?;
     let vcpu = vm.fd().create_vcpu(0).map_err(|e| e.to_string())?;
     drop(vcpu);

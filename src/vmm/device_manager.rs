@@ -174,6 +174,22 @@ impl DeviceManager {
         Ok(())
     }
 
+    /// Puts `device` on the MMIO bus over `[base, base + len)`, a range
+    /// of guest-physical memory whose accesses exit to the VMM (a
+    /// read-only pmem window's writes, unplugged hotpluggable memory).
+    /// It is not a virtio-mmio window: no command-line entry, no GSI.
+    pub fn attach_memory_window(
+        &mut self,
+        device: SharedDevice,
+        base: u64,
+        len: u64,
+    ) -> Result<()> {
+        Arc::get_mut(&mut self.mmio_bus)
+            .ok_or(DeviceManagerError::Frozen)?
+            .insert(device, base, len)?;
+        Ok(())
+    }
+
     /// Makes guest writes of `queue` to `addr` signal `evt` in the kernel,
     /// without a vCPU exit (a virtio queue notification).
     pub fn register_notify(vm: &Vm, id: &str, evt: &EventFd, addr: u64, queue: u32) -> Result<()> {

@@ -201,6 +201,60 @@ pub struct BalloonMetrics {
     pub target_updates: Counter,
 }
 
+/// virtio-pmem, every device together.
+#[derive(Debug, Default, Serialize)]
+pub struct PmemMetrics {
+    /// Times a driver started a device (DRIVER_OK).
+    pub activations: Counter,
+    /// FLUSH requests answered.
+    pub flushes: Counter,
+    /// `msync` calls (one per batch of FLUSH requests).
+    pub syncs: Counter,
+    /// Syncs that failed: their requests were answered with an error.
+    pub sync_fails: Counter,
+    /// Malformed requests: no room for the status, a short or unknown
+    /// request, buffers outside guest memory; broken queues.
+    pub malformed: Counter,
+    /// Requests a rate limiter held back.
+    pub rate_limited: Counter,
+    /// Guest writes to a read-only device, dropped.
+    pub read_only_writes: Counter,
+}
+
+/// Hotpluggable memory (virtio-mem), in Firecracker's names where it has
+/// them.
+#[derive(Debug, Default, Serialize)]
+pub struct MemoryHotplugMetrics {
+    /// Times the driver started the device (DRIVER_OK).
+    pub activations: Counter,
+    /// Start attempts refused: the driver did not accept
+    /// VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE.
+    pub activate_fails: Counter,
+    pub plug_count: Counter,
+    pub plug_bytes: Counter,
+    /// PLUG requests answered NACK, BUSY or ERROR.
+    pub plug_fails: Counter,
+    pub unplug_count: Counter,
+    pub unplug_bytes: Counter,
+    /// UNPLUG requests answered BUSY or ERROR.
+    pub unplug_fails: Counter,
+    /// Ranges that could not be given back to the host (madvise failed).
+    pub unplug_discard_fails: Counter,
+    pub unplug_all_count: Counter,
+    pub state_count: Counter,
+    pub state_fails: Counter,
+    /// Requests of an unknown type, or too short: answered ERROR.
+    pub bad_requests: Counter,
+    /// Chains with no room for a response, or outside guest memory;
+    /// broken queues.
+    pub malformed: Counter,
+    /// Requested sizes set by PATCH /hotplug/memory.
+    pub requested_size_updates: Counter,
+    /// Guest accesses to the region outside any plugged slot (they
+    /// exit to the VMM: reads see zeros, writes are dropped).
+    pub unplugged_accesses: Counter,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct VmmMetrics {
     pub instance_starts: Counter,
@@ -225,6 +279,8 @@ pub struct Metrics {
     pub vsock: VsockMetrics,
     pub fs: FsMetrics,
     pub balloon: BalloonMetrics,
+    pub pmem: PmemMetrics,
+    pub memory_hotplug: MemoryHotplugMetrics,
     pub vmm: VmmMetrics,
 }
 
@@ -323,6 +379,33 @@ pub static METRICS: Metrics = Metrics {
         malformed,
         stats_updates,
         target_updates
+    }),
+    pmem: zeroed!(PmemMetrics {
+        activations,
+        flushes,
+        syncs,
+        sync_fails,
+        malformed,
+        rate_limited,
+        read_only_writes
+    }),
+    memory_hotplug: zeroed!(MemoryHotplugMetrics {
+        activations,
+        activate_fails,
+        plug_count,
+        plug_bytes,
+        plug_fails,
+        unplug_count,
+        unplug_bytes,
+        unplug_fails,
+        unplug_discard_fails,
+        unplug_all_count,
+        state_count,
+        state_fails,
+        bad_requests,
+        malformed,
+        requested_size_updates,
+        unplugged_accesses
     }),
     vmm: zeroed!(VmmMetrics {
         instance_starts,

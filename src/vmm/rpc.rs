@@ -55,6 +55,12 @@ pub enum VmmAction {
     PatchBalloon(crate::vmm::config::BalloonUpdate),
     GetBalloonStats,
     PatchBalloonStats(crate::vmm::config::BalloonStatsUpdate),
+    /// The id from the path, and the body.
+    PutPmem(String, crate::vmm::config::PmemConfig),
+    PatchPmem(String, crate::vmm::config::PmemUpdate),
+    PutMemoryHotplug(crate::vmm::config::MemoryHotplugConfig),
+    PatchMemoryHotplug(crate::vmm::config::MemoryHotplugSizeUpdate),
+    GetMemoryHotplug,
     InstanceStart,
     SendCtrlAltDel,
     FlushMetrics,
@@ -107,6 +113,10 @@ pub enum VmmActionError {
     NetUpdate { id: String, err: String },
     #[error("cannot update the balloon: {0}")]
     BalloonUpdate(String),
+    #[error("cannot update pmem device {id}: {err}")]
+    PmemUpdate { id: String, err: String },
+    #[error("cannot update the hotpluggable memory: {0}")]
+    MemoryHotplugUpdate(String),
     #[error(transparent)]
     Snapshot(#[from] crate::vmm::snapshot::actions::SnapshotError),
 }

@@ -5,8 +5,8 @@
 
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_dirty_log, kvm_irqchip, kvm_lapic_state,
-    kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave,
+    kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
@@ -31,6 +31,13 @@ ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
 ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
 ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
 ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+// VM: virtio-mem maps a hotplugged slot of guest memory in and out.
+ioctl_iow_nr!(
+    KVM_SET_USER_MEMORY_REGION,
+    KVMIO,
+    0x46,
+    kvm_userspace_memory_region
+);
 
 /// Every ioctl named here, for the test that the docs name them all.
 #[cfg(test)]
@@ -52,6 +59,7 @@ pub fn named() -> Vec<(&'static str, u64)> {
         ("KVM_GET_IRQCHIP", KVM_GET_IRQCHIP()),
         ("KVM_GET_CLOCK", KVM_GET_CLOCK()),
         ("KVM_GET_PIT2", KVM_GET_PIT2()),
+        ("KVM_SET_USER_MEMORY_REGION", KVM_SET_USER_MEMORY_REGION()),
         ("TUNSETOFFLOAD", libc::TUNSETOFFLOAD),
         ("FIONBIO", libc::FIONBIO),
         ("FIONREAD", libc::FIONREAD),

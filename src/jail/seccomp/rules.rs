@@ -222,6 +222,11 @@ fn vmm(l: &mut List) {
         )
         .any("fdatasync", SYS_fdatasync, "a FLUSH request")
         .any(
+            "msync",
+            SYS_msync,
+            "virtio-pmem: a FLUSH request syncs the mapped backing file",
+        )
+        .any(
             "ftruncate",
             SYS_ftruncate,
             "sizing a snapshot's memory file",
@@ -318,10 +323,11 @@ fn vmm(l: &mut List) {
                 io::KVM_GET_IRQCHIP(),
                 io::KVM_GET_CLOCK(),
                 io::KVM_GET_PIT2(),
+                io::KVM_SET_USER_MEMORY_REGION(),
                 libc::FIONBIO,
                 libc::FIONREAD,
             ],
-            "snapshots read the VM's state and dirty log; sockets and pipes",
+            "snapshots read the VM's state and dirty log; virtio-mem maps and unmaps hotplugged memory slots; sockets and pipes",
         )
         .one_of(
             "tgkill",

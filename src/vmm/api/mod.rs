@@ -136,6 +136,13 @@ pub fn router(api: ApiSender) -> Router {
         .route(
             "/balloon/statistics",
             get(get_balloon_stats).patch(patch_balloon_stats),
+        )
+        .route("/pmem/{id}", put(put_pmem).patch(patch_pmem))
+        .route(
+            "/hotplug/memory",
+            put(put_memory_hotplug)
+                .get(get_memory_hotplug)
+                .patch(patch_memory_hotplug),
         );
     #[cfg(feature = "test-hooks")]
     let routes = routes.route("/test/forbidden-call", put(put_forbidden_call));
@@ -323,6 +330,34 @@ async fn put_fs(
     body: Body,
 ) -> Response {
     call_with(&api, &body, |f| VmmAction::PutFs(tag, f)).await
+}
+
+async fn put_pmem(
+    State(api): State<ApiSender>,
+    UrlPath(id): UrlPath<String>,
+    body: Body,
+) -> Response {
+    call_with(&api, &body, |p| VmmAction::PutPmem(id, p)).await
+}
+
+async fn patch_pmem(
+    State(api): State<ApiSender>,
+    UrlPath(id): UrlPath<String>,
+    body: Body,
+) -> Response {
+    call_with(&api, &body, |u| VmmAction::PatchPmem(id, u)).await
+}
+
+async fn put_memory_hotplug(State(api): State<ApiSender>, body: Body) -> Response {
+    call_with(&api, &body, VmmAction::PutMemoryHotplug).await
+}
+
+async fn get_memory_hotplug(State(api): State<ApiSender>) -> Response {
+    call(&api, VmmAction::GetMemoryHotplug).await
+}
+
+async fn patch_memory_hotplug(State(api): State<ApiSender>, body: Body) -> Response {
+    call_with(&api, &body, VmmAction::PatchMemoryHotplug).await
 }
 
 async fn put_balloon(State(api): State<ApiSender>, body: Body) -> Response {
@@ -638,6 +673,82 @@ mod tests {
         assert_eq!(seen[2], "PatchBalloon(BalloonUpdate { amount_mib: 32 })");
         assert_eq!(seen[3], "GetBalloonStats");
         assert!(seen[4].starts_with("PatchBalloonStats"), "{seen:?}");
+    }
+
+    #[test]
+    fn pmem_and_memory_hotplug_requests_become_actions() {
+        let (results, seen) = with_router(
+            |a| match a {
+                VmmAction::GetMemoryHotplug => Ok(VmmData::Json(serde_json::json!({
+                    "total_size_mib": 256, "slot_size_mib": 128, "block_size_mib": 2,
+                    "plugged_size_mib": 4, "requested_size_mib": 8}))),
+                _ => Ok(VmmData::Empty),
+            },
+            |r| {
+                vec![
+                    send(
+                        &r,
+                        "PUT",
+                        "/pmem/p0",
+                        r#"{"id": "p0", "path_on_host": "/img", "root_device": true}"#,
+                    ),
+                    send(
+                        &r,
+                        "PATCH",
+                        "/pmem/p0",
+                        r#"{"id": "p0", "rate_limiter": {"ops": {"size": 1, "refill_time": 10}}}"#,
+                    ),
+                    send(&r, "PUT", "/hotplug/memory", r#"{"total_size_mib": 256}"#),
+                    send(&r, "GET", "/hotplug/memory", ""),
+                    send(
+                        &r,
+                        "PATCH",
+                        "/hotplug/memory",
+                        r#"{"requested_size_mib": 8}"#,
+                    ),
+                    // Never reach the VMM: missing or unknown fields,
+                    // a negative size, a method the path lacks.
+                    send(&r, "PUT", "/pmem/p0", r#"{"id": "p0"}"#),
+                    send(
+                        &r,
+                        "PATCH",
+                        "/pmem/p0",
+                        r#"{"id": "p0", "path_on_host": "/x"}"#,
+                    ),
+                    send(&r, "PUT", "/hotplug/memory", r#"{"slot_size_mib": 128}"#),
+                    send(
+                        &r,
+                        "PATCH",
+                        "/hotplug/memory",
+                        r#"{"requested_size_mib": -2}"#,
+                    ),
+                    send(&r, "PATCH", "/hotplug/memory", r#"{}"#),
+                ]
+            },
+        );
+        let codes: Vec<_> = results.iter().map(|r| r.0).collect();
+        assert_eq!(
+            codes,
+            vec![204, 204, 204, 200, 204, 400, 400, 400, 400, 400],
+            "{results:?}"
+        );
+        assert_eq!(results[3].1["plugged_size_mib"], 4);
+        assert!(results[5].1["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `path_on_host`"));
+        assert_eq!(seen.len(), 5, "{seen:?}");
+        assert!(
+            seen[0].starts_with("PutPmem(\"p0\", PmemConfig { id: \"p0\""),
+            "{seen:?}"
+        );
+        assert!(seen[1].starts_with("PatchPmem(\"p0\""), "{seen:?}");
+        assert!(seen[2].starts_with("PutMemoryHotplug(MemoryHotplugConfig { total_size_mib: 256, block_size_mib: 2, slot_size_mib: 128"), "{seen:?}");
+        assert_eq!(seen[3], "GetMemoryHotplug");
+        assert_eq!(
+            seen[4],
+            "PatchMemoryHotplug(MemoryHotplugSizeUpdate { requested_size_mib: 8 })"
+        );
     }
 
     #[test]

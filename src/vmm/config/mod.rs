@@ -15,8 +15,10 @@ mod drive;
 mod entropy;
 mod fs;
 mod machine;
+mod memory_hotplug;
 mod net;
 mod output;
+mod pmem;
 mod snapshot;
 mod vsock;
 
@@ -32,11 +34,18 @@ pub use drive::{insert_drive, CacheType, DriveConfig, DriveUpdate};
 pub use entropy::EntropyConfig;
 pub use fs::{insert_fs, FsConfig, MAX_FS_QUEUES, MAX_FS_QUEUE_SIZE, MAX_TAG_LEN};
 pub use machine::{host_memory_mib, MachineConfig, MachineConfigUpdate, MIN_MEM_SIZE_MIB};
+pub use memory_hotplug::{
+    MemoryHotplugConfig, MemoryHotplugConfigError, MemoryHotplugSizeUpdate, MemoryHotplugStatus,
+};
 pub use net::{
     check_unique_ids, check_update, insert_interface, put_interface, MacAddr,
     NetworkInterfaceConfig, NetworkInterfaceUpdate,
 };
 pub use output::{LoggerConfig, MetricsConfig, SerialConfig};
+pub use pmem::{
+    check_pmem_id, check_pmem_update, check_unique_pmem_ids, insert_pmem, PmemConfig,
+    PmemConfigError, PmemUpdate,
+};
 pub use snapshot::{
     MemBackend, MemBackendType, NetworkOverride, SnapshotCreateParams, SnapshotLoadParams,
     SnapshotType, VsockOverride,
@@ -106,6 +115,10 @@ pub enum ConfigError {
     BalloonStatsDisabled,
     #[error("balloon statistics cannot be enabled or disabled after the microVM started (stats_polling_interval_s can only change between non-zero values)")]
     BalloonStatsChange,
+    #[error(transparent)]
+    Pmem(#[from] PmemConfigError),
+    #[error(transparent)]
+    MemoryHotplug(#[from] MemoryHotplugConfigError),
 }
 
 /// A whole VM: the `--config-file` format and `GET /vm/config`.
@@ -150,6 +163,33 @@ pub struct VmConfig {
     pub fs_devices: Vec<FsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonConfig>,
+    /// virtio-pmem devices, the root one first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pmem: Vec<PmemConfig>,
+    /// Hotpluggable memory (a virtio-mem device).
+    #[serde(
+        rename = "memory-hotplug",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_hotplug: Option<MemoryHotplugConfig>,
+}
+
+impl VmConfig {
+    /// The drive that is the root device, if one is.
+    pub fn root_drive(&self) -> Option<&DriveConfig> {
+        self.drives.iter().find(|d| d.is_root_device)
+    }
+
+    /// The pmem device that is the root device, if one is.
+    pub fn root_pmem(&self) -> Option<&PmemConfig> {
+        self.pmem.iter().find(|p| p.root_device)
+    }
+
+    /// MiB of hotpluggable memory (0 without it).
+    pub fn hotplug_mib(&self) -> u64 {
+        self.memory_hotplug.map_or(0, |h| h.total_size_mib)
+    }
 }
 
 /// Ids (instance, drive, interface) end up in paths, logs and what the
@@ -322,6 +362,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.balloon.unwrap().amount_mib, 8);
+        let cfg: VmConfig = serde_json::from_str(
+            r#"{"pmem": [{"id": "p", "path_on_host": "/f", "root_device": true}],
+                "memory-hotplug": {"total_size_mib": 256}}"#,
+        )
+        .unwrap();
+        assert!(cfg.root_pmem().is_some());
+        assert_eq!(cfg.hotplug_mib(), 256);
+        let shown = shown_full_config(serde_json::to_value(&cfg).unwrap());
+        assert_eq!(shown["pmem"][0]["read_only"], false);
+        assert_eq!(
+            shown["memory-hotplug"],
+            serde_json::json!({"total_size_mib": 256, "block_size_mib": 2, "slot_size_mib": 128})
+        );
         let err = serde_json::from_str::<MachineConfig>(r#"{"vcpu_count": 1}"#).unwrap_err();
         assert!(err.to_string().contains("mem_size_mib"), "{err}");
     }

@@ -18,7 +18,7 @@ use vm_memory::{
     GuestRegionMmap,
 };
 
-use crate::vmm::arch::x86_64::layout::memory_ranges;
+use crate::vmm::arch::x86_64::layout::{memory_ranges, DeviceMemory, HOTPLUG_ALIGN};
 
 /// Guest memory as every part of the VMM sees it: regions with an
 /// optional bitmap of pages written through vm-memory.
@@ -46,6 +46,8 @@ pub enum MemoryError {
     File(std::io::Error),
     #[error("cannot create shared guest memory (memfd): {0}")]
     Memfd(std::io::Error),
+    #[error("{0} MiB of hotpluggable memory do not fit the guest's physical address space")]
+    HotplugTooLarge(u64),
 }
 
 /// The guest-physical ranges of `size_mib` MiB of RAM, split around the
@@ -61,24 +63,49 @@ pub fn ram_ranges(size_mib: u64) -> Result<Vec<(GuestAddress, usize)>, MemoryErr
         .map_err(|_| MemoryError::TooLarge(size))
 }
 
-/// Maps `size_mib` MiB of anonymous guest RAM, split around the MMIO gap,
-/// with a bitmap of device writes when `track_dirty` is set.
-pub fn create_guest_memory(size_mib: u64, track_dirty: bool) -> Result<GuestMem, MemoryError> {
-    build(&ram_ranges(size_mib)?, Backing::Anonymous, track_dirty)
+/// Every guest memory region of a machine with `size_mib` MiB of RAM and
+/// `hotplug_mib` MiB of hotpluggable memory: the RAM ranges, then (when
+/// `hotplug_mib` is not 0) the hotpluggable region, placed by the
+/// layout's [`DeviceMemory`], which is returned to place pmem windows
+/// after it.
+pub fn guest_ranges(
+    size_mib: u64,
+    hotplug_mib: u64,
+) -> Result<(Vec<(GuestAddress, usize)>, DeviceMemory), MemoryError> {
+    let mut ranges = ram_ranges(size_mib)?;
+    let mut devices = DeviceMemory::new(size_mib << 20);
+    if hotplug_mib > 0 {
+        let too_large = MemoryError::HotplugTooLarge(hotplug_mib);
+        let size = hotplug_mib.checked_mul(1 << 20).ok_or(too_large)?;
+        let start = devices
+            .allocate(size, HOTPLUG_ALIGN)
+            .ok_or(MemoryError::HotplugTooLarge(hotplug_mib))?;
+        let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge(size))?;
+        ranges.push((GuestAddress(start), len));
+    }
+    Ok((ranges, devices))
 }
 
-/// Like [`create_guest_memory`], but the RAM is one memfd mapped
+/// Maps anonymous guest memory over `ranges` (from [`guest_ranges`]),
+/// with a bitmap of device writes when `track_dirty` is set.
+pub fn create_guest_memory(
+    ranges: &[(GuestAddress, usize)],
+    track_dirty: bool,
+) -> Result<GuestMem, MemoryError> {
+    build(ranges, Backing::Anonymous, track_dirty)
+}
+
+/// Like [`create_guest_memory`], but the memory is one memfd mapped
 /// `MAP_SHARED`, each region at its offset in it: a vhost-user backend
 /// maps the same pages. Each region keeps a handle on the memfd
 /// (`GuestRegionMmap::file_offset`), which is what SET_MEM_TABLE sends.
 pub fn create_shared_guest_memory(
-    size_mib: u64,
+    ranges: &[(GuestAddress, usize)],
     track_dirty: bool,
 ) -> Result<GuestMem, MemoryError> {
-    let ranges = ram_ranges(size_mib)?;
     let total: u64 = ranges.iter().map(|r| r.1 as u64).sum();
     let memfd = sealed_memfd("husk-guest-ram", total).map_err(MemoryError::Memfd)?;
-    build(&ranges, Backing::Shared(&memfd), track_dirty)
+    build(ranges, Backing::Shared(&memfd), track_dirty)
 }
 
 /// A new memfd of `size` bytes, closed on exec, whose size is then
@@ -199,19 +226,37 @@ mod tests {
 
     #[test]
     fn regions_follow_the_layout() {
-        let m = create_guest_memory(128, false).unwrap();
+        let m = create_guest_memory(&ram_ranges(128).unwrap(), false).unwrap();
         assert_eq!(m.num_regions(), 1);
         assert_eq!(m.iter().next().unwrap().len(), 128 << 20);
         // 4 GiB of address space costs nothing until touched.
-        let m = create_guest_memory(4096, true).unwrap();
+        let m = create_guest_memory(&ram_ranges(4096).unwrap(), true).unwrap();
         assert_eq!(m.num_regions(), 2);
         let starts: Vec<u64> = m.iter().map(|r| r.start_addr().0).collect();
         assert_eq!(starts, vec![0, 1 << 32]);
     }
 
     #[test]
+    fn the_hotpluggable_region_comes_last_above_ram() {
+        let (r, mut devices) = guest_ranges(128, 256).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1], (GuestAddress(512 << 30), 256 << 20));
+        // pmem windows go after it.
+        assert_eq!(
+            devices.allocate(2 << 20, 2 << 20),
+            Some((512 << 30) + (256 << 20))
+        );
+        let (r, _) = guest_ranges(128, 0).unwrap();
+        assert_eq!(r, ram_ranges(128).unwrap());
+        assert!(matches!(
+            guest_ranges(128, 1 << 30),
+            Err(MemoryError::HotplugTooLarge(_))
+        ));
+    }
+
+    #[test]
     fn device_writes_mark_pages_dirty() {
-        let m = create_guest_memory(16, true).unwrap();
+        let m = create_guest_memory(&ram_ranges(16).unwrap(), true).unwrap();
         m.write_obj(7u32, GuestAddress(3 * PAGE_SIZE as u64 + 8))
             .unwrap();
         use vm_memory::bitmap::Bitmap;
@@ -236,7 +281,7 @@ mod tests {
     #[test]
     fn shared_memory_is_one_memfd_every_region_maps() {
         use std::os::unix::fs::FileExt;
-        let m = create_shared_guest_memory(4096, false).unwrap();
+        let m = create_shared_guest_memory(&ram_ranges(4096).unwrap(), false).unwrap();
         let regions: Vec<_> = m.iter().collect();
         assert_eq!(regions.len(), 2);
         let offsets: Vec<u64> = regions

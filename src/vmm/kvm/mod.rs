@@ -5,4 +5,4 @@ pub mod persist;
 pub mod vcpu;
 pub mod vm;
 
-pub use vm::{Vm, VmError};
+pub use vm::{MemSlots, Vm, VmError};

@@ -115,7 +115,12 @@ impl Vmm {
         // The pages written since the last snapshot; taken (and cleared)
         // now, and kept for the next snapshot if this one fails.
         let dirty = if track {
-            let log = vm.vm.dirty_log(&vm.mem).map_err(SnapshotError::from)?;
+            let mut log = vm.vm.dirty_log(&vm.mem).map_err(SnapshotError::from)?;
+            // The hotpluggable region (guest memory's last) keeps its own.
+            if let Some(h) = &vm.mem_hotplug {
+                let hot = h.mem.lock().unwrap_or_else(|e| e.into_inner()).dirty_log();
+                log.push(hot.map_err(SnapshotError::from)?);
+            }
             let mut dirty = memory::take_dirty(&vm.mem, &log);
             if let Some(carried) = self.dirty_carry.take() {
                 merge(&mut dirty, &carried);
@@ -182,6 +187,10 @@ impl Vmm {
             Some("an fs device")
         } else if c.balloon.is_some() {
             Some("a balloon")
+        } else if !c.pmem.is_empty() {
+            Some("a pmem device")
+        } else if c.memory_hotplug.is_some() {
+            Some("memory-hotplug")
         } else if c.serial.is_some() {
             Some("serial")
         } else if c.machine_config != Default::default() {
@@ -208,8 +217,10 @@ impl Vmm {
         let snapshot_path = Path::new(&p.snapshot_path);
         let state: MicrovmState = format::read_file(snapshot_path).map_err(SnapshotError::from)?;
         let cfg = restored_config(&state, &p)?;
-        let ranges = guest_memory::ram_ranges(cfg.machine_config.mem_size_mib)
-            .map_err(SnapshotError::from)?;
+        // RAM, then the hotpluggable region when there is one.
+        let (ranges, _) =
+            guest_memory::guest_ranges(cfg.machine_config.mem_size_mib, cfg.hotplug_mib())
+                .map_err(SnapshotError::from)?;
         let layout: Vec<(u64, u64)> = ranges.iter().map(|(a, l)| (a.0, *l as u64)).collect();
         if layout != state.memory {
             return Err(SnapshotError::Layout {
@@ -225,7 +236,7 @@ impl Vmm {
                 None,
             ),
             MemBackendType::Uffd => {
-                let mem = guest_memory::create_guest_memory(cfg.machine_config.mem_size_mib, track)
+                let mem = guest_memory::create_guest_memory(&ranges, track)
                     .map_err(SnapshotError::from)?;
                 let regions = host_regions(&mem);
                 let handle = uffd::attach(&regions, Path::new(&backend.backend_path))
@@ -337,8 +348,9 @@ fn restored_config(
     Ok(cfg)
 }
 
-/// The checks a cold boot's configuration gets: drives exist, TAPs
-/// open, names are unique, the vsock and entropy settings hold. The kernel and initrd are not needed: they
+/// The checks a cold boot's configuration gets: drives and pmem files
+/// exist, TAPs open, names are unique, the vsock, entropy and
+/// hotplug settings hold. The kernel and initrd are not needed: they
 /// are in guest memory already.
 fn config_files_valid(cfg: &VmConfig) -> Result<(), ConfigError> {
     for d in &cfg.drives {
@@ -353,6 +365,13 @@ fn config_files_valid(cfg: &VmConfig) -> Result<(), ConfigError> {
     }
     if let Some(e) = &cfg.entropy {
         e.validate()?;
+    }
+    // Each pmem device maps its file again: it must still be there.
+    for p in &cfg.pmem {
+        p.validate()?;
+    }
+    if let Some(h) = &cfg.memory_hotplug {
+        h.validate()?;
     }
     Ok(())
 }

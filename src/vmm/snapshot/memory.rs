@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn a_full_file_holds_touched_pages_and_holes_elsewhere() {
-        let mem = create_guest_memory(16, false).unwrap();
+        let mem = create_guest_memory(&ram_ranges(16).unwrap(), false).unwrap();
         for page in [0u64, 5, 6, 1000] {
             mem.write_obj(page as u8 + 1, GuestAddress(page * PAGE_SIZE as u64))
                 .unwrap();
@@ -439,7 +439,7 @@ mod tests {
 
     #[test]
     fn a_diff_holds_dirty_pages_and_rebases_onto_its_base() {
-        let mem = create_guest_memory(16, true).unwrap();
+        let mem = create_guest_memory(&ram_ranges(16).unwrap(), true).unwrap();
         mem.write_obj(1u8, GuestAddress(0)).unwrap();
         let base = tmp("base");
         write_full(&mem, &base, Source::Local).unwrap();

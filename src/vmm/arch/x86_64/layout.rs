@@ -10,6 +10,12 @@
 //!                                       0xd000_0000  virtio-mmio windows, 4 KiB each
 //! ```
 //! Memory above the gap continues at 4 GiB.
+//!
+//! Memory that devices add to the guest-physical space sits far above
+//! RAM, from [`DEVICE_MEMORY_START`] (512 GiB, where Firecracker puts
+//! it): first virtio-mem's hotpluggable region, 128 MiB aligned, then
+//! each virtio-pmem device's window, 2 MiB aligned, in attach order.
+//! [`DeviceMemory`] hands these out; nothing else places them.
 
 use vm_memory::GuestAddress;
 
@@ -49,6 +55,19 @@ pub const APIC_ADDR: u32 = 0xfee0_0000;
 /// Three pages KVM needs for the TSS on Intel hosts, just below the BIOS.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 
+/// Where device memory (hotpluggable RAM, pmem windows) starts, unless
+/// RAM reaches past it.
+pub const DEVICE_MEMORY_START: u64 = 512 << 30;
+/// Alignment of the hotpluggable region (Firecracker's default slot
+/// size).
+pub const HOTPLUG_ALIGN: u64 = 128 << 20;
+/// Alignment of a pmem window, its start and its size (virtio-pmem
+/// needs 2 MiB, as Firecracker aligns it).
+pub const PMEM_ALIGN: u64 = 2 << 20;
+/// The end of the device memory space (exclusive): 1 TiB, as
+/// Firecracker's allocator for it ends there.
+pub const DEVICE_MEMORY_END: u64 = 1 << 40;
+
 /// Most vCPUs a guest may have: every MP table entry must fit in the EBDA.
 pub const MAX_VCPUS: u8 = 32;
 
@@ -79,6 +98,47 @@ pub fn low_memory_end(mem_size: u64) -> u64 {
     mem_size.min(MMIO_GAP_START)
 }
 
+/// Rounds `v` up to a multiple of `align` (a power of two); None on
+/// overflow.
+pub fn align_up(v: u64, align: u64) -> Option<u64> {
+    Some(v.checked_add(align - 1)? & !(align - 1))
+}
+
+/// Hands out device memory windows above RAM, in order: the
+/// hotpluggable region first (phase 1, before any device), then pmem
+/// windows as the devices attach. A cold boot and a restore of the same
+/// configuration get the same addresses.
+#[derive(Clone, Debug)]
+pub struct DeviceMemory {
+    next: u64,
+}
+
+impl DeviceMemory {
+    /// The space above `mem_size` bytes of RAM: from 512 GiB, or from
+    /// the first GiB boundary past RAM on a guest larger than that.
+    pub fn new(mem_size: u64) -> Self {
+        let ram_end = memory_ranges(mem_size)
+            .last()
+            .map_or(0, |(a, len)| a.0 + len);
+        let past_ram = align_up(ram_end, 1 << 30).unwrap_or(u64::MAX);
+        DeviceMemory {
+            next: DEVICE_MEMORY_START.max(past_ram),
+        }
+    }
+
+    /// The next window of `size` bytes at `align`; None when it would
+    /// pass [`DEVICE_MEMORY_END`].
+    pub fn allocate(&mut self, size: u64, align: u64) -> Option<u64> {
+        let start = align_up(self.next, align)?;
+        let end = start.checked_add(size)?;
+        if end > DEVICE_MEMORY_END {
+            return None;
+        }
+        self.next = end;
+        Some(start)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +156,28 @@ mod tests {
         assert_eq!(r[0], (GuestAddress(0), MMIO_GAP_START));
         assert_eq!(r[1], (GuestAddress(1 << 32), (4 << 30) - MMIO_GAP_START));
         assert_eq!(low_memory_end(4 << 30), MMIO_GAP_START);
+    }
+
+    #[test]
+    fn device_memory_follows_ram_and_its_alignments() {
+        let mut d = DeviceMemory::new(128 << 20);
+        assert_eq!(d.allocate(256 << 20, HOTPLUG_ALIGN), Some(512 << 30));
+        assert_eq!(
+            d.allocate(3 << 20, PMEM_ALIGN),
+            Some((512 << 30) + (256 << 20))
+        );
+        // The next window starts on the next 2 MiB boundary.
+        assert_eq!(
+            d.allocate(PMEM_ALIGN, PMEM_ALIGN),
+            Some((512 << 30) + (260 << 20))
+        );
+        assert_eq!(d.allocate(1 << 40, PMEM_ALIGN), None);
+        // A guest with more RAM than 512 GiB gets its devices above it.
+        let mut big = DeviceMemory::new(600 << 30);
+        let ram_end = (600 << 30) + (MMIO_GAP_END - MMIO_GAP_START);
+        assert_eq!(
+            big.allocate(1 << 20, PMEM_ALIGN),
+            align_up(ram_end, 1 << 30)
+        );
     }
 }

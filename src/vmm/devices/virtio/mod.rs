@@ -10,9 +10,11 @@
 pub mod balloon;
 pub mod block;
 pub mod fs;
+pub mod mem;
 pub mod mmio;
 pub mod net;
 pub mod persist;
+pub mod pmem;
 pub mod queue;
 pub mod rng;
 pub mod test_utils;
@@ -39,7 +41,9 @@ pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_BALLOON: u32 = 5;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_MEM: u32 = 24;
 pub const TYPE_FS: u32 = 26;
+pub const TYPE_PMEM: u32 = 27;
 
 /// InterruptStatus bits.
 pub const INT_USED_RING: u32 = 1;

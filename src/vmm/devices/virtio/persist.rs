@@ -22,8 +22,10 @@ use virtio_queue::{Queue, QueueState, QueueT};
 use super::balloon::BalloonState;
 use super::block::BlockState;
 use super::fs::FsState;
+use super::mem::MemState;
 use super::mmio::{status, MmioTransport};
 use super::net::NetState;
+use super::pmem::PmemState;
 use super::rng::RngState;
 use super::vsock::VsockState;
 use super::{ActivateError, ActiveQueues, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1};
@@ -122,6 +124,8 @@ pub enum DeviceState {
     /// snapshotted (see `fs/persist.rs`).
     Fs(FsState),
     Balloon(BalloonState),
+    Pmem(PmemState),
+    Mem(MemState),
 }
 
 impl DeviceState {
@@ -133,6 +137,8 @@ impl DeviceState {
             DeviceState::Vsock(_) => "virtio-vsock",
             DeviceState::Fs(_) => "virtio-fs",
             DeviceState::Balloon(_) => "virtio-balloon",
+            DeviceState::Pmem(_) => "virtio-pmem",
+            DeviceState::Mem(_) => "virtio-mem",
         }
     }
 

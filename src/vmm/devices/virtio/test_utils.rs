@@ -54,7 +54,8 @@ impl Driver {
         d
     }
 
-    fn with_mem(device: Arc<Mutex<dyn VirtioDevice>>, mem: GuestMem) -> Driver {
+    /// A driver for `device` on guest memory of the test's making.
+    pub fn with_mem(device: Arc<Mutex<dyn VirtioDevice>>, mem: GuestMem) -> Driver {
         let irq = EventFd::new(EFD_NONBLOCK).expect("event fd");
         let trigger = IrqTrigger(irq.try_clone().expect("event fd"));
         let transport =

@@ -602,7 +602,11 @@ mod tests {
 
     #[test]
     fn shared_memory_needs_madv_remove_to_drop_a_page() {
-        let mem = crate::vmm::kvm::memory::create_shared_guest_memory(16, false).unwrap();
+        let mem = crate::vmm::kvm::memory::create_shared_guest_memory(
+            &crate::vmm::kvm::memory::ram_ranges(16).unwrap(),
+            false,
+        )
+        .unwrap();
         let at = GuestAddress(1 << 20);
         let pfn = (at.0 / BALLOON_PAGE_SIZE) as u32;
         mem.write_obj(0x5au8, at).unwrap();

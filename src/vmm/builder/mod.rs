@@ -28,13 +28,20 @@ use crate::vmm::devices::virtio::block::{Block, BlockOptions};
 use crate::vmm::devices::virtio::mmio::MmioTransport;
 use crate::vmm::devices::virtio::rng::Rng;
 use crate::vmm::exit::ExitNotifier;
-use crate::vmm::kvm::memory::{create_guest_memory, create_shared_guest_memory, MemoryError};
+use crate::vmm::kvm::memory::{
+    create_guest_memory, create_shared_guest_memory, guest_ranges, ram_ranges, MemoryError,
+};
 use crate::vmm::kvm::persist::{check_cpu, native_cpuid, restore_vm, KvmStateError};
 use crate::vmm::kvm::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vmm::kvm::{Vm, VmError};
 use crate::vmm::sink::OutputFile;
 use crate::vmm::snapshot::MicrovmState;
 use crate::vmm::EventLoop;
+
+mod memory_devices;
+
+use memory_devices::{attach_memory_hotplug, attach_pmem_devices};
+pub use memory_devices::{AttachedMemHotplug, AttachedPmem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -107,6 +114,8 @@ pub struct RunningVm {
     pub drives: Vec<AttachedDrive>,
     pub nets: Vec<AttachedNet>,
     pub balloon: Option<AttachedBalloon>,
+    pub pmem: Vec<AttachedPmem>,
+    pub mem_hotplug: Option<AttachedMemHotplug>,
     pub vm: Vm,
     pub mem: GuestMem,
 }
@@ -369,11 +378,14 @@ fn create_vcpus(
         .map_err(Into::into)
 }
 
-/// The kernel command line: the user's arguments, the root drive's, then
+/// The kernel command line: the user's arguments, the root device's, then
 /// one entry per virtio-mmio device.
 pub fn full_cmdline(cfg: &VmConfig, boot_args: &str, dm: &DeviceManager) -> String {
     let mut cmdline = boot_args.to_string();
-    if let Some(root) = cfg.drives.iter().find(|d| d.is_root_device) {
+    if let Some(root) = cfg.root_drive() {
+        cmdline.push(' ');
+        cmdline.push_str(&root.root_args());
+    } else if let Some(root) = cfg.root_pmem() {
         cmdline.push(' ');
         cmdline.push_str(&root.root_args());
     }
@@ -429,11 +441,7 @@ fn load_and_configure(
 
 /// Everything phases 2 and 3 build besides the device manager.
 struct Parts {
-    serial: Arc<Mutex<SerialDevice>>,
-    i8042: Arc<Mutex<I8042Device>>,
-    drives: Vec<AttachedDrive>,
-    nets: Vec<AttachedNet>,
-    balloon: Option<AttachedBalloon>,
+    attached: Attached,
     vcpus: Vec<Vcpu>,
 }
 
@@ -453,16 +461,30 @@ fn attach_devices(
     let nets = attach_net_devices(vm, mem, dm, events, cfg)?;
     attach_fs_devices(vm, mem, dm, events, cfg)?;
     let balloon = attach_balloon(vm, mem, dm, events, cfg)?;
-    Ok(((serial, i8042), drives, nets, balloon))
+    let pmem = attach_pmem_devices(vm, mem, dm, events, cfg)?;
+    let mem_hotplug = attach_memory_hotplug(vm, mem, dm, events, cfg)?;
+    Ok(Attached {
+        serial,
+        i8042,
+        drives,
+        nets,
+        balloon,
+        pmem,
+        mem_hotplug,
+    })
 }
 
-/// What [`attach_devices`] gives back.
-type Attached = (
-    LegacyDevices,
-    Vec<AttachedDrive>,
-    Vec<AttachedNet>,
-    Option<AttachedBalloon>,
-);
+/// What [`attach_devices`] gives back: the devices the VMM reaches
+/// directly.
+struct Attached {
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042Device>>,
+    drives: Vec<AttachedDrive>,
+    nets: Vec<AttachedNet>,
+    balloon: Option<AttachedBalloon>,
+    pmem: Vec<AttachedPmem>,
+    mem_hotplug: Option<AttachedMemHotplug>,
+}
 
 /// What phase 4 does: load a kernel (and give the vCPUs a CPU
 /// template), or apply a snapshot's state.
@@ -484,7 +506,7 @@ fn build(
     exit: &Arc<ExitNotifier>,
     dm: &mut DeviceManager,
 ) -> Result<Parts, StartError> {
-    let ((serial, i8042), drives, nets, balloon) = attach_devices(vm, mem, cfg, events, exit, dm)?;
+    let attached = attach_devices(vm, mem, cfg, events, exit, dm)?;
     if let Boot::Restore(state) = boot {
         dm.restore(&state.devices)
             .map_err(|e| StartError::Restore(e.to_string()))?;
@@ -502,14 +524,7 @@ fn build(
             tracing::debug!("state restored");
         }
     }
-    Ok(Parts {
-        serial,
-        i8042,
-        drives,
-        nets,
-        balloon,
-        vcpus,
-    })
+    Ok(Parts { attached, vcpus })
 }
 
 /// Starts the vCPUs of what was built. When building or starting failed,
@@ -558,14 +573,17 @@ fn start(
         h.go();
     }
     tracing::debug!(paused, "vCPUs started");
+    let a = parts.attached;
     Ok(RunningVm {
         vcpus: handles,
-        serial: parts.serial,
-        i8042: parts.i8042,
+        serial: a.serial,
+        i8042: a.i8042,
         devices: dm,
-        drives: parts.drives,
-        nets: parts.nets,
-        balloon: parts.balloon,
+        drives: a.drives,
+        nets: a.nets,
+        balloon: a.balloon,
+        pmem: a.pmem,
+        mem_hotplug: a.mem_hotplug,
         vm,
         mem,
     })
@@ -598,14 +616,18 @@ pub fn build_and_start(
             vm.fd().check_extension_raw(libc::c_ulong::from(n)) > 0
         })?;
     }
-    // Phase 1. A vhost-user backend maps guest memory too: it must be a
-    // shared memfd then.
+    // Phase 1: RAM, and the hotpluggable region after it (KVM gets the
+    // RAM; virtio-mem maps the region's slots as they are plugged). A
+    // vhost-user backend maps guest memory too: it must be a shared memfd
+    // then.
+    let (ranges, _) = guest_ranges(machine.mem_size_mib, cfg.hotplug_mib())?;
     let mem = if cfg.fs_devices.is_empty() {
-        create_guest_memory(machine.mem_size_mib, machine.track_dirty_pages)?
+        create_guest_memory(&ranges, machine.track_dirty_pages)?
     } else {
-        create_shared_guest_memory(machine.mem_size_mib, machine.track_dirty_pages)?
+        create_shared_guest_memory(&ranges, machine.track_dirty_pages)?
     };
-    vm.set_up(&mem, machine.track_dirty_pages)?;
+    let ram = ram_ranges(machine.mem_size_mib)?.len();
+    vm.set_up(&mem, ram, machine.track_dirty_pages)?;
     tracing::debug!("KVM VM set up");
     // Phases 2 to 4.
     let mut dm = DeviceManager::new();
@@ -651,7 +673,8 @@ pub fn restore_and_start(
         check_cpu(&v.cpuid, vm.supported_cpuid())?;
     }
     // Phase 1.
-    vm.set_up(&mem, machine.track_dirty_pages)?;
+    let ram = ram_ranges(machine.mem_size_mib)?.len();
+    vm.set_up(&mem, ram, machine.track_dirty_pages)?;
     // Phases 2 to 4.
     let mut dm = DeviceManager::new();
     let built = build(
