@@ -52,6 +52,8 @@ const SOURCES: &[&str] = &[
     "fs.c",
     "balloon.c",
     "cpu.c",
+    "pmem.c",
+    "mem.c",
 ];
 
 /// Files the sources include or the link uses.

@@ -18,7 +18,7 @@
  * Files: probe.h (helpers every check uses), probe.c (boot information,
  * the built-in checks and the table of all checks), virtio.c/virtio.h (a
  * polled virtio-mmio driver), one file per virtio check (rng.c, blk.c,
- * vsock.c, net.c, fs.c, cpu.c; a check that goes on with the device an earlier check set
+ * vsock.c, net.c, fs.c, cpu.c, pmem.c, mem.c; a check that goes on with the device an earlier check set
  * up, as blk-again and vsock-reset do after a snapshot restore, lives in
  * that check's file). A new check goes in its own file, is declared in
  * probe.h, listed in `checks[]` below, and its file added to build.rs's
@@ -140,6 +140,51 @@ void fail(const struct check *c, const char *why)
 	begin(c, "FAIL ");
 	puts_serial(why);
 	putc_serial('\n');
+}
+
+/* ---- identity maps above 4 GiB */
+
+#define PAGE_2M (2ull << 20)
+#define PT_PRESENT_RW 3ull
+#define PT_HUGE 0x80ull
+#define PT_POOL 16
+
+static uint64_t pt_pool[PT_POOL][512] __attribute__((aligned(4096)));
+static unsigned pt_used;
+
+/* The table an entry points at, made (zeroed) when the entry is empty;
+ * NULL when the pool is spent. */
+static uint64_t *pt_next_level(uint64_t *entry)
+{
+	if (!(*entry & 1)) {
+		if (pt_used == PT_POOL)
+			return NULL;
+		uint64_t *t = pt_pool[pt_used++];
+		memset(t, 0, 4096);
+		*entry = (uint64_t)(uintptr_t)t | PT_PRESENT_RW;
+	}
+	return (uint64_t *)(uintptr_t)(*entry & ~0xfffull);
+}
+
+const char *map_phys(uint64_t addr, uint64_t len)
+{
+	uint64_t cr3;
+	__asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+	uint64_t *pml4 = (uint64_t *)(uintptr_t)(cr3 & ~0xfffull);
+	for (uint64_t a = addr & ~(PAGE_2M - 1); a < addr + len; a += PAGE_2M) {
+		uint64_t *pdpt = pt_next_level(&pml4[(a >> 39) & 511]);
+		if (!pdpt)
+			return "out of page-table pages";
+		uint64_t *e = &pdpt[(a >> 30) & 511];
+		if (*e & PT_HUGE)
+			continue;
+		uint64_t *pd = pt_next_level(e);
+		if (!pd)
+			return "out of page-table pages";
+		pd[(a >> 21) & 511] = a | PT_PRESENT_RW | PT_HUGE;
+	}
+	__asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");
+	return NULL;
 }
 
 /* ---- boot information, from the zero page or from hvm_start_info */
@@ -586,6 +631,15 @@ static const struct {
 	{"balloon-stats", check_balloon_stats},
 	{"balloon-hostile", check_balloon_hostile},
 	{"balloon-report", check_balloon_report},
+	{"pmem:", check_pmem},
+	{"pmem-hostile:", check_pmem_hostile},
+	{"pmem-again:", check_pmem_again},
+	{"mem", check_mem},
+	{"mem-plug", check_mem_plug},
+	{"mem-unplug", check_mem_unplug},
+	{"mem-unplug-all", check_mem_unplug_all},
+	{"mem-check", check_mem_check},
+	{"mem-hostile", check_mem_hostile},
 };
 
 static void run_check(const struct check *c)

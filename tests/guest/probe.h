@@ -87,6 +87,16 @@ void fail(const struct check *c, const char *why);
 /* The kernel command line ("" when there is none). */
 const char *cmdline(void);
 
+/* ---- memory above the 4 GiB the boot page tables map */
+
+/*
+ * Identity-maps [addr, addr + len) with 2 MiB pages in the current page
+ * tables (whichever CR3 names), for device memory far above RAM: pmem
+ * windows and hotpluggable memory. Returns NULL, or why it could not
+ * (its pool of page-table pages ran out).
+ */
+const char *map_phys(uint64_t addr, uint64_t len);
+
 /* ---- strings */
 int starts_with(const char *s, const char *prefix);
 int name_is(const struct check *c, const char *s);
@@ -110,6 +120,15 @@ void check_balloon_stats(const struct check *c); /* balloon.c */
 void check_balloon_hostile(const struct check *c); /* balloon.c */
 void check_balloon_report(const struct check *c); /* balloon.c */
 void check_cpuid_regs(const struct check *c); /* cpu.c */
+void check_pmem(const struct check *c); /* pmem.c */
+void check_pmem_hostile(const struct check *c); /* pmem.c */
+void check_pmem_again(const struct check *c); /* pmem.c */
+void check_mem(const struct check *c); /* mem.c */
+void check_mem_plug(const struct check *c); /* mem.c */
+void check_mem_unplug(const struct check *c); /* mem.c */
+void check_mem_unplug_all(const struct check *c); /* mem.c */
+void check_mem_check(const struct check *c); /* mem.c */
+void check_mem_hostile(const struct check *c); /* mem.c */
 void check_msr(const struct check *c); /* cpu.c */
 
 #endif

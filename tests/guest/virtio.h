@@ -37,7 +37,9 @@
 #define VIRTIO_ID_RNG 4
 #define VIRTIO_ID_BALLOON 5
 #define VIRTIO_ID_VSOCK 19
+#define VIRTIO_ID_MEM 24
 #define VIRTIO_ID_FS 26
+#define VIRTIO_ID_PMEM 27
 
 /* ---- virtio-mmio registers (section 4.2.2) */
 #define VIRTIO_MMIO_MAGIC_VALUE 0x000
