@@ -300,3 +300,87 @@ fn plugged_memory_and_its_blocks_survive_a_snapshot() {
     b.action("SendCtrlAltDel");
     assert_eq!(b.wait().code(), Some(0));
 }
+
+#[test]
+fn a_diff_snapshot_holds_memory_plugged_and_written_since_the_base() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new();
+    let mut a = Vmm::with_api();
+    a.put_ok("/hotplug/memory", json!({"total_size_mib": 128}));
+    a.configure(
+        "probe=mem,wait-cad,mem-plug,wait-cad,mem-check,mem-unplug,wait-cad",
+        1,
+        128,
+    );
+    a.put_ok(
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true}),
+    );
+    a.start();
+    a.expect_line("PROBE mem OK");
+    let pause = |v: &Vmm, state: &str| {
+        let r = v.patch("/vm", json!({ "state": state }));
+        assert_eq!(r.status, 204, "{}", r.body);
+    };
+    let snapshot = |v: &Vmm, kind: &str, state: &std::path::Path, mem: &std::path::Path| {
+        let r = v.put(
+            "/snapshot/create",
+            json!({"snapshot_type": kind, "snapshot_path": state, "mem_file_path": mem}),
+        );
+        assert_eq!(r.status, 204, "{}", r.body);
+    };
+    pause(&a, "Paused");
+    let (base_state, base_mem) = (dir.path("base.snap"), dir.path("base.mem"));
+    snapshot(&a, "Full", &base_state, &base_mem);
+    pause(&a, "Resumed");
+    a.action("SendCtrlAltDel");
+    let r = a.patch("/hotplug/memory", json!({"requested_size_mib": 8}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert!(a
+        .expect_line("PROBE mem-plug")
+        .contains("touched=2048 intact=1"));
+    pause(&a, "Paused");
+    let (diff_state, diff_mem) = (dir.path("diff.snap"), dir.path("diff.mem"));
+    snapshot(&a, "Diff", &diff_state, &diff_mem);
+    drop(a);
+    // The guest wrote the plugged pages through KVM: the region's slot
+    // logged them, and the diff holds them where the region follows RAM.
+    let diff = std::fs::read(&diff_mem).unwrap();
+    assert_eq!(diff.len() as u64, 256 * MIB);
+    let at = (128 * MIB) as usize;
+    let want = (ADDR ^ 0x5a5a_5a5a_5a5a_5a5a).to_le_bytes();
+    assert_eq!(
+        diff[at..at + 8],
+        want,
+        "the plugged memory is not in the diff"
+    );
+    drop(diff);
+    let out = std::process::Command::new(common::husk_bin())
+        .args(["snapshot", "rebase"])
+        .arg(&diff_mem)
+        .arg("--base")
+        .arg(&base_mem)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut b = Vmm::with_api();
+    let r = b.put(
+        "/snapshot/load",
+        json!({"snapshot_path": diff_state, "mem_file_path": base_mem, "resume_vm": true}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    b.action("SendCtrlAltDel");
+    assert_eq!(
+        b.expect_line("PROBE mem-check"),
+        format!("PROBE mem-check OK plugged={} intact=1 state=0", 8 * MIB)
+    );
+    assert!(b.expect_line("PROBE mem-unplug ").contains("resp=0"));
+    b.action("SendCtrlAltDel");
+    assert_eq!(b.wait().code(), Some(0));
+}
