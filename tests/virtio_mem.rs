@@ -384,3 +384,52 @@ fn a_diff_snapshot_holds_memory_plugged_and_written_since_the_base() {
     b.action("SendCtrlAltDel");
     assert_eq!(b.wait().code(), Some(0));
 }
+
+#[test]
+fn hotplug_memory_and_pmem_from_the_config_file_share_the_space_above_ram() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TempDir::new();
+    let img = dir.path("p.img");
+    std::fs::write(&img, [1u8; 4096]).unwrap();
+    let mut vmm = Vmm::with_config(|kernel| {
+        json!({
+            "boot-source": {"kernel_image_path": kernel, "boot_args": "probe=mem,pmem:0"},
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+            "memory-hotplug": {"total_size_mib": 256},
+            "pmem": [{"id": "p", "path_on_host": img}],
+        })
+    });
+    assert!(vmm.expect_line("PROBE mem ").starts_with(&format!(
+        "PROBE mem OK block=0x200000 addr={ADDR:#x} region=0x10000000 "
+    )));
+    // The pmem window comes after the hotpluggable region.
+    assert!(
+        vmm.expect_line("PROBE pmem:0").contains(&format!(
+            "start={:#x} size=0x200000 head=0x101010101010101 readback=1 flush=0",
+            ADDR + 256 * MIB
+        )),
+        "{:?}",
+        vmm.drain(Duration::from_millis(100))
+    );
+    assert_eq!(vmm.wait().code(), Some(0));
+    let cfg = dir.path("bad.json");
+    let kernel = common::probe_kernel(&dir);
+    std::fs::write(
+        &cfg,
+        json!({
+            "boot-source": {"kernel_image_path": kernel},
+            "memory-hotplug": {"total_size_mib": 256, "block_size_mib": 3},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::husk_bin())
+        .args(["vmm", "--no-api", "--config-file", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("block_size_mib must be a power of 2"), "{err}");
+}
