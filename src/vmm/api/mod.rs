@@ -6,6 +6,7 @@
 //! woken through an event fd and answers on a oneshot. Connections, their
 //! timeouts and their number are managed in [`server`].
 
+mod paths;
 pub mod server;
 
 use std::io;
