@@ -74,6 +74,7 @@ fn the_guest_sees_a_new_target_and_inflating_gives_memory_back() {
     assert_eq!(stats["free_memory"], 1_000_001, "{stats}");
     assert_eq!(stats["total_memory"], 128u64 << 20, "{stats}");
     assert_eq!(stats["major_faults"], 1, "{stats}");
+    assert_eq!(stats["oom_kill"], 8, "{stats}");
     assert_eq!(stats["target_pages"], 0, "{stats}");
     assert!(stats.get("swap_in").is_none(), "{stats}");
 
@@ -216,10 +217,16 @@ fn bad_balloon_requests_get_clear_400s() {
             "amount_mib 129 is more than the guest's 128 MiB",
         ),
         (
-            "PUT",
-            "/balloon",
-            Some(json!({"amount_mib": 1, "deflate_on_oom": false, "free_page_hinting": true})),
-            "free_page_hinting is not supported",
+            "GET",
+            "/balloon/hinting/status",
+            None,
+            "no balloon device is configured",
+        ),
+        (
+            "PATCH",
+            "/balloon/hinting/x",
+            Some(json!({})),
+            "Invalid request method and/or path",
         ),
         (
             "PUT",
@@ -249,6 +256,23 @@ fn bad_balloon_requests_get_clear_400s() {
         vmm.get("/vm/config").json()["balloon"],
         json!({"amount_mib": 8, "deflate_on_oom": false, "stats_polling_interval_s": 3})
     );
+    // Hinting needs a balloon configured with it.
+    for (method, path) in [
+        ("PATCH", "/balloon/hinting/start"),
+        ("GET", "/balloon/hinting/status"),
+        ("PATCH", "/balloon/hinting/stop"),
+    ] {
+        let body = (method == "PATCH").then_some("{}");
+        let r = vmm.request(method, path, body);
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.body);
+        assert!(
+            fault(&r).contains("free page hinting is not enabled"),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    let r = vmm.patch("/balloon/hinting/start", json!({"acknowledge_on_stop": 1}));
+    assert_eq!(r.status, 400, "{}", r.body);
 }
 
 #[test]
@@ -388,4 +412,104 @@ fn free_pages_the_guest_reports_leave_the_vmm() {
     assert_eq!(m["balloon"]["malformed"], 0, "{m}");
     vmm.action("SendCtrlAltDel");
     assert_eq!(vmm.wait().code(), Some(0));
+}
+
+#[test]
+fn free_pages_the_guest_hints_leave_the_vmm_during_a_run() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vmm = Vmm::with_api();
+    vmm.put_ok(
+        "/balloon",
+        json!({"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true}),
+    );
+    // Hinting runs exist after start only.
+    let r = vmm.patch("/balloon/hinting/start", json!({}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(fault(&r).contains("before starting"), "{}", r.body);
+    vmm.configure(
+        "probe=balloon,balloon-hint,balloon-hint-done,balloon-hint,balloon-hint-done,wait-cad",
+        1,
+        128,
+    );
+    vmm.start();
+    assert_eq!(
+        vmm.expect_line("PROBE balloon "),
+        format!("PROBE balloon OK target=0 features=0x100000008 touched={PAGES}")
+    );
+    assert_eq!(
+        vmm.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 1})
+    );
+    let before = rss_kib(vmm.pid());
+    // A run the host ends itself.
+    let r = vmm.patch(
+        "/balloon/hinting/start",
+        json!({"acknowledge_on_stop": false}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-hint "),
+        format!("PROBE balloon-hint OK id=2 hinted={PAGES}")
+    );
+    let after = rss_kib(vmm.pid());
+    let freed = before.saturating_sub(after);
+    eprintln!(
+        "VmRSS before hinting {before} KiB, after {after} KiB: {freed} KiB freed for {PAGES} pages"
+    );
+    assert!(
+        freed >= PAGES * 4 * 3 / 4,
+        "VmRSS fell by {freed} KiB only ({before} -> {after}); {PAGES} pages were hinted"
+    );
+    // The guest said STOP; the host has not said DONE yet.
+    assert_eq!(
+        vmm.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 2, "guest_cmd": 0})
+    );
+    let r = vmm.patch("/balloon/hinting/stop", json!({}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-hint-done"),
+        "PROBE balloon-hint-done OK cmd=1 zeroed=1"
+    );
+    assert_eq!(
+        vmm.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 1, "guest_cmd": 0})
+    );
+    // A run with no body: acknowledge_on_stop, so the guest's STOP brings
+    // DONE at once.
+    let mut s = std::os::unix::net::UnixStream::connect(&vmm.sock).unwrap();
+    let status = raw_status(
+        &mut s,
+        b"PATCH /balloon/hinting/start HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(status, 204);
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-hint "),
+        format!("PROBE balloon-hint OK id=3 hinted={PAGES}")
+    );
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-hint-done"),
+        "PROBE balloon-hint-done OK cmd=1 zeroed=1"
+    );
+    assert_eq!(
+        vmm.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 1, "guest_cmd": 0})
+    );
+    let m = vmm.get("/metrics").json();
+    assert_eq!(m["balloon"]["hinted_pages"], 2 * PAGES, "{m}");
+    assert_eq!(m["balloon"]["malformed"], 0, "{m}");
+    vmm.action("SendCtrlAltDel");
+    assert_eq!(vmm.wait().code(), Some(0));
+}
+
+/// Sends one raw request and returns the answer's status code.
+fn raw_status(s: &mut std::os::unix::net::UnixStream, req: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    s.write_all(req).unwrap();
+    let mut b = [0u8; 4096];
+    let n = s.read(&mut b).unwrap();
+    let head = String::from_utf8_lossy(&b[..n]);
+    head.split(' ').nth(1).unwrap().parse().unwrap()
 }

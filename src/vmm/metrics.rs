@@ -189,6 +189,10 @@ pub struct BalloonMetrics {
     pub deflated_pages: Counter,
     /// Free pages the guest reported (free page reporting), dropped.
     pub reported_pages: Counter,
+    /// Free pages the guest hinted during a hinting run, dropped.
+    pub hinted_pages: Counter,
+    /// Hint buffers that arrived outside a run, returned untouched.
+    pub stale_hints: Counter,
     /// Page frame numbers outside guest memory, skipped.
     pub bad_pfns: Counter,
     /// Malformed buffers: device-writable, not a whole number of PFNs,
@@ -319,6 +323,8 @@ pub static METRICS: Metrics = Metrics {
         inflated_pages,
         deflated_pages,
         reported_pages,
+        hinted_pages,
+        stale_hints,
         bad_pfns,
         malformed,
         stats_updates,

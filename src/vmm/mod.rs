@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod arch;
+mod balloon;
 pub mod builder;
 pub mod client;
 pub mod config;
@@ -392,75 +393,6 @@ impl Vmm {
         Ok(())
     }
 
-    /// One balloon per VM: a second PUT replaces the first.
-    fn set_balloon(&mut self, b: config::BalloonConfig) -> Result<(), VmmActionError> {
-        self.require_not_started()?;
-        b.validate(self.config.machine_config.mem_size_mib)?;
-        self.config.balloon = Some(b);
-        Ok(())
-    }
-
-    fn balloon_config(&self) -> Result<&config::BalloonConfig, ConfigError> {
-        self.config.balloon.as_ref().ok_or(ConfigError::NoBalloon)
-    }
-
-    /// A new target: before start it is the configuration's; after, the
-    /// driver sees it in `num_pages`, with a configuration-change
-    /// interrupt.
-    fn patch_balloon(&mut self, u: config::BalloonUpdate) -> Result<(), VmmActionError> {
-        self.balloon_config()?;
-        config::check_amount(u.amount_mib, self.config.machine_config.mem_size_mib)?;
-        if let Some(vm) = &self.running {
-            let b = attached_balloon(vm)?;
-            b.balloon
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_target_mib(u.amount_mib);
-            b.transport
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .config_changed();
-            METRICS.balloon.target_updates.inc();
-        }
-        if let Some(b) = self.config.balloon.as_mut() {
-            b.amount_mib = u.amount_mib;
-        }
-        Ok(())
-    }
-
-    /// A new statistics interval. After start statistics cannot be turned
-    /// on or off (that would add or remove a queue), as in Firecracker.
-    fn patch_balloon_stats(&mut self, u: config::BalloonStatsUpdate) -> Result<(), VmmActionError> {
-        let old = self.balloon_config()?.stats_polling_interval_s;
-        let new = u.stats_polling_interval_s;
-        if let Some(vm) = &self.running {
-            config::check_stats_change(old, new)?;
-            let b = attached_balloon(vm)?;
-            b.balloon
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_stats_interval(new)
-                .map_err(|e| VmmActionError::BalloonUpdate(e.to_string()))?;
-        }
-        if let Some(b) = self.config.balloon.as_mut() {
-            b.stats_polling_interval_s = new;
-        }
-        Ok(())
-    }
-
-    /// `GET /balloon/statistics`: after start, with statistics on.
-    fn balloon_stats(&self) -> Result<serde_json::Value, VmmActionError> {
-        if !self.balloon_config()?.stats_enabled() {
-            return Err(ConfigError::BalloonStatsDisabled.into());
-        }
-        let Some(vm) = &self.running else {
-            return Err(VmmActionError::BeforeStart);
-        };
-        let b = attached_balloon(vm)?;
-        let stats = b.balloon.lock().unwrap_or_else(|e| e.into_inner()).stats();
-        Ok(stats.to_json())
-    }
-
     /// The logger is configured before start only, as in Firecracker.
     fn set_logger(&mut self, l: LoggerConfig) -> Result<(), VmmActionError> {
         self.require_not_started()?;
@@ -606,6 +538,9 @@ impl Vmm {
             VmmAction::PatchBalloon(u) => done(self.patch_balloon(u)),
             VmmAction::GetBalloonStats => self.balloon_stats().map(VmmData::Json),
             VmmAction::PatchBalloonStats(u) => done(self.patch_balloon_stats(u)),
+            VmmAction::StartBalloonHinting(c) => done(self.start_balloon_hinting(c)),
+            VmmAction::StopBalloonHinting => done(self.stop_balloon_hinting()),
+            VmmAction::GetBalloonHinting => self.balloon_hinting_status().map(VmmData::Json),
             // Starting needs the event loop; `run.rs` handles it before
             // the microVM runs. Here it can only be too late.
             VmmAction::InstanceStart => done(
@@ -731,14 +666,6 @@ fn all_or_nothing(
             Err(e)
         }
     }
-}
-
-/// The running microVM's balloon device (configured ones are attached at
-/// start).
-fn attached_balloon(vm: &RunningVm) -> Result<&builder::AttachedBalloon, VmmActionError> {
-    vm.balloon.as_ref().ok_or(VmmActionError::BalloonUpdate(
-        "the device is not attached".into(),
-    ))
 }
 
 /// The drive id in a body must be the one in the path.

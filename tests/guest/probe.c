@@ -586,6 +586,8 @@ static const struct {
 	{"balloon-stats", check_balloon_stats},
 	{"balloon-hostile", check_balloon_hostile},
 	{"balloon-report", check_balloon_report},
+	{"balloon-hint", check_balloon_hint},
+	{"balloon-hint-done", check_balloon_hint_done},
 };
 
 static void run_check(const struct check *c)

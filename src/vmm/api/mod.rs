@@ -137,6 +137,15 @@ pub fn router(api: ApiSender) -> Router {
         .route(
             "/balloon/statistics",
             get(get_balloon_stats).patch(patch_balloon_stats),
+        )
+        .route(
+            "/balloon/hinting/start",
+            axum::routing::patch(patch_balloon_hinting_start),
+        )
+        .route("/balloon/hinting/status", get(get_balloon_hinting))
+        .route(
+            "/balloon/hinting/stop",
+            axum::routing::patch(patch_balloon_hinting_stop),
         );
     #[cfg(feature = "test-hooks")]
     let routes = routes.route("/test/forbidden-call", put(put_forbidden_call));
@@ -344,6 +353,24 @@ async fn get_balloon_stats(State(api): State<ApiSender>) -> Response {
 
 async fn patch_balloon_stats(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::PatchBalloonStats).await
+}
+
+/// The body may be left out (Firecracker's defaults apply).
+async fn patch_balloon_hinting_start(State(api): State<ApiSender>, body: Body) -> Response {
+    if matches!(&body, Ok(b) if b.is_empty()) {
+        let cmd = crate::vmm::config::BalloonStartCmd::default();
+        return call(&api, VmmAction::StartBalloonHinting(cmd)).await;
+    }
+    call_with(&api, &body, VmmAction::StartBalloonHinting).await
+}
+
+async fn get_balloon_hinting(State(api): State<ApiSender>) -> Response {
+    call(&api, VmmAction::GetBalloonHinting).await
+}
+
+/// Any body is ignored, as in Firecracker.
+async fn patch_balloon_hinting_stop(State(api): State<ApiSender>) -> Response {
+    call(&api, VmmAction::StopBalloonHinting).await
 }
 
 async fn put_entropy(State(api): State<ApiSender>, body: Body) -> Response {

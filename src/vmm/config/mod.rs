@@ -21,7 +21,8 @@ mod snapshot;
 mod vsock;
 
 pub use balloon::{
-    check_amount, check_stats_change, BalloonConfig, BalloonStatsUpdate, BalloonUpdate,
+    check_amount, check_stats_change, BalloonConfig, BalloonStartCmd, BalloonStatsUpdate,
+    BalloonUpdate,
 };
 pub use boot::{BootSourceConfig, DEFAULT_BOOT_ARGS};
 pub use cpu_config::{
@@ -104,6 +105,10 @@ pub enum ConfigError {
     NoBalloon,
     #[error("balloon statistics are not enabled: the balloon was configured with stats_polling_interval_s 0")]
     BalloonStatsDisabled,
+    #[error(
+        "free page hinting is not enabled: the balloon was configured without free_page_hinting"
+    )]
+    BalloonHintingDisabled,
     #[error("balloon statistics cannot be enabled or disabled after the microVM started (stats_polling_interval_s can only change between non-zero values)")]
     BalloonStatsChange,
 }

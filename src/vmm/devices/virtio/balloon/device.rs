@@ -15,6 +15,9 @@
 //! buffer's own address and length name the range, which is dropped like
 //! inflated pages and the buffer returned.
 //!
+//! With free page hinting (VIRTIO_BALLOON_F_FREE_PAGE_HINT) the host asks
+//! for runs of hints on a hinting queue; see `hinting.rs`.
+//!
 //! Statistics follow the spec's protocol: the driver offers one buffer of
 //! `{le16 tag; le64 val}` records; the device reads it and keeps it, and
 //! every polling interval (a timerfd) hands it back as used, which asks
@@ -43,11 +46,13 @@ use crate::vmm::kvm::memory::GuestMem;
 use crate::vmm::metrics::METRICS;
 use crate::vmm::snapshot::Persist;
 
+use super::hinting::{Hinting, VIRTIO_BALLOON_F_FREE_PAGE_HINT};
+
 pub const QUEUE_SIZE: u16 = 256;
 /// The balloon's page size, whatever the host's (spec 5.5.6).
 pub const BALLOON_PAGE_SIZE: u64 = 4096;
-/// num_pages and actual, le32 each.
-pub const CONFIG_LEN: usize = 8;
+/// num_pages, actual, free_page_hint_cmd_id and poison_val, le32 each.
+pub const CONFIG_LEN: usize = 16;
 /// Pages per MiB.
 pub const PAGES_PER_MIB: u32 = (1 << 20) / BALLOON_PAGE_SIZE as u32;
 
@@ -57,8 +62,9 @@ pub const VIRTIO_BALLOON_F_PAGE_REPORTING: u64 = 1 << 5;
 
 pub const INFLATE: usize = 0;
 pub const DEFLATE: usize = 1;
-/// The statistics queue's index, when there is one; the reporting
-/// queue comes after it (or takes its index without statistics).
+/// The statistics queue's index, when there is one; the hinting and
+/// reporting queues come after it, in that order, each taking the next
+/// index of the queues there are.
 pub const STATS: usize = 2;
 
 /// One statistics record: le16 tag, le64 value, packed.
@@ -90,6 +96,12 @@ pub struct GuestStats {
     pub disk_caches: Option<u64>,
     pub hugetlb_allocations: Option<u64>,
     pub hugetlb_failures: Option<u64>,
+    pub oom_kill: Option<u64>,
+    pub alloc_stall: Option<u64>,
+    pub async_scan: Option<u64>,
+    pub direct_scan: Option<u64>,
+    pub async_reclaim: Option<u64>,
+    pub direct_reclaim: Option<u64>,
 }
 
 impl GuestStats {
@@ -106,6 +118,12 @@ impl GuestStats {
             7 => &mut self.disk_caches,
             8 => &mut self.hugetlb_allocations,
             9 => &mut self.hugetlb_failures,
+            10 => &mut self.oom_kill,
+            11 => &mut self.alloc_stall,
+            12 => &mut self.async_scan,
+            13 => &mut self.direct_scan,
+            14 => &mut self.async_reclaim,
+            15 => &mut self.direct_reclaim,
             _ => return,
         };
         *slot = Some(val);
@@ -142,7 +160,7 @@ pub struct Balloon {
     pub(super) stats_interval_s: u16,
     deflate_on_oom: bool,
     /// The madvise advice that frees a page of guest memory.
-    advice: libc::c_int,
+    pub(super) advice: libc::c_int,
     pub(super) target_pages: u32,
     pub(super) actual_pages: u32,
     /// The queues, once the driver set DRIVER_OK.
@@ -152,6 +170,9 @@ pub struct Balloon {
     pub(super) stats: GuestStats,
     /// The statistics queue's index, when statistics are on.
     pub(super) stats_q: Option<usize>,
+    /// The free page hinting queue's index, when hinting is on.
+    pub(super) hint_q: Option<usize>,
+    pub(super) hinting: Hinting,
     /// The free page reporting queue's index, when reporting is on.
     pub(super) report_q: Option<usize>,
 }
@@ -160,11 +181,16 @@ impl Balloon {
     /// A balloon for guest memory that is a shared memfd (`shared`) or
     /// private memory.
     pub fn new(cfg: &BalloonConfig, shared: bool) -> Result<Self, BalloonError> {
-        let stats_q = cfg.stats_enabled().then_some(STATS);
-        let report_q = cfg
-            .free_page_reporting
-            .then_some(STATS + usize::from(stats_q.is_some()));
-        let count = 2 + usize::from(stats_q.is_some()) + usize::from(report_q.is_some());
+        let mut count = STATS;
+        let mut next_queue = |on: bool| {
+            on.then(|| {
+                count += 1;
+                count - 1
+            })
+        };
+        let stats_q = next_queue(cfg.stats_enabled());
+        let hint_q = next_queue(cfg.free_page_hinting);
+        let report_q = next_queue(cfg.free_page_reporting);
         let queue_evts = (0..count)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
@@ -186,6 +212,8 @@ impl Balloon {
             stats_desc: None,
             stats: GuestStats::default(),
             stats_q,
+            hint_q,
+            hinting: Hinting::default(),
             report_q,
         };
         b.set_stats_interval(cfg.stats_polling_interval_s)?;
@@ -233,7 +261,10 @@ impl Balloon {
     fn config_bytes(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
         c[..4].copy_from_slice(&self.target_pages.to_le_bytes());
-        c[4..].copy_from_slice(&self.actual_pages.to_le_bytes());
+        c[4..8].copy_from_slice(&self.actual_pages.to_le_bytes());
+        c[8..12].copy_from_slice(&self.hinting.host_cmd.to_le_bytes());
+        // poison_val (12..16) stays 0: VIRTIO_BALLOON_F_PAGE_POISON is not
+        // offered.
         c
     }
 
@@ -345,7 +376,7 @@ impl Balloon {
 /// Drops the whole balloon pages in `[addr, addr + len)`; a range that
 /// is not page-aligned or not inside guest memory is malformed, and
 /// pages outside guest memory are counted as bad.
-fn discard_range(mem: &GuestMem, addr: u64, len: u32, advice: libc::c_int) -> u64 {
+pub(super) fn discard_range(mem: &GuestMem, addr: u64, len: u32, advice: libc::c_int) -> u64 {
     if !addr.is_multiple_of(BALLOON_PAGE_SIZE) || !u64::from(len).is_multiple_of(BALLOON_PAGE_SIZE)
     {
         METRICS.balloon.malformed.inc();
@@ -521,6 +552,9 @@ impl VirtioDevice for Balloon {
         if self.stats_q.is_some() {
             f |= VIRTIO_BALLOON_F_STATS_VQ;
         }
+        if self.hint_q.is_some() {
+            f |= VIRTIO_BALLOON_F_FREE_PAGE_HINT;
+        }
         if self.report_q.is_some() {
             f |= VIRTIO_BALLOON_F_PAGE_REPORTING;
         }
@@ -545,7 +579,7 @@ impl VirtioDevice for Balloon {
         let Ok(start) = usize::try_from(offset) else {
             return;
         };
-        let Some(end) = start.checked_add(data.len()).filter(|&e| e <= CONFIG_LEN) else {
+        let Some(end) = start.checked_add(data.len()).filter(|&e| e <= 8) else {
             return;
         };
         if start < 4 {
@@ -587,6 +621,7 @@ impl VirtioDevice for Balloon {
 
     fn activate_restored(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
         let queues: Vec<ActiveQueue> = match self.queue_evts.len() {
+            5 => active.split::<5>()?.into(),
             4 => active.split::<4>()?.into(),
             3 => active.split::<3>()?.into(),
             _ => active.split::<2>()?.into(),

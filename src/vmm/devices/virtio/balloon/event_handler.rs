@@ -42,6 +42,9 @@ impl MutEventSubscriber for Balloon {
                 self.process_deflate();
             }
             q if Some(q) == self.stats_q => self.process_stats(),
+            q if Some(q) == self.hint_q => {
+                self.process_hinting();
+            }
             q if Some(q) == self.report_q => {
                 self.process_reporting();
             }

@@ -2,12 +2,14 @@
 //! the statistics interval, the last figures the guest reported, and the
 //! statistics buffer the device holds (popped from its queue, so it is
 //! in no ring: without it the driver would never report again).
+//! The free page hinting exchange's ids are kept too.
 //! Inflated pages need nothing: they are absent from the memory file as
 //! from memory, and read as zeros after a restore as before it.
 
 use serde::{Deserialize, Serialize};
 
 use super::device::GuestStats;
+use super::hinting::Hinting;
 use super::Balloon;
 use crate::vmm::devices::virtio::persist::VirtioPersistError;
 use crate::vmm::snapshot::Persist;
@@ -19,6 +21,7 @@ pub struct BalloonState {
     pub stats_polling_interval_s: u16,
     pub stats_desc: Option<u16>,
     pub stats: GuestStats,
+    pub hinting: Hinting,
 }
 
 impl Persist for Balloon {
@@ -32,6 +35,7 @@ impl Persist for Balloon {
             stats_polling_interval_s: self.stats_interval_s,
             stats_desc: self.stats_desc,
             stats: self.stats,
+            hinting: self.hinting,
         }
     }
 
@@ -52,10 +56,16 @@ impl Persist for Balloon {
                 "the statistics buffer is outside the queue",
             ));
         }
+        if self.hint_q.is_none() && s.hinting != Hinting::default() {
+            return Err(VirtioPersistError::Invalid(
+                "free page hinting state for a balloon without hinting",
+            ));
+        }
         self.target_pages = s.target_pages;
         self.actual_pages = s.actual_pages;
         self.stats_desc = s.stats_desc;
         self.stats = s.stats;
+        self.hinting = s.hinting;
         if s.stats_polling_interval_s != self.stats_interval_s {
             self.set_stats_interval(s.stats_polling_interval_s)
                 .map_err(|_| VirtioPersistError::Invalid("cannot arm the statistics timer"))?;

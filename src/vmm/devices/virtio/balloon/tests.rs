@@ -188,3 +188,64 @@ fn reported_free_ranges_are_dropped() {
     assert_eq!(b.queue_max_sizes().len(), 4);
     assert_eq!((b.stats_q, b.report_q), (Some(2), Some(3)));
 }
+
+#[test]
+fn hints_are_dropped_only_during_the_run_the_host_asked_for() {
+    let mut cfg = config(0, false, 0);
+    cfg.free_page_hinting = true;
+    let (b, mut d) = up(&cfg);
+    assert_ne!(
+        b.lock().unwrap().avail_features() & VIRTIO_BALLOON_F_FREE_PAGE_HINT,
+        0
+    );
+    let at = GuestAddress(4 << 20);
+    let cmd = GuestAddress(1 << 20);
+    d.mem.write_obj(0x77u8, at).unwrap();
+    let stale = METRICS.balloon.stale_hints.get();
+    // A hint before any run is returned untouched.
+    d.desc(2, 0, at.0, 4096, F_WRITE, 0);
+    d.make_available(2, 0);
+    assert_eq!(b.lock().unwrap().process_hinting(), 1);
+    assert_eq!(d.mem.read_obj::<u8>(at).unwrap(), 0x77);
+    assert!(METRICS.balloon.stale_hints.get() > stale);
+    // The host starts run 2; the driver sees it in the configuration.
+    assert_eq!(b.lock().unwrap().start_hinting(false), 2);
+    assert_eq!(d.read_reg(reg::CONFIG + 8), 2);
+    // The driver answers with the id, then hints: the page is dropped.
+    d.mem.write_obj(2u32, cmd).unwrap();
+    d.desc(2, 1, cmd.0, 4, 0, 0);
+    d.desc(2, 2, at.0, 4096, F_WRITE, 0);
+    d.make_available(2, 1);
+    d.make_available(2, 2);
+    assert_eq!(b.lock().unwrap().process_hinting(), 2);
+    assert_eq!(d.mem.read_obj::<u8>(at).unwrap(), 0);
+    // STOP without acknowledge_on_stop leaves the host's id as it was.
+    d.mem.write_obj(0u32, cmd).unwrap();
+    d.desc(2, 3, cmd.0, 4, 0, 0);
+    d.make_available(2, 3);
+    b.lock().unwrap().process_hinting();
+    let s = b.lock().unwrap().hinting_status();
+    assert_eq!((s.host_cmd, s.guest_cmd), (2, Some(0)));
+    // A short command buffer is malformed, not a crash.
+    let malformed = METRICS.balloon.malformed.get();
+    d.desc(2, 4, cmd.0, 2, 0, 0);
+    d.make_available(2, 4);
+    b.lock().unwrap().process_hinting();
+    assert!(METRICS.balloon.malformed.get() > malformed);
+    // The state survives a snapshot; a balloon without hinting refuses it.
+    let saved = Persist::save(&*b.lock().unwrap());
+    let mut other = Balloon::new(&cfg, false).unwrap();
+    Persist::restore(&mut other, &saved).unwrap();
+    assert_eq!(Persist::save(&other), saved);
+    let mut plain = Balloon::new(&config(0, false, 0), false).unwrap();
+    assert!(Persist::restore(&mut plain, &saved).is_err());
+    // Queue order: statistics, hinting, reporting.
+    cfg.stats_polling_interval_s = 1;
+    cfg.free_page_reporting = true;
+    let b = Balloon::new(&cfg, false).unwrap();
+    assert_eq!(
+        (b.stats_q, b.hint_q, b.report_q),
+        (Some(2), Some(3), Some(4))
+    );
+    assert_eq!(b.queue_max_sizes().len(), 5);
+}
