@@ -70,16 +70,14 @@ pub enum MemoryError {
     #[error("cannot create shared guest memory (memfd): {0}")]
     Memfd(std::io::Error),
     #[error(
-        "guest memory ({size_mib} MiB) needs {needed} free 2 MiB huge pages, but the host has \
-         {available} (HugePages_Free {free}, HugePages_Rsvd {reserved}): raise \
+        "guest memory ({size_mib} MiB) needs {needed} free 2 MiB huge pages, but {have}: raise \
          /proc/sys/vm/nr_hugepages, or use huge_pages \"None\" or \"Transparent\""
     )]
     HugePagesShort {
         size_mib: u64,
         needed: u64,
-        available: u64,
-        free: u64,
-        reserved: u64,
+        /// What the pool has, as far as this process can see it.
+        have: String,
     },
     #[error("cannot ask for transparent huge pages (madvise MADV_HUGEPAGE): {0}")]
     Transparent(std::io::Error),
@@ -288,21 +286,40 @@ fn build(
 }
 
 /// Why mapping `size_mib` MiB failed: for hugetlbfs memory the kernel's
-/// ENOMEM means the pool has too few free pages, said with its figures.
+/// ENOMEM means the pool (or a hugetlb cgroup limit) has too few free
+/// pages, said with the pool's figures where this process can read them
+/// (not in a jail without /sys).
 fn map_error(size_mib: u64, hugetlb: bool, err: MmapRegionError) -> MemoryError {
     if let (true, MmapRegionError::Mmap(e)) = (hugetlb, &err) {
         if e.raw_os_error() == Some(libc::ENOMEM) {
-            let pool = HugePool::read();
             let needed = (size_mib << 20).div_ceil(HugePages::HUGETLB_2M);
-            if pool.available() < needed {
-                return MemoryError::HugePagesShort {
-                    size_mib,
-                    needed,
-                    available: pool.available(),
-                    free: pool.free,
-                    reserved: pool.reserved,
-                };
-            }
+            let have = match HugePool::read() {
+                Some(pool) if pool.available() >= needed => {
+                    format!(
+                        "the host's pool has {} (HugePages_Free {}, HugePages_Rsvd {}): \
+                         a hugetlb cgroup limit may be what refused them",
+                        pool.available(),
+                        pool.free,
+                        pool.reserved
+                    )
+                }
+                Some(pool) => format!(
+                    "the host has {} (HugePages_Free {}, HugePages_Rsvd {})",
+                    pool.available(),
+                    pool.free,
+                    pool.reserved
+                ),
+                None => format!(
+                    "the kernel could not reserve them (the pool's figures in {} cannot be read \
+                     here)",
+                    HugePool::SYSFS
+                ),
+            };
+            return MemoryError::HugePagesShort {
+                size_mib,
+                needed,
+                have,
+            };
         }
     }
     MemoryError::Map { size_mib, err }
@@ -321,18 +338,20 @@ pub struct HugePool {
 impl HugePool {
     pub const SYSFS: &'static str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
 
-    /// The pool now; zeros where the host has no 2 MiB pool.
-    pub fn read() -> Self {
-        let count = |name: &str| {
+    /// The pool now; None where it cannot be read (no 2 MiB pool, or
+    /// no /sys in a jail).
+    pub fn read() -> Option<Self> {
+        let count = |name: &str| -> Option<u64> {
             std::fs::read_to_string(format!("{}/{name}", Self::SYSFS))
+                .ok()?
+                .trim()
+                .parse()
                 .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0)
         };
-        HugePool {
-            free: count("free_hugepages"),
-            reserved: count("resv_hugepages"),
-        }
+        Some(HugePool {
+            free: count("free_hugepages")?,
+            reserved: count("resv_hugepages")?,
+        })
     }
 
     /// Pages a new mapping can still reserve.
@@ -452,6 +471,7 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains("needs 524288 free 2 MiB huge pages"), "{msg}");
             assert!(msg.contains("HugePages_Free"), "{msg}");
+            assert!(msg.contains("/proc/sys/vm/nr_hugepages"), "{msg}");
         }
         let f = File::open("/dev/null").unwrap();
         let r = from_file(&f, &ram_ranges(2).unwrap(), opts);
