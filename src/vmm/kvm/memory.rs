@@ -481,6 +481,9 @@ mod tests {
     #[test]
     fn transparent_memory_is_advised() {
         let opts = MemOptions::new(false, HugePages::Transparent);
+        // Shared memory (shmem) takes the advice too; whether the kernel
+        // acts on it is /sys/kernel/mm/transparent_hugepage/shmem_enabled.
+        create_shared_guest_memory(64, opts).unwrap();
         let m = create_guest_memory(64, opts).unwrap();
         let start = m.iter().next().unwrap().as_ptr() as u64;
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
