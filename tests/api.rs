@@ -68,12 +68,16 @@ fn bad_machine_configs_are_refused() {
             "vcpu_count",
         ),
         (
-            json!({"vcpu_count": 1, "mem_size_mib": 64}),
-            "mem_size_mib must be at least 128",
+            json!({"vcpu_count": 1, "mem_size_mib": 0}),
+            "mem_size_mib must be at least 1",
         ),
         (
-            json!({"vcpu_count": 1, "mem_size_mib": 1u64 << 40}),
-            "more than this host",
+            json!({"vcpu_count": 1, "mem_size_mib": 129, "huge_pages": "2M"}),
+            "not a multiple of 2",
+        ),
+        (
+            json!({"vcpu_count": 1, "mem_size_mib": 127, "huge_pages": "Transparent"}),
+            "not a multiple of 2",
         ),
         (
             json!({"vcpu_count": 3, "mem_size_mib": 128, "smt": true}),
@@ -85,8 +89,12 @@ fn bad_machine_configs_are_refused() {
             "unknown field `turbo`",
         ),
         (
-            json!({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}),
-            "huge_pages",
+            json!({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "1G"}),
+            "unknown variant `1G`",
+        ),
+        (
+            json!({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2m"}),
+            "unknown variant `2m`",
         ),
     ];
     for (body, want) in cases {

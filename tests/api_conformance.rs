@@ -47,10 +47,6 @@ const NOT_YET: &[&str] = &[
     "GET /mmds: missing",
     "PUT /mmds/config: missing",
     "GET /vm/config answer.mmds-config: missing",
-    "GET /machine-config answer.huge_pages: value",
-    "PUT /machine-config body.huge_pages: value",
-    "PATCH /machine-config body.huge_pages: value",
-    "GET /vm/config answer.machine-config.huge_pages: value",
 ];
 
 #[derive(Clone, Debug, PartialEq)]

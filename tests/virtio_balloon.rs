@@ -150,6 +150,64 @@ fn the_guest_sees_a_new_target_and_inflating_gives_memory_back() {
     assert_eq!(vmm.wait().code(), Some(0));
 }
 
+/// With hugetlbfs guest memory (`huge_pages: "2M"`) the balloon works
+/// as Firecracker's does there: the guest gives its pages, but the host
+/// keeps them backed (a 4 KiB page cannot leave a 2 MiB one), so the
+/// guest finds its data still in them after a deflate.
+#[test]
+fn with_2m_huge_pages_inflated_pages_stay_backed() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(_pool) = common::hugepages::Pool::with_available(64) else {
+        return;
+    };
+    let mut vmm = Vmm::with_api();
+    vmm.put_ok(
+        "/balloon",
+        json!({"amount_mib": 0, "deflate_on_oom": false}),
+    );
+    vmm.put_ok(
+        "/boot-source",
+        json!({
+            "kernel_image_path": vmm.kernel,
+            "boot_args": "probe=balloon,balloon-inflate,balloon-deflate,wait-cad",
+        }),
+    );
+    vmm.put_ok(
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}),
+    );
+    vmm.start();
+    vmm.expect_line("PROBE balloon OK");
+    let hugetlb = |vmm: &Vmm| {
+        let vmas = common::hugepages::guest_memory_vmas(vmm.pid(), 128);
+        vmas[0].num("Private_Hugetlb")
+    };
+    let before = hugetlb(&vmm);
+    let target_mib = (PAGES * 4096) >> 20;
+    let r = vmm.patch("/balloon", json!({"amount_mib": target_mib}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-inflate"),
+        format!("PROBE balloon-inflate OK target={PAGES} inflated={PAGES} config-irq=1")
+    );
+    assert_eq!(hugetlb(&vmm), before);
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-deflate"),
+        format!("PROBE balloon-deflate OK deflated={PAGES} zeroed=0")
+    );
+    let m = vmm.get("/metrics").json();
+    let bm = &m["balloon"];
+    assert_eq!(bm["inflated_pages"], 0, "{m}");
+    assert_eq!(bm["hugetlb_kept_pages"], PAGES, "{m}");
+    assert_eq!(bm["deflated_pages"], PAGES, "{m}");
+    common::assert_filtered(vmm.pid());
+    vmm.action("SendCtrlAltDel");
+    vmm.expect_line("PROBE wait-cad OK");
+    assert_eq!(vmm.wait().code(), Some(0));
+}
+
 #[test]
 fn hostile_balloon_buffers_are_counted_and_the_vmm_lives_on() {
     if !kvm_available() {

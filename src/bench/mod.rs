@@ -348,7 +348,7 @@ fn kvm_floor() -> Result<(f64, f64), String> {
     use crate::vmm::kvm::Vm;
     let cpu_start = thread_cpu_ms();
     let start = Instant::now();
-    let mem = create_guest_memory(GUEST_MEM_MIB, false).map_err(|e| e.to_string())?;
+    let mem = create_guest_memory(GUEST_MEM_MIB, Default::default()).map_err(|e| e.to_string())?;
     let vm = Vm::new(&mem, false).map_err(|e| e.to_string())?;
     let vcpu = vm.fd().create_vcpu(0).map_err(|e| e.to_string())?;
     drop(vcpu);

@@ -28,7 +28,9 @@ use crate::vmm::devices::virtio::block::{Block, BlockOptions};
 use crate::vmm::devices::virtio::mmio::MmioTransport;
 use crate::vmm::devices::virtio::rng::Rng;
 use crate::vmm::exit::ExitNotifier;
-use crate::vmm::kvm::memory::{create_guest_memory, create_shared_guest_memory, MemoryError};
+use crate::vmm::kvm::memory::{
+    create_guest_memory, create_shared_guest_memory, MemOptions, MemoryError,
+};
 use crate::vmm::kvm::persist::{check_cpu, native_cpuid, restore_vm, KvmStateError};
 use crate::vmm::kvm::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vmm::kvm::{Vm, VmError};
@@ -341,6 +343,12 @@ fn attach_balloon(
         .map_err(|e| StartError::Device("virtio-balloon", e.to_string()))?;
     // With a vhost-user device guest memory is a shared memfd.
     let shared = !cfg.fs_devices.is_empty();
+    if cfg.machine_config.huge_pages.is_hugetlbfs() {
+        tracing::info!(
+            "virtio-balloon: guest memory is hugetlbfs, so inflated pages stay backed \
+             (the guest cannot use them, but the VMM's RSS does not fall)"
+        );
+    }
     let balloon =
         Balloon::new(b, shared).map_err(|e| StartError::Device("virtio-balloon", e.to_string()))?;
     let balloon = Arc::new(Mutex::new(balloon));
@@ -600,10 +608,11 @@ pub fn build_and_start(
     }
     // Phase 1. A vhost-user backend maps guest memory too: it must be a
     // shared memfd then.
+    let opts = MemOptions::new(machine.track_dirty_pages, machine.huge_pages);
     let mem = if cfg.fs_devices.is_empty() {
-        create_guest_memory(machine.mem_size_mib, machine.track_dirty_pages)?
+        create_guest_memory(machine.mem_size_mib, opts)?
     } else {
-        create_shared_guest_memory(machine.mem_size_mib, machine.track_dirty_pages)?
+        create_shared_guest_memory(machine.mem_size_mib, opts)?
     };
     vm.set_up(&mem, machine.track_dirty_pages)?;
     tracing::debug!("KVM VM set up");

@@ -195,6 +195,10 @@ pub struct BalloonMetrics {
     pub stale_hints: Counter,
     /// Page frame numbers outside guest memory, skipped.
     pub bad_pfns: Counter,
+    /// Inflated or reported pages of hugetlbfs guest memory, which stay
+    /// backed: a 4 KiB page cannot be taken out of a 2 MiB huge page
+    /// (Firecracker keeps them too).
+    pub hugetlb_kept_pages: Counter,
     /// Malformed buffers: device-writable, not a whole number of PFNs,
     /// outside guest memory, an empty or extra statistics buffer;
     /// broken queues.
@@ -326,6 +330,7 @@ pub static METRICS: Metrics = Metrics {
         hinted_pages,
         stale_hints,
         bad_pfns,
+        hugetlb_kept_pages,
         malformed,
         stats_updates,
         target_updates

@@ -508,9 +508,10 @@ impl Vmm {
                 "firecracker_version": FIRECRACKER_API_VERSION,
                 "vmm_version": VERSION,
             })),
-            VmmAction::GetMachineConfig => json(config::shown_machine_config(
-                serde_json::to_value(&self.config.machine_config).unwrap_or_default(),
-            )),
+            // `huge_pages` is always there (Firecracker shows it too).
+            VmmAction::GetMachineConfig => {
+                json(serde_json::to_value(&self.config.machine_config).unwrap_or_default())
+            }
             VmmAction::GetFullConfig => json(config::shown_full_config(
                 serde_json::to_value(&self.config).unwrap_or_default(),
             )),

@@ -45,8 +45,16 @@ pub enum VmError {
     CreatePit(kvm_ioctls::Error),
     #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
     SupportedCpuid(kvm_ioctls::Error),
-    #[error("KVM_SET_USER_MEMORY_REGION failed for slot {slot}: {err}")]
-    SetMemory { slot: u32, err: kvm_ioctls::Error },
+    #[error(
+        "KVM refuses guest memory slot {slot} ({size_mib} MiB at guest address {addr:#x}): \
+         KVM_SET_USER_MEMORY_REGION: {err}"
+    )]
+    SetMemory {
+        slot: u32,
+        addr: u64,
+        size_mib: u64,
+        err: kvm_ioctls::Error,
+    },
     #[error("KVM_GET_MSR_INDEX_LIST failed: {0}")]
     MsrList(kvm_ioctls::Error),
     #[error("KVM_GET_DIRTY_LOG failed for slot {slot}: {err}")]
@@ -165,8 +173,14 @@ impl Vm {
             };
             // SAFETY: the mapping belongs to `mem`, which the VMM keeps alive
             // for as long as the VM exists, and each slot gets its own region.
-            unsafe { self.fd.set_user_memory_region(region_desc) }
-                .map_err(|err| VmError::SetMemory { slot, err })?;
+            unsafe { self.fd.set_user_memory_region(region_desc) }.map_err(|err| {
+                VmError::SetMemory {
+                    slot,
+                    addr: region_desc.guest_phys_addr,
+                    size_mib: region_desc.memory_size >> 20,
+                    err,
+                }
+            })?;
         }
         Ok(())
     }

@@ -7,7 +7,13 @@
 //! Inflated pages are given back to the host with `MADV_DONTNEED` on the
 //! guest memory mapping (`MADV_REMOVE` when guest memory is a shared
 //! memfd, as with virtio-fs: there DONTNEED would only unmap the pages); a page frame number outside guest memory is
-//! skipped and counted (`bad_pfns`), never trusted. Deflated pages need
+//! skipped and counted (`bad_pfns`), never trusted. Hugetlbfs guest
+//! memory (`huge_pages: "2M"`) keeps its pages: the balloon still holds
+//! them away from the guest, but madvise on part of a 2 MiB page would
+//! fail, or on older kernels drop the whole huge page with the guest's
+//! data in its other 511 pages; they are counted (`hugetlb_kept_pages`).
+//! Firecracker documents the same: the balloon restricts the guest but
+//! cannot lower the RSS of hugetlbfs memory. Deflated pages need
 //! nothing: the guest's next touch faults a zero page back in.
 //!
 //! With free page reporting (VIRTIO_BALLOON_F_PAGE_REPORTING) the driver
@@ -497,6 +503,10 @@ fn discard(mem: &GuestMem, pfns: &[u32], advice: libc::c_int) -> u64 {
             METRICS.balloon.bad_pfns.inc();
             continue;
         };
+        if region.is_hugetlbfs() == Some(true) {
+            METRICS.balloon.hugetlb_kept_pages.inc();
+            continue;
+        }
         // The page reads as zeros from now on: a diff snapshot must
         // write it.
         region
@@ -637,7 +647,8 @@ mod tests {
 
     #[test]
     fn shared_memory_needs_madv_remove_to_drop_a_page() {
-        let mem = crate::vmm::kvm::memory::create_shared_guest_memory(16, false).unwrap();
+        let mem =
+            crate::vmm::kvm::memory::create_shared_guest_memory(16, Default::default()).unwrap();
         let at = GuestAddress(1 << 20);
         let pfn = (at.0 / BALLOON_PAGE_SIZE) as u32;
         mem.write_obj(0x5au8, at).unwrap();
@@ -646,5 +657,30 @@ mod tests {
         assert_eq!(mem.read_obj::<u8>(at).unwrap(), 0x5a);
         assert_eq!(discard(&mem, &[pfn], libc::MADV_REMOVE), 1);
         assert_eq!(mem.read_obj::<u8>(at).unwrap(), 0);
+    }
+
+    #[test]
+    fn hugetlbfs_pages_are_kept_whole() {
+        use vm_memory::mmap::MmapRegionBuilder;
+        // Anonymous 4 KiB memory marked as hugetlbfs: madvise would work
+        // on it, so only the balloon's own check keeps the page.
+        let region = MmapRegionBuilder::new_with_bitmap(4 << 20, None)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
+            .with_hugetlbfs(true)
+            .build()
+            .unwrap();
+        let region = vm_memory::GuestRegionMmap::new(region, GuestAddress(0)).unwrap();
+        let mem = GuestMem::from_regions(vec![region]).unwrap();
+        let at = GuestAddress(2 << 20);
+        mem.write_obj(0x5au8, at).unwrap();
+        let kept = METRICS.balloon.hugetlb_kept_pages.get();
+        let pfns: Vec<u32> = (0..512)
+            .map(|i| (at.0 / BALLOON_PAGE_SIZE) as u32 + i)
+            .collect();
+        assert_eq!(discard(&mem, &pfns, libc::MADV_DONTNEED), 0);
+        assert_eq!(discard_range(&mem, at.0, 4096, libc::MADV_DONTNEED), 0);
+        assert_eq!(mem.read_obj::<u8>(at).unwrap(), 0x5a);
+        assert!(METRICS.balloon.hugetlb_kept_pages.get() >= kept + 513);
     }
 }
