@@ -475,6 +475,24 @@ fn every_documented_operation_is_served() {
             if !routed {
                 missing.push(format!("{method} {path}: {} {}", r.status, r.body));
             }
+            // A segment past the resource's name is ignored, as in
+            // Firecracker, except where the next segment names a
+            // sub-resource (then an unknown one is refused).
+            let longer = vmm.request(&method, &format!("{concrete}/conformance-extra"), body);
+            let refused =
+                longer.status == 400 && longer.body.contains("Invalid request method and/or path");
+            let strict = matches!(
+                (method.as_str(), path.as_str()),
+                ("GET", "/") | ("GET", "/balloon") | ("PUT", "/mmds")
+            );
+            if refused != strict {
+                missing.push(format!(
+                    "{method} {path}/conformance-extra: {} {} (Firecracker {} it)",
+                    longer.status,
+                    longer.body,
+                    if strict { "refuses" } else { "routes" }
+                ));
+            }
             // An answer has the fields its schema says it always has.
             let schema = &item[method.to_lowercase().as_str()]["responses"]["200"]["content"]
                 ["application/json"]["schema"];

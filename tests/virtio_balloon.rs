@@ -498,7 +498,7 @@ fn free_pages_the_guest_hints_leave_the_vmm_during_a_run() {
     );
     assert_eq!(
         vmm.get("/balloon/hinting/status").json(),
-        json!({"host_cmd": 1})
+        json!({"host_cmd": 0, "guest_cmd": null})
     );
     let before = rss_kib(vmm.pid());
     // A run the host ends itself.
@@ -570,4 +570,45 @@ fn raw_status(s: &mut std::os::unix::net::UnixStream, req: &[u8]) -> u16 {
     let n = s.read(&mut b).unwrap();
     let head = String::from_utf8_lossy(&b[..n]);
     head.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_driver_that_declines_hinting_still_gets_its_other_queues() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vmm = Vmm::with_api();
+    vmm.put_ok(
+        "/balloon",
+        json!({"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true,
+               "free_page_reporting": true}),
+    );
+    vmm.configure(
+        "probe=balloon-decline-hint,wait-cad,balloon-report,wait-cad",
+        1,
+        128,
+    );
+    vmm.start();
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-decline-hint"),
+        format!("PROBE balloon-decline-hint OK target=0 features=0x100000020 touched={PAGES}")
+    );
+    let r = vmm.patch("/balloon/hinting/start", json!({}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        fault(&r).contains("did not accept free page hinting"),
+        "{}",
+        r.body
+    );
+    let before = rss_kib(vmm.pid());
+    vmm.action("SendCtrlAltDel");
+    // Reporting took the hinting queue's index, and works.
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-report"),
+        format!("PROBE balloon-report OK reported={PAGES}")
+    );
+    let freed = before.saturating_sub(rss_kib(vmm.pid()));
+    assert!(freed >= PAGES * 4 * 3 / 4, "VmRSS fell by {freed} KiB only");
+    vmm.action("SendCtrlAltDel");
+    assert_eq!(vmm.wait().code(), Some(0));
 }

@@ -91,7 +91,8 @@ impl Vmm {
         b.balloon
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .start_hinting(cmd.acknowledge_on_stop);
+            .start_hinting(cmd.acknowledge_on_stop)
+            .map_err(|e| VmmActionError::BalloonUpdate(e.to_string()))?;
         b.transport
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -105,7 +106,8 @@ impl Vmm {
         b.balloon
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .stop_hinting();
+            .stop_hinting()
+            .map_err(|e| VmmActionError::BalloonUpdate(e.to_string()))?;
         b.transport
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -587,6 +587,7 @@ static const struct {
 	{"balloon-hostile", check_balloon_hostile},
 	{"balloon-report", check_balloon_report},
 	{"balloon-hint", check_balloon_hint},
+	{"balloon-decline-hint", check_balloon_decline_hint},
 	{"balloon-hint-done", check_balloon_hint_done},
 };
 

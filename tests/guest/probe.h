@@ -110,6 +110,7 @@ void check_balloon_stats(const struct check *c); /* balloon.c */
 void check_balloon_hostile(const struct check *c); /* balloon.c */
 void check_balloon_report(const struct check *c); /* balloon.c */
 void check_balloon_hint(const struct check *c); /* balloon.c */
+void check_balloon_decline_hint(const struct check *c); /* balloon.c */
 void check_balloon_hint_done(const struct check *c); /* balloon.c */
 void check_cpuid_regs(const struct check *c); /* cpu.c */
 void check_msr(const struct check *c); /* cpu.c */

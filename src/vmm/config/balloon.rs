@@ -41,9 +41,9 @@ pub struct BalloonUpdate {
     pub amount_mib: u32,
 }
 
-/// `PATCH /balloon/hinting/start` (the body may be left out).
+/// `PATCH /balloon/hinting/start` (the body may be left out; other
+/// fields are ignored, as Firecracker ignores them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BalloonStartCmd {
     /// Tell the guest the host is done with its hints as soon as the
     /// guest ends its run (true unless given).

@@ -68,10 +68,46 @@ pub const VIRTIO_BALLOON_F_PAGE_REPORTING: u64 = 1 << 5;
 
 pub const INFLATE: usize = 0;
 pub const DEFLATE: usize = 1;
-/// The statistics queue's index, when there is one; the hinting and
-/// reporting queues come after it, in that order, each taking the next
-/// index of the queues there are.
+/// The statistics queue's index, when there is one.
 pub const STATS: usize = 2;
+
+/// Which queue serves what, for a set of features: the inflate and
+/// deflate queues, then statistics, hinting and reporting, each taking
+/// the next index only when its feature is in `features`. The driver
+/// numbers its queues by the features it accepted (Linux's virtio-mmio
+/// skips the others), so after negotiation this is built from the
+/// accepted features, not the offered ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueMap {
+    pub stats: Option<usize>,
+    pub hint: Option<usize>,
+    pub report: Option<usize>,
+    pub count: usize,
+}
+
+impl QueueMap {
+    pub fn of(features: u64) -> QueueMap {
+        let mut m = QueueMap {
+            count: STATS,
+            ..Default::default()
+        };
+        let mut next = |bit: u64| {
+            (features & bit != 0).then(|| {
+                m.count += 1;
+                m.count - 1
+            })
+        };
+        let stats = next(VIRTIO_BALLOON_F_STATS_VQ);
+        let hint = next(VIRTIO_BALLOON_F_FREE_PAGE_HINT);
+        let report = next(VIRTIO_BALLOON_F_PAGE_REPORTING);
+        QueueMap {
+            stats,
+            hint,
+            report,
+            ..m
+        }
+    }
+}
 
 /// One statistics record: le16 tag, le64 value, packed.
 const STAT_LEN: usize = 10;
@@ -174,29 +210,28 @@ pub struct Balloon {
     /// The statistics buffer the device holds (its head index).
     pub(super) stats_desc: Option<u16>,
     pub(super) stats: GuestStats,
-    /// The statistics queue's index, when statistics are on.
-    pub(super) stats_q: Option<usize>,
-    /// The free page hinting queue's index, when hinting is on.
-    pub(super) hint_q: Option<usize>,
+    /// The optional features offered (statistics, hinting, reporting).
+    pub(super) offered: u64,
+    /// The queues' roles: from the offered features until the driver
+    /// accepts some, then from those.
+    pub(super) map: QueueMap,
     pub(super) hinting: Hinting,
-    /// The free page reporting queue's index, when reporting is on.
-    pub(super) report_q: Option<usize>,
 }
 
 impl Balloon {
     /// A balloon for guest memory that is a shared memfd (`shared`) or
     /// private memory.
     pub fn new(cfg: &BalloonConfig, shared: bool) -> Result<Self, BalloonError> {
-        let mut count = STATS;
-        let mut next_queue = |on: bool| {
-            on.then(|| {
-                count += 1;
-                count - 1
-            })
-        };
-        let stats_q = next_queue(cfg.stats_enabled());
-        let hint_q = next_queue(cfg.free_page_hinting);
-        let report_q = next_queue(cfg.free_page_reporting);
+        let offered = [
+            (cfg.stats_enabled(), VIRTIO_BALLOON_F_STATS_VQ),
+            (cfg.free_page_hinting, VIRTIO_BALLOON_F_FREE_PAGE_HINT),
+            (cfg.free_page_reporting, VIRTIO_BALLOON_F_PAGE_REPORTING),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |f, (_, bit)| f | bit);
+        let map = QueueMap::of(offered);
+        let count = map.count;
         let queue_evts = (0..count)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
@@ -217,10 +252,9 @@ impl Balloon {
             active: Vec::new(),
             stats_desc: None,
             stats: GuestStats::default(),
-            stats_q,
-            hint_q,
+            offered,
+            map,
             hinting: Hinting::default(),
-            report_q,
         };
         b.set_stats_interval(cfg.stats_polling_interval_s)?;
         Ok(b)
@@ -237,7 +271,7 @@ impl Balloon {
     pub fn set_stats_interval(&mut self, secs: u16) -> Result<(), BalloonError> {
         self.stats_interval_s = secs;
         let every = Duration::from_secs(u64::from(secs.max(1)));
-        if secs == 0 || self.stats_q.is_none() {
+        if secs == 0 || self.offered & VIRTIO_BALLOON_F_STATS_VQ == 0 {
             return Ok(());
         }
         self.stats_timer
@@ -308,7 +342,7 @@ impl Balloon {
     /// The driver offered a statistics buffer: read it and keep it until
     /// the next tick.
     pub fn process_stats(&mut self) {
-        let Some(q) = self.stats_q.and_then(|i| self.active.get_mut(i)) else {
+        let Some(q) = self.map.stats.and_then(|i| self.active.get_mut(i)) else {
             return;
         };
         let mut returned = false;
@@ -345,7 +379,7 @@ impl Balloon {
 
     /// Hands the statistics buffer back (if the device holds one).
     pub fn request_stats(&mut self) {
-        let Some(q) = self.stats_q.and_then(|i| self.active.get_mut(i)) else {
+        let Some(q) = self.map.stats.and_then(|i| self.active.get_mut(i)) else {
             return;
         };
         let Some(head) = self.stats_desc.take() else {
@@ -366,7 +400,7 @@ impl Balloon {
     /// served.
     pub fn process_reporting(&mut self) -> usize {
         let advice = self.advice;
-        let Some(q) = self.report_q.and_then(|i| self.active.get_mut(i)) else {
+        let Some(q) = self.map.report.and_then(|i| self.active.get_mut(i)) else {
             return 0;
         };
         q.serve(&METRICS.balloon.malformed, |mem, chain| {
@@ -388,27 +422,57 @@ pub(super) fn discard_range(mem: &GuestMem, addr: u64, len: u32, advice: libc::c
         METRICS.balloon.malformed.inc();
         return 0;
     }
-    let first = addr / BALLOON_PAGE_SIZE;
-    let count = u64::from(len) / BALLOON_PAGE_SIZE;
-    let Some(last) = first
-        .checked_add(count)
-        .filter(|&l| l <= u64::from(u32::MAX))
-    else {
+    let Some(end) = addr.checked_add(u64::from(len)) else {
         METRICS.balloon.malformed.inc();
         return 0;
     };
-    let mut done = 0;
-    let mut pfns = [0u32; 256];
-    let mut next = first;
-    while next < last {
-        let n = (last - next).min(pfns.len() as u64) as usize;
-        for (i, p) in pfns[..n].iter_mut().enumerate() {
-            *p = (next + i as u64) as u32;
+    // Each region's part of the range in one call: a range of 4 GiB costs
+    // as little as one of a page, whatever the guest sends.
+    let (mut done, mut covered) = (0, 0);
+    for r in mem.iter() {
+        let start = r.start_addr().0;
+        let (from, to) = (addr.max(start), end.min(start + r.len()));
+        if from >= to {
+            continue;
         }
-        done += discard(mem, &pfns[..n], advice);
-        next += n as u64;
+        let (off, bytes) = ((from - start) as usize, (to - from) as usize);
+        let pages = (to - from) / BALLOON_PAGE_SIZE;
+        covered += pages;
+        if r.is_hugetlbfs() == Some(true) {
+            METRICS.balloon.hugetlb_kept_pages.add(pages);
+            continue;
+        }
+        // The pages read as zeros from now on: a diff snapshot must
+        // write them.
+        r.bitmap().mark_dirty(off, bytes);
+        // The part is inside the region, so the pointer is inside the
+        // mapping.
+        drop_pages(r.as_ptr().wrapping_add(off), bytes, advice);
+        done += pages;
     }
+    METRICS
+        .balloon
+        .bad_pfns
+        .add(u64::from(len) / BALLOON_PAGE_SIZE - covered);
     done
+}
+
+/// Gives `len` bytes of guest memory at `ptr` back to the host.
+fn drop_pages(ptr: *mut u8, len: usize, advice: libc::c_int) {
+    // SAFETY: callers pass a range inside one guest memory mapping owned
+    // by the device's `GuestMem` (checked against the region's bounds).
+    // MADV_DONTNEED (and MADV_REMOVE on a shared memfd) only drops the
+    // pages' contents: the mapping stays valid, and the next access (by
+    // the guest or the VMM) finds zeros (the file's contents, for a
+    // private file mapping); the spec leaves them undefined.
+    let r = unsafe { libc::madvise(ptr.cast(), len, advice) };
+    if r != 0 {
+        tracing::warn!(
+            advice,
+            "virtio-balloon: madvise: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 pub fn mib_to_pages(mib: u32) -> u32 {
@@ -479,23 +543,10 @@ fn page_of(
 fn discard(mem: &GuestMem, pfns: &[u32], advice: libc::c_int) -> u64 {
     let mut done = 0;
     let mut run: Option<(*mut u8, usize)> = None;
+    // Every page of a run was checked by page_of to lie in one region.
     let flush = |run: &mut Option<(*mut u8, usize)>| {
         if let Some((ptr, len)) = run.take() {
-            // SAFETY: [ptr, ptr + len) lies inside one guest memory
-            // mapping owned by `mem` (checked by page_of for every page
-            // of the run). MADV_DONTNEED (and MADV_REMOVE on a shared
-            // memfd) only drops the pages' contents: the mapping stays
-            // valid, and the next access (by the guest or the VMM) finds
-            // zeros (the file's contents, for a private file mapping);
-            // the spec leaves them undefined.
-            let r = unsafe { libc::madvise(ptr.cast(), len, advice) };
-            if r != 0 {
-                tracing::warn!(
-                    advice,
-                    "virtio-balloon: madvise: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
+            drop_pages(ptr, len, advice);
         }
     };
     for &pfn in pfns {
@@ -559,16 +610,11 @@ impl VirtioDevice for Balloon {
         if self.deflate_on_oom {
             f |= VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
         }
-        if self.stats_q.is_some() {
-            f |= VIRTIO_BALLOON_F_STATS_VQ;
-        }
-        if self.hint_q.is_some() {
-            f |= VIRTIO_BALLOON_F_FREE_PAGE_HINT;
-        }
-        if self.report_q.is_some() {
-            f |= VIRTIO_BALLOON_F_PAGE_REPORTING;
-        }
-        f
+        f | self.offered
+    }
+
+    fn queues_in_use(&self, features: u64) -> usize {
+        QueueMap::of(features & self.offered).count
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -609,9 +655,13 @@ impl VirtioDevice for Balloon {
         Ok(())
     }
 
+    /// A reset ends any hinting run: a driver loaded afresh starts with
+    /// DONE and no id of its own.
     fn reset(&mut self) {
         self.active.clear();
         self.stats_desc = None;
+        self.map = QueueMap::of(self.offered);
+        self.hinting.reset();
     }
 
     fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
@@ -630,13 +680,9 @@ impl VirtioDevice for Balloon {
     }
 
     fn activate_restored(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
-        let queues: Vec<ActiveQueue> = match self.queue_evts.len() {
-            5 => active.split::<5>()?.into(),
-            4 => active.split::<4>()?.into(),
-            3 => active.split::<3>()?.into(),
-            _ => active.split::<2>()?.into(),
-        };
-        self.active = queues;
+        let map = QueueMap::of(active.features & self.offered);
+        self.active = active.split_n(map.count)?;
+        self.map = map;
         Ok(())
     }
 }

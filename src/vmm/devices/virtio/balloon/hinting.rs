@@ -8,19 +8,30 @@
 //!   holding that id (le32), then gives device-writable buffers, each
 //!   over a block of free guest memory, which the host drops as it does
 //!   inflated pages; it ends its run with a buffer holding STOP (0);
-//! - the driver keeps the hinted pages until the host puts DONE (1) in
-//!   the configuration (`PATCH /balloon/hinting/stop`, or at once when
-//!   the guest's STOP arrives and the run was started with
-//!   `acknowledge_on_stop`), then takes them back.
+//! - the driver gives the hinted pages back to its allocator when the
+//!   host puts DONE (1) in the configuration (`PATCH
+//!   /balloon/hinting/stop`, or at once when the guest's STOP arrives and
+//!   the run was started with `acknowledge_on_stop`).
 //!
 //! A hint outside a run (the guest's last id is not the host's) is
 //! returned untouched: the guest may already be using those pages again.
+//!
+//! As in Firecracker, a hint is dropped when the VMM serves its buffer.
+//! Linux's driver may take hinted pages back early, under memory
+//! pressure (its shrinker), before the host said DONE; a page it takes
+//! back and writes before the VMM served the hint would then read as
+//! zeros. The window is the time a buffer waits in the queue, but it is
+//! not closed: where that matters, free page reporting has no such
+//! window (a reported page is the host's until the buffer is returned).
+//!
+//! The host's id starts at STOP (0), as Firecracker's does; a restore or
+//! a device reset ends any run (DONE), so a clone never drops hints that
+//! were in flight when the snapshot was taken.
 
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::device::{discard_range, Balloon};
-use crate::vmm::devices::virtio::INT_CONFIG;
 use crate::vmm::metrics::METRICS;
 
 pub const VIRTIO_BALLOON_F_FREE_PAGE_HINT: u64 = 1 << 3;
@@ -47,7 +58,7 @@ pub struct Hinting {
 impl Default for Hinting {
     fn default() -> Self {
         Hinting {
-            host_cmd: CMD_ID_DONE,
+            host_cmd: CMD_ID_STOP,
             guest_cmd: None,
             acknowledge_on_stop: true,
             last_run: CMD_ID_DONE,
@@ -55,12 +66,21 @@ impl Default for Hinting {
     }
 }
 
-/// `GET /balloon/hinting/status`.
+/// `GET /balloon/hinting/status` (`guest_cmd` is null before the guest
+/// sent one, as in Firecracker).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct HintingStatus {
     pub host_cmd: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_cmd: Option<u32>,
+}
+
+/// Why a hinting command cannot be given now.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HintingError {
+    #[error("the guest's balloon driver is not running (the device is not activated)")]
+    NotActive,
+    #[error("the guest's balloon driver did not accept free page hinting")]
+    NotNegotiated,
 }
 
 impl Hinting {
@@ -75,27 +95,56 @@ impl Hinting {
     fn in_run(&self) -> bool {
         self.host_cmd >= FIRST_RUN_ID && self.guest_cmd == Some(self.host_cmd)
     }
+
+    /// Ends any run and forgets the guest's id (a reset or a restore).
+    pub fn reset(&mut self) {
+        if self.host_cmd >= FIRST_RUN_ID {
+            self.host_cmd = CMD_ID_DONE;
+        }
+        self.guest_cmd = None;
+    }
+
+    /// Whether a snapshot's state can be one husk wrote: the host's id is
+    /// STOP, DONE, or a run id it handed out.
+    pub fn is_consistent(&self) -> bool {
+        self.host_cmd <= CMD_ID_DONE
+            || (self.host_cmd <= self.last_run && self.last_run >= FIRST_RUN_ID)
+    }
 }
 
 impl Balloon {
     /// Whether the device offers free page hinting.
     pub fn hinting_enabled(&self) -> bool {
-        self.hint_q.is_some()
+        self.offered & VIRTIO_BALLOON_F_FREE_PAGE_HINT != 0
+    }
+
+    /// The driver runs and accepted hinting.
+    fn hinting_ready(&self) -> Result<(), HintingError> {
+        if self.active.is_empty() {
+            return Err(HintingError::NotActive);
+        }
+        if self.map.hint.is_none() {
+            return Err(HintingError::NotNegotiated);
+        }
+        Ok(())
     }
 
     /// Starts a run; the caller tells the driver (a configuration
     /// change). Returns the run's id.
-    pub fn start_hinting(&mut self, acknowledge_on_stop: bool) -> u32 {
+    pub fn start_hinting(&mut self, acknowledge_on_stop: bool) -> Result<u32, HintingError> {
+        self.hinting_ready()?;
         let id = self.hinting.next_run();
         self.hinting.host_cmd = id;
         self.hinting.acknowledge_on_stop = acknowledge_on_stop;
-        id
+        Ok(id)
     }
 
     /// Tells the driver the host is done with the hints; the caller tells
     /// the driver (a configuration change).
-    pub fn stop_hinting(&mut self) {
+    pub fn stop_hinting(&mut self) -> Result<(), HintingError> {
+        self.hinting_ready()?;
         self.hinting.host_cmd = CMD_ID_DONE;
+        Ok(())
     }
 
     pub fn hinting_status(&self) -> HintingStatus {
@@ -110,7 +159,7 @@ impl Balloon {
     /// were served.
     pub fn process_hinting(&mut self) -> usize {
         let advice = self.advice;
-        let Some(q) = self.hint_q.and_then(|i| self.active.get_mut(i)) else {
+        let Some(q) = self.map.hint.and_then(|i| self.active.get_mut(i)) else {
             return 0;
         };
         let hinting = &mut self.hinting;
@@ -146,7 +195,7 @@ impl Balloon {
             Some(0)
         });
         if acked {
-            q.interrupt.signal(INT_CONFIG);
+            q.interrupt.config_changed();
         }
         served
     }
@@ -170,5 +219,23 @@ mod tests {
         h.host_cmd = CMD_ID_DONE;
         h.guest_cmd = Some(CMD_ID_DONE);
         assert!(!h.in_run());
+        // A reset ends a run and forgets the guest's id.
+        h.host_cmd = 2;
+        h.reset();
+        assert_eq!((h.host_cmd, h.guest_cmd), (CMD_ID_DONE, None));
+        // Only ids husk handed out are consistent.
+        assert!(Hinting::default().is_consistent());
+        let h = Hinting {
+            host_cmd: 7,
+            last_run: 5,
+            ..Hinting::default()
+        };
+        assert!(!h.is_consistent());
+        let h = Hinting {
+            host_cmd: 5,
+            last_run: 5,
+            ..Hinting::default()
+        };
+        assert!(h.is_consistent());
     }
 }

@@ -40,7 +40,7 @@ impl Persist for Balloon {
     }
 
     fn restore(&mut self, s: &BalloonState) -> Result<(), VirtioPersistError> {
-        let has_stats = self.stats_q.is_some();
+        let has_stats = self.offered & super::VIRTIO_BALLOON_F_STATS_VQ != 0;
         if has_stats != (s.stats_polling_interval_s > 0) {
             return Err(VirtioPersistError::Invalid(
                 "the balloon's statistics setting differs from the snapshot's",
@@ -56,16 +56,24 @@ impl Persist for Balloon {
                 "the statistics buffer is outside the queue",
             ));
         }
-        if self.hint_q.is_none() && s.hinting != Hinting::default() {
+        if !self.hinting_enabled() && s.hinting != Hinting::default() {
             return Err(VirtioPersistError::Invalid(
                 "free page hinting state for a balloon without hinting",
+            ));
+        }
+        if !s.hinting.is_consistent() {
+            return Err(VirtioPersistError::Invalid(
+                "the free page hinting ids are not ones the device hands out",
             ));
         }
         self.target_pages = s.target_pages;
         self.actual_pages = s.actual_pages;
         self.stats_desc = s.stats_desc;
         self.stats = s.stats;
+        // A restored VM (a clone, perhaps) starts with no run: hints in
+        // flight at the snapshot are not dropped.
         self.hinting = s.hinting;
+        self.hinting.reset();
         if s.stats_polling_interval_s != self.stats_interval_s {
             self.set_stats_interval(s.stats_polling_interval_s)
                 .map_err(|_| VirtioPersistError::Invalid("cannot arm the statistics timer"))?;
