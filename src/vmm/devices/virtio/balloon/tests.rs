@@ -309,10 +309,10 @@ fn a_huge_reported_range_costs_one_call_per_region() {
     // 4 GiB from address 0: the guest's memory is dropped, the rest is
     // counted as outside it, at once.
     d.mem.write_obj(0x66u8, GuestAddress(4 << 20)).unwrap();
-    d.desc(2, 0, 0, u32::MAX & !0xfff, F_WRITE, 0);
+    d.desc(2, 0, 0, 0xffff_f000u32, F_WRITE, 0);
     d.make_available(2, 0);
     assert_eq!(b.lock().unwrap().process_reporting(), 1);
     assert_eq!(d.mem.read_obj::<u8>(GuestAddress(4 << 20)).unwrap(), 0);
-    let outside = (u64::from(u32::MAX & !0xfff) - MEM_SIZE as u64) / 4096;
+    let outside = (u64::from(0xffff_f000u32) - MEM_SIZE as u64) / 4096;
     assert!(METRICS.balloon.bad_pfns.get() >= bad + outside);
 }
