@@ -12,6 +12,11 @@
 //! gave the page back (a `remove` event). When the VMM closes the
 //! connection, the page server prints how many pages it served and exits.
 //!
+//! A region mapped with 2 MiB hugetlbfs pages (`page_size` 2097152, from
+//! `huge_pages: "2M"`) is filled a whole huge page at a time, and with a
+//! copy of zeros where a 4 KiB region would get a zero page (hugetlbfs has
+//! no UFFDIO_ZEROPAGE).
+//!
 //! Build it with `cargo build --examples`.
 
 use std::collections::HashSet;
@@ -22,6 +27,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::ExitCode;
 
 use husk::vmm::snapshot::uffd::{GuestRegionUffdMapping, PAGE_SIZE};
+
+/// The hugetlbfs page size a region may be mapped with.
+const HUGE_PAGE_SIZE: u64 = 2 << 20;
 use userfaultfd::{Error as UffdError, Event, EventBuffer, Uffd};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -97,7 +105,11 @@ fn receive(mut stream: &UnixStream) -> Result<(Uffd, Vec<GuestRegionUffdMapping>
             .all(|x| x % PAGE_SIZE == 0);
         let fits = r.base_host_virt_addr.checked_add(r.size).is_some()
             && r.offset.checked_add(r.size).is_some();
-        if r.page_size != PAGE_SIZE || !aligned || !fits {
+        let page_ok = r.page_size == PAGE_SIZE || r.page_size == HUGE_PAGE_SIZE;
+        let huge_aligned = [r.base_host_virt_addr, r.size]
+            .iter()
+            .all(|x| x % r.page_size.max(1) == 0);
+        if !page_ok || !aligned || !huge_aligned || !fits {
             return Err(format!("unsupported guest memory region {r:?}"));
         }
     }
@@ -140,7 +152,7 @@ fn serve(
             return Err("the userfaultfd reports an error (is it non-blocking?)".into());
         }
         if fds[0].revents & libc::POLLIN != 0
-            && !read_events(uffd, &mut events, &mut pending, &mut removed)?
+            && !read_events(uffd, regions, &mut events, &mut pending, &mut removed)?
         {
             return Ok(served);
         }
@@ -180,6 +192,7 @@ fn serve(
 /// `removed`. Returns false if the userfaultfd has reached its end.
 fn read_events(
     uffd: &Uffd,
+    regions: &[GuestRegionUffdMapping],
     events: &mut EventBuffer,
     pending: &mut Vec<u64>,
     removed: &mut HashSet<u64>,
@@ -195,7 +208,15 @@ fn read_events(
         for event in batch {
             count += 1;
             match event.map_err(|e| format!("bad userfaultfd event: {e}"))? {
-                Event::Pagefault { addr, .. } => pending.push(addr as u64 & !(PAGE_SIZE - 1)),
+                Event::Pagefault { addr, .. } => {
+                    let addr = addr as u64;
+                    // The page holding it, in the region's page size.
+                    let page = regions
+                        .iter()
+                        .find(|r| r.contains(addr))
+                        .map_or(PAGE_SIZE, |r| r.page_size);
+                    pending.push(addr & !(page - 1));
+                }
                 Event::Remove { start, end } => {
                     removed.extend((start as u64..end as u64).step_by(PAGE_SIZE as usize))
                 }
@@ -232,14 +253,19 @@ fn fill(
         .ok_or_else(|| format!("page fault at {addr:#x}, outside guest memory"))?;
     let file_offset = region.offset + (addr - region.base_host_virt_addr);
     let dst = addr as *mut libc::c_void;
-    let len = PAGE_SIZE as usize;
-    let result = match file.page(file_offset) {
+    let len = region.page_size as usize;
+    let huge = region.page_size != PAGE_SIZE;
+    let result = match file.page(file_offset, len) {
         Some(src) if !removed.contains(&addr) => {
-            // SAFETY: `src` is a whole page of our read-only mapping of the
-            // file; `dst` is a page the kernel checks belongs to memory
-            // registered with this userfaultfd in the VMM.
-            unsafe { uffd.copy(src, dst, len, true) }.map(|_| ())
+            // SAFETY: `src` is `len` readable bytes (our mapping of the
+            // file, or a copy of its tail); `dst` is a page the kernel
+            // checks belongs to memory registered with this userfaultfd in
+            // the VMM.
+            unsafe { uffd.copy(src.as_ptr(), dst, len, true) }.map(|_| ())
         }
+        // Hugetlbfs has no zero page: copy zeros.
+        // SAFETY: as above, from a buffer of `len` zeros.
+        _ if huge => unsafe { uffd.copy(file.zeros().cast(), dst, len, true) }.map(|_| ()),
         // SAFETY: as above; the kernel checks `dst`.
         _ => unsafe { uffd.zeropage(dst, len, true) }.map(|_| ()),
     };
@@ -271,6 +297,25 @@ fn fill(
 struct MemFile {
     ptr: *const u8,
     len: u64,
+    /// Zeros, for huge pages with nothing in the file.
+    zeros: std::cell::OnceCell<Vec<u8>>,
+}
+
+/// Where a page's contents are: in the file's mapping, or copied out of
+/// its last page (the mapping past the end of the file's last page
+/// would fault this process).
+enum Src {
+    Mapped(*const libc::c_void),
+    Copied(Vec<u8>),
+}
+
+impl Src {
+    fn as_ptr(&self) -> *const libc::c_void {
+        match self {
+            Src::Mapped(p) => *p,
+            Src::Copied(v) => v.as_ptr().cast(),
+        }
+    }
 }
 
 impl MemFile {
@@ -285,6 +330,7 @@ impl MemFile {
             return Ok(MemFile {
                 ptr: std::ptr::null(),
                 len,
+                zeros: Default::default(),
             });
         }
         let map_len = usize::try_from(len).map_err(|_| format!("{path} is too large"))?;
@@ -307,14 +353,36 @@ impl MemFile {
         Ok(MemFile {
             ptr: ptr as *const u8,
             len,
+            zeros: Default::default(),
         })
     }
 
-    /// The page at `offset` in the file, if the file has any of it. The
-    /// mapping reads zeros past the end of the file's last page.
-    fn page(&self, offset: u64) -> Option<*const libc::c_void> {
-        // SAFETY: `offset` is inside the mapping.
-        (offset < self.len).then(|| unsafe { self.ptr.add(offset as usize) }.cast())
+    /// The `len` bytes at `offset` in the file, if the file has any of
+    /// them; zeros past its end.
+    fn page(&self, offset: u64, len: usize) -> Option<Src> {
+        if offset >= self.len {
+            return None;
+        }
+        // The mapping reads zeros up to the end of the file's last 4 KiB
+        // page, and faults past it.
+        let mapped = self.len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        if offset + len as u64 <= mapped {
+            // SAFETY: `offset` is inside the mapping, `len` bytes with it.
+            return Some(Src::Mapped(unsafe { self.ptr.add(offset as usize) }.cast()));
+        }
+        let have = (self.len - offset) as usize;
+        let mut buf = vec![0u8; len];
+        // SAFETY: the `have` bytes from `offset` are inside the mapping.
+        let from = unsafe { std::slice::from_raw_parts(self.ptr.add(offset as usize), have) };
+        buf[..have].copy_from_slice(from);
+        Some(Src::Copied(buf))
+    }
+
+    /// A huge page of zeros.
+    fn zeros(&self) -> *const u8 {
+        self.zeros
+            .get_or_init(|| vec![0u8; HUGE_PAGE_SIZE as usize])
+            .as_ptr()
     }
 }
 

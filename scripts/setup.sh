@@ -16,7 +16,8 @@
 #                               the vsock backend vhost-device-vsock (cargo
 #                               install)
 #   scripts/setup.sh test       all of the above, and what the test suite
-#                               uses besides: docker-registry, openssl, tar
+#                               uses besides: docker-registry, openssl, tar,
+#                               containerd (the shim's tests)
 #
 # Packages already present are not touched. Installing needs root. No
 # package's service is started, and docker-registry is left disabled at
@@ -76,6 +77,10 @@ if [[ $mode == test ]]; then
     command -v tar >/dev/null || need_apt+=(tar)
     # The network tests make namespaces and veth pairs with ip.
     command -v ip >/dev/null || [[ -x /usr/sbin/ip ]] || need_apt+=(iproute2)
+    # tests/shim.rs runs containerd-shim-husk-v2 under a real containerd
+    # (started by the test with its own root, state and socket; the
+    # package's service is never started).
+    [[ -x /usr/bin/containerd && -x /usr/bin/ctr ]] || need_apt+=(containerd)
 fi
 
 # Keeps the services of the packages being installed from starting

@@ -10,5 +10,6 @@ pub mod doctor;
 pub mod image;
 pub mod jail;
 pub mod probe;
+pub mod shim;
 pub mod text;
 pub mod vmm;

@@ -68,12 +68,16 @@ fn bad_machine_configs_are_refused() {
             "vcpu_count",
         ),
         (
-            json!({"vcpu_count": 1, "mem_size_mib": 64}),
-            "mem_size_mib must be at least 128",
+            json!({"vcpu_count": 1, "mem_size_mib": 0}),
+            "mem_size_mib must be at least 1",
         ),
         (
-            json!({"vcpu_count": 1, "mem_size_mib": 1u64 << 40}),
-            "more than this host",
+            json!({"vcpu_count": 1, "mem_size_mib": 129, "huge_pages": "2M"}),
+            "not a multiple of 2",
+        ),
+        (
+            json!({"vcpu_count": 1, "mem_size_mib": 127, "huge_pages": "Transparent"}),
+            "not a multiple of 2",
         ),
         (
             json!({"vcpu_count": 3, "mem_size_mib": 128, "smt": true}),
@@ -85,8 +89,12 @@ fn bad_machine_configs_are_refused() {
             "unknown field `turbo`",
         ),
         (
-            json!({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}),
-            "huge_pages",
+            json!({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "1G"}),
+            "unknown variant `1G`",
+        ),
+        (
+            json!({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2m"}),
+            "unknown variant `2m`",
         ),
     ];
     for (body, want) in cases {
@@ -620,6 +628,27 @@ fn shared_routes_answer_as_firecracker_does() {
     assert_eq!(vmm.get("/machine-config/").status, 200);
     assert_eq!(vmm.get("//machine-config").status, 200);
     assert_eq!(vmm.get("/machine-config?x=1").status, 400);
+    // Segments past the resource's name are ignored, except where the
+    // next one names a sub-resource.
+    assert_eq!(vmm.get("/machine-config/x/y").status, 200);
+    assert_eq!(vmm.get("/version/x").status, 200);
+    assert_eq!(vmm.get("/vm/config/x").status, 200);
+    assert_eq!(vmm.get("/vm/x").status, 400);
+    let img = vmm.dir.path("d0.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    vmm.put_ok(
+        "/drives/d0/ignored",
+        json!({"drive_id": "d0", "path_on_host": img, "is_root_device": false}),
+    );
+    assert_eq!(vmm.get("/vm/config").json()["drives"][0]["drive_id"], "d0");
+    // A GET carries no body.
+    let mut s = std::os::unix::net::UnixStream::connect(&vmm.sock).unwrap();
+    let (status, body) = exchange(
+        &mut s,
+        b"GET /machine-config HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cannot have a body"), "{body}");
     // Metrics cannot be flushed before start, even once configured.
     let metrics = vmm.dir.path("metrics.json");
     vmm.put_ok("/metrics", json!({"metrics_path": metrics}));

@@ -94,7 +94,7 @@ fn probe_files(dir: &Path) -> VmSpec {
         dir: dir.join("c1"),
         kernel,
         initramfs,
-        rootfs,
+        rootfs: Some(rootfs),
         vcpus: 1,
         memory_mib: 128,
         boot_args: "probe=cmdline,initrd,wait-cad".into(),
@@ -150,7 +150,10 @@ fn kvm_boots_the_vm_it_was_asked_for() {
     let drives = cfg["drives"].as_array().unwrap();
     assert_eq!(drives.len(), 1, "{cfg}");
     assert_eq!(drives[0]["drive_id"], "rootfs");
-    assert_eq!(drives[0]["path_on_host"], spec.rootfs.to_str().unwrap());
+    assert_eq!(
+        drives[0]["path_on_host"],
+        spec.rootfs.as_ref().unwrap().to_str().unwrap()
+    );
     assert_eq!(drives[0]["is_root_device"], false);
     assert_eq!(drives[0]["is_read_only"], false);
     assert_eq!(cfg["vsock"]["guest_cid"], 3);
@@ -260,7 +263,12 @@ fn kvm_vms_are_jailed_each_as_its_own_uid_and_cleaned_up() {
     }
     // The rootfs is the VM's to write.
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(&spec.rootfs).unwrap().uid(), 250_000);
+    assert_eq!(
+        std::fs::metadata(spec.rootfs.as_ref().unwrap())
+            .unwrap()
+            .uid(),
+        250_000
+    );
 
     // Its cgroup, with the limits for its shape.
     assert!(!record.cgroups.is_empty());
@@ -519,7 +527,7 @@ impl Guest {
             dir: self.dir.0.join("c1"),
             kernel: self.kernel.clone(),
             initramfs: self.initramfs.clone(),
-            rootfs: self.rootfs.clone(),
+            rootfs: Some(self.rootfs.clone()),
             vcpus: 1,
             memory_mib: 256,
             boot_args: String::new(),

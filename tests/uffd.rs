@@ -173,7 +173,7 @@ fn attach_or_skip(regions: &[Region], socket: &Path) -> Option<Result<UffdBacken
         .iter()
         .map(|r| (r.addr as u64, r.len as u64))
         .collect();
-    match attach(&ranges, socket) {
+    match attach(&ranges, PAGE as u64, socket) {
         Err(UffdError::Create(e)) => {
             skip(&format!("userfaultfd is unavailable: {e}"));
             None
@@ -305,9 +305,13 @@ fn attach_names_a_socket_it_cannot_reach() {
     // A socket file nobody listens on any more.
     let stale = dir.path("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
-    let err = attach(&[(region.addr as u64, region.len as u64)], &stale)
-        .expect_err("attached to a socket nobody listens on")
-        .to_string();
+    let err = attach(
+        &[(region.addr as u64, region.len as u64)],
+        PAGE as u64,
+        &stale,
+    )
+    .expect_err("attached to a socket nobody listens on")
+    .to_string();
     assert!(err.contains(&*stale.to_string_lossy()), "{err}");
 
     // The memory is its own again once no page server has it.

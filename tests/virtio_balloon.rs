@@ -74,6 +74,7 @@ fn the_guest_sees_a_new_target_and_inflating_gives_memory_back() {
     assert_eq!(stats["free_memory"], 1_000_001, "{stats}");
     assert_eq!(stats["total_memory"], 128u64 << 20, "{stats}");
     assert_eq!(stats["major_faults"], 1, "{stats}");
+    assert_eq!(stats["oom_kill"], 8, "{stats}");
     assert_eq!(stats["target_pages"], 0, "{stats}");
     assert!(stats.get("swap_in").is_none(), "{stats}");
 
@@ -149,6 +150,64 @@ fn the_guest_sees_a_new_target_and_inflating_gives_memory_back() {
     assert_eq!(vmm.wait().code(), Some(0));
 }
 
+/// With hugetlbfs guest memory (`huge_pages: "2M"`) the balloon works
+/// as Firecracker's does there: the guest gives its pages, but the host
+/// keeps them backed (a 4 KiB page cannot leave a 2 MiB one), so the
+/// guest finds its data still in them after a deflate.
+#[test]
+fn with_2m_huge_pages_inflated_pages_stay_backed() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(_pool) = common::hugepages::Pool::with_available(64) else {
+        return;
+    };
+    let mut vmm = Vmm::with_api();
+    vmm.put_ok(
+        "/balloon",
+        json!({"amount_mib": 0, "deflate_on_oom": false}),
+    );
+    vmm.put_ok(
+        "/boot-source",
+        json!({
+            "kernel_image_path": vmm.kernel,
+            "boot_args": "probe=balloon,balloon-inflate,balloon-deflate,wait-cad",
+        }),
+    );
+    vmm.put_ok(
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}),
+    );
+    vmm.start();
+    vmm.expect_line("PROBE balloon OK");
+    let hugetlb = |vmm: &Vmm| {
+        let vmas = common::hugepages::guest_memory_vmas(vmm.pid(), 128);
+        vmas[0].num("Private_Hugetlb")
+    };
+    let before = hugetlb(&vmm);
+    let target_mib = (PAGES * 4096) >> 20;
+    let r = vmm.patch("/balloon", json!({"amount_mib": target_mib}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-inflate"),
+        format!("PROBE balloon-inflate OK target={PAGES} inflated={PAGES} config-irq=1")
+    );
+    assert_eq!(hugetlb(&vmm), before);
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-deflate"),
+        format!("PROBE balloon-deflate OK deflated={PAGES} zeroed=0")
+    );
+    let m = vmm.get("/metrics").json();
+    let bm = &m["balloon"];
+    assert_eq!(bm["inflated_pages"], 0, "{m}");
+    assert_eq!(bm["hugetlb_kept_pages"], PAGES, "{m}");
+    assert_eq!(bm["deflated_pages"], PAGES, "{m}");
+    common::assert_filtered(vmm.pid());
+    vmm.action("SendCtrlAltDel");
+    vmm.expect_line("PROBE wait-cad OK");
+    assert_eq!(vmm.wait().code(), Some(0));
+}
+
 #[test]
 fn hostile_balloon_buffers_are_counted_and_the_vmm_lives_on() {
     if !kvm_available() {
@@ -216,10 +275,16 @@ fn bad_balloon_requests_get_clear_400s() {
             "amount_mib 129 is more than the guest's 128 MiB",
         ),
         (
-            "PUT",
-            "/balloon",
-            Some(json!({"amount_mib": 1, "deflate_on_oom": false, "free_page_hinting": true})),
-            "free_page_hinting is not supported",
+            "GET",
+            "/balloon/hinting/status",
+            None,
+            "no balloon device is configured",
+        ),
+        (
+            "PATCH",
+            "/balloon/hinting/x",
+            Some(json!({})),
+            "Invalid request method and/or path",
         ),
         (
             "PUT",
@@ -249,6 +314,23 @@ fn bad_balloon_requests_get_clear_400s() {
         vmm.get("/vm/config").json()["balloon"],
         json!({"amount_mib": 8, "deflate_on_oom": false, "stats_polling_interval_s": 3})
     );
+    // Hinting needs a balloon configured with it.
+    for (method, path) in [
+        ("PATCH", "/balloon/hinting/start"),
+        ("GET", "/balloon/hinting/status"),
+        ("PATCH", "/balloon/hinting/stop"),
+    ] {
+        let body = (method == "PATCH").then_some("{}");
+        let r = vmm.request(method, path, body);
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.body);
+        assert!(
+            fault(&r).contains("free page hinting is not enabled"),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    let r = vmm.patch("/balloon/hinting/start", json!({"acknowledge_on_stop": 1}));
+    assert_eq!(r.status, 400, "{}", r.body);
 }
 
 #[test]
@@ -386,6 +468,147 @@ fn free_pages_the_guest_reports_leave_the_vmm() {
     let m = vmm.get("/metrics").json();
     assert_eq!(m["balloon"]["reported_pages"], PAGES, "{m}");
     assert_eq!(m["balloon"]["malformed"], 0, "{m}");
+    vmm.action("SendCtrlAltDel");
+    assert_eq!(vmm.wait().code(), Some(0));
+}
+
+#[test]
+fn free_pages_the_guest_hints_leave_the_vmm_during_a_run() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vmm = Vmm::with_api();
+    vmm.put_ok(
+        "/balloon",
+        json!({"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true}),
+    );
+    // Hinting runs exist after start only.
+    let r = vmm.patch("/balloon/hinting/start", json!({}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(fault(&r).contains("before starting"), "{}", r.body);
+    vmm.configure(
+        "probe=balloon,balloon-hint,balloon-hint-done,balloon-hint,balloon-hint-done,wait-cad",
+        1,
+        128,
+    );
+    vmm.start();
+    assert_eq!(
+        vmm.expect_line("PROBE balloon "),
+        format!("PROBE balloon OK target=0 features=0x100000008 touched={PAGES}")
+    );
+    assert_eq!(
+        vmm.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 0, "guest_cmd": null})
+    );
+    let before = rss_kib(vmm.pid());
+    // A run the host ends itself.
+    let r = vmm.patch(
+        "/balloon/hinting/start",
+        json!({"acknowledge_on_stop": false}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-hint "),
+        format!("PROBE balloon-hint OK id=2 hinted={PAGES}")
+    );
+    let after = rss_kib(vmm.pid());
+    let freed = before.saturating_sub(after);
+    eprintln!(
+        "VmRSS before hinting {before} KiB, after {after} KiB: {freed} KiB freed for {PAGES} pages"
+    );
+    assert!(
+        freed >= PAGES * 4 * 3 / 4,
+        "VmRSS fell by {freed} KiB only ({before} -> {after}); {PAGES} pages were hinted"
+    );
+    // The guest said STOP; the host has not said DONE yet.
+    assert_eq!(
+        vmm.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 2, "guest_cmd": 0})
+    );
+    let r = vmm.patch("/balloon/hinting/stop", json!({}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-hint-done"),
+        "PROBE balloon-hint-done OK cmd=1 zeroed=1"
+    );
+    assert_eq!(
+        vmm.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 1, "guest_cmd": 0})
+    );
+    // A run with no body: acknowledge_on_stop, so the guest's STOP brings
+    // DONE at once.
+    let mut s = std::os::unix::net::UnixStream::connect(&vmm.sock).unwrap();
+    let status = raw_status(
+        &mut s,
+        b"PATCH /balloon/hinting/start HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(status, 204);
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-hint "),
+        format!("PROBE balloon-hint OK id=3 hinted={PAGES}")
+    );
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-hint-done"),
+        "PROBE balloon-hint-done OK cmd=1 zeroed=1"
+    );
+    assert_eq!(
+        vmm.get("/balloon/hinting/status").json(),
+        json!({"host_cmd": 1, "guest_cmd": 0})
+    );
+    let m = vmm.get("/metrics").json();
+    assert_eq!(m["balloon"]["hinted_pages"], 2 * PAGES, "{m}");
+    assert_eq!(m["balloon"]["malformed"], 0, "{m}");
+    vmm.action("SendCtrlAltDel");
+    assert_eq!(vmm.wait().code(), Some(0));
+}
+
+/// Sends one raw request and returns the answer's status code.
+fn raw_status(s: &mut std::os::unix::net::UnixStream, req: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    s.write_all(req).unwrap();
+    let mut b = [0u8; 4096];
+    let n = s.read(&mut b).unwrap();
+    let head = String::from_utf8_lossy(&b[..n]);
+    head.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_driver_that_declines_hinting_still_gets_its_other_queues() {
+    if !kvm_available() {
+        return;
+    }
+    let mut vmm = Vmm::with_api();
+    vmm.put_ok(
+        "/balloon",
+        json!({"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true,
+               "free_page_reporting": true}),
+    );
+    vmm.configure(
+        "probe=balloon-decline-hint,wait-cad,balloon-report,wait-cad",
+        1,
+        128,
+    );
+    vmm.start();
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-decline-hint"),
+        format!("PROBE balloon-decline-hint OK target=0 features=0x100000020 touched={PAGES}")
+    );
+    let r = vmm.patch("/balloon/hinting/start", json!({}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        fault(&r).contains("did not accept free page hinting"),
+        "{}",
+        r.body
+    );
+    let before = rss_kib(vmm.pid());
+    vmm.action("SendCtrlAltDel");
+    // Reporting took the hinting queue's index, and works.
+    assert_eq!(
+        vmm.expect_line("PROBE balloon-report"),
+        format!("PROBE balloon-report OK reported={PAGES}")
+    );
+    let freed = before.saturating_sub(rss_kib(vmm.pid()));
+    assert!(freed >= PAGES * 4 * 3 / 4, "VmRSS fell by {freed} KiB only");
     vmm.action("SendCtrlAltDel");
     assert_eq!(vmm.wait().code(), Some(0));
 }

@@ -202,6 +202,52 @@ fn a_config_file_fs_device_serves_the_guest() {
     assert_eq!(vmm.wait().code(), Some(0));
 }
 
+/// With `huge_pages: "2M"` the shared memfd virtiofsd maps is a
+/// hugetlbfs one, and the guest's requests go through it all the same.
+#[test]
+fn a_hugetlbfs_memfd_is_shared_with_the_backend() {
+    let Some(bin) = virtiofsd_bin() else {
+        return;
+    };
+    let Some(_pool) = common::hugepages::Pool::with_available(64) else {
+        return;
+    };
+    let mut vmm = Vmm::with_api();
+    let mut fsd = Virtiofsd::start(&bin, &vmm.dir.path("fs.sock"), &[]);
+    vmm.put_ok("/fs/share", fs_body(&fsd.sock));
+    vmm.put_ok(
+        "/boot-source",
+        json!({"kernel_image_path": vmm.kernel, "boot_args": "probe=fs,wait-cad"}),
+    );
+    vmm.put_ok(
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}),
+    );
+    vmm.start();
+    let line = vmm.expect_line("PROBE fs ");
+    assert_read_and_wrote(&line, &fsd);
+    // Both processes map the same hugetlbfs memfd, which holds the pages
+    // (virtiofsd's sandbox runs it in a child of the process started).
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", fsd.child.id())).unwrap();
+    let backend: u32 = children
+        .split_whitespace()
+        .next()
+        .map_or(fsd.child.id(), |c| c.parse().unwrap());
+    for pid in [vmm.pid(), backend] {
+        let vmas = common::hugepages::guest_memory_vmas(pid, 128);
+        assert_eq!(vmas.len(), 1, "pid {pid}: {vmas:?}");
+        let vma = &vmas[0];
+        assert!(vma.header.contains("memfd:husk-guest-ram"), "{vma:?}");
+        assert_eq!(vma.num("KernelPageSize"), 2048, "{vma:?}");
+        assert!(vma.num("Shared_Hugetlb") > 0, "{vma:?}");
+    }
+    vmm.action("SendCtrlAltDel");
+    vmm.expect_line("PROBE wait-cad OK");
+    assert_eq!(vmm.wait().code(), Some(0));
+    assert!(fsd.wait_exit(TIMEOUT).is_some(), "{}", fsd.log());
+}
+
 #[test]
 fn a_read_only_share_refuses_the_guests_create_with_erofs() {
     let Some(bin) = virtiofsd_bin() else {

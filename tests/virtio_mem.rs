@@ -3,7 +3,9 @@
 //! through the API, see the guest plug towards it (and be refused past
 //! it), watch the VMM's resident memory grow with plugged memory the
 //! guest touches and fall when it unplugs, and check the API's answers,
-//! hostile requests, and plugged memory across a snapshot.
+//! hostile requests, and plugged memory across a snapshot; with
+//! `huge_pages` "2M", the region reserved with RAM and restored through
+//! a page server.
 
 mod common;
 
@@ -163,6 +165,88 @@ fn the_guest_plugs_what_is_requested_and_unplugging_gives_memory_back() {
     assert_eq!(vmm.wait().code(), Some(0));
 }
 
+/// With `huge_pages` "2M" the hotpluggable region is hugetlbfs like RAM,
+/// and both are reserved from the host's pool at start; an unplugged block
+/// keeps its pages (the reservation holds them for this VM either way),
+/// and a pool too small for RAM and the region is a 400 at InstanceStart.
+#[test]
+fn with_2m_huge_pages_the_region_is_reserved_with_ram_and_keeps_its_pages() {
+    use common::hugepages::{guest_memory_vmas, Counts, Pool};
+    if !kvm_available() {
+        return;
+    }
+    const RAM_MIB: u64 = 256;
+    const REGION_MIB: u64 = 128;
+    let need = (RAM_MIB + REGION_MIB) / 2;
+    let Some(_pool) = Pool::with_available(need) else {
+        return;
+    };
+    let machine = |vmm: &Vmm, mib: u64| {
+        vmm.put_ok(
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": mib, "huge_pages": "2M"}),
+        )
+    };
+    // RAM alone fits the pool, RAM and a larger region do not.
+    let vmm = Vmm::with_api();
+    vmm.configure("probe=mem", 1, RAM_MIB);
+    machine(&vmm, RAM_MIB);
+    vmm.put_ok("/hotplug/memory", json!({"total_size_mib": 2 * REGION_MIB}));
+    let r = vmm.action("InstanceStart");
+    assert_eq!(r.status, 400, "{}", r.body);
+    let msg = Vmm::fault(&r);
+    let short = (RAM_MIB + 2 * REGION_MIB) / 2;
+    assert!(
+        msg.contains(&format!("needs {short} free 2 MiB huge pages")),
+        "{msg}"
+    );
+    assert_eq!(Counts::read().available(), need);
+    drop(vmm);
+
+    let mut vmm = Vmm::with_api();
+    vmm.configure(
+        "probe=mem,mem-plug,wait-cad,mem-unplug,mem-unplug-all,wait-cad",
+        1,
+        RAM_MIB,
+    );
+    machine(&vmm, RAM_MIB);
+    vmm.put_ok("/hotplug/memory", json!({"total_size_mib": REGION_MIB}));
+    vmm.start();
+    vmm.expect_line("PROBE mem OK");
+    assert_eq!(Counts::read().available(), 0, "{:?}", Counts::read());
+    let region = |pid: u32| {
+        let vmas = guest_memory_vmas(pid, REGION_MIB);
+        assert_eq!(vmas.len(), 1, "{vmas:?}");
+        assert_eq!(vmas[0].num("KernelPageSize"), 2048, "{vmas:?}");
+        vmas[0].num("Private_Hugetlb")
+    };
+    assert_eq!(region(vmm.pid()), 0);
+    let r = vmm.patch("/hotplug/memory", json!({"requested_size_mib": 32}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let line = vmm.expect_line("PROBE mem-plug");
+    assert!(
+        line.starts_with("PROBE mem-plug OK requested=16 ") && line.contains(" intact=1"),
+        "{line}"
+    );
+    assert_eq!(plugged_mib(&vmm, 32), 32);
+    assert_eq!(region(vmm.pid()), 32 << 10);
+    vmm.action("SendCtrlAltDel");
+    let line = vmm.expect_line("PROBE mem-unplug ");
+    assert!(line.ends_with("plugged=0 read=0x0"), "{line}");
+    vmm.expect_line("PROBE mem-unplug-all OK");
+    assert_eq!(plugged_mib(&vmm, 0), 0);
+    // Unplugged, out of the guest's reach, but still backed.
+    assert!(region(vmm.pid()) >= 32 << 10);
+    let m = vmm.get("/metrics").json();
+    let hm = &m["memory_hotplug"];
+    assert_eq!(hm["hugetlb_kept_bytes"], 34 * MIB, "{m}");
+    assert_eq!(hm["unplug_discard_fails"], 0, "{m}");
+    assert_eq!(Counts::read().available(), 0, "{:?}", Counts::read());
+    common::assert_filtered(vmm.pid());
+    vmm.action("SendCtrlAltDel");
+    assert_eq!(vmm.wait().code(), Some(0));
+}
+
 #[test]
 fn bad_hotplug_configurations_get_clear_400s() {
     if !kvm_available() {
@@ -299,6 +383,86 @@ fn plugged_memory_and_its_blocks_survive_a_snapshot() {
     assert_eq!(plugged_mib(&b, 0), 0);
     b.action("SendCtrlAltDel");
     assert_eq!(b.wait().code(), Some(0));
+}
+
+/// A "2M" guest's plugged memory restores through a page server (the only
+/// backend for hugetlbfs memory), the region one of the regions it
+/// serves in whole huge pages.
+#[test]
+fn a_2m_guest_with_plugged_memory_restores_through_a_page_server() {
+    use common::hugepages::{guest_memory_vmas, Pool};
+    use common::{assert_pages_served, page_server_bin, wait_page_server};
+    if !kvm_available() {
+        return;
+    }
+    // Both VMs (RAM 128 MiB, region 128 MiB) may overlap for a moment.
+    let Some(_pool) = Pool::with_available(2 * 128) else {
+        return;
+    };
+    let dir = TempDir::new();
+    let mut a = Vmm::with_api();
+    a.configure("probe=mem,mem-plug,wait-cad,mem-check,wait-cad", 1, 128);
+    a.put_ok(
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}),
+    );
+    a.put_ok("/hotplug/memory", json!({"total_size_mib": 128}));
+    a.start();
+    a.expect_line("PROBE mem OK");
+    let r = a.patch("/hotplug/memory", json!({"requested_size_mib": 8}));
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert!(a.expect_line("PROBE mem-plug").contains(" intact=1"));
+    assert_eq!(plugged_mib(&a, 8), 8);
+    assert_eq!(a.patch("/vm", json!({"state": "Paused"})).status, 204);
+    let (state, mem) = (dir.path("s"), dir.path("m"));
+    let r = a.put(
+        "/snapshot/create",
+        json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    drop(a);
+    assert_eq!(std::fs::metadata(&mem).unwrap().len(), 256 * MIB);
+
+    let sock = dir.path("uffd.sock");
+    let mut server = std::process::Command::new(page_server_bin())
+        .arg(&sock)
+        .arg(&mem)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_page_server(&sock, Duration::from_secs(10));
+    let mut b = Vmm::with_api();
+    let r = b.put(
+        "/snapshot/load",
+        json!({
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "Uffd", "backend_path": sock},
+            "resume_vm": true,
+        }),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(hotplug(&b)["plugged_size_mib"], 8);
+    b.action("SendCtrlAltDel");
+    assert_eq!(
+        b.expect_line("PROBE mem-check"),
+        format!("PROBE mem-check OK plugged={} intact=1 state=0", 8 * MIB)
+    );
+    let vmas = guest_memory_vmas(b.pid(), 128);
+    assert_eq!(vmas.len(), 2, "{vmas:?}");
+    for v in &vmas {
+        assert_eq!(v.num("KernelPageSize"), 2048, "{v:?}");
+    }
+    // The plugged blocks the guest read again came from the server (the
+    // region's mapping is not necessarily above RAM's in this process).
+    assert!(
+        vmas.iter().any(|v| v.num("Private_Hugetlb") >= 8 << 10),
+        "{vmas:?}"
+    );
+    common::assert_filtered(b.pid());
+    b.action("SendCtrlAltDel");
+    assert_eq!(b.wait().code(), Some(0));
+    drop(b);
+    assert_pages_served(&mut server);
 }
 
 #[test]

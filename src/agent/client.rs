@@ -298,7 +298,46 @@ impl AgentClient {
     /// Starts another process in the container.
     pub async fn exec(&self, spec: ProcessSpec) -> Result<Process, ClientError> {
         let id = self.new_id();
-        self.launch(id, Message::Exec { id, spec }).await
+        self.launch(
+            id,
+            Message::Exec {
+                id,
+                spec,
+                container: None,
+            },
+        )
+        .await
+    }
+
+    /// Pod mode: creates and starts a container of the pod.
+    pub async fn create(
+        &self,
+        container: crate::agent::protocol::PodContainer,
+    ) -> Result<Process, ClientError> {
+        let id = self.new_id();
+        self.launch(
+            id,
+            Message::Create {
+                id,
+                container: Box::new(container),
+            },
+        )
+        .await
+    }
+
+    /// Pod mode: starts another process in the pod's container `name`.
+    pub async fn exec_in(&self, name: &str, spec: ProcessSpec) -> Result<Process, ClientError> {
+        let id = self.new_id();
+        let container = Some(name.to_string());
+        self.launch(
+            id,
+            Message::Exec {
+                id,
+                spec,
+                container,
+            },
+        )
+        .await
     }
 
     /// Mounts filesystems in a container that is not started (to copy

@@ -245,6 +245,65 @@ pub struct ProcessSpec {
     pub window: Option<WindowSize>,
 }
 
+/// A container of a pod (`husk.pod=` on the kernel command line: the
+/// agent serves several containers, each with its root in the pod's
+/// shared directory). What the OCI runtime spec says of it, as the
+/// agent applies it inside the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodContainer {
+    /// 1 to 64 of `[A-Za-z0-9_.-]`: its directory in the pod share holds
+    /// its root filesystem as `rootfs/` and files for its mounts.
+    pub name: String,
+    /// The main process: a full environment, `user` as `uid:gid`.
+    pub process: ProcessSpec,
+    /// Supplementary groups of the main process (and its execs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub readonly_root: bool,
+    /// OCI `mounts`, in order; a `bind` source is a path in the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<OciMount>,
+    #[serde(default)]
+    pub resources: Resources,
+    /// The container (the pod's sandbox) whose UTS and IPC namespaces
+    /// this one joins; `None`: new ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<String>,
+}
+
+/// One OCI mount.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciMount {
+    pub destination: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+/// `linux.resources`, as cgroup v2 applies them in the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Bytes (`memory.max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<i64>,
+    /// `cpu.max`: quota and period in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<u64>,
+    /// OCI cpu shares (2..=262144), turned into `cpu.weight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<i64>,
+}
+
 /// The agent's own start-up, measured by the agent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timings {
@@ -267,10 +326,19 @@ pub enum Message {
         id: u32,
         spec: Box<ContainerSpec>,
     },
-    /// Start another process in the container.
+    /// Start another process in the container (in a pod: in the
+    /// container named, see [`PodContainer`]).
     Exec {
         id: u32,
         spec: ProcessSpec,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
+    },
+    /// Pod mode only: create and start a container of the pod, its main
+    /// process as `id`. Several may run at once.
+    Create {
+        id: u32,
+        container: Box<PodContainer>,
     },
     Signal {
         id: u32,

@@ -573,7 +573,7 @@ fn kvm_launch_figures(ctx: &Ctx, root: &Path, why: &str) -> Result<Value, String
         dir: root.join("vms").join(n.to_string()),
         kernel: ctx.kernel.clone(),
         initramfs: initramfs.clone(),
-        rootfs: rootfs.clone(),
+        rootfs: Some(rootfs.clone()),
         vcpus: 1,
         memory_mib: 256,
         boot_args: String::new(),

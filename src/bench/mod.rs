@@ -349,7 +349,7 @@ fn kvm_floor() -> Result<(f64, f64), String> {
     let cpu_start = thread_cpu_ms();
     let start = Instant::now();
     let ranges = ram_ranges(GUEST_MEM_MIB).map_err(|e| e.to_string())?;
-    let mem = create_guest_memory(&ranges, false).map_err(|e| e.to_string())?;
+    let mem = create_guest_memory(&ranges, Default::default()).map_err(|e| e.to_string())?;
     let vm = Vm::new(&mem, false).map_err(|e| e.to_string())?;
     let vcpu = vm.fd().create_vcpu(0).map_err(|e| e.to_string())?;
     drop(vcpu);

@@ -1,8 +1,7 @@
-//! The [`Vmm`]'s actions on the devices that manage guest memory:
-//! `/balloon` and `/balloon/statistics`, `PUT`/`PATCH /pmem/{id}`, and
-//! `PUT`/`PATCH`/`GET /hotplug/memory`.
+//! The [`Vmm`]'s actions on the devices that add memory to the guest:
+//! `PUT`/`PATCH /pmem/{id}` and `PUT`/`PATCH`/`GET /hotplug/memory` (the
+//! balloon's are in `vmm/balloon.rs`).
 
-use crate::vmm::builder::{AttachedBalloon, RunningVm};
 use crate::vmm::config::{
     self, ConfigError, MemoryHotplugConfig, MemoryHotplugConfigError, MemoryHotplugSizeUpdate,
     MemoryHotplugStatus, PmemConfig, PmemUpdate,
@@ -12,78 +11,6 @@ use crate::vmm::rpc::VmmActionError;
 use crate::vmm::Vmm;
 
 impl Vmm {
-    /// One balloon per VM: a second PUT replaces the first.
-    pub(crate) fn set_balloon(&mut self, b: config::BalloonConfig) -> Result<(), VmmActionError> {
-        self.require_not_started()?;
-        b.validate(self.config.machine_config.mem_size_mib)?;
-        self.config.balloon = Some(b);
-        Ok(())
-    }
-
-    pub(crate) fn balloon_config(&self) -> Result<&config::BalloonConfig, ConfigError> {
-        self.config.balloon.as_ref().ok_or(ConfigError::NoBalloon)
-    }
-
-    /// A new target: before start it is the configuration's; after, the
-    /// driver sees it in `num_pages`, with a configuration-change
-    /// interrupt.
-    pub(crate) fn patch_balloon(&mut self, u: config::BalloonUpdate) -> Result<(), VmmActionError> {
-        self.balloon_config()?;
-        config::check_amount(u.amount_mib, self.config.machine_config.mem_size_mib)?;
-        if let Some(vm) = &self.running {
-            let b = attached_balloon(vm)?;
-            b.balloon
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_target_mib(u.amount_mib);
-            b.transport
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .config_changed();
-            METRICS.balloon.target_updates.inc();
-        }
-        if let Some(b) = self.config.balloon.as_mut() {
-            b.amount_mib = u.amount_mib;
-        }
-        Ok(())
-    }
-
-    /// A new statistics interval. After start statistics cannot be turned
-    /// on or off (that would add or remove a queue), as in Firecracker.
-    pub(crate) fn patch_balloon_stats(
-        &mut self,
-        u: config::BalloonStatsUpdate,
-    ) -> Result<(), VmmActionError> {
-        let old = self.balloon_config()?.stats_polling_interval_s;
-        let new = u.stats_polling_interval_s;
-        if let Some(vm) = &self.running {
-            config::check_stats_change(old, new)?;
-            let b = attached_balloon(vm)?;
-            b.balloon
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_stats_interval(new)
-                .map_err(|e| VmmActionError::BalloonUpdate(e.to_string()))?;
-        }
-        if let Some(b) = self.config.balloon.as_mut() {
-            b.stats_polling_interval_s = new;
-        }
-        Ok(())
-    }
-
-    /// `GET /balloon/statistics`: after start, with statistics on.
-    pub(crate) fn balloon_stats(&self) -> Result<serde_json::Value, VmmActionError> {
-        if !self.balloon_config()?.stats_enabled() {
-            return Err(ConfigError::BalloonStatsDisabled.into());
-        }
-        let Some(vm) = &self.running else {
-            return Err(VmmActionError::BeforeStart);
-        };
-        let b = attached_balloon(vm)?;
-        let stats = b.balloon.lock().unwrap_or_else(|e| e.into_inner()).stats();
-        Ok(stats.to_json())
-    }
-
     /// Adds or replaces a pmem device (before start). One root device at
     /// most, drive or pmem.
     pub(crate) fn set_pmem(&mut self, path_id: &str, p: PmemConfig) -> Result<(), VmmActionError> {
@@ -193,12 +120,4 @@ impl Vmm {
             .status();
         Ok(status)
     }
-}
-
-/// The running microVM's balloon device (configured ones are attached at
-/// start).
-fn attached_balloon(vm: &RunningVm) -> Result<&AttachedBalloon, VmmActionError> {
-    vm.balloon.as_ref().ok_or(VmmActionError::BalloonUpdate(
-        "the device is not attached".into(),
-    ))
 }

@@ -189,8 +189,16 @@ pub struct BalloonMetrics {
     pub deflated_pages: Counter,
     /// Free pages the guest reported (free page reporting), dropped.
     pub reported_pages: Counter,
+    /// Free pages the guest hinted during a hinting run, dropped.
+    pub hinted_pages: Counter,
+    /// Hint buffers that arrived outside a run, returned untouched.
+    pub stale_hints: Counter,
     /// Page frame numbers outside guest memory, skipped.
     pub bad_pfns: Counter,
+    /// Inflated or reported pages of hugetlbfs guest memory, which stay
+    /// backed: a 4 KiB page cannot be taken out of a 2 MiB huge page
+    /// (Firecracker keeps them too).
+    pub hugetlb_kept_pages: Counter,
     /// Malformed buffers: device-writable, not a whole number of PFNs,
     /// outside guest memory, an empty or extra statistics buffer;
     /// broken queues.
@@ -240,6 +248,9 @@ pub struct MemoryHotplugMetrics {
     pub unplug_fails: Counter,
     /// Ranges that could not be given back to the host (madvise failed).
     pub unplug_discard_fails: Counter,
+    /// Bytes unplugged from hugetlbfs memory, which keep their pages
+    /// (reserved for the region at start; see `mem/region.rs`).
+    pub hugetlb_kept_bytes: Counter,
     pub unplug_all_count: Counter,
     pub state_count: Counter,
     pub state_fails: Counter,
@@ -375,7 +386,10 @@ pub static METRICS: Metrics = Metrics {
         inflated_pages,
         deflated_pages,
         reported_pages,
+        hinted_pages,
+        stale_hints,
         bad_pfns,
+        hugetlb_kept_pages,
         malformed,
         stats_updates,
         target_updates
@@ -399,6 +413,7 @@ pub static METRICS: Metrics = Metrics {
         unplug_bytes,
         unplug_fails,
         unplug_discard_fails,
+        hugetlb_kept_bytes,
         unplug_all_count,
         state_count,
         state_fails,

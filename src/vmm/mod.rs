@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod arch;
+mod balloon;
 pub mod builder;
 pub mod client;
 pub mod config;
@@ -525,9 +526,10 @@ impl Vmm {
                 "firecracker_version": FIRECRACKER_API_VERSION,
                 "vmm_version": VERSION,
             })),
-            VmmAction::GetMachineConfig => json(config::shown_machine_config(
-                serde_json::to_value(&self.config.machine_config).unwrap_or_default(),
-            )),
+            // `huge_pages` is always there (Firecracker shows it too).
+            VmmAction::GetMachineConfig => {
+                json(serde_json::to_value(&self.config.machine_config).unwrap_or_default())
+            }
             VmmAction::GetFullConfig => json(config::shown_full_config(
                 serde_json::to_value(&self.config).unwrap_or_default(),
             )),
@@ -555,6 +557,9 @@ impl Vmm {
             VmmAction::PatchBalloon(u) => done(self.patch_balloon(u)),
             VmmAction::GetBalloonStats => self.balloon_stats().map(VmmData::Json),
             VmmAction::PatchBalloonStats(u) => done(self.patch_balloon_stats(u)),
+            VmmAction::StartBalloonHinting(c) => done(self.start_balloon_hinting(c)),
+            VmmAction::StopBalloonHinting => done(self.stop_balloon_hinting()),
+            VmmAction::GetBalloonHinting => self.balloon_hinting_status().map(VmmData::Json),
             VmmAction::PutPmem(id, p) => done(self.set_pmem(&id, p)),
             VmmAction::PatchPmem(id, u) => done(self.patch_pmem(&id, u)),
             VmmAction::PutMemoryHotplug(h) => done(self.set_memory_hotplug(h)),

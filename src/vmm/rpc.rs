@@ -55,6 +55,9 @@ pub enum VmmAction {
     PatchBalloon(crate::vmm::config::BalloonUpdate),
     GetBalloonStats,
     PatchBalloonStats(crate::vmm::config::BalloonStatsUpdate),
+    StartBalloonHinting(crate::vmm::config::BalloonStartCmd),
+    GetBalloonHinting,
+    StopBalloonHinting,
     /// The id from the path, and the body.
     PutPmem(String, crate::vmm::config::PmemConfig),
     PatchPmem(String, crate::vmm::config::PmemUpdate),

@@ -11,6 +11,8 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use husk::vmm::client::{self, Response};
+
+pub mod hugepages;
 use serde_json::Value;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);

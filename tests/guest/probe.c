@@ -640,6 +640,9 @@ static const struct {
 	{"mem-unplug-all", check_mem_unplug_all},
 	{"mem-check", check_mem_check},
 	{"mem-hostile", check_mem_hostile},
+	{"balloon-hint", check_balloon_hint},
+	{"balloon-decline-hint", check_balloon_decline_hint},
+	{"balloon-hint-done", check_balloon_hint_done},
 };
 
 static void run_check(const struct check *c)

@@ -119,6 +119,9 @@ void check_balloon_deflate(const struct check *c); /* balloon.c */
 void check_balloon_stats(const struct check *c); /* balloon.c */
 void check_balloon_hostile(const struct check *c); /* balloon.c */
 void check_balloon_report(const struct check *c); /* balloon.c */
+void check_balloon_hint(const struct check *c); /* balloon.c */
+void check_balloon_decline_hint(const struct check *c); /* balloon.c */
+void check_balloon_hint_done(const struct check *c); /* balloon.c */
 void check_cpuid_regs(const struct check *c); /* cpu.c */
 void check_pmem(const struct check *c); /* pmem.c */
 void check_pmem_hostile(const struct check *c); /* pmem.c */

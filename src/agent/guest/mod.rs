@@ -15,6 +15,7 @@
 pub mod archive;
 pub mod mounts;
 pub mod net;
+pub mod pod;
 mod procs;
 pub mod server;
 pub mod setup;
@@ -56,9 +57,15 @@ fn boot_us() -> u64 {
 
 fn vm(t0: Instant) -> i32 {
     let boot = boot_us();
-    let setup = || -> Result<(), setup::SetupError> {
+    let mut pod = false;
+    let mut setup = || -> Result<(), setup::SetupError> {
         setup::early_mounts()?;
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        if let Some(tag) = pod::pod_tag(&cmdline) {
+            // A pod: no root disk, the containers' roots are in the share.
+            pod = true;
+            return pod::setup(&tag);
+        }
         setup::mount_root_disk(&setup::boot_args(&cmdline))?;
         setup::container_mounts()
     };
@@ -89,7 +96,7 @@ fn vm(t0: Instant) -> i32 {
             timings.setup_us
         );
     }
-    serve(listener, timings, t0, Ending::EndVm, error)
+    serve(listener, timings, t0, Ending::EndVm, error, pod)
 }
 
 fn serve(
@@ -98,8 +105,15 @@ fn serve(
     t0: Instant,
     ending: Ending,
     error: Option<String>,
+    pod: bool,
 ) -> i32 {
-    match Agent::new(listener, timings, t0, ending, error) {
+    let agent = Agent::new(listener, timings, t0, ending, error).and_then(|mut a| {
+        if pod {
+            a.pod = Some(pod::Pod::new()?);
+        }
+        Ok(a)
+    });
+    match agent {
         Ok(agent) => agent.run(),
         Err(e) => {
             eprintln!("husk-agent: error: {e}");
@@ -213,5 +227,12 @@ fn directory_child(t0: Instant, dir: &str, sock: &str) -> i32 {
         boot_us: 0,
         setup_us: t0.elapsed().as_micros() as u64,
     };
-    serve(OwnedFd::from(listener), timings, t0, Ending::Exit, error)
+    serve(
+        OwnedFd::from(listener),
+        timings,
+        t0,
+        Ending::Exit,
+        error,
+        false,
+    )
 }

@@ -254,6 +254,7 @@ impl Agent {
             };
             let (code, signal) = p.status.unwrap_or((None, None));
             self.send(&Message::Exit { id, code, signal });
+            self.pod_exited(id);
             if let Some((main, keep)) = self.main {
                 if main == id && !keep {
                     self.finished = true;

@@ -79,6 +79,8 @@ pub struct Agent {
     pub(super) finished: bool,
     /// The container's extra filesystems are mounted.
     pub(super) mounted: bool,
+    /// Pod mode: the pod's containers (see `pod`).
+    pub(super) pod: Option<super::pod::Pod>,
 }
 
 /// What one entry of the poll set stands for.
@@ -116,6 +118,7 @@ impl Agent {
             root: PathBuf::from("/"),
             finished: false,
             mounted: false,
+            pod: None,
         })
     }
 
@@ -355,7 +358,13 @@ impl Agent {
     fn on_message(&mut self, msg: Message) {
         match msg {
             Message::Start { id, spec } => self.start(id, *spec),
-            Message::Exec { id, spec } => self.exec(id, spec),
+            Message::Exec {
+                id,
+                spec,
+                container: Some(name),
+            } => self.exec_in(id, &name, spec),
+            Message::Exec { id, spec, .. } => self.exec(id, spec),
+            Message::Create { id, container } => self.create(id, *container),
             Message::Signal { id, signal } => self.signal(id, signal),
             Message::Resize { id, window } => {
                 let r = self.procs.get(&id).filter(|p| p.tty).map(|p| {
@@ -423,6 +432,9 @@ impl Agent {
     }
 
     fn start(&mut self, id: u32, spec: crate::agent::protocol::ContainerSpec) {
+        if self.pod.is_some() {
+            return self.error(Some(id), "a pod's containers start with Create".into());
+        }
         if self.main.is_some() {
             return self.error(Some(id), "the container was already started".into());
         }
@@ -473,7 +485,7 @@ impl Agent {
         }
     }
 
-    fn launch(&mut self, id: u32, l: &spawn::Launch) -> bool {
+    pub(super) fn launch(&mut self, id: u32, l: &spawn::Launch) -> bool {
         let spawned = spawn::spawn(l).map_err(|e| (e.to_string(), e.exit_code()));
         match spawned {
             Ok(s) => self.register(id, Ok(s), l.tty.is_some()),

@@ -62,6 +62,9 @@ pub struct Launch {
     pub cwd: String,
     pub identity: Identity,
     pub tty: Option<WindowSize>,
+    /// Pod mode: the container the process enters in the child, before
+    /// it drops to its user (see `pod::Enter`).
+    pub enter: Option<std::sync::Arc<super::pod::Enter>>,
 }
 
 /// A started process and the host's ends of its streams (non-blocking).
@@ -187,6 +190,7 @@ fn launch(
         cwd,
         identity,
         tty,
+        enter: None,
     })
 }
 
@@ -243,7 +247,15 @@ fn ensure_dir(cwd: &str) -> Result<(), SpawnError> {
 
 /// Starts `l` in its own session, as its user, in its directory.
 pub fn spawn(l: &Launch) -> Result<Spawned, SpawnError> {
-    ensure_dir(&l.cwd)?;
+    match &l.enter {
+        // The working directory is the container's, made in its root.
+        Some(e) => ensure_dir(&format!(
+            "{}/{}",
+            e.root_path(),
+            l.cwd.trim_start_matches('/')
+        ))?,
+        None => ensure_dir(&l.cwd)?,
+    }
     let cwd = CString::new(l.cwd.as_str()).map_err(|_| SpawnError::Nul)?;
     if l.args.iter().chain(&l.env).any(|s| s.contains('\0')) {
         return Err(SpawnError::Nul);
@@ -273,6 +285,7 @@ pub fn spawn(l: &Launch) -> Result<Spawned, SpawnError> {
     }
     let id = l.identity.clone();
     let tty = pty.is_some();
+    let enter = l.enter.clone();
     // The agent blocks the signals it reads through its signalfd; the
     // process starts with none blocked.
     // SAFETY: sigemptyset initialises the set it is given.
@@ -282,8 +295,9 @@ pub fn spawn(l: &Launch) -> Result<Spawned, SpawnError> {
         set
     };
     // SAFETY: the closure runs in the child between fork and exec: it only
-    // makes system calls on values prepared before the fork (no
-    // allocation, no locks).
+    // makes system calls on values prepared before the fork (no locks; a
+    // pod's `Enter` allocates, which is sound here: the agent is
+    // single-threaded, so no lock can be held by another thread).
     unsafe {
         cmd.pre_exec(move || {
             if libc::pthread_sigmask(libc::SIG_SETMASK, &unblocked, std::ptr::null_mut()) != 0 {
@@ -294,6 +308,9 @@ pub fn spawn(l: &Launch) -> Result<Spawned, SpawnError> {
             }
             if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(e) = &enter {
+                e.run()?;
             }
             if libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0
                 || libc::setgid(id.gid) < 0

@@ -276,7 +276,9 @@ pub fn prepare(
     // container's private copy.
     // So does a volume it mounts read-write (one VM at a time); one
     // mounted read-only is opened read-only.
-    let writable = std::iter::once(&spec.rootfs)
+    let writable = spec
+        .rootfs
+        .iter()
         .chain(spec.drives.iter().filter(|d| !d.read_only).map(|d| &d.path));
     let ready = writable
         .into_iter()
@@ -315,7 +317,9 @@ pub fn prepare(
     cmd.arg("--mount").arg(mount(&spec.kernel, KERNEL, true));
     cmd.arg("--mount")
         .arg(mount(&spec.initramfs, INITRAMFS, true));
-    cmd.arg("--mount").arg(mount(&spec.rootfs, ROOTFS, false));
+    if let Some(rootfs) = &spec.rootfs {
+        cmd.arg("--mount").arg(mount(rootfs, ROOTFS, false));
+    }
     for d in &spec.drives {
         let inside = drive_path(&d.id);
         cmd.arg("--mount")

@@ -63,29 +63,32 @@ pub fn config(spec: &VmSpec, sockets: &Path) -> VmConfig {
         },
         // The agent mounts /dev/vda itself (husk.root=): the kernel must
         // not take it as its root, so it is not the root device.
-        drives: std::iter::once(DriveConfig {
-            drive_id: ROOTFS_DRIVE.into(),
-            path_on_host: path_string(&spec.rootfs),
-            is_root_device: false,
-            is_read_only: false,
-            partuuid: None,
-            cache_type: CacheType::Unsafe,
-            io_engine: None,
-            rate_limiter: None,
-        })
-        // Volumes outlive the VM: their writes are flushed when the guest
-        // asks (Writeback), not left to chance.
-        .chain(spec.drives.iter().map(|d| DriveConfig {
-            drive_id: d.id.clone(),
-            path_on_host: path_string(&d.path),
-            is_root_device: false,
-            is_read_only: d.read_only,
-            partuuid: None,
-            cache_type: CacheType::Writeback,
-            io_engine: None,
-            rate_limiter: None,
-        }))
-        .collect(),
+        drives: spec
+            .rootfs
+            .iter()
+            .map(|rootfs| DriveConfig {
+                drive_id: ROOTFS_DRIVE.into(),
+                path_on_host: path_string(rootfs),
+                is_root_device: false,
+                is_read_only: false,
+                partuuid: None,
+                cache_type: CacheType::Unsafe,
+                io_engine: None,
+                rate_limiter: None,
+            })
+            // Volumes outlive the VM: their writes are flushed when the guest
+            // asks (Writeback), not left to chance.
+            .chain(spec.drives.iter().map(|d| DriveConfig {
+                drive_id: d.id.clone(),
+                path_on_host: path_string(&d.path),
+                is_root_device: false,
+                is_read_only: d.read_only,
+                partuuid: None,
+                cache_type: CacheType::Writeback,
+                io_engine: None,
+                rate_limiter: None,
+            }))
+            .collect(),
         network_interfaces: spec
             .net
             .iter()
@@ -252,7 +255,7 @@ fn launch_vmm(
         Some(_) => VmSpec {
             kernel: PathBuf::from(jail::KERNEL),
             initramfs: PathBuf::from(jail::INITRAMFS),
-            rootfs: PathBuf::from(jail::ROOTFS),
+            rootfs: spec.rootfs.as_ref().map(|_| PathBuf::from(jail::ROOTFS)),
             drives: spec
                 .drives
                 .iter()
@@ -408,7 +411,10 @@ mod tests {
         let drives = json["drives"].as_array().unwrap();
         assert_eq!(drives.len(), 1);
         assert_eq!(drives[0]["drive_id"], "rootfs");
-        assert_eq!(drives[0]["path_on_host"], s.rootfs.to_str().unwrap());
+        assert_eq!(
+            drives[0]["path_on_host"],
+            s.rootfs.as_ref().unwrap().to_str().unwrap()
+        );
         assert_eq!(drives[0]["is_root_device"], false);
         assert_eq!(drives[0]["is_read_only"], false);
         assert_eq!(json["vsock"]["guest_cid"], 3);

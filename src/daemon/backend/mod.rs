@@ -94,8 +94,10 @@ pub struct VmSpec {
     pub kernel: PathBuf,
     /// The initramfs holding `husk-agent` as `/init`.
     pub initramfs: PathBuf,
-    /// The container's root filesystem, attached as `/dev/vda` (read-write).
-    pub rootfs: PathBuf,
+    /// The container's root filesystem, attached as `/dev/vda`
+    /// (read-write); `None` for a pod's VM, whose containers' roots come
+    /// over a share (`husk.pod=`, see `agent::guest::pod`).
+    pub rootfs: Option<PathBuf>,
     pub vcpus: u8,
     pub memory_mib: u32,
     /// Extra kernel arguments, after the backend's own.
@@ -242,11 +244,12 @@ fn with_extra(base: String, extra: &str) -> String {
 /// exists). Does not wait for the guest.
 pub fn launch(kind: BackendKind, spec: &VmSpec) -> Result<VmHandle, BackendError> {
     std::fs::create_dir_all(&spec.dir).map_err(io_err("run directory", &spec.dir))?;
-    for (what, path) in [
-        ("kernel", &spec.kernel),
-        ("initramfs", &spec.initramfs),
-        ("rootfs", &spec.rootfs),
-    ] {
+    let files = [
+        ("kernel", Some(&spec.kernel)),
+        ("initramfs", Some(&spec.initramfs)),
+        ("rootfs", spec.rootfs.as_ref()),
+    ];
+    for (what, path) in files.into_iter().filter_map(|(w, p)| Some((w, p?))) {
         std::fs::File::open(path).map_err(io_err(what, path))?;
     }
     for d in &spec.drives {
@@ -629,7 +632,7 @@ pub(crate) mod tests {
             dir: dir.join("run"),
             kernel: dir.join("vmlinux"),
             initramfs: dir.join("initramfs.cpio.gz"),
-            rootfs: dir.join("rootfs.ext4"),
+            rootfs: Some(dir.join("rootfs.ext4")),
             vcpus: 2,
             memory_mib: 256,
             boot_args: " probe=x  ".into(),
@@ -786,7 +789,7 @@ pub(crate) mod tests {
     fn a_launch_without_its_files_fails_before_starting_anything() {
         let dir = Scratch::new("nofiles");
         let mut s = spec(&dir.0);
-        s.rootfs = dir.0.join("missing.ext4");
+        s.rootfs = Some(dir.0.join("missing.ext4"));
         for kind in [BackendKind::Kvm, BackendKind::Tcg] {
             let e = launch(kind, &s).unwrap_err().to_string();
             assert!(

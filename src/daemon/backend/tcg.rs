@@ -104,9 +104,6 @@ pub fn qemu_args(
     console_dev.push(opt_path("path", console));
     let mut vhost_dev = OsString::from("socket,id=vsock,");
     vhost_dev.push(opt_path("path", vhost_sock));
-    let mut drive = OsString::from("id=rootfs,");
-    drive.push(opt_path("file", &spec.rootfs));
-    drive.push(",format=raw,if=none");
     push(&[s("-machine"), s("microvm,acpi=off,memory-backend=mem")]);
     push(&[s("-accel"), s("tcg")]);
     push(&[s("-m"), mem_size.as_ref(), s("-smp"), smp.as_ref()]);
@@ -128,8 +125,13 @@ pub fn qemu_args(
     push(&[s("-append"), append.as_ref()]);
     push(&[s("-chardev"), &vhost_dev]);
     push(&[s("-device"), s("vhost-user-vsock-device,chardev=vsock")]);
-    push(&[s("-drive"), &drive]);
-    push(&[s("-device"), s("virtio-blk-device,drive=rootfs")]);
+    if let Some(rootfs) = &spec.rootfs {
+        let mut drive = OsString::from("id=rootfs,");
+        drive.push(opt_path("file", rootfs));
+        drive.push(",format=raw,if=none");
+        push(&[s("-drive"), &drive]);
+        push(&[s("-device"), s("virtio-blk-device,drive=rootfs")]);
+    }
     for d in &spec.drives {
         let mut drive = OsString::from(format!("id={},", d.id));
         drive.push(opt_path("file", &d.path));
@@ -583,7 +585,7 @@ mod tests {
             values(&args, "-drive"),
             [format!(
                 "id=rootfs,file={},format=raw,if=none",
-                s.rootfs.display()
+                s.rootfs.as_ref().unwrap().display()
             )]
         );
         assert_eq!(
@@ -619,7 +621,7 @@ mod tests {
     fn commas_in_paths_are_doubled_for_qemu() {
         let dir = Scratch::new("tcg-commas");
         let mut s = spec(&dir.0);
-        s.rootfs = "/a,b/root,fs.ext4".into();
+        s.rootfs = Some("/a,b/root,fs.ext4".into());
         let args = strings(&qemu_args(
             &s,
             Path::new("/r,1/vhost.sock"),

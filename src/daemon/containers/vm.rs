@@ -80,7 +80,7 @@ impl Manager {
             dir,
             kernel: self.cfg.kernel.clone(),
             initramfs,
-            rootfs,
+            rootfs: Some(rootfs),
             vcpus: r.vcpus,
             memory_mib: r.memory_mib,
             boot_args: String::new(),

@@ -422,7 +422,11 @@ async fn handle(req: Request<Incoming>, router: Router, limits: &Limits) -> Resp
             ));
         }
     };
-    if let Some(path) = firecracker_path(&parts.uri) {
+    if parts.method == axum::http::Method::GET && !bytes.is_empty() {
+        METRICS.api_server.requests.inc();
+        return fault_with(StatusCode::BAD_REQUEST, "GET request cannot have a body.");
+    }
+    if let Some(path) = super::paths::canonical(&parts.method, &parts.uri) {
         if let Ok(uri) = path.parse() {
             parts.uri = uri;
         }
@@ -442,26 +446,6 @@ enum ReadError {
         drained: bool,
     },
     Other(axum::Error),
-}
-
-/// The path Firecracker's API server routes `uri` by, when it differs
-/// from the path as sent: leading and trailing slashes do not count
-/// (`/machine-config/` is `/machine-config`), and a query is part of the
-/// path (so `/machine-config?x=1` names no resource and is refused).
-fn firecracker_path(uri: &axum::http::Uri) -> Option<String> {
-    let path = uri.path();
-    let trimmed = path.trim_start_matches('/').trim_end_matches('/');
-    let query = uri.query();
-    if query.is_none() && trimmed.len() + 1 == path.len() {
-        return None;
-    }
-    let mut p = format!("/{trimmed}");
-    if let Some(q) = query {
-        // Not a query any more: characters a path cannot hold are escaped.
-        p.push_str("%3F");
-        p.push_str(&q.replace('%', "%25"));
-    }
-    Some(p)
 }
 
 fn is_over_limit(e: &axum::Error) -> bool {

@@ -29,7 +29,8 @@ use crate::vmm::devices::virtio::mmio::MmioTransport;
 use crate::vmm::devices::virtio::rng::Rng;
 use crate::vmm::exit::ExitNotifier;
 use crate::vmm::kvm::memory::{
-    create_guest_memory, create_shared_guest_memory, guest_ranges, ram_ranges, MemoryError,
+    create_guest_memory, create_shared_guest_memory, guest_ranges, ram_ranges, MemOptions,
+    MemoryError,
 };
 use crate::vmm::kvm::persist::{check_cpu, native_cpuid, restore_vm, KvmStateError};
 use crate::vmm::kvm::vcpu::{Vcpu, VcpuError, VcpuHandle};
@@ -350,6 +351,12 @@ fn attach_balloon(
         .map_err(|e| StartError::Device("virtio-balloon", e.to_string()))?;
     // With a vhost-user device guest memory is a shared memfd.
     let shared = !cfg.fs_devices.is_empty();
+    if cfg.machine_config.huge_pages.is_hugetlbfs() {
+        tracing::info!(
+            "virtio-balloon: guest memory is hugetlbfs, so inflated pages stay backed \
+             (the guest cannot use them, but the VMM's RSS does not fall)"
+        );
+    }
     let balloon =
         Balloon::new(b, shared).map_err(|e| StartError::Device("virtio-balloon", e.to_string()))?;
     let balloon = Arc::new(Mutex::new(balloon));
@@ -617,14 +624,15 @@ pub fn build_and_start(
         })?;
     }
     // Phase 1: RAM, and the hotpluggable region after it (KVM gets the
-    // RAM; virtio-mem maps the region's slots as they are plugged). A
-    // vhost-user backend maps guest memory too: it must be a shared memfd
-    // then.
+    // RAM; virtio-mem maps the region's slots as they are plugged), both
+    // of the configured page size. A vhost-user backend maps guest memory
+    // too: it must be a shared memfd then.
     let (ranges, _) = guest_ranges(machine.mem_size_mib, cfg.hotplug_mib())?;
+    let opts = MemOptions::new(machine.track_dirty_pages, machine.huge_pages);
     let mem = if cfg.fs_devices.is_empty() {
-        create_guest_memory(&ranges, machine.track_dirty_pages)?
+        create_guest_memory(&ranges, opts)?
     } else {
-        create_shared_guest_memory(&ranges, machine.track_dirty_pages)?
+        create_shared_guest_memory(&ranges, opts)?
     };
     let ram = ram_ranges(machine.mem_size_mib)?.len();
     vm.set_up(&mem, ram, machine.track_dirty_pages)?;

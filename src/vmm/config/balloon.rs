@@ -19,7 +19,9 @@ pub struct BalloonConfig {
     /// statistics queue).
     #[serde(default)]
     pub stats_polling_interval_s: u16,
-    /// Not supported: refused when true.
+    /// Offer VIRTIO_BALLOON_F_FREE_PAGE_HINT: the host asks for runs of
+    /// free page hints (`PATCH /balloon/hinting/start`) and drops the
+    /// pages hinted.
     #[serde(default, skip_serializing_if = "is_false")]
     pub free_page_hinting: bool,
     /// Offer VIRTIO_BALLOON_F_PAGE_REPORTING: the guest reports free
@@ -39,6 +41,28 @@ pub struct BalloonUpdate {
     pub amount_mib: u32,
 }
 
+/// `PATCH /balloon/hinting/start` (the body may be left out; other
+/// fields are ignored, as Firecracker ignores them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonStartCmd {
+    /// Tell the guest the host is done with its hints as soon as the
+    /// guest ends its run (true unless given).
+    #[serde(default = "yes")]
+    pub acknowledge_on_stop: bool,
+}
+
+impl Default for BalloonStartCmd {
+    fn default() -> Self {
+        BalloonStartCmd {
+            acknowledge_on_stop: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// `PATCH /balloon/statistics`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,12 +74,6 @@ impl BalloonConfig {
     /// The options husk supports, and a target that fits in a guest of
     /// `mem_size_mib`.
     pub fn validate(&self, mem_size_mib: u64) -> Result<(), ConfigError> {
-        if self.free_page_hinting {
-            return Err(ConfigError::Balloon(
-                "free_page_hinting is not supported by this VMM (free_page_reporting is); leave it out or set it to false"
-                    .into(),
-            ));
-        }
         check_amount(self.amount_mib, mem_size_mib)
     }
 
@@ -158,8 +176,12 @@ mod tests {
         b.validate(128).unwrap();
         let b = parse(r#"{"amount_mib": 1, "deflate_on_oom": true, "free_page_hinting": true}"#)
             .unwrap();
-        let e = b.validate(128).unwrap_err().to_string();
-        assert!(e.contains("free_page_hinting is not supported"), "{e}");
+        b.validate(128).unwrap();
+        let c: BalloonStartCmd = serde_json::from_str("{}").unwrap();
+        assert!(c.acknowledge_on_stop);
+        let c: BalloonStartCmd = serde_json::from_str(r#"{"acknowledge_on_stop": false}"#).unwrap();
+        assert!(!c.acknowledge_on_stop);
+        assert!(serde_json::from_str::<BalloonStartCmd>(r#"{"acknowledge_on_stop": 1}"#).is_err());
         check_stats_change(1, 10).unwrap();
         check_stats_change(0, 0).unwrap();
         assert!(check_stats_change(0, 1).is_err());

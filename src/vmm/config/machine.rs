@@ -5,8 +5,66 @@ use serde::{Deserialize, Serialize};
 use super::{ConfigError, StaticTemplate};
 use crate::vmm::arch::x86_64::layout::MAX_VCPUS;
 
-/// The smallest guest husk boots.
-pub const MIN_MEM_SIZE_MIB: u64 = 128;
+/// The memory a machine gets when `PUT /machine-config` is never sent
+/// (Firecracker's default).
+pub const DEFAULT_MEM_SIZE_MIB: u64 = 128;
+/// The smallest `mem_size_mib` configuration accepts, as in Firecracker:
+/// anything but 0. Whether a kernel fits is found when it is loaded, at
+/// InstanceStart (it loads at 1 MiB, above the boot structures, so no
+/// guest boots in less than 2 MiB; see `arch::x86_64::layout`).
+pub const MIN_MEM_SIZE_MIB: u64 = 1;
+
+/// What backs guest memory: `huge_pages` in Firecracker's
+/// `/machine-config`, with its values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HugePages {
+    /// 4 KiB pages.
+    #[default]
+    None,
+    /// 4 KiB pages the kernel may back with transparent huge pages
+    /// (`madvise(MADV_HUGEPAGE)`).
+    Transparent,
+    /// 2 MiB hugetlbfs pages from the host's pool, reserved when guest
+    /// memory is mapped.
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
+}
+
+impl HugePages {
+    /// The size of a hugetlbfs page, in bytes.
+    pub const HUGETLB_2M: u64 = 2 << 20;
+
+    /// `mem_size_mib` must be a multiple of this (Firecracker's rule:
+    /// both huge page settings work in whole 2 MiB pages).
+    pub fn mem_multiple_mib(self) -> u64 {
+        match self {
+            HugePages::None => 1,
+            HugePages::Transparent | HugePages::Hugetlbfs2M => 2,
+        }
+    }
+
+    /// Whether guest memory comes from the hugetlbfs pool.
+    pub fn is_hugetlbfs(self) -> bool {
+        self == HugePages::Hugetlbfs2M
+    }
+
+    /// The page size guest memory is mapped with, in bytes.
+    pub fn page_size(self) -> u64 {
+        match self {
+            HugePages::Hugetlbfs2M => Self::HUGETLB_2M,
+            HugePages::None | HugePages::Transparent => 4096,
+        }
+    }
+
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HugePages::None => "None",
+            HugePages::Transparent => "Transparent",
+            HugePages::Hugetlbfs2M => "2M",
+        }
+    }
+}
 /// Reads a vCPU count, refusing values that cannot be one with the same
 /// message validation gives.
 fn vcpu_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
@@ -35,19 +93,19 @@ pub struct MachineConfig {
     pub track_dirty_pages: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub huge_pages: Option<String>,
+    #[serde(default)]
+    pub huge_pages: HugePages,
 }
 
 impl Default for MachineConfig {
     fn default() -> Self {
         MachineConfig {
             vcpu_count: 1,
-            mem_size_mib: MIN_MEM_SIZE_MIB,
+            mem_size_mib: DEFAULT_MEM_SIZE_MIB,
             smt: false,
             track_dirty_pages: false,
             cpu_template: None,
-            huge_pages: None,
+            huge_pages: HugePages::None,
         }
     }
 }
@@ -62,7 +120,7 @@ pub struct MachineConfigUpdate {
     pub smt: Option<bool>,
     pub track_dirty_pages: Option<bool>,
     pub cpu_template: Option<String>,
-    pub huge_pages: Option<String>,
+    pub huge_pages: Option<HugePages>,
 }
 
 impl MachineConfigUpdate {
@@ -70,17 +128,6 @@ impl MachineConfigUpdate {
     pub fn is_empty(&self) -> bool {
         *self == MachineConfigUpdate::default()
     }
-}
-
-/// Physical memory of this host, in MiB.
-pub fn host_memory_mib() -> u64 {
-    // SAFETY: sysinfo only writes into the struct we pass.
-    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is a valid, writable sysinfo struct.
-    if unsafe { libc::sysinfo(&mut info) } != 0 {
-        return u64::MAX;
-    }
-    (info.totalram as u64).saturating_mul(u64::from(info.mem_unit)) >> 20
 }
 
 impl MachineConfig {
@@ -91,18 +138,20 @@ impl MachineConfig {
         if self.smt && self.vcpu_count > 1 && self.vcpu_count % 2 == 1 {
             return Err(ConfigError::SmtVcpuCount(self.vcpu_count));
         }
+        // As in Firecracker, no upper bound here: what the host can map
+        // is found when guest memory is mapped, at InstanceStart.
         if self.mem_size_mib < MIN_MEM_SIZE_MIB {
             return Err(ConfigError::MemoryTooSmall(self.mem_size_mib));
         }
-        let host = host_memory_mib();
-        if self.mem_size_mib > host {
-            return Err(ConfigError::MemoryTooLarge(self.mem_size_mib, host));
+        let multiple = self.huge_pages.mem_multiple_mib();
+        if !self.mem_size_mib.is_multiple_of(multiple) {
+            return Err(ConfigError::MemoryNotMultiple {
+                mib: self.mem_size_mib,
+                multiple,
+                huge_pages: self.huge_pages.as_str(),
+            });
         }
         self.static_template()?;
-        match self.huge_pages.as_deref() {
-            None | Some("None") => {}
-            Some(t) => return Err(ConfigError::HugePages(t.into())),
-        }
         Ok(())
     }
 
@@ -121,7 +170,7 @@ impl MachineConfig {
             smt: update.smt.unwrap_or(self.smt),
             track_dirty_pages: update.track_dirty_pages.unwrap_or(self.track_dirty_pages),
             cpu_template: update.cpu_template.or_else(|| self.cpu_template.clone()),
-            huge_pages: update.huge_pages.or_else(|| self.huge_pages.clone()),
+            huge_pages: update.huge_pages.unwrap_or(self.huge_pages),
         }
     }
 }
@@ -144,14 +193,15 @@ mod tests {
         assert!(machine(32, 256).validate().is_ok());
         assert_eq!(machine(0, 128).validate(), Err(ConfigError::VcpuCount(0)));
         assert_eq!(machine(33, 128).validate(), Err(ConfigError::VcpuCount(33)));
+        // Any size but 0, as in Firecracker: what fits is found at start.
         assert_eq!(
-            machine(1, 127).validate(),
-            Err(ConfigError::MemoryTooSmall(127))
+            machine(1, 0).validate(),
+            Err(ConfigError::MemoryTooSmall(0))
         );
-        assert!(matches!(
-            machine(1, u64::MAX >> 20).validate(),
-            Err(ConfigError::MemoryTooLarge(..))
-        ));
+        assert!(machine(1, 1).validate().is_ok());
+        assert!(machine(1, 127).validate().is_ok());
+        assert!(machine(1, 64 << 20).validate().is_ok());
+        assert!(machine(1, u64::MAX).validate().is_ok());
         let mut m = machine(3, 128);
         m.smt = true;
         assert_eq!(m.validate(), Err(ConfigError::SmtVcpuCount(3)));
@@ -162,8 +212,44 @@ mod tests {
         m.cpu_template = Some("T3".into());
         assert!(matches!(m.validate(), Err(ConfigError::CpuTemplate(_))));
         m.cpu_template = None;
-        m.huge_pages = Some("2M".into());
-        assert!(matches!(m.validate(), Err(ConfigError::HugePages(_))));
+    }
+
+    #[test]
+    fn huge_pages_take_firecrackers_values_and_whole_2mib_pages() {
+        for (json, value) in [
+            ("None", HugePages::None),
+            ("Transparent", HugePages::Transparent),
+            ("2M", HugePages::Hugetlbfs2M),
+        ] {
+            let m: MachineConfig = serde_json::from_str(&format!(
+                r#"{{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "{json}"}}"#
+            ))
+            .unwrap();
+            assert_eq!(m.huge_pages, value);
+            assert!(m.validate().is_ok());
+            // Always shown, as GET /machine-config answers it.
+            assert_eq!(serde_json::to_value(&m).unwrap()["huge_pages"], json);
+            let mut odd = m.clone();
+            odd.mem_size_mib = 129;
+            assert_eq!(odd.validate().is_ok(), value == HugePages::None);
+        }
+        for bad in ["\"1G\"", "\"2m\"", "\"\"", "null", "2"] {
+            let r: Result<MachineConfig, _> = serde_json::from_str(&format!(
+                r#"{{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": {bad}}}"#
+            ));
+            assert!(r.is_err(), "{bad}");
+        }
+        let m: MachineConfig =
+            serde_json::from_str(r#"{"vcpu_count": 1, "mem_size_mib": 3}"#).unwrap();
+        assert_eq!(m.huge_pages, HugePages::None);
+        let err = m
+            .patched(MachineConfigUpdate {
+                huge_pages: Some(HugePages::Hugetlbfs2M),
+                ..Default::default()
+            })
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("multiple of 2"), "{err}");
     }
 
     #[test]

@@ -23,7 +23,8 @@ mod snapshot;
 mod vsock;
 
 pub use balloon::{
-    check_amount, check_stats_change, BalloonConfig, BalloonStatsUpdate, BalloonUpdate,
+    check_amount, check_stats_change, BalloonConfig, BalloonStartCmd, BalloonStatsUpdate,
+    BalloonUpdate,
 };
 pub use boot::{BootSourceConfig, DEFAULT_BOOT_ARGS};
 pub use cpu_config::{
@@ -33,7 +34,9 @@ pub use cpu_config::{
 pub use drive::{insert_drive, CacheType, DriveConfig, DriveUpdate};
 pub use entropy::EntropyConfig;
 pub use fs::{insert_fs, FsConfig, MAX_FS_QUEUES, MAX_FS_QUEUE_SIZE, MAX_TAG_LEN};
-pub use machine::{host_memory_mib, MachineConfig, MachineConfigUpdate, MIN_MEM_SIZE_MIB};
+pub use machine::{
+    HugePages, MachineConfig, MachineConfigUpdate, DEFAULT_MEM_SIZE_MIB, MIN_MEM_SIZE_MIB,
+};
 pub use memory_hotplug::{
     MemoryHotplugConfig, MemoryHotplugConfigError, MemoryHotplugSizeUpdate, MemoryHotplugStatus,
 };
@@ -60,14 +63,18 @@ pub enum ConfigError {
     SmtVcpuCount(u8),
     #[error("mem_size_mib must be at least {MIN_MEM_SIZE_MIB}, not {0}")]
     MemoryTooSmall(u64),
-    #[error("mem_size_mib {0} is more than this host's {1} MiB of memory")]
-    MemoryTooLarge(u64, u64),
+    #[error(
+        "mem_size_mib {mib} is not a multiple of {multiple}, as huge_pages {huge_pages:?} needs"
+    )]
+    MemoryNotMultiple {
+        mib: u64,
+        multiple: u64,
+        huge_pages: &'static str,
+    },
     #[error("cpu_template {0:?} is not one of {CPU_TEMPLATE_NAMES}")]
     CpuTemplate(String),
     #[error("invalid cpu-config: {0}")]
     CpuConfig(String),
-    #[error("huge_pages {0:?} is not supported; use \"None\"")]
-    HugePages(String),
     #[error("cannot open {what} {path}: {err}")]
     File {
         what: &'static str,
@@ -113,6 +120,10 @@ pub enum ConfigError {
     NoBalloon,
     #[error("balloon statistics are not enabled: the balloon was configured with stats_polling_interval_s 0")]
     BalloonStatsDisabled,
+    #[error(
+        "free page hinting is not enabled: the balloon was configured without free_page_hinting"
+    )]
+    BalloonHintingDisabled,
     #[error("balloon statistics cannot be enabled or disabled after the microVM started (stats_polling_interval_s can only change between non-zero values)")]
     BalloonStatsChange,
     #[error(transparent)]
@@ -195,15 +206,6 @@ impl VmConfig {
 /// Ids (instance, drive, interface) end up in paths, logs and what the
 /// guest sees, so they are kept plain: 1 to 64 letters, digits, '-' or
 /// '_'.
-/// `GET /machine-config` as Firecracker answers it: `huge_pages` always
-/// shown (`"None"` when unset).
-pub fn shown_machine_config(mut v: serde_json::Value) -> serde_json::Value {
-    if let Some(o) = v.as_object_mut() {
-        o.entry("huge_pages").or_insert_with(|| "None".into());
-    }
-    v
-}
-
 /// `GET /vm/config` as Firecracker answers it: every section of its
 /// schema shown, `null` or `[]` when unset (husk's own sections, such as
 /// `fs-devices`, as they are).
@@ -227,9 +229,6 @@ pub fn shown_full_config(mut v: serde_json::Value) -> serde_json::Value {
         }
         for k in LISTS {
             o.entry(k).or_insert_with(|| serde_json::json!([]));
-        }
-        if let Some(m) = o.get_mut("machine-config") {
-            *m = shown_machine_config(m.take());
         }
     }
     v

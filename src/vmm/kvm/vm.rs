@@ -53,8 +53,18 @@ pub enum VmError {
     CreatePit(kvm_ioctls::Error),
     #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
     SupportedCpuid(kvm_ioctls::Error),
-    #[error("KVM_SET_USER_MEMORY_REGION failed for slot {slot}: {err}")]
-    SetMemory { slot: u32, err: kvm_ioctls::Error },
+    #[error(
+        "KVM refuses guest memory slot {slot} ({size_mib} MiB at guest address {addr:#x}): \
+         KVM_SET_USER_MEMORY_REGION: {err}"
+    )]
+    SetMemory {
+        slot: u32,
+        addr: u64,
+        size_mib: u64,
+        err: kvm_ioctls::Error,
+    },
+    #[error("KVM cannot remove guest memory slot {slot}: KVM_SET_USER_MEMORY_REGION: {err}")]
+    RemoveMemory { slot: u32, err: kvm_ioctls::Error },
     #[error("KVM_GET_MSR_INDEX_LIST failed: {0}")]
     MsrList(kvm_ioctls::Error),
     #[error("KVM_GET_DIRTY_LOG failed for slot {slot}: {err}")]
@@ -111,8 +121,12 @@ impl MemSlots {
         };
         // SAFETY: the caller keeps the mapping alive as this function's
         // contract says.
-        unsafe { self.fd.set_user_memory_region(region) }
-            .map_err(|err| VmError::SetMemory { slot, err })
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(|err| VmError::SetMemory {
+            slot,
+            addr: gpa,
+            size_mib: size >> 20,
+            err,
+        })
     }
 
     /// Removes memory slot `slot`: the guest's accesses there exit to
@@ -128,7 +142,7 @@ impl MemSlots {
         // SAFETY: a size of 0 deletes the slot; KVM then holds no
         // mapping of this process's memory for it.
         unsafe { self.fd.set_user_memory_region(region) }
-            .map_err(|err| VmError::SetMemory { slot, err })
+            .map_err(|err| VmError::RemoveMemory { slot, err })
     }
 
     /// The pages the guest wrote in slot `slot` (of `size` bytes) since

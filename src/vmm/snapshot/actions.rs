@@ -15,7 +15,7 @@ use crate::vmm::config::{
     open_regular, ConfigError, MemBackendType, SnapshotCreateParams, SnapshotLoadParams,
     SnapshotType, VmConfig,
 };
-use crate::vmm::kvm::memory::{self as guest_memory, GuestMem, MemoryError};
+use crate::vmm::kvm::memory::{self as guest_memory, GuestMem, MemOptions, MemoryError};
 use crate::vmm::kvm::persist::{save_vm, KvmStateError};
 use crate::vmm::kvm::vcpu::VcpuError;
 use crate::vmm::kvm::VmError;
@@ -65,6 +65,11 @@ pub enum SnapshotError {
     SameFile,
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    #[error(
+        "snapshot {0} is of a microVM with huge_pages \"2M\": its hugetlbfs memory can only be \
+         restored through a page server (mem_backend Uffd), not by mapping the memory file"
+    )]
+    HugetlbNeedsUffd(String),
     #[error("a microVM with a virtio-fs device cannot be snapshotted: fs device {0:?} is served by a vhost-user backend (virtiofsd) whose state husk cannot save")]
     ExternalBackend(String),
 }
@@ -229,17 +234,20 @@ impl Vmm {
             }
             .into());
         }
-        let track = cfg.machine_config.track_dirty_pages;
+        let machine = &cfg.machine_config;
+        let opts = MemOptions::new(machine.track_dirty_pages, machine.huge_pages);
         let (mem, uffd) = match backend.backend_type {
-            MemBackendType::File => (
-                map_memory_file(&backend.backend_path, &ranges, track)?,
-                None,
-            ),
+            // As in Firecracker: a file mapping cannot give hugetlbfs pages.
+            MemBackendType::File if machine.huge_pages.is_hugetlbfs() => {
+                return Err(SnapshotError::HugetlbNeedsUffd(show(&p.snapshot_path)).into());
+            }
+            MemBackendType::File => (map_memory_file(&backend.backend_path, &ranges, opts)?, None),
             MemBackendType::Uffd => {
-                let mem = guest_memory::create_guest_memory(&ranges, track)
+                let mem = guest_memory::create_guest_memory(&ranges, opts)
                     .map_err(SnapshotError::from)?;
                 let regions = host_regions(&mem);
-                let handle = uffd::attach(&regions, Path::new(&backend.backend_path))
+                let page_size = machine.huge_pages.page_size();
+                let handle = uffd::attach(&regions, page_size, Path::new(&backend.backend_path))
                     .map_err(SnapshotError::from)?;
                 (mem, Some(handle))
             }
@@ -381,7 +389,7 @@ fn config_files_valid(cfg: &VmConfig) -> Result<(), ConfigError> {
 fn map_memory_file(
     path: &str,
     ranges: &[(vm_memory::GuestAddress, usize)],
-    track: bool,
+    opts: MemOptions,
 ) -> Result<GuestMem, SnapshotError> {
     let open_err = |err: String| SnapshotError::MemFile {
         path: show(path),
@@ -397,7 +405,7 @@ fn map_memory_file(
             expected,
         });
     }
-    Ok(guest_memory::from_file(&file, ranges, track)?)
+    Ok(guest_memory::from_file(&file, ranges, opts)?)
 }
 
 /// Where each region of `mem` lives in this process.

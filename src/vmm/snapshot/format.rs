@@ -21,7 +21,7 @@ use serde::Serialize;
 
 pub const MAGIC: &[u8; 8] = b"HUSKSNAP";
 /// Bumped whenever the body's layout changes; older files are refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const ARCH_X86_64: u32 = 1;
 const HEADER_LEN: usize = 24;
 const CRC_LEN: usize = 8;

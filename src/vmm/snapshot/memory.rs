@@ -397,7 +397,7 @@ pub fn rebase(diff: &Path, base: &Path) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::kvm::memory::{create_guest_memory, from_file, ram_ranges};
+    use crate::vmm::kvm::memory::{create_guest_memory, from_file, ram_ranges, MemOptions};
 
     fn tmp(name: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("husk-memfile-{}-{name}", std::process::id()))
@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn a_full_file_holds_touched_pages_and_holes_elsewhere() {
-        let mem = create_guest_memory(&ram_ranges(16).unwrap(), false).unwrap();
+        let mem = create_guest_memory(&ram_ranges(16).unwrap(), MemOptions::default()).unwrap();
         for page in [0u64, 5, 6, 1000] {
             mem.write_obj(page as u8 + 1, GuestAddress(page * PAGE_SIZE as u64))
                 .unwrap();
@@ -422,7 +422,7 @@ mod tests {
         // Restored from it, then written again: the file's data and the
         // pages touched since are both kept.
         let f = File::open(&path).unwrap();
-        let restored = from_file(&f, &ram_ranges(16).unwrap(), false).unwrap();
+        let restored = from_file(&f, &ram_ranges(16).unwrap(), MemOptions::default()).unwrap();
         restored
             .write_obj(9u8, GuestAddress(7 * PAGE_SIZE as u64))
             .unwrap();
@@ -439,7 +439,8 @@ mod tests {
 
     #[test]
     fn a_diff_holds_dirty_pages_and_rebases_onto_its_base() {
-        let mem = create_guest_memory(&ram_ranges(16).unwrap(), true).unwrap();
+        let opts = MemOptions::new(true, Default::default());
+        let mem = create_guest_memory(&ram_ranges(16).unwrap(), opts).unwrap();
         mem.write_obj(1u8, GuestAddress(0)).unwrap();
         let base = tmp("base");
         write_full(&mem, &base, Source::Local).unwrap();

@@ -11,6 +11,11 @@
 //! `UFFDIO_ZEROPAGE`, and learns of pages the balloon gives back through
 //! `remove` events.
 //!
+//! Each mapping names the page size the region is mapped with: 4 KiB, or
+//! 2 MiB for hugetlbfs memory (`huge_pages: "2M"`), which the page server
+//! must fill a whole huge page at a time (UFFDIO_COPY of 2 MiB; hugetlbfs
+//! has no UFFDIO_ZEROPAGE).
+//!
 //! The page server holds its own copy of the userfaultfd, so closing ours
 //! is not something it can see. The connection therefore stays open for
 //! the life of the [`UffdBackend`]: when the VMM drops the backend, or
@@ -26,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use userfaultfd::{FeatureFlags, Uffd, UffdBuilder};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-/// The page size of guest memory served through userfaultfd.
+/// The base page size of guest memory served through userfaultfd.
 pub const PAGE_SIZE: u64 = crate::vmm::kvm::memory::PAGE_SIZE as u64;
 
 /// One guest memory region as the page server sees it: where it is in the
@@ -57,8 +62,11 @@ impl GuestRegionUffdMapping {
 /// Why guest memory cannot be handed to a page server.
 #[derive(Debug, thiserror::Error)]
 pub enum UffdError {
-    #[error("guest memory region at {addr:#x} ({len:#x} bytes) is empty or not page aligned")]
-    BadRegion { addr: u64, len: u64 },
+    #[error(
+        "guest memory region at {addr:#x} ({len:#x} bytes) is empty or not aligned to its \
+         {page_size:#x}-byte pages"
+    )]
+    BadRegion { addr: u64, len: u64, page_size: u64 },
     #[error("userfaultfd is unavailable: {0}")]
     Create(std::io::Error),
     #[error("cannot register guest memory at {addr:#x} ({len:#x} bytes) with userfaultfd: {err}")]
@@ -97,10 +105,14 @@ impl UffdBackend {
 }
 
 /// Registers the guest memory `regions` (host address, length; in memory
-/// file order) with a new userfaultfd and hands it to the page server
-/// listening on `socket`.
-pub fn attach(regions: &[(u64, u64)], socket: &Path) -> Result<UffdBackend, UffdError> {
-    let mappings = mappings(regions)?;
+/// file order), mapped with pages of `page_size` bytes, with a new
+/// userfaultfd and hands it to the page server listening on `socket`.
+pub fn attach(
+    regions: &[(u64, u64)],
+    page_size: u64,
+    socket: &Path,
+) -> Result<UffdBackend, UffdError> {
+    let mappings = mappings(regions, page_size)?;
     let uffd = create()?;
     for m in &mappings {
         let (addr, len) = (m.base_host_virt_addr, m.size);
@@ -140,13 +152,24 @@ pub fn attach(regions: &[(u64, u64)], socket: &Path) -> Result<UffdBackend, Uffd
 }
 
 /// The mappings of `regions`, laid out one after the other in the file.
-fn mappings(regions: &[(u64, u64)]) -> Result<Vec<GuestRegionUffdMapping>, UffdError> {
+fn mappings(
+    regions: &[(u64, u64)],
+    page_size: u64,
+) -> Result<Vec<GuestRegionUffdMapping>, UffdError> {
     let mut offset = 0u64;
     regions
         .iter()
         .map(|&(addr, len)| {
-            let bad = || UffdError::BadRegion { addr, len };
-            if len == 0 || addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            let bad = || UffdError::BadRegion {
+                addr,
+                len,
+                page_size,
+            };
+            let aligned = |x: u64| x.is_multiple_of(page_size);
+            if len == 0 || !page_size.is_power_of_two() || page_size < PAGE_SIZE {
+                return Err(bad());
+            }
+            if !aligned(addr) || !aligned(len) {
                 return Err(bad());
             }
             addr.checked_add(len).ok_or_else(bad)?;
@@ -154,8 +177,8 @@ fn mappings(regions: &[(u64, u64)]) -> Result<Vec<GuestRegionUffdMapping>, UffdE
                 base_host_virt_addr: addr,
                 size: len,
                 offset,
-                page_size: PAGE_SIZE,
-                page_size_kib: PAGE_SIZE / 1024,
+                page_size,
+                page_size_kib: page_size / 1024,
             };
             offset = offset.checked_add(len).ok_or_else(bad)?;
             Ok(m)
@@ -199,7 +222,7 @@ mod tests {
 
     #[test]
     fn mappings_lay_regions_out_one_after_the_other() {
-        let m = mappings(&[(0x10000, 0x3000), (0x40000, 0x2000)]).unwrap();
+        let m = mappings(&[(0x10000, 0x3000), (0x40000, 0x2000)], PAGE_SIZE).unwrap();
         assert_eq!(m[0].offset, 0);
         assert_eq!(m[1].offset, 0x3000);
         assert_eq!(m[1].base_host_virt_addr, 0x40000);
@@ -209,22 +232,41 @@ mod tests {
     #[test]
     fn mappings_refuse_unaligned_or_empty_regions() {
         for r in [(0x10001, 0x1000), (0x10000, 0x1001), (0x10000, 0)] {
-            assert!(matches!(mappings(&[r]), Err(UffdError::BadRegion { .. })));
+            assert!(matches!(
+                mappings(&[r], PAGE_SIZE),
+                Err(UffdError::BadRegion { .. })
+            ));
         }
         let wraps = (u64::MAX - 0xfff, 0x2000);
         assert!(matches!(
-            mappings(&[wraps]),
+            mappings(&[wraps], PAGE_SIZE),
             Err(UffdError::BadRegion { .. })
         ));
+        // Huge pages: regions aligned to 2 MiB, whole 2 MiB pages.
+        let huge = 2 << 20;
+        assert!(mappings(&[(0x20_0000, 0x40_0000)], huge).is_ok());
+        for r in [(0x10_0000, 0x40_0000), (0x20_0000, 0x30_0000)] {
+            assert!(matches!(
+                mappings(&[r], huge),
+                Err(UffdError::BadRegion { .. })
+            ));
+        }
+        assert!(mappings(&[(0x20_0000, 0x40_0000)], 3 << 20).is_err());
     }
 
     #[test]
     fn mapping_json_matches_firecracker() {
-        let m = mappings(&[(0x7000_0000, 0x2000)]).unwrap();
+        let m = mappings(&[(0x7000_0000, 0x2000)], PAGE_SIZE).unwrap();
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(
             json,
             r#"[{"base_host_virt_addr":1879048192,"size":8192,"offset":0,"page_size":4096,"page_size_kib":4}]"#
+        );
+        let m = mappings(&[(0x7000_0000, 0x40_0000)], 2 << 20).unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(
+            json.ends_with(r#""page_size":2097152,"page_size_kib":2048}]"#),
+            "{json}"
         );
     }
 }

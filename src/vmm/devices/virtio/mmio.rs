@@ -73,7 +73,6 @@ pub struct MmioTransport {
     pub(super) driver_features_sel: u32,
     pub(super) driver_features: u64,
     pub(super) queue_sel: u32,
-    pub(super) config_generation: u32,
     pub(super) activated: bool,
 }
 
@@ -102,7 +101,6 @@ impl MmioTransport {
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
-            config_generation: 0,
             activated: false,
         }
     }
@@ -160,7 +158,7 @@ impl MmioTransport {
                 .map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
             reg::STATUS => self.status,
-            reg::CONFIG_GENERATION => self.config_generation,
+            reg::CONFIG_GENERATION => self.interrupt.generation(),
             _ => 0,
         }
     }
@@ -287,7 +285,8 @@ impl MmioTransport {
             return false;
         }
         let event_idx = self.driver_features & super::VIRTIO_F_RING_EVENT_IDX != 0;
-        for (i, q) in self.queues.iter_mut().enumerate() {
+        let in_use = self.device().queues_in_use(self.driver_features);
+        for (i, q) in self.queues.iter_mut().enumerate().take(in_use) {
             if !q.ready() || !q.is_valid(&self.mem) || self.bad_size[i] {
                 tracing::warn!(queue = i, "virtio: a queue is not ready or not valid");
                 return false;
@@ -301,6 +300,7 @@ impl MmioTransport {
             queues: self
                 .queues
                 .iter()
+                .take(in_use)
                 .filter_map(|q| Queue::try_from(q.state()).ok())
                 .collect(),
             interrupt: self.interrupt.clone(),
@@ -339,9 +339,10 @@ impl MmioTransport {
     /// Tells the driver the configuration changed (a drive was resized or
     /// swapped).
     pub fn config_changed(&mut self) {
-        self.config_generation = self.config_generation.wrapping_add(1);
         if self.has(status::DRIVER_OK) {
-            self.interrupt.signal(INT_CONFIG);
+            self.interrupt.config_changed();
+        } else {
+            self.interrupt.bump_generation();
         }
     }
 }

@@ -61,6 +61,9 @@ pub enum ActivateError {
 /// the driver reads and acknowledges) and the device (which raises it).
 pub struct VirtioInterrupt {
     status: AtomicU32,
+    /// ConfigGeneration: bumped on every change of the configuration
+    /// space, by the host (through the transport) or by the device.
+    generation: AtomicU32,
     irq: IrqTrigger,
 }
 
@@ -68,6 +71,7 @@ impl VirtioInterrupt {
     pub fn new(irq: IrqTrigger) -> Self {
         VirtioInterrupt {
             status: AtomicU32::new(0),
+            generation: AtomicU32::new(0),
             irq,
         }
     }
@@ -78,6 +82,27 @@ impl VirtioInterrupt {
         if let Err(e) = self.irq.trigger() {
             tracing::warn!("cannot raise a virtio interrupt: {e}");
         }
+    }
+
+    /// The device changed its configuration space: a new generation and
+    /// a configuration-change interrupt.
+    pub fn config_changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.signal(INT_CONFIG);
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Counts a configuration change the driver is not told of by an
+    /// interrupt (the driver is not running yet).
+    pub fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn restore_generation(&self, g: u32) {
+        self.generation.store(g, Ordering::Release);
     }
 
     pub fn status(&self) -> u32 {
@@ -130,6 +155,25 @@ impl ActiveQueues {
             .try_into()
             .map_err(|_| ActivateError::QueueCount { expected: N, got })
     }
+
+    /// The queues, each with the memory and interrupt it needs, when
+    /// there are exactly `n`; any other count is refused.
+    pub fn split_n(self, n: usize) -> Result<Vec<queue::ActiveQueue>, ActivateError> {
+        let got = self.queues.len();
+        if got != n {
+            return Err(ActivateError::QueueCount { expected: n, got });
+        }
+        let (mem, interrupt) = (self.mem, self.interrupt);
+        Ok(self
+            .queues
+            .into_iter()
+            .map(|queue| queue::ActiveQueue {
+                mem: mem.clone(),
+                queue,
+                interrupt: interrupt.clone(),
+            })
+            .collect())
+    }
 }
 
 /// A virtio device model, driven by the transport.
@@ -140,6 +184,13 @@ pub trait VirtioDevice: Send {
     fn avail_features(&self) -> u64;
     /// The largest size of each queue.
     fn queue_max_sizes(&self) -> &[u16];
+    /// How many of the queues the driver sets up when it accepted
+    /// `features`: all of them, unless some queues exist only with a
+    /// feature (the balloon's). The transport starts the device with
+    /// those first queues.
+    fn queues_in_use(&self, _features: u64) -> usize {
+        self.queue_max_sizes().len()
+    }
     /// One event fd per queue, signalled on the driver's notifications
     /// (through an ioeventfd on QueueNotify).
     fn queue_events(&self) -> &[EventFd];

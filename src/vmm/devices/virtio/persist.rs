@@ -192,7 +192,7 @@ impl Persist for MmioTransport {
             driver_features_sel: self.driver_features_sel,
             driver_features: self.driver_features,
             queue_sel: self.queue_sel,
-            config_generation: self.config_generation,
+            config_generation: self.interrupt.generation(),
             activated: self.activated,
             interrupt_status: self.interrupt.status(),
             bad_size: self.bad_size.clone(),
@@ -222,8 +222,9 @@ impl Persist for MmioTransport {
         };
         let queues = build()?;
         self.check_status(s)?;
+        let in_use = self.device().queues_in_use(s.driver_features);
         if s.activated {
-            for (i, q) in queues.iter().enumerate() {
+            for (i, q) in queues.iter().enumerate().take(in_use) {
                 if !q.ready() || s.bad_size[i] || !q.is_valid(&self.mem) {
                     return Err(VirtioPersistError::QueueInvalid(i));
                 }
@@ -235,7 +236,7 @@ impl Persist for MmioTransport {
             let active = ActiveQueues {
                 mem: self.mem.clone(),
                 // The device's own copies, as on DRIVER_OK.
-                queues: build()?,
+                queues: build()?.into_iter().take(in_use).collect(),
                 interrupt: self.interrupt.clone(),
                 features: s.driver_features,
             };
@@ -248,7 +249,7 @@ impl Persist for MmioTransport {
         self.driver_features_sel = s.driver_features_sel;
         self.driver_features = s.driver_features;
         self.queue_sel = s.queue_sel;
-        self.config_generation = s.config_generation;
+        self.interrupt.restore_generation(s.config_generation);
         self.activated = s.activated;
         self.interrupt.restore(s.interrupt_status);
         if s.activated {

@@ -7,13 +7,22 @@
 //! Inflated pages are given back to the host with `MADV_DONTNEED` on the
 //! guest memory mapping (`MADV_REMOVE` when guest memory is a shared
 //! memfd, as with virtio-fs: there DONTNEED would only unmap the pages); a page frame number outside guest memory is
-//! skipped and counted (`bad_pfns`), never trusted. Deflated pages need
+//! skipped and counted (`bad_pfns`), never trusted. Hugetlbfs guest
+//! memory (`huge_pages: "2M"`) keeps its pages: the balloon still holds
+//! them away from the guest, but madvise on part of a 2 MiB page would
+//! fail, or on older kernels drop the whole huge page with the guest's
+//! data in its other 511 pages; they are counted (`hugetlb_kept_pages`).
+//! Firecracker documents the same: the balloon restricts the guest but
+//! cannot lower the RSS of hugetlbfs memory. Deflated pages need
 //! nothing: the guest's next touch faults a zero page back in.
 //!
 //! With free page reporting (VIRTIO_BALLOON_F_PAGE_REPORTING) the driver
 //! also sends ranges of free guest memory on a reporting queue; each
 //! buffer's own address and length name the range, which is dropped like
 //! inflated pages and the buffer returned.
+//!
+//! With free page hinting (VIRTIO_BALLOON_F_FREE_PAGE_HINT) the host asks
+//! for runs of hints on a hinting queue; see `hinting.rs`.
 //!
 //! Statistics follow the spec's protocol: the driver offers one buffer of
 //! `{le16 tag; le64 val}` records; the device reads it and keeps it, and
@@ -43,11 +52,13 @@ use crate::vmm::kvm::memory::GuestMem;
 use crate::vmm::metrics::METRICS;
 use crate::vmm::snapshot::Persist;
 
+use super::hinting::{Hinting, VIRTIO_BALLOON_F_FREE_PAGE_HINT};
+
 pub const QUEUE_SIZE: u16 = 256;
 /// The balloon's page size, whatever the host's (spec 5.5.6).
 pub const BALLOON_PAGE_SIZE: u64 = 4096;
-/// num_pages and actual, le32 each.
-pub const CONFIG_LEN: usize = 8;
+/// num_pages, actual, free_page_hint_cmd_id and poison_val, le32 each.
+pub const CONFIG_LEN: usize = 16;
 /// Pages per MiB.
 pub const PAGES_PER_MIB: u32 = (1 << 20) / BALLOON_PAGE_SIZE as u32;
 
@@ -57,9 +68,46 @@ pub const VIRTIO_BALLOON_F_PAGE_REPORTING: u64 = 1 << 5;
 
 pub const INFLATE: usize = 0;
 pub const DEFLATE: usize = 1;
-/// The statistics queue's index, when there is one; the reporting
-/// queue comes after it (or takes its index without statistics).
+/// The statistics queue's index, when there is one.
 pub const STATS: usize = 2;
+
+/// Which queue serves what, for a set of features: the inflate and
+/// deflate queues, then statistics, hinting and reporting, each taking
+/// the next index only when its feature is in `features`. The driver
+/// numbers its queues by the features it accepted (Linux's virtio-mmio
+/// skips the others), so after negotiation this is built from the
+/// accepted features, not the offered ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueMap {
+    pub stats: Option<usize>,
+    pub hint: Option<usize>,
+    pub report: Option<usize>,
+    pub count: usize,
+}
+
+impl QueueMap {
+    pub fn of(features: u64) -> QueueMap {
+        let mut m = QueueMap {
+            count: STATS,
+            ..Default::default()
+        };
+        let mut next = |bit: u64| {
+            (features & bit != 0).then(|| {
+                m.count += 1;
+                m.count - 1
+            })
+        };
+        let stats = next(VIRTIO_BALLOON_F_STATS_VQ);
+        let hint = next(VIRTIO_BALLOON_F_FREE_PAGE_HINT);
+        let report = next(VIRTIO_BALLOON_F_PAGE_REPORTING);
+        QueueMap {
+            stats,
+            hint,
+            report,
+            ..m
+        }
+    }
+}
 
 /// One statistics record: le16 tag, le64 value, packed.
 const STAT_LEN: usize = 10;
@@ -90,6 +138,12 @@ pub struct GuestStats {
     pub disk_caches: Option<u64>,
     pub hugetlb_allocations: Option<u64>,
     pub hugetlb_failures: Option<u64>,
+    pub oom_kill: Option<u64>,
+    pub alloc_stall: Option<u64>,
+    pub async_scan: Option<u64>,
+    pub direct_scan: Option<u64>,
+    pub async_reclaim: Option<u64>,
+    pub direct_reclaim: Option<u64>,
 }
 
 impl GuestStats {
@@ -106,6 +160,12 @@ impl GuestStats {
             7 => &mut self.disk_caches,
             8 => &mut self.hugetlb_allocations,
             9 => &mut self.hugetlb_failures,
+            10 => &mut self.oom_kill,
+            11 => &mut self.alloc_stall,
+            12 => &mut self.async_scan,
+            13 => &mut self.direct_scan,
+            14 => &mut self.async_reclaim,
+            15 => &mut self.direct_reclaim,
             _ => return,
         };
         *slot = Some(val);
@@ -142,7 +202,7 @@ pub struct Balloon {
     pub(super) stats_interval_s: u16,
     deflate_on_oom: bool,
     /// The madvise advice that frees a page of guest memory.
-    advice: libc::c_int,
+    pub(super) advice: libc::c_int,
     pub(super) target_pages: u32,
     pub(super) actual_pages: u32,
     /// The queues, once the driver set DRIVER_OK.
@@ -150,21 +210,28 @@ pub struct Balloon {
     /// The statistics buffer the device holds (its head index).
     pub(super) stats_desc: Option<u16>,
     pub(super) stats: GuestStats,
-    /// The statistics queue's index, when statistics are on.
-    pub(super) stats_q: Option<usize>,
-    /// The free page reporting queue's index, when reporting is on.
-    pub(super) report_q: Option<usize>,
+    /// The optional features offered (statistics, hinting, reporting).
+    pub(super) offered: u64,
+    /// The queues' roles: from the offered features until the driver
+    /// accepts some, then from those.
+    pub(super) map: QueueMap,
+    pub(super) hinting: Hinting,
 }
 
 impl Balloon {
     /// A balloon for guest memory that is a shared memfd (`shared`) or
     /// private memory.
     pub fn new(cfg: &BalloonConfig, shared: bool) -> Result<Self, BalloonError> {
-        let stats_q = cfg.stats_enabled().then_some(STATS);
-        let report_q = cfg
-            .free_page_reporting
-            .then_some(STATS + usize::from(stats_q.is_some()));
-        let count = 2 + usize::from(stats_q.is_some()) + usize::from(report_q.is_some());
+        let offered = [
+            (cfg.stats_enabled(), VIRTIO_BALLOON_F_STATS_VQ),
+            (cfg.free_page_hinting, VIRTIO_BALLOON_F_FREE_PAGE_HINT),
+            (cfg.free_page_reporting, VIRTIO_BALLOON_F_PAGE_REPORTING),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |f, (_, bit)| f | bit);
+        let map = QueueMap::of(offered);
+        let count = map.count;
         let queue_evts = (0..count)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
@@ -185,8 +252,9 @@ impl Balloon {
             active: Vec::new(),
             stats_desc: None,
             stats: GuestStats::default(),
-            stats_q,
-            report_q,
+            offered,
+            map,
+            hinting: Hinting::default(),
         };
         b.set_stats_interval(cfg.stats_polling_interval_s)?;
         Ok(b)
@@ -203,7 +271,7 @@ impl Balloon {
     pub fn set_stats_interval(&mut self, secs: u16) -> Result<(), BalloonError> {
         self.stats_interval_s = secs;
         let every = Duration::from_secs(u64::from(secs.max(1)));
-        if secs == 0 || self.stats_q.is_none() {
+        if secs == 0 || self.offered & VIRTIO_BALLOON_F_STATS_VQ == 0 {
             return Ok(());
         }
         self.stats_timer
@@ -233,7 +301,10 @@ impl Balloon {
     fn config_bytes(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
         c[..4].copy_from_slice(&self.target_pages.to_le_bytes());
-        c[4..].copy_from_slice(&self.actual_pages.to_le_bytes());
+        c[4..8].copy_from_slice(&self.actual_pages.to_le_bytes());
+        c[8..12].copy_from_slice(&self.hinting.host_cmd.to_le_bytes());
+        // poison_val (12..16) stays 0: VIRTIO_BALLOON_F_PAGE_POISON is not
+        // offered.
         c
     }
 
@@ -271,7 +342,7 @@ impl Balloon {
     /// The driver offered a statistics buffer: read it and keep it until
     /// the next tick.
     pub fn process_stats(&mut self) {
-        let Some(q) = self.stats_q.and_then(|i| self.active.get_mut(i)) else {
+        let Some(q) = self.map.stats.and_then(|i| self.active.get_mut(i)) else {
             return;
         };
         let mut returned = false;
@@ -308,7 +379,7 @@ impl Balloon {
 
     /// Hands the statistics buffer back (if the device holds one).
     pub fn request_stats(&mut self) {
-        let Some(q) = self.stats_q.and_then(|i| self.active.get_mut(i)) else {
+        let Some(q) = self.map.stats.and_then(|i| self.active.get_mut(i)) else {
             return;
         };
         let Some(head) = self.stats_desc.take() else {
@@ -329,7 +400,7 @@ impl Balloon {
     /// served.
     pub fn process_reporting(&mut self) -> usize {
         let advice = self.advice;
-        let Some(q) = self.report_q.and_then(|i| self.active.get_mut(i)) else {
+        let Some(q) = self.map.report.and_then(|i| self.active.get_mut(i)) else {
             return 0;
         };
         q.serve(&METRICS.balloon.malformed, |mem, chain| {
@@ -345,33 +416,63 @@ impl Balloon {
 /// Drops the whole balloon pages in `[addr, addr + len)`; a range that
 /// is not page-aligned or not inside guest memory is malformed, and
 /// pages outside guest memory are counted as bad.
-fn discard_range(mem: &GuestMem, addr: u64, len: u32, advice: libc::c_int) -> u64 {
+pub(super) fn discard_range(mem: &GuestMem, addr: u64, len: u32, advice: libc::c_int) -> u64 {
     if !addr.is_multiple_of(BALLOON_PAGE_SIZE) || !u64::from(len).is_multiple_of(BALLOON_PAGE_SIZE)
     {
         METRICS.balloon.malformed.inc();
         return 0;
     }
-    let first = addr / BALLOON_PAGE_SIZE;
-    let count = u64::from(len) / BALLOON_PAGE_SIZE;
-    let Some(last) = first
-        .checked_add(count)
-        .filter(|&l| l <= u64::from(u32::MAX))
-    else {
+    let Some(end) = addr.checked_add(u64::from(len)) else {
         METRICS.balloon.malformed.inc();
         return 0;
     };
-    let mut done = 0;
-    let mut pfns = [0u32; 256];
-    let mut next = first;
-    while next < last {
-        let n = (last - next).min(pfns.len() as u64) as usize;
-        for (i, p) in pfns[..n].iter_mut().enumerate() {
-            *p = (next + i as u64) as u32;
+    // Each region's part of the range in one call: a range of 4 GiB costs
+    // as little as one of a page, whatever the guest sends.
+    let (mut done, mut covered) = (0, 0);
+    for r in mem.iter() {
+        let start = r.start_addr().0;
+        let (from, to) = (addr.max(start), end.min(start + r.len()));
+        if from >= to {
+            continue;
         }
-        done += discard(mem, &pfns[..n], advice);
-        next += n as u64;
+        let (off, bytes) = ((from - start) as usize, (to - from) as usize);
+        let pages = (to - from) / BALLOON_PAGE_SIZE;
+        covered += pages;
+        if r.is_hugetlbfs() == Some(true) {
+            METRICS.balloon.hugetlb_kept_pages.add(pages);
+            continue;
+        }
+        // The pages read as zeros from now on: a diff snapshot must
+        // write them.
+        r.bitmap().mark_dirty(off, bytes);
+        // The part is inside the region, so the pointer is inside the
+        // mapping.
+        drop_pages(r.as_ptr().wrapping_add(off), bytes, advice);
+        done += pages;
     }
+    METRICS
+        .balloon
+        .bad_pfns
+        .add(u64::from(len) / BALLOON_PAGE_SIZE - covered);
     done
+}
+
+/// Gives `len` bytes of guest memory at `ptr` back to the host.
+fn drop_pages(ptr: *mut u8, len: usize, advice: libc::c_int) {
+    // SAFETY: callers pass a range inside one guest memory mapping owned
+    // by the device's `GuestMem` (checked against the region's bounds).
+    // MADV_DONTNEED (and MADV_REMOVE on a shared memfd) only drops the
+    // pages' contents: the mapping stays valid, and the next access (by
+    // the guest or the VMM) finds zeros (the file's contents, for a
+    // private file mapping); the spec leaves them undefined.
+    let r = unsafe { libc::madvise(ptr.cast(), len, advice) };
+    if r != 0 {
+        tracing::warn!(
+            advice,
+            "virtio-balloon: madvise: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 pub fn mib_to_pages(mib: u32) -> u32 {
@@ -442,23 +543,10 @@ fn page_of(
 fn discard(mem: &GuestMem, pfns: &[u32], advice: libc::c_int) -> u64 {
     let mut done = 0;
     let mut run: Option<(*mut u8, usize)> = None;
+    // Every page of a run was checked by page_of to lie in one region.
     let flush = |run: &mut Option<(*mut u8, usize)>| {
         if let Some((ptr, len)) = run.take() {
-            // SAFETY: [ptr, ptr + len) lies inside one guest memory
-            // mapping owned by `mem` (checked by page_of for every page
-            // of the run). MADV_DONTNEED (and MADV_REMOVE on a shared
-            // memfd) only drops the pages' contents: the mapping stays
-            // valid, and the next access (by the guest or the VMM) finds
-            // zeros (the file's contents, for a private file mapping);
-            // the spec leaves them undefined.
-            let r = unsafe { libc::madvise(ptr.cast(), len, advice) };
-            if r != 0 {
-                tracing::warn!(
-                    advice,
-                    "virtio-balloon: madvise: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
+            drop_pages(ptr, len, advice);
         }
     };
     for &pfn in pfns {
@@ -466,6 +554,10 @@ fn discard(mem: &GuestMem, pfns: &[u32], advice: libc::c_int) -> u64 {
             METRICS.balloon.bad_pfns.inc();
             continue;
         };
+        if region.is_hugetlbfs() == Some(true) {
+            METRICS.balloon.hugetlb_kept_pages.inc();
+            continue;
+        }
         // The page reads as zeros from now on: a diff snapshot must
         // write it.
         region
@@ -518,13 +610,11 @@ impl VirtioDevice for Balloon {
         if self.deflate_on_oom {
             f |= VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
         }
-        if self.stats_q.is_some() {
-            f |= VIRTIO_BALLOON_F_STATS_VQ;
-        }
-        if self.report_q.is_some() {
-            f |= VIRTIO_BALLOON_F_PAGE_REPORTING;
-        }
-        f
+        f | self.offered
+    }
+
+    fn queues_in_use(&self, features: u64) -> usize {
+        QueueMap::of(features & self.offered).count
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -545,7 +635,7 @@ impl VirtioDevice for Balloon {
         let Ok(start) = usize::try_from(offset) else {
             return;
         };
-        let Some(end) = start.checked_add(data.len()).filter(|&e| e <= CONFIG_LEN) else {
+        let Some(end) = start.checked_add(data.len()).filter(|&e| e <= 8) else {
             return;
         };
         if start < 4 {
@@ -565,9 +655,13 @@ impl VirtioDevice for Balloon {
         Ok(())
     }
 
+    /// A reset ends any hinting run: a driver loaded afresh starts with
+    /// DONE and no id of its own.
     fn reset(&mut self) {
         self.active.clear();
         self.stats_desc = None;
+        self.map = QueueMap::of(self.offered);
+        self.hinting.reset();
     }
 
     fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
@@ -586,12 +680,9 @@ impl VirtioDevice for Balloon {
     }
 
     fn activate_restored(&mut self, active: ActiveQueues) -> Result<(), ActivateError> {
-        let queues: Vec<ActiveQueue> = match self.queue_evts.len() {
-            4 => active.split::<4>()?.into(),
-            3 => active.split::<3>()?.into(),
-            _ => active.split::<2>()?.into(),
-        };
-        self.active = queues;
+        let map = QueueMap::of(active.features & self.offered);
+        self.active = active.split_n(map.count)?;
+        self.map = map;
         Ok(())
     }
 }
@@ -604,7 +695,7 @@ mod tests {
     fn shared_memory_needs_madv_remove_to_drop_a_page() {
         let mem = crate::vmm::kvm::memory::create_shared_guest_memory(
             &crate::vmm::kvm::memory::ram_ranges(16).unwrap(),
-            false,
+            Default::default(),
         )
         .unwrap();
         let at = GuestAddress(1 << 20);
@@ -615,5 +706,30 @@ mod tests {
         assert_eq!(mem.read_obj::<u8>(at).unwrap(), 0x5a);
         assert_eq!(discard(&mem, &[pfn], libc::MADV_REMOVE), 1);
         assert_eq!(mem.read_obj::<u8>(at).unwrap(), 0);
+    }
+
+    #[test]
+    fn hugetlbfs_pages_are_kept_whole() {
+        use vm_memory::mmap::MmapRegionBuilder;
+        // Anonymous 4 KiB memory marked as hugetlbfs: madvise would work
+        // on it, so only the balloon's own check keeps the page.
+        let region = MmapRegionBuilder::new_with_bitmap(4 << 20, None)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
+            .with_hugetlbfs(true)
+            .build()
+            .unwrap();
+        let region = vm_memory::GuestRegionMmap::new(region, GuestAddress(0)).unwrap();
+        let mem = GuestMem::from_regions(vec![region]).unwrap();
+        let at = GuestAddress(2 << 20);
+        mem.write_obj(0x5au8, at).unwrap();
+        let kept = METRICS.balloon.hugetlb_kept_pages.get();
+        let pfns: Vec<u32> = (0..512)
+            .map(|i| (at.0 / BALLOON_PAGE_SIZE) as u32 + i)
+            .collect();
+        assert_eq!(discard(&mem, &pfns, libc::MADV_DONTNEED), 0);
+        assert_eq!(discard_range(&mem, at.0, 4096, libc::MADV_DONTNEED), 0);
+        assert_eq!(mem.read_obj::<u8>(at).unwrap(), 0x5a);
+        assert!(METRICS.balloon.hugetlb_kept_pages.get() >= kept + 513);
     }
 }

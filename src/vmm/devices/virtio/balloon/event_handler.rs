@@ -41,8 +41,11 @@ impl MutEventSubscriber for Balloon {
             DEFLATE => {
                 self.process_deflate();
             }
-            q if Some(q) == self.stats_q => self.process_stats(),
-            q if Some(q) == self.report_q => {
+            q if Some(q) == self.map.stats => self.process_stats(),
+            q if Some(q) == self.map.hint => {
+                self.process_hinting();
+            }
+            q if Some(q) == self.map.report => {
                 self.process_reporting();
             }
             _ => {}

@@ -5,6 +5,7 @@
 
 mod device;
 mod event_handler;
+mod hinting;
 mod persist;
 
 #[cfg(test)]
@@ -15,4 +16,5 @@ pub use device::{
     PAGES_PER_MIB, QUEUE_SIZE, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_PAGE_REPORTING,
     VIRTIO_BALLOON_F_STATS_VQ,
 };
+pub use hinting::{Hinting, HintingError, HintingStatus, VIRTIO_BALLOON_F_FREE_PAGE_HINT};
 pub use persist::BalloonState;

@@ -186,5 +186,133 @@ fn reported_free_ranges_are_dropped() {
     cfg.stats_polling_interval_s = 5;
     let b = Balloon::new(&cfg, false).unwrap();
     assert_eq!(b.queue_max_sizes().len(), 4);
-    assert_eq!((b.stats_q, b.report_q), (Some(2), Some(3)));
+    assert_eq!((b.map.stats, b.map.report), (Some(2), Some(3)));
+}
+
+#[test]
+fn hints_are_dropped_only_during_the_run_the_host_asked_for() {
+    let mut cfg = config(0, false, 0);
+    cfg.free_page_hinting = true;
+    let (b, mut d) = up(&cfg);
+    assert_ne!(
+        b.lock().unwrap().avail_features() & VIRTIO_BALLOON_F_FREE_PAGE_HINT,
+        0
+    );
+    let at = GuestAddress(4 << 20);
+    let cmd = GuestAddress(1 << 20);
+    d.mem.write_obj(0x77u8, at).unwrap();
+    let stale = METRICS.balloon.stale_hints.get();
+    // A hint before any run is returned untouched.
+    d.desc(2, 0, at.0, 4096, F_WRITE, 0);
+    d.make_available(2, 0);
+    assert_eq!(b.lock().unwrap().process_hinting(), 1);
+    assert_eq!(d.mem.read_obj::<u8>(at).unwrap(), 0x77);
+    assert!(METRICS.balloon.stale_hints.get() > stale);
+    // The host starts run 2; the driver sees it in the configuration.
+    assert_eq!(b.lock().unwrap().start_hinting(false), Ok(2));
+    assert_eq!(d.read_reg(reg::CONFIG + 8), 2);
+    // The driver answers with the id, then hints: the page is dropped.
+    d.mem.write_obj(2u32, cmd).unwrap();
+    d.desc(2, 1, cmd.0, 4, 0, 0);
+    d.desc(2, 2, at.0, 4096, F_WRITE, 0);
+    d.make_available(2, 1);
+    d.make_available(2, 2);
+    assert_eq!(b.lock().unwrap().process_hinting(), 2);
+    assert_eq!(d.mem.read_obj::<u8>(at).unwrap(), 0);
+    // STOP without acknowledge_on_stop leaves the host's id as it was.
+    d.mem.write_obj(0u32, cmd).unwrap();
+    d.desc(2, 3, cmd.0, 4, 0, 0);
+    d.make_available(2, 3);
+    b.lock().unwrap().process_hinting();
+    let s = b.lock().unwrap().hinting_status();
+    assert_eq!((s.host_cmd, s.guest_cmd), (2, Some(0)));
+    // A short command buffer is malformed, not a crash.
+    let malformed = METRICS.balloon.malformed.get();
+    d.desc(2, 4, cmd.0, 2, 0, 0);
+    d.make_available(2, 4);
+    b.lock().unwrap().process_hinting();
+    assert!(METRICS.balloon.malformed.get() > malformed);
+    // The state survives a snapshot; a balloon without hinting refuses it.
+    // A hint that arrives after the host said DONE is not dropped.
+    b.lock().unwrap().stop_hinting().unwrap();
+    d.mem.write_obj(2u32, cmd).unwrap();
+    d.mem.write_obj(0x78u8, at).unwrap();
+    d.desc(2, 5, cmd.0, 4, 0, 0);
+    d.desc(2, 6, at.0, 4096, F_WRITE, 0);
+    d.make_available(2, 5);
+    d.make_available(2, 6);
+    b.lock().unwrap().process_hinting();
+    assert_eq!(d.mem.read_obj::<u8>(at).unwrap(), 0x78);
+    // A restored balloon keeps its ids but starts with no run, and the
+    // guest's old id forgotten; a new run takes the next id.
+    assert_eq!(b.lock().unwrap().start_hinting(true), Ok(3));
+    let saved = Persist::save(&*b.lock().unwrap());
+    let mut other = Balloon::new(&cfg, false).unwrap();
+    Persist::restore(&mut other, &saved).unwrap();
+    let st = other.hinting_status();
+    assert_eq!((st.host_cmd, st.guest_cmd), (1, None));
+    let mut forged = saved.clone();
+    forged.hinting.host_cmd = 9;
+    assert!(Persist::restore(&mut other, &forged).is_err());
+    let mut plain = Balloon::new(&config(0, false, 0), false).unwrap();
+    assert!(Persist::restore(&mut plain, &saved).is_err());
+    // Queue order: statistics, hinting, reporting.
+    cfg.stats_polling_interval_s = 1;
+    cfg.free_page_reporting = true;
+    let b = Balloon::new(&cfg, false).unwrap();
+    assert_eq!(
+        (b.map.stats, b.map.hint, b.map.report),
+        (Some(2), Some(3), Some(4))
+    );
+    assert_eq!(b.queue_max_sizes().len(), 5);
+}
+
+#[test]
+fn queues_are_numbered_by_the_features_the_driver_accepted() {
+    // Offered: statistics, hinting and reporting. The driver takes only
+    // reporting, so its queues are inflate, deflate and reporting (2).
+    let mut cfg = config(0, false, 1);
+    cfg.free_page_hinting = true;
+    cfg.free_page_reporting = true;
+    let b = Arc::new(Mutex::new(Balloon::new(&cfg, false).unwrap()));
+    assert_eq!(b.lock().unwrap().queue_max_sizes().len(), 5);
+    let mut d = Driver::new(b.clone());
+    d.up(VIRTIO_BALLOON_F_PAGE_REPORTING, 3, 16);
+    let map = b.lock().unwrap().map;
+    assert_eq!(
+        (map.stats, map.hint, map.report, map.count),
+        (None, None, Some(2), 3)
+    );
+    let at = GuestAddress(4 << 20);
+    d.mem.write_obj(0x55u8, at).unwrap();
+    d.desc(2, 0, at.0, 4096, F_WRITE, 0);
+    d.make_available(2, 0);
+    assert_eq!(b.lock().unwrap().process_reporting(), 1);
+    assert_eq!(d.mem.read_obj::<u8>(at).unwrap(), 0);
+    // Hinting was offered but not accepted: the host cannot start a run.
+    assert_eq!(
+        b.lock().unwrap().start_hinting(true),
+        Err(HintingError::NotNegotiated)
+    );
+    // Before the driver runs, neither.
+    let idle = Balloon::new(&cfg, false).unwrap();
+    let mut idle = idle;
+    assert_eq!(idle.start_hinting(true), Err(HintingError::NotActive));
+}
+
+#[test]
+fn a_huge_reported_range_costs_one_call_per_region() {
+    let mut cfg = config(0, false, 0);
+    cfg.free_page_reporting = true;
+    let (b, d) = up(&cfg);
+    let bad = METRICS.balloon.bad_pfns.get();
+    // 4 GiB from address 0: the guest's memory is dropped, the rest is
+    // counted as outside it, at once.
+    d.mem.write_obj(0x66u8, GuestAddress(4 << 20)).unwrap();
+    d.desc(2, 0, 0, 0xffff_f000u32, F_WRITE, 0);
+    d.make_available(2, 0);
+    assert_eq!(b.lock().unwrap().process_reporting(), 1);
+    assert_eq!(d.mem.read_obj::<u8>(GuestAddress(4 << 20)).unwrap(), 0);
+    let outside = (u64::from(0xffff_f000u32) - MEM_SIZE as u64) / 4096;
+    assert!(METRICS.balloon.bad_pfns.get() >= bad + outside);
 }

@@ -11,6 +11,15 @@
 //! `MADV_REMOVE` when guest memory is a shared memfd), and marked dirty
 //! for the next diff snapshot (it reads as zeros now).
 //!
+//! Hugetlbfs memory (`huge_pages: "2M"`) is the exception: its pages were
+//! reserved from the host's pool for the whole region at start, and an
+//! unplugged block keeps them. Giving them back would free nothing for
+//! anyone else (a private mapping's pages return to this VM's reservation)
+//! or, for a shared memfd, would drop the reservation (`MADV_REMOVE`
+//! punches a hole), so that a later plug could fault on an empty pool.
+//! Such blocks are counted (`hugetlb_kept_bytes`); the guest cannot reach
+//! them but through a slot it has a plugged block in, as with any block.
+//!
 //! One KVM slot per block would enforce "unplugged is inaccessible" block
 //! by block, but a 2 MiB block size makes thousands of slots (KVM offers
 //! 509 on older hosts) and every slot change costs an SRCU grace period
@@ -51,8 +60,10 @@ pub struct HotplugRegion {
     kvm: Option<KvmSlots>,
     /// Which slots are in the guest's address space now.
     mapped: Vec<bool>,
-    /// The madvise advice that gives a range back to the host.
-    advice: libc::c_int,
+    /// The madvise advice that gives a range back to the host; None
+    /// for hugetlbfs memory, whose pages stay (see the module's
+    /// documentation).
+    advice: Option<libc::c_int>,
     /// Guest memory, which holds the region's mapping: kept here so the
     /// mapping outlives every KVM slot that points into it.
     mem: GuestMem,
@@ -81,10 +92,10 @@ impl HotplugRegion {
             host: region.as_ptr() as u64,
             kvm,
             mapped: vec![false; count],
-            advice: if shared {
-                libc::MADV_REMOVE
-            } else {
-                libc::MADV_DONTNEED
+            advice: match (region.is_hugetlbfs() == Some(true), shared) {
+                (true, _) => None,
+                (false, true) => Some(libc::MADV_REMOVE),
+                (false, false) => Some(libc::MADV_DONTNEED),
             },
             mem: mem.clone(),
         })
@@ -127,10 +138,15 @@ impl HotplugRegion {
     /// Gives `[offset, offset + len)` of the region back to the host; it
     /// reads as zeros (or as the memory file has it, after a restore)
     /// from now on, and is marked dirty for the next diff snapshot.
+    /// Hugetlbfs memory keeps its pages and contents.
     pub fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
         if offset.checked_add(len).is_none_or(|end| end > self.size) {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
+        let Some(advice) = self.advice else {
+            METRICS.memory_hotplug.hugetlb_kept_bytes.add(len);
+            return Ok(());
+        };
         if let Some(r) = self.mem.find_region(GuestAddress(self.gpa)) {
             r.bitmap().mark_dirty(offset as usize, len as usize);
         }
@@ -142,7 +158,7 @@ impl HotplugRegion {
             libc::madvise(
                 (self.host + offset) as *mut libc::c_void,
                 len as usize,
-                self.advice,
+                advice,
             )
         };
         if r == 0 {

@@ -274,3 +274,31 @@ fn plugged_blocks_survive_a_snapshot_and_bad_states_are_refused() {
         assert!(e.contains(what), "{e}");
     }
 }
+
+#[test]
+fn an_unplugged_hugetlbfs_block_keeps_its_pages() {
+    use crate::vmm::kvm::memory::GuestMem;
+    use crate::vmm::metrics::METRICS;
+    use vm_memory::mmap::MmapRegionBuilder;
+    // Anonymous 4 KiB memory marked as hugetlbfs: MADV_DONTNEED would
+    // zero it, so only the region's own rule keeps the data.
+    let region = MmapRegionBuilder::new_with_bitmap(256 << 20, None)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+        .with_hugetlbfs(true)
+        .build()
+        .unwrap();
+    let region = vm_memory::GuestRegionMmap::new(region, GuestAddress(BASE)).unwrap();
+    let mem = GuestMem::from_regions(vec![region]).unwrap();
+    let r = HotplugRegion::new(&mem, (BASE, 256 * MIB), 128 * MIB, None, false).unwrap();
+    mem.write_obj(0x5au8, GuestAddress(BASE + 2 * MIB)).unwrap();
+    let kept = METRICS.memory_hotplug.hugetlb_kept_bytes.get();
+    r.discard(2 * MIB, 2 * MIB).unwrap();
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(BASE + 2 * MIB)).unwrap(),
+        0x5a
+    );
+    assert!(METRICS.memory_hotplug.hugetlb_kept_bytes.get() >= kept + 2 * MIB);
+    // Past the region is still refused.
+    assert!(r.discard(255 * MIB, 2 * MIB).is_err());
+}

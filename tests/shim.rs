@@ -1,0 +1,482 @@
+//! `containerd-shim-husk-v2` against a real containerd (Debian's 1.6),
+//! started by each test with its own root, state directory, socket and
+//! configuration (no CRI plugin), the shim on its PATH and its
+//! configuration in `$HUSK_SHIM_CONFIG`. The image is the busybox image
+//! built here, imported with `ctr image import`. Pods run on the `tcg`
+//! backend (a real Linux guest under QEMU's software emulation).
+//!
+//! Prints `skipped: <reason>` where containerd, QEMU or the kernel is
+//! missing (a failure under HUSK_REQUIRE_QEMU, as scripts/test.sh sets).
+
+#[path = "common/busybox_image.rs"]
+mod busybox_image;
+#[path = "common/qemu.rs"]
+mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const RUNTIME: &str = "io.containerd.husk.v2";
+const NS: &str = "husk-test";
+const IMAGE: &str = "docker.io/tcg/busybox:1";
+
+struct Containerd {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Whatever a failed test left: its shims and VMs go too.
+        kill_all_under(&self.dir);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kill_all_under(&self.dir);
+        unmount_all_under(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The pids of processes whose command line names `dir`.
+fn procs_under(dir: &Path) -> Vec<(i32, String)> {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id() as i32;
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        // containerd itself (its --config names the directory) is not a leftover.
+        let containerd = cmd
+            .split(' ')
+            .next()
+            .is_some_and(|p| p.ends_with("/containerd"));
+        if pid != me && cmd.contains(&needle) && !containerd {
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+fn kill_all_under(dir: &Path) {
+    for (pid, _) in procs_under(dir) {
+        // SAFETY: kill takes no pointers.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+fn unmount_all_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|p| p.starts_with(&*dir.to_string_lossy()))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(p).status();
+    }
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|p| p.starts_with(&*dir.join("shim").to_string_lossy()))
+        .map(str::to_string)
+        .collect()
+}
+
+fn tool(name: &str) -> Option<PathBuf> {
+    ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// A containerd of the test's own, the husk image imported; `None`
+/// (after printing why) where something is missing.
+fn containerd(name: &str) -> Option<Containerd> {
+    let missing = ["containerd", "ctr"]
+        .iter()
+        .find(|t| tool(t).is_none())
+        .map(|t| format!("{t} is not installed (apt-get install containerd)"));
+    let kernel = match missing
+        .map_or(Ok(()), Err)
+        .and_then(|()| qemu::tools_available())
+        .and_then(|()| qemu::guest_kernel())
+    {
+        Ok(k) => k,
+        Err(reason) => {
+            qemu::skip(&reason);
+            return None;
+        }
+    };
+    // Short: the shims' socket paths hold a 64-character hash.
+    let dir = PathBuf::from(format!("/tmp/hs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_containerd-shim-husk-v2"),
+        dir.join("bin/containerd-shim-husk-v2"),
+    )
+    .unwrap();
+    let agent = busybox_image::stripped_agent(&dir);
+    std::fs::write(
+        dir.join("shim.toml"),
+        format!(
+            "kernel = {:?}\nbackend = \"tcg\"\nmemory_mib = 256\nstate_dir = {:?}\nagent = {:?}\n",
+            kernel,
+            dir.join("shim"),
+            agent
+        ),
+    )
+    .unwrap();
+    let sock = dir.join("containerd.sock");
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.btrfs\", \
+             \"io.containerd.snapshotter.v1.zfs\", \"io.containerd.snapshotter.v1.aufs\", \
+             \"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.tracing.processor.v1.otlp\"]\n\
+             [grpc]\n  address = {:?}\n",
+            dir.join("root"),
+            dir.join("state"),
+            sock
+        ),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+    let child = Command::new(tool("containerd").unwrap())
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("PATH", path)
+        .env("HUSK_SHIM_CONFIG", dir.join("shim.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let c = Containerd { dir, child };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.ctr(&["version"]).status.code() != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "containerd did not start: {}",
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let archive = busybox_image::busybox_archive(&c.dir);
+    let out = c.ctr(&["image", "import", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "import: {}", text(&out));
+    Some(c)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl Containerd {
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new(tool("ctr").unwrap())
+            .arg("--address")
+            .arg(self.dir.join("containerd.sock"))
+            .args(["--namespace", NS])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The pod's directory under the shim's state directory.
+    fn pod_dir(&self, pod: &str) -> PathBuf {
+        self.dir.join("shim").join(NS).join(pod)
+    }
+
+    /// Waits until no shim, VMM or virtiofsd of this test runs, no mount
+    /// of the shim's is left, and `pod`'s directory is gone.
+    fn assert_all_gone(&self, pod: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let procs: Vec<(i32, String)> = procs_under(&self.dir)
+                .into_iter()
+                .filter(|(_, c)| !c.contains("ctr "))
+                .collect();
+            let mounts = mounts_under(&self.dir);
+            let dir = self.pod_dir(pod);
+            if procs.is_empty() && mounts.is_empty() && !dir.exists() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind: processes {procs:?}, mounts {mounts:?}, {} exists: {}",
+                dir.display(),
+                dir.exists()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `ctr task ls` shows `id` with `status`.
+    fn wait_task(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.ctr(&["task", "ls"]);
+            let ls = String::from_utf8_lossy(&out.stdout).into_owned();
+            if ls
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{id} not {status}: {ls}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The shim server of pod `pod` (its `-id` is the pod's first container).
+    fn shim_pid(&self, pod: &str) -> Option<i32> {
+        let me = std::process::id() as i32;
+        std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (pid != me
+                && cmd.contains("containerd-shim-husk-v2")
+                && cmd.contains(&format!("-id {pod} "))
+                && cmd.contains(&*self.dir.to_string_lossy()))
+            .then_some(pid)
+        })
+    }
+}
+
+/// `ctr run --rm` prints the container's output and returns its exit
+/// code; the shim, the VM and the pod's mounts are gone afterwards.
+#[test]
+fn ctr_run_prints_the_output_and_returns_the_exit_code() {
+    let Some(c) = containerd("run") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "r1",
+        "sh",
+        "-c",
+        "echo hello from $(cat /proc/1/cmdline | tr '\\0' ' '); echo oops >&2; exit 3",
+    ]);
+    println!(
+        "ctr run, pod start to exit: {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(out.status.code(), Some(3), "{}\n{}", text(&out), c.log());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The main process is PID 1 of the container's own PID namespace.
+    assert!(stdout.contains("hello from sh -c"), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("oops"));
+    c.assert_all_gone("r1");
+}
+
+/// `ctr task exec` runs in the container (its PID namespace, its root),
+/// with its own output and exit code; `ctr task kill` ends the
+/// container; `ctr task delete` takes the shim and the VM with it.
+#[test]
+fn exec_kill_and_delete() {
+    let Some(c) = containerd("exec") else {
+        return;
+    };
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "x1",
+        "sh",
+        "-c",
+        "echo made-by-main > /tmp/mark; exec sleep 1000",
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out), c.log());
+    c.wait_task("x1", "RUNNING");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = c.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "x1",
+            "sh",
+            "-c",
+            "cat /tmp/mark; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 5",
+        ]);
+        // The main process may not have written its mark yet.
+        if String::from_utf8_lossy(&out.stdout).contains("made-by-main")
+            || Instant::now() > deadline
+        {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("made-by-main"), "{}", text(&out));
+    assert!(stdout.contains("sleep 1000"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+
+    let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "x1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.wait_task("x1", "STOPPED");
+    assert!(c.shim_pid("x1").is_some(), "the shim runs until the delete");
+    let out = c.ctr(&["task", "delete", "x1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = c.ctr(&["container", "delete", "x1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.assert_all_gone("x1");
+}
+
+/// A shim killed with SIGKILL leaves its VM running; containerd's
+/// clean-up (`containerd-shim-husk-v2 delete`) takes it down.
+#[test]
+fn a_killed_shim_leaves_nothing_containerd_cannot_clean_up() {
+    let Some(c) = containerd("kill9") else {
+        return;
+    };
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "k1",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out), c.log());
+    c.wait_task("k1", "RUNNING");
+    let shim = c.shim_pid("k1").expect("the shim runs");
+    // SAFETY: kill takes no pointers.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    // containerd notices the dead shim and cleans up after it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = c.ctr(&["task", "delete", "k1"]);
+        let ls = c.ctr(&["task", "ls"]);
+        if !String::from_utf8_lossy(&ls.stdout).contains("k1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", text(&ls));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = c.ctr(&["container", "delete", "k1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.assert_all_gone("k1");
+}
+
+/// Two containers of one sandbox (the CRI annotations) share one shim
+/// and one VM, each with its own root, PID namespace and exit status,
+/// and the sandbox's hostname (its UTS namespace).
+#[test]
+fn two_containers_of_a_sandbox_share_one_vm() {
+    let Some(c) = containerd("pod") else {
+        return;
+    };
+    let ann = |kind: &str| {
+        [
+            "--annotation".to_string(),
+            format!("io.kubernetes.cri.container-type={kind}"),
+            "--annotation".to_string(),
+            "io.kubernetes.cri.sandbox-id=p1".to_string(),
+        ]
+    };
+    let mut args: Vec<String> = ["run", "-d", "--runtime", RUNTIME]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(ann("sandbox"));
+    args.extend(
+        [
+            IMAGE,
+            "p1",
+            "sh",
+            "-c",
+            "hostname pod-host; echo sandbox > /tmp/who; exec sleep 1000",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = c.ctr(&refs);
+    assert!(out.status.success(), "{}\n{}", text(&out), c.log());
+    c.wait_task("p1", "RUNNING");
+    let shim = c.shim_pid("p1").expect("the pod's shim");
+    let qemus = |c: &Containerd| {
+        procs_under(&c.dir)
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("qemu-system"))
+            .count()
+    };
+    assert_eq!(qemus(&c), 1);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut args: Vec<String> = ["run", "--rm", "--runtime", RUNTIME]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(ann("container"));
+    args.extend(
+        [
+            IMAGE,
+            "c1",
+            "sh",
+            "-c",
+            "echo host=$(hostname) who=$(cat /tmp/who 2>&1) pid1=$(cat /proc/1/cmdline | tr '\\0' ' '); exit 7",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = c.ctr(&refs);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{}\n{}", text(&out), c.log());
+    // The sandbox's UTS namespace, its own root (no /tmp/who) and PID
+    // namespace.
+    assert!(stdout.contains("host=pod-host"), "{}", text(&out));
+    assert!(stdout.contains("who=cat: can't open"), "{}", text(&out));
+    assert!(stdout.contains("pid1=sh -c"), "{}", text(&out));
+    // Still one shim and one VM.
+    assert_eq!(c.shim_pid("p1"), Some(shim));
+    assert!(c.shim_pid("c1").is_none());
+    assert_eq!(qemus(&c), 1);
+
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", "p1"]);
+    c.wait_task("p1", "STOPPED");
+    assert!(c.ctr(&["task", "delete", "p1"]).status.success());
+    assert!(c.ctr(&["container", "delete", "p1"]).status.success());
+    c.assert_all_gone("p1");
+}
