@@ -55,6 +55,12 @@ pub enum VmmAction {
     PatchBalloon(crate::vmm::config::BalloonUpdate),
     GetBalloonStats,
     PatchBalloonStats(crate::vmm::config::BalloonStatsUpdate),
+    /// The metadata service: the whole document, a merge patch, a read,
+    /// and its configuration.
+    PutMmds(serde_json::Value),
+    PatchMmds(serde_json::Value),
+    GetMmds,
+    PutMmdsConfig(crate::vmm::config::MmdsConfig),
     InstanceStart,
     SendCtrlAltDel,
     FlushMetrics,
@@ -109,6 +115,8 @@ pub enum VmmActionError {
     BalloonUpdate(String),
     #[error(transparent)]
     Snapshot(#[from] crate::vmm::snapshot::actions::SnapshotError),
+    #[error(transparent)]
+    Mmds(#[from] crate::vmm::mmds::MmdsError),
 }
 
 pub type VmmReply = Result<VmmData, VmmActionError>;
