@@ -19,6 +19,12 @@ pub const ARP_LEN: usize = 28;
 /// device.
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("the virtio-net header's checksum offsets point outside the frame")]
+    ChecksumOffsets,
+}
+
 /// The ethertype of an Ethernet frame (no VLAN tags: MMDS answers
 /// untagged frames only).
 pub fn ethertype(frame: &[u8]) -> Option<u16> {
@@ -98,9 +104,8 @@ fn ones_sum(data: &[u8], mut sum: u32) -> u16 {
 /// Completes a checksum the guest left to the device (the virtio-net
 /// header's NEEDS_CSUM: the field at `csum_start + csum_offset` holds the
 /// pseudo-header sum, the rest is to be summed from `csum_start` to
-/// `end`). A frame without the flag is left as it is. Err when the
-/// offsets point outside the frame.
-pub fn complete_checksum(vnet_hdr: &[u8], frame: &mut [u8], end: usize) -> Result<(), ()> {
+/// `end`). A frame without the flag is left as it is.
+pub fn complete_checksum(vnet_hdr: &[u8], frame: &mut [u8], end: usize) -> Result<(), FrameError> {
     if vnet_hdr
         .first()
         .is_none_or(|f| f & VIRTIO_NET_HDR_F_NEEDS_CSUM == 0)
@@ -111,13 +116,15 @@ pub fn complete_checksum(vnet_hdr: &[u8], frame: &mut [u8], end: usize) -> Resul
         vnet_hdr
             .get(at..at + 2)
             .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
-            .ok_or(())
+            .ok_or(FrameError::ChecksumOffsets)
     };
     let (start, offset) = (word(6)?, word(8)?);
     let end = end.min(frame.len());
-    let field = start.checked_add(offset).ok_or(())?;
+    let field = start
+        .checked_add(offset)
+        .ok_or(FrameError::ChecksumOffsets)?;
     if start >= end || field + 2 > end {
-        return Err(());
+        return Err(FrameError::ChecksumOffsets);
     }
     let sum = !ones_sum(&frame[start..end], 0);
     frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());

@@ -107,7 +107,7 @@ impl Device for Queues {
     }
 
     fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<TxTok<'_>> {
-        (self.tx.len() < MAX_QUEUED).then(|| TxTok(&mut self.tx))
+        (self.tx.len() < MAX_QUEUED).then_some(TxTok(&mut self.tx))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
