@@ -177,10 +177,13 @@ fn a_guest_gets_a_value_with_a_v2_token_and_a_401_without() {
     // After MMDS, the plain `net` check: its frame must still reach the
     // TAP, and be the only one that did.
     vmm.configure("probe=mmds,mmds-notoken,net,wait-cad", 1, 128);
-    let t0 = Instant::now();
     vmm.start();
+    vmm.expect_line("PROBE BOOT");
+    let t0 = Instant::now();
+    let rss_before = common::status_field(vmm.pid() as i32, "VmRSS");
     let line = vmm.expect_line("PROBE mmds ");
     let t_mmds = t0.elapsed();
+    let rss_after = common::status_field(vmm.pid() as i32, "VmRSS");
     assert_eq!(
         line,
         format!("PROBE mmds OK arp=06:01:23:45:67:01 token=64 status=200 value={VALUE}")
@@ -211,7 +214,8 @@ fn a_guest_gets_a_value_with_a_v2_token_and_a_401_without() {
     assert_eq!(m["rx_no_token"], 1, "{m}");
     assert_eq!(m["tx_frames"], m["tx_count"], "{m}");
     eprintln!(
-        "boot + ARP + token + GET: {t_mmds:?}; ARP + a GET refused: {t_notoken:?}; metrics {m}"
+        "device set-up + ARP + token + GET: {t_mmds:?}; set-up + ARP + a GET refused: \
+         {t_notoken:?}; VmRSS {rss_before} -> {rss_after}; metrics {m}"
     );
     // A new value is seen at once.
     let r = vmm.patch(
