@@ -370,3 +370,30 @@ fn the_configuration_survives_a_snapshot_and_the_store_does_not() {
     assert_eq!(b.action("SendCtrlAltDel").status, 204);
     assert_eq!(b.wait().code(), Some(0));
 }
+
+#[test]
+fn a_metadata_file_that_is_not_json_or_too_large_stops_the_vmm() {
+    let dir = TempDir::new();
+    let bad = dir.path("bad.json");
+    std::fs::write(&bad, "{\"a\": ").unwrap();
+    let big = dir.path("big.json");
+    std::fs::write(&big, json!({"k": "x".repeat(200)}).to_string()).unwrap();
+    for (file, extra, want) in [
+        (&bad, None, "cannot read metadata file"),
+        (&big, Some("100"), "over its limit of 100 bytes"),
+    ] {
+        let sock = dir.path("api.sock");
+        let mut cmd = std::process::Command::new(common::husk_bin());
+        cmd.args(["vmm", "--api-sock"])
+            .arg(&sock)
+            .arg("--metadata")
+            .arg(file);
+        if let Some(limit) = extra {
+            cmd.args(["--mmds-size-limit", limit]);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+    }
+}

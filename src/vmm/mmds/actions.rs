@@ -82,12 +82,18 @@ impl Vmm {
             path: show.clone(),
             err: e,
         };
+        // Room for the document with generous formatting; more is not
+        // metadata this store could hold.
+        let cap = (self.mmds_size_limit as u64).saturating_mul(4).max(1 << 20);
         let mut text = Vec::new();
         open_regular(path)
             .map_err(|e| err(e.to_string()))?
-            .take(self.mmds_size_limit as u64 * 4 + 4096)
+            .take(cap + 1)
             .read_to_end(&mut text)
             .map_err(|e| err(e.to_string()))?;
+        if text.len() as u64 > cap {
+            return Err(err(format!("larger than {cap} bytes")));
+        }
         let v: Value = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
         self.with_mmds(|m| m.store_mut().put(v))??;
         Ok(())
