@@ -49,6 +49,7 @@ const SOURCES: &[&str] = &[
     "blk.c",
     "vsock.c",
     "net.c",
+    "mmds.c",
     "fs.c",
     "balloon.c",
     "cpu.c",

@@ -42,11 +42,6 @@ const NOT_YET: &[&str] = &[
     "PATCH /hotplug/memory: missing",
     "GET /hotplug/memory: missing",
     "GET /vm/config answer.memory-hotplug: missing",
-    "PUT /mmds: missing",
-    "PATCH /mmds: missing",
-    "GET /mmds: missing",
-    "PUT /mmds/config: missing",
-    "GET /vm/config answer.mmds-config: missing",
 ];
 
 #[derive(Clone, Debug, PartialEq)]

@@ -261,15 +261,18 @@ fn attach_virtio_devices(
 }
 
 /// Phase 2: one virtio-net device per interface, each on its TAP (opened
-/// now: a TAP removed since PUT /network-interfaces fails the start).
+/// now: a TAP removed since PUT /network-interfaces fails the start),
+/// with an MMDS network stack on the interfaces `mmds-config` names.
 fn attach_net_devices(
     vm: &Vm,
     mem: &GuestMem,
     dm: &mut DeviceManager,
     events: &mut EventLoop,
     cfg: &VmConfig,
+    mmds: Option<&crate::vmm::mmds::SharedMmds>,
 ) -> Result<Vec<AttachedNet>, StartError> {
     use crate::vmm::devices::virtio::net::{Net, NetOptions};
+    use crate::vmm::mmds::stack::MmdsStack;
     let mut nets = Vec::with_capacity(cfg.network_interfaces.len());
     for n in &cfg.network_interfaces {
         let options = NetOptions {
@@ -278,8 +281,15 @@ fn attach_net_devices(
             rx_rate_limiter: n.rx_rate_limiter.unwrap_or_default(),
             tx_rate_limiter: n.tx_rate_limiter.unwrap_or_default(),
         };
-        let net = Net::new(&n.host_dev_name, options)
+        let mut net = Net::new(&n.host_dev_name, options)
             .map_err(|e| StartError::Device("virtio-net", e.to_string()))?;
+        let served = cfg.mmds_config.as_ref().filter(|c| c.serves(&n.iface_id));
+        if let (Some(c), Some(mmds)) = (served, mmds) {
+            let mtu = n.mtu.map_or(1500, usize::from);
+            let stack = MmdsStack::new(mmds.clone(), c.ipv4(), mtu)
+                .map_err(|e| StartError::Device("virtio-net", e.to_string()))?;
+            net.set_mmds(stack);
+        }
         let net = Arc::new(Mutex::new(net));
         let transport =
             dm.attach_virtio(vm, mem, events, "virtio-net", &n.iface_id, net.clone())?;
@@ -452,13 +462,13 @@ fn attach_devices(
     mem: &GuestMem,
     cfg: &VmConfig,
     events: &mut EventLoop,
-    exit: &Arc<ExitNotifier>,
+    how: &Launch,
     dm: &mut DeviceManager,
 ) -> Result<Attached, StartError> {
-    let (serial, i8042) = attach_legacy_devices(vm, dm, events, cfg.serial.as_ref(), exit)?;
+    let (serial, i8042) = attach_legacy_devices(vm, dm, events, cfg.serial.as_ref(), &how.exit)?;
     dm.track_legacy(serial.clone(), i8042.clone());
     let drives = attach_virtio_devices(vm, mem, dm, events, cfg)?;
-    let nets = attach_net_devices(vm, mem, dm, events, cfg)?;
+    let nets = attach_net_devices(vm, mem, dm, events, cfg, how.mmds.as_ref())?;
     attach_fs_devices(vm, mem, dm, events, cfg)?;
     let balloon = attach_balloon(vm, mem, dm, events, cfg)?;
     Ok(((serial, i8042), drives, nets, balloon))
@@ -489,15 +499,15 @@ fn build(
     cfg: &VmConfig,
     boot: Boot<'_>,
     events: &mut EventLoop,
-    exit: &Arc<ExitNotifier>,
+    how: &Launch,
     dm: &mut DeviceManager,
 ) -> Result<Parts, StartError> {
-    let ((serial, i8042), drives, nets, balloon) = attach_devices(vm, mem, cfg, events, exit, dm)?;
+    let ((serial, i8042), drives, nets, balloon) = attach_devices(vm, mem, cfg, events, how, dm)?;
     if let Boot::Restore(state) = boot {
         dm.restore(&state.devices)
             .map_err(|e| StartError::Restore(e.to_string()))?;
     }
-    let vcpus = create_vcpus(vm, dm, cfg.machine_config.vcpu_count, exit)?;
+    let vcpus = create_vcpus(vm, dm, cfg.machine_config.vcpu_count, &how.exit)?;
     match boot {
         Boot::Cold(template) => {
             load_and_configure(vm, mem, cfg, dm, &vcpus, template)?;
@@ -587,6 +597,8 @@ pub struct Launch<'a> {
     pub seccomp: &'a Policy,
     /// The vCPUs wait for a resume (a snapshot loaded without `resume_vm`).
     pub paused: bool,
+    /// The metadata service the interfaces in `mmds-config` answer from.
+    pub mmds: Option<crate::vmm::mmds::SharedMmds>,
 }
 
 /// Builds the microVM described by `cfg` on `vm` (from `Vm::open`),
@@ -624,7 +636,7 @@ pub fn build_and_start(
         cfg,
         Boot::Cold(template.as_ref()),
         events,
-        &how.exit,
+        how,
         &mut dm,
     );
     start(built, dm, events, (vm, mem), how)
@@ -663,14 +675,6 @@ pub fn restore_and_start(
     vm.set_up(&mem, machine.track_dirty_pages)?;
     // Phases 2 to 4.
     let mut dm = DeviceManager::new();
-    let built = build(
-        &vm,
-        &mem,
-        cfg,
-        Boot::Restore(state),
-        events,
-        &how.exit,
-        &mut dm,
-    );
+    let built = build(&vm, &mem, cfg, Boot::Restore(state), events, how, &mut dm);
     start(built, dm, events, (vm, mem), how)
 }

@@ -209,6 +209,36 @@ pub struct BalloonMetrics {
     pub target_updates: Counter,
 }
 
+/// The microVM metadata service, as Firecracker counts it: `rx` is what
+/// guests send to MMDS, `tx` what MMDS sends back.
+#[derive(Debug, Default, Serialize)]
+pub struct MmdsMetrics {
+    /// Frames addressed to MMDS and taken off the guest's interface.
+    pub rx_accepted: Counter,
+    /// Of those, malformed ones: bad lengths or checksums, fragments,
+    /// ARP packets that are not requests.
+    pub rx_accepted_err: Counter,
+    /// Of those, IPv4 packets other than TCP (dropped).
+    pub rx_accepted_unusual: Counter,
+    /// Frames too short for an Ethernet header.
+    pub rx_bad_eth: Counter,
+    /// TCP segments the stack took in.
+    pub rx_count: Counter,
+    /// GETs with a token that is not valid (refused under V2).
+    pub rx_invalid_token: Counter,
+    /// GETs without a token (refused under V2).
+    pub rx_no_token: Counter,
+    /// Frames the stack produced (ARP replies and TCP segments).
+    pub tx_count: Counter,
+    /// Frames handed to the guest, and their bytes.
+    pub tx_frames: Counter,
+    pub tx_bytes: Counter,
+    /// Frames lost on the way out (no room, too large for the buffer).
+    pub tx_errors: Counter,
+    pub connections_created: Counter,
+    pub connections_destroyed: Counter,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct VmmMetrics {
     pub instance_starts: Counter,
@@ -233,6 +263,7 @@ pub struct Metrics {
     pub vsock: VsockMetrics,
     pub fs: FsMetrics,
     pub balloon: BalloonMetrics,
+    pub mmds: MmdsMetrics,
     pub vmm: VmmMetrics,
 }
 
@@ -334,6 +365,21 @@ pub static METRICS: Metrics = Metrics {
         malformed,
         stats_updates,
         target_updates
+    }),
+    mmds: zeroed!(MmdsMetrics {
+        rx_accepted,
+        rx_accepted_err,
+        rx_accepted_unusual,
+        rx_bad_eth,
+        rx_count,
+        rx_invalid_token,
+        rx_no_token,
+        tx_count,
+        tx_frames,
+        tx_bytes,
+        tx_errors,
+        connections_created,
+        connections_destroyed
     }),
     vmm: zeroed!(VmmMetrics {
         instance_starts,

@@ -18,6 +18,7 @@ pub mod exit;
 pub mod kvm;
 pub mod logger;
 pub mod metrics;
+pub mod mmds;
 pub mod rpc;
 pub mod run;
 pub mod sink;
@@ -97,6 +98,10 @@ pub struct Vmm {
     opening: Option<std::thread::JoinHandle<Result<kvm::Vm, kvm::VmError>>>,
     /// The seccomp filters the VMM and vCPU threads take on at start.
     seccomp: Policy,
+    /// The metadata service's document and tokens, made on first use.
+    mmds: Option<mmds::SharedMmds>,
+    /// Its size limit (`--mmds-size-limit`).
+    mmds_size_limit: usize,
 }
 
 impl Vmm {
@@ -116,6 +121,8 @@ impl Vmm {
             metrics_timer: TimerFd::new()?,
             opening: None,
             seccomp: Policy::off(),
+            mmds: None,
+            mmds_size_limit: mmds::DEFAULT_SIZE_LIMIT,
         })
     }
 
@@ -209,6 +216,10 @@ impl Vmm {
         }
         if let Some(b) = cfg.balloon {
             self.set_balloon(b)?;
+        }
+        // After the interfaces it names.
+        if let Some(m) = cfg.mmds_config {
+            self.set_mmds_config(m)?;
         }
         Ok(())
     }
@@ -421,10 +432,13 @@ impl Vmm {
             return Err(VmmActionError::NoKernel);
         }
         let opened = self.take_vm().map_err(StartError::from)?;
+        let mmds_config = self.config.mmds_config.clone();
+        let mmds = self.mmds_for_start(mmds_config.as_ref())?;
         let how = builder::Launch {
             exit: self.exit.clone(),
             seccomp: &self.seccomp,
             paused: false,
+            mmds,
         };
         let vm = builder::build_and_start(opened, &self.config, events, &how)?;
         self.running = Some(vm);
@@ -542,6 +556,10 @@ impl Vmm {
             VmmAction::StartBalloonHinting(c) => done(self.start_balloon_hinting(c)),
             VmmAction::StopBalloonHinting => done(self.stop_balloon_hinting()),
             VmmAction::GetBalloonHinting => self.balloon_hinting_status().map(VmmData::Json),
+            VmmAction::PutMmds(v) => done(self.put_mmds(v)),
+            VmmAction::PatchMmds(v) => done(self.patch_mmds(&v)),
+            VmmAction::GetMmds => self.get_mmds().map(VmmData::Json),
+            VmmAction::PutMmdsConfig(c) => done(self.set_mmds_config(c)),
             // Starting needs the event loop; `run.rs` handles it before
             // the microVM runs. Here it can only be too late.
             VmmAction::InstanceStart => done(

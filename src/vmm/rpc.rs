@@ -58,6 +58,12 @@ pub enum VmmAction {
     StartBalloonHinting(crate::vmm::config::BalloonStartCmd),
     GetBalloonHinting,
     StopBalloonHinting,
+    /// The metadata service: the whole document, a merge patch, a read,
+    /// and its configuration.
+    PutMmds(serde_json::Value),
+    PatchMmds(serde_json::Value),
+    GetMmds,
+    PutMmdsConfig(crate::vmm::config::MmdsConfig),
     InstanceStart,
     SendCtrlAltDel,
     FlushMetrics,
@@ -112,6 +118,8 @@ pub enum VmmActionError {
     BalloonUpdate(String),
     #[error(transparent)]
     Snapshot(#[from] crate::vmm::snapshot::actions::SnapshotError),
+    #[error(transparent)]
+    Mmds(#[from] crate::vmm::mmds::MmdsError),
 }
 
 pub type VmmReply = Result<VmmData, VmmActionError>;

@@ -114,5 +114,8 @@ void check_balloon_decline_hint(const struct check *c); /* balloon.c */
 void check_balloon_hint_done(const struct check *c); /* balloon.c */
 void check_cpuid_regs(const struct check *c); /* cpu.c */
 void check_msr(const struct check *c); /* cpu.c */
+void check_mmds(const struct check *c); /* mmds.c */
+void check_mmds_notoken(const struct check *c); /* mmds.c */
+void check_mmds_hostile(const struct check *c); /* mmds.c */
 
 #endif

@@ -146,7 +146,9 @@ pub fn router(api: ApiSender) -> Router {
         .route(
             "/balloon/hinting/stop",
             axum::routing::patch(patch_balloon_hinting_stop),
-        );
+        )
+        .route("/mmds", get(get_mmds).put(put_mmds).patch(patch_mmds))
+        .route("/mmds/config", put(put_mmds_config));
     #[cfg(feature = "test-hooks")]
     let routes = routes.route("/test/forbidden-call", put(put_forbidden_call));
     routes
@@ -199,8 +201,24 @@ fn respond(reply: VmmReply) -> Response {
     match reply {
         Ok(VmmData::Empty) => StatusCode::NO_CONTENT.into_response(),
         Ok(VmmData::Json(v)) => (StatusCode::OK, Json(v)).into_response(),
+        // An MMDS update over the data store's limit, as Firecracker
+        // answers it.
+        Err(crate::vmm::rpc::VmmActionError::Mmds(e)) if e.is_too_large() => {
+            fault_with(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
         Err(e) => fault(e.to_string()),
     }
+}
+
+/// Parses any JSON value (the MMDS document need not be an object).
+fn parse_value(body: &Body) -> Result<serde_json::Value, String> {
+    let body = body
+        .as_ref()
+        .map_err(|e| format!("cannot read the request body: {}", e.body_text()))?;
+    if body.is_empty() {
+        return Err("the request body is empty; a JSON document is expected".into());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
 }
 
 /// Parses a JSON object body; the error is the fault message.
@@ -387,6 +405,40 @@ async fn put_snapshot_create(State(api): State<ApiSender>, body: Body) -> Respon
 
 async fn put_snapshot_load(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::LoadSnapshot).await
+}
+
+async fn get_mmds(State(api): State<ApiSender>) -> Response {
+    call(&api, VmmAction::GetMmds).await
+}
+
+async fn put_mmds(State(api): State<ApiSender>, body: Body) -> Response {
+    METRICS.api_server.requests.inc();
+    match parse_value(&body) {
+        Ok(v) => respond(api.call(VmmAction::PutMmds(v)).await),
+        Err(e) => fault(e),
+    }
+}
+
+async fn patch_mmds(State(api): State<ApiSender>, body: Body) -> Response {
+    METRICS.api_server.requests.inc();
+    match parse_value(&body) {
+        Ok(v) => respond(api.call(VmmAction::PatchMmds(v)).await),
+        Err(e) => fault(e),
+    }
+}
+
+/// `PUT /mmds/config`; a V1 configuration is answered with Firecracker's
+/// `Deprecation` header (V1 is deprecated there).
+async fn put_mmds_config(State(api): State<ApiSender>, body: Body) -> Response {
+    let v1 = parse::<crate::vmm::config::MmdsConfig>(&body)
+        .is_ok_and(|c| c.version == crate::vmm::config::MmdsVersion::V1);
+    let mut r = call_with(&api, &body, VmmAction::PutMmdsConfig).await;
+    if v1 && r.status().is_success() {
+        tracing::warn!("PUT /mmds/config: V1 is deprecated. Use V2 instead.");
+        r.headers_mut()
+            .insert("Deprecation", axum::http::HeaderValue::from_static("true"));
+    }
+    r
 }
 
 #[derive(Deserialize)]
@@ -713,5 +765,86 @@ mod tests {
             seen[1].starts_with("PatchNetworkInterface(\"eth0\""),
             "{seen:?}"
         );
+    }
+
+    #[test]
+    fn mmds_requests_become_actions_and_413s() {
+        use crate::vmm::mmds::data_store::DataStoreError;
+        use crate::vmm::mmds::MmdsError;
+        let (results, seen) = with_router(
+            |a| match a {
+                VmmAction::PatchMmds(_) => Err(VmmActionError::Mmds(MmdsError::DataStore(
+                    DataStoreError::TooLarge { size: 9, limit: 1 },
+                ))),
+                VmmAction::GetMmds => Ok(VmmData::Json(serde_json::json!({}))),
+                _ => Ok(VmmData::Empty),
+            },
+            |r| {
+                vec![
+                    send(&r, "PUT", "/mmds", r#"["any", "json"]"#),
+                    send(&r, "PATCH", "/mmds", r#"{"a": null}"#),
+                    send(&r, "GET", "/mmds", ""),
+                    send(
+                        &r,
+                        "PUT",
+                        "/mmds/config",
+                        r#"{"network_interfaces": ["eth0"], "version": "V2"}"#,
+                    ),
+                    // Never reach the VMM: not JSON, no body, a bad config.
+                    send(&r, "PUT", "/mmds", "{"),
+                    send(&r, "PATCH", "/mmds", ""),
+                    send(
+                        &r,
+                        "PUT",
+                        "/mmds/config",
+                        r#"{"network_interfaces": ["eth0"], "ipv4_address": 7}"#,
+                    ),
+                ]
+            },
+        );
+        let codes: Vec<_> = results.iter().map(|r| r.0).collect();
+        assert_eq!(
+            codes,
+            vec![204, 413, 200, 204, 400, 400, 400],
+            "{results:?}"
+        );
+        assert!(results[1].1["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("over its limit"));
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(seen[0].starts_with("PutMmds(Array"), "{seen:?}");
+        assert!(seen[3].contains("version: V2"), "{seen:?}");
+    }
+
+    #[test]
+    fn a_v1_mmds_config_is_answered_as_deprecated() {
+        let (tx, rx) = channel_pair().unwrap();
+        let vmm_side = std::thread::spawn(move || {
+            while let Ok(req) = rx.rx.recv() {
+                req.serve(|_| Ok(VmmData::Empty));
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let router = router(tx);
+        let deprecation = |body: &str| {
+            let req = Request::builder()
+                .method("PUT")
+                .uri("/mmds/config")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let r = rt.block_on(router.clone().oneshot(req)).unwrap();
+            assert_eq!(r.status(), 204);
+            r.headers().get("Deprecation").cloned()
+        };
+        assert_eq!(
+            deprecation(r#"{"network_interfaces": ["eth0"]}"#).unwrap(),
+            "true"
+        );
+        assert!(deprecation(r#"{"network_interfaces": ["eth0"], "version": "V2"}"#).is_none());
+        drop(router);
+        vmm_side.join().unwrap();
     }
 }

@@ -61,9 +61,13 @@ pub fn canonical(method: &Method, uri: &Uri) -> Option<String> {
     let mut p = String::with_capacity(whole.len() + 8);
     for t in &tokens[..keep] {
         p.push('/');
-        // A query is not one any more: characters a path cannot hold are
-        // escaped.
-        p.push_str(&t.replace('%', "%25").replace('?', "%3F"));
+        // The path's own part stays as sent (its escapes are decoded by
+        // the router); the query's part is not a query any more, so the
+        // characters a path cannot hold are escaped.
+        let start = t.as_ptr() as usize - whole.as_ptr() as usize;
+        let in_path = sent.len().saturating_sub(start).min(t.len());
+        p.push_str(&t[..in_path]);
+        p.push_str(&t[in_path..].replace('%', "%25").replace('?', "%3F"));
     }
     if p.is_empty() {
         p.push('/');
@@ -142,6 +146,8 @@ mod tests {
             ("PUT", "/drives", "/drives"),
             ("PUT", "/drives//x", "/drives/"),
             ("PUT", "/drives/a?b", "/drives/a%3Fb"),
+            ("PUT", "/fs/a%00b", "/fs/a%00b"),
+            ("PUT", "/fs/a%00b?c%d/e", "/fs/a%00b%3Fc%25d"),
             ("PUT", "/actions/x", "/actions"),
             ("PUT", "/mmds/config/x", "/mmds/config"),
             ("PUT", "/mmds/x", "/mmds/x"),

@@ -15,6 +15,7 @@ mod drive;
 mod entropy;
 mod fs;
 mod machine;
+mod mmds;
 mod net;
 mod output;
 mod snapshot;
@@ -35,6 +36,7 @@ pub use fs::{insert_fs, FsConfig, MAX_FS_QUEUES, MAX_FS_QUEUE_SIZE, MAX_TAG_LEN}
 pub use machine::{
     HugePages, MachineConfig, MachineConfigUpdate, DEFAULT_MEM_SIZE_MIB, MIN_MEM_SIZE_MIB,
 };
+pub use mmds::{is_link_local_valid, MmdsConfig, MmdsVersion, DEFAULT_MMDS_IPV4};
 pub use net::{
     check_unique_ids, check_update, insert_interface, put_interface, MacAddr,
     NetworkInterfaceConfig, NetworkInterfaceUpdate,
@@ -115,6 +117,9 @@ pub enum ConfigError {
         "free page hinting is not enabled: the balloon was configured without free_page_hinting"
     )]
     BalloonHintingDisabled,
+    /// `PUT /mmds/config`: the message says what is wrong.
+    #[error("invalid mmds-config: {0}")]
+    Mmds(String),
     #[error("balloon statistics cannot be enabled or disabled after the microVM started (stats_polling_interval_s can only change between non-zero values)")]
     BalloonStatsChange,
 }
@@ -161,6 +166,14 @@ pub struct VmConfig {
     pub fs_devices: Vec<FsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonConfig>,
+    /// The metadata service (`PUT /mmds/config`); the data store itself
+    /// is not configuration and is never saved with it.
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mmds_config: Option<MmdsConfig>,
 }
 
 /// Ids (instance, drive, interface) end up in paths, logs and what the
@@ -316,6 +329,11 @@ mod tests {
         assert_eq!(cfg.boot_source.unwrap().boot_args(), "console=ttyS0");
         let err = serde_json::from_str::<VmConfig>(r#"{"mmds": {}}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `mmds`"), "{err}");
+        let cfg: VmConfig = serde_json::from_str(
+            r#"{"mmds-config": {"network_interfaces": ["eth0"], "version": "V2"}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.mmds_config.unwrap().version, MmdsVersion::V2);
         let cfg: VmConfig = serde_json::from_str(
             r#"{"balloon": {"amount_mib": 8, "deflate_on_oom": true, "stats_polling_interval_s": 1}}"#,
         )

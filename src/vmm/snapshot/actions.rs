@@ -193,6 +193,8 @@ impl Vmm {
             Some("machine-config")
         } else if c.cpu_config.is_some() {
             Some("cpu-config")
+        } else if c.mmds_config.is_some() {
+            Some("mmds-config")
         } else {
             None
         };
@@ -242,10 +244,12 @@ impl Vmm {
             }
         };
         let opened = self.take_vm().map_err(StartError::from)?;
+        let mmds = self.mmds_for_start(cfg.mmds_config.as_ref())?;
         let how = builder::Launch {
             exit: self.exit.clone(),
             seccomp: &self.seccomp,
             paused: !p.resume_vm,
+            mmds,
         };
         let running = builder::restore_and_start((opened, mem), &cfg, &state, events, &how)?;
         self.running = Some(running);
@@ -361,6 +365,9 @@ fn config_files_valid(cfg: &VmConfig) -> Result<(), ConfigError> {
     }
     if let Some(e) = &cfg.entropy {
         e.validate()?;
+    }
+    if let Some(m) = &cfg.mmds_config {
+        m.clone().validated(&cfg.network_interfaces)?;
     }
     Ok(())
 }
