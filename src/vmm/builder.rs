@@ -29,7 +29,9 @@ use crate::vmm::devices::virtio::mmio::MmioTransport;
 use crate::vmm::devices::virtio::rng::Rng;
 use crate::vmm::exit::ExitNotifier;
 use crate::vmm::kvm::memory::{create_guest_memory, create_shared_guest_memory, MemoryError};
-use crate::vmm::kvm::persist::{check_cpu, native_cpuid, restore_vm, KvmStateError};
+use crate::vmm::kvm::persist::{
+    check_clock_restore, check_cpu, native_cpuid, restore_vm, ClockRestore, KvmStateError,
+};
 use crate::vmm::kvm::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vmm::kvm::{Vm, VmError};
 use crate::vmm::sink::OutputFile;
@@ -468,7 +470,7 @@ type Attached = (
 /// template), or apply a snapshot's state.
 enum Boot<'a> {
     Cold(Option<&'a CpuConfig>),
-    Restore(&'a MicrovmState),
+    Restore(&'a MicrovmState, ClockRestore),
 }
 
 /// Phases 2 to 4, the same for a cold boot and a restore but for what
@@ -485,7 +487,7 @@ fn build(
     dm: &mut DeviceManager,
 ) -> Result<Parts, StartError> {
     let ((serial, i8042), drives, nets, balloon) = attach_devices(vm, mem, cfg, events, exit, dm)?;
-    if let Boot::Restore(state) = boot {
+    if let Boot::Restore(state, _) = boot {
         dm.restore(&state.devices)
             .map_err(|e| StartError::Restore(e.to_string()))?;
     }
@@ -494,8 +496,8 @@ fn build(
         Boot::Cold(template) => {
             load_and_configure(vm, mem, cfg, dm, &vcpus, template)?;
         }
-        Boot::Restore(state) => {
-            restore_vm(vm, &state.vm)?;
+        Boot::Restore(state, clock) => {
+            restore_vm(vm, &state.vm, clock)?;
             for (vcpu, s) in vcpus.iter().zip(&state.vcpus) {
                 vcpu.restore(s)?;
             }
@@ -624,11 +626,12 @@ pub fn build_and_start(
 /// Rebuilds a snapshotted microVM on `vm`: `mem` is its memory (mapped
 /// from the memory file, or served by a page server), `cfg` its saved
 /// configuration with any overrides applied. The same phases as a cold
-/// boot, with the saved state in place of the kernel and registers.
+/// boot, with the saved state in place of the kernel and registers;
+/// `clock` says how kvmclock resumes.
 pub fn restore_and_start(
     (vm, mem): (Vm, GuestMem),
     cfg: &VmConfig,
-    state: &MicrovmState,
+    (state, clock): (&MicrovmState, ClockRestore),
     events: &mut EventLoop,
     how: &Launch,
 ) -> Result<RunningVm, StartError> {
@@ -650,6 +653,7 @@ pub fn restore_and_start(
     for v in &state.vcpus {
         check_cpu(&v.cpuid, vm.supported_cpuid())?;
     }
+    check_clock_restore(&vm, &state.vm, clock)?;
     // Phase 1.
     vm.set_up(&mem, machine.track_dirty_pages)?;
     // Phases 2 to 4.
@@ -658,7 +662,7 @@ pub fn restore_and_start(
         &vm,
         &mem,
         cfg,
-        Boot::Restore(state),
+        Boot::Restore(state, clock),
         events,
         &how.exit,
         &mut dm,

@@ -113,5 +113,7 @@ void check_balloon_hint(const struct check *c); /* balloon.c */
 void check_balloon_hint_done(const struct check *c); /* balloon.c */
 void check_cpuid_regs(const struct check *c); /* cpu.c */
 void check_msr(const struct check *c); /* cpu.c */
+void check_kvmclock(const struct check *c); /* clock.c */
+void check_kvmclock_again(const struct check *c); /* clock.c */
 
 #endif

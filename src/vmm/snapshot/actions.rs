@@ -16,7 +16,7 @@ use crate::vmm::config::{
     SnapshotType, VmConfig,
 };
 use crate::vmm::kvm::memory::{self as guest_memory, GuestMem, MemoryError};
-use crate::vmm::kvm::persist::{save_vm, KvmStateError};
+use crate::vmm::kvm::persist::{check_saved_clock, save_vm, ClockRestore, KvmStateError};
 use crate::vmm::kvm::vcpu::VcpuError;
 use crate::vmm::kvm::VmError;
 use crate::vmm::metrics::METRICS;
@@ -207,6 +207,12 @@ impl Vmm {
         let backend = p.backend()?;
         let snapshot_path = Path::new(&p.snapshot_path);
         let state: MicrovmState = format::read_file(snapshot_path).map_err(SnapshotError::from)?;
+        let clock = if p.clock_realtime {
+            ClockRestore::Realtime
+        } else {
+            ClockRestore::Saved
+        };
+        check_saved_clock(&state.vm, clock).map_err(SnapshotError::from)?;
         let cfg = restored_config(&state, &p)?;
         let ranges = guest_memory::ram_ranges(cfg.machine_config.mem_size_mib)
             .map_err(SnapshotError::from)?;
@@ -239,7 +245,8 @@ impl Vmm {
             seccomp: &self.seccomp,
             paused: !p.resume_vm,
         };
-        let running = builder::restore_and_start((opened, mem), &cfg, &state, events, &how)?;
+        let running =
+            builder::restore_and_start((opened, mem), &cfg, (&state, clock), events, &how)?;
         self.running = Some(running);
         self.uffd = uffd;
         // The logger and metrics are this process's, not the snapshot's.
