@@ -16,7 +16,8 @@
 #                               the vsock backend vhost-device-vsock (cargo
 #                               install)
 #   scripts/setup.sh test       all of the above, and what the test suite
-#                               uses besides: docker-registry, openssl, tar
+#                               uses besides: docker-registry, openssl, tar,
+#                               qemu-storage-daemon (qemu-system-common)
 #
 # Packages already present are not touched. Installing needs root. No
 # package's service is started, and docker-registry is left disabled at
@@ -76,6 +77,9 @@ if [[ $mode == test ]]; then
     command -v tar >/dev/null || need_apt+=(tar)
     # The network tests make namespaces and veth pairs with ip.
     command -v ip >/dev/null || [[ -x /usr/sbin/ip ]] || need_apt+=(iproute2)
+    # The vhost-user-blk tests export images with qemu-storage-daemon,
+    # which QEMU's common package ships.
+    [[ -x /usr/bin/qemu-storage-daemon ]] || need_apt+=(qemu-system-common)
 fi
 
 # Keeps the services of the packages being installed from starting

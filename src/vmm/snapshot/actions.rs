@@ -67,6 +67,8 @@ pub enum SnapshotError {
     Invalid(#[from] ConfigError),
     #[error("a microVM with a virtio-fs device cannot be snapshotted: fs device {0:?} is served by a vhost-user backend (virtiofsd) whose state husk cannot save")]
     ExternalBackend(String),
+    #[error("a microVM with a vhost-user drive cannot be snapshotted: drive {0:?} is served by a vhost-user-blk backend whose state husk cannot save")]
+    VhostUserDrive(String),
 }
 
 fn show(p: &str) -> String {
@@ -82,6 +84,9 @@ impl Vmm {
         p.validate()?;
         if let Some(f) = self.config.fs_devices.first() {
             return Err(SnapshotError::ExternalBackend(show(&f.tag)).into());
+        }
+        if let Some(d) = self.config.drives.iter().find(|d| d.socket.is_some()) {
+            return Err(SnapshotError::VhostUserDrive(show(&d.drive_id)).into());
         }
         if self.state != VmState::Paused {
             return Err(VmmActionError::NotPaused(self.state.as_str()));

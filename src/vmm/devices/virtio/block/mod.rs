@@ -1,9 +1,11 @@
-//! virtio-blk: a raw file or block device (`PUT /drives/{drive_id}`).
+//! virtio-blk: a raw file or block device (`PUT /drives/{drive_id}`),
+//! or a vhost-user-blk backend ([`vhost_user`]).
 
-mod device;
+pub(crate) mod device;
 mod event_handler;
 mod persist;
 pub mod request;
+pub mod vhost_user;
 
 pub use device::{open_disk, Block, BlockError, BlockOptions};
 pub use persist::BlockState;
