@@ -10,7 +10,6 @@
 
 mod common;
 #[path = "common/qemu.rs"]
-#[allow(dead_code)]
 mod qemu;
 
 use std::path::{Path, PathBuf};

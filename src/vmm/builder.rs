@@ -280,6 +280,7 @@ fn attach_drive(
                 read_only: d.read_only(),
                 writeback,
                 rate_limiter: d.rate_limiter.unwrap_or_default(),
+                engine: d.engine(),
             };
             let block = Block::new(id, Path::new(path), options)
                 .map_err(|e| StartError::Device("virtio-blk", e.to_string()))?;

@@ -575,6 +575,7 @@ static const struct {
 	{"rng", check_rng},
 	{"blk", check_blk},
 	{"blk-again", check_blk_again},
+	{"blk-hostile", check_blk_hostile},
 	{"vsock", check_vsock},
 	{"vsock-reset", check_vsock_reset},
 	{"net", check_net},

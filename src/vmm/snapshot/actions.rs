@@ -10,7 +10,7 @@ use super::format::{self, FormatError};
 use super::memory::{self, MemoryFileError};
 use super::uffd::{self, UffdError};
 use super::MicrovmState;
-use crate::vmm::builder::{self, StartError};
+use crate::vmm::builder::{self, DriveDevice, StartError};
 use crate::vmm::config::{
     open_regular, ConfigError, MemBackendType, SnapshotCreateParams, SnapshotLoadParams,
     SnapshotType, VmConfig,
@@ -98,6 +98,14 @@ impl Vmm {
         let config_json = serde_json::to_string(&self.config).unwrap_or_default();
         let id = self.id.clone();
         let vm = self.running()?;
+        // Requests an Async drive has in flight are finished and answered
+        // first: the rings and the interrupt state saved below then owe
+        // the guest nothing.
+        for d in &vm.drives {
+            if let DriveDevice::Virtio(block) = &d.device {
+                block.lock().unwrap_or_else(|e| e.into_inner()).drain();
+            }
+        }
         let msrs = Arc::new(vm.vm.msr_list().to_vec());
         let mut vcpus = Vec::with_capacity(vm.vcpus.len());
         for v in &vm.vcpus {
