@@ -576,6 +576,7 @@ static const struct {
 	{"blk", check_blk},
 	{"blk-again", check_blk_again},
 	{"blk-hostile", check_blk_hostile},
+	{"blk-bench:", check_blk_bench},
 	{"vsock", check_vsock},
 	{"vsock-reset", check_vsock_reset},
 	{"net", check_net},

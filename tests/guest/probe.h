@@ -99,6 +99,7 @@ void check_rng(const struct check *c); /* rng.c */
 void check_blk(const struct check *c); /* blk.c */
 void check_blk_again(const struct check *c); /* blk.c */
 void check_blk_hostile(const struct check *c); /* blk.c */
+void check_blk_bench(const struct check *c); /* blk.c */
 void check_vsock(const struct check *c); /* vsock.c */
 void check_vsock_reset(const struct check *c); /* vsock.c */
 void check_net(const struct check *c); /* net.c */
