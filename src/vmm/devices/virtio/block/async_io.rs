@@ -94,7 +94,7 @@ pub enum Submitted {
 pub struct AsyncIo {
     ring: IoUring,
     /// Signalled by the ring for each completion.
-    pub(super) completion_evt: EventFd,
+    completion_evt: EventFd,
     slots: Vec<Option<Pending>>,
     free: Vec<usize>,
     in_flight: usize,
@@ -266,8 +266,9 @@ impl AsyncIo {
     }
 
     /// Every completion the ring holds, finished into guest memory;
-    /// completions of requests from before a reset are dropped.
-    pub fn reap(&mut self, mem: &GuestMem) -> Vec<Completed> {
+    /// completions of requests from before a reset are dropped, and so
+    /// is everything while the device is reset (`mem` None).
+    pub fn reap(&mut self, mem: Option<&GuestMem>) -> Vec<Completed> {
         let _ = self.completion_evt.read();
         let cqes: Vec<(u64, i32)> = self
             .ring
@@ -282,7 +283,7 @@ impl AsyncIo {
             };
             self.free.push(key as usize);
             self.in_flight -= 1;
-            if p.generation == self.generation {
+            if let Some(mem) = mem.filter(|_| p.generation == self.generation) {
                 done.push(Completed {
                     head: p.head,
                     outcome: finish(mem, p, res),
@@ -303,7 +304,7 @@ impl AsyncIo {
                     break;
                 }
             }
-            done.extend(self.reap(mem));
+            done.extend(self.reap(Some(mem)));
         }
         done
     }

@@ -187,15 +187,19 @@ impl Block {
     /// The Async engine's completions arrived: their chains go on the
     /// used ring.
     pub fn process_completions(&mut self) {
-        let (Some(io), Some(active)) = (self.io.as_mut(), self.active.as_mut()) else {
-            // Reset meanwhile: what finishes is dropped.
-            if let Some(io) = self.io.as_mut() {
-                let _ = io.completion_evt.read();
-            }
+        let Some(io) = self.io.as_mut() else {
             return;
         };
-        let done = io.reap(&active.mem);
-        complete(active, done);
+        match self.active.as_mut() {
+            Some(active) => {
+                let done = io.reap(Some(&active.mem));
+                complete(active, done);
+            }
+            // Reset meanwhile: what finishes is dropped.
+            None => {
+                io.reap(None);
+            }
+        }
     }
 
     /// Waits for every request in flight and answers them (before a
