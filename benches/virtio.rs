@@ -18,14 +18,6 @@ use vm_memory::{Bytes, GuestAddress};
 
 const QSIZE: u16 = 256;
 
-/// Writes a 3-descriptor chain (header, data, status) at descriptors
-/// 0..3 of queue 0.
-fn three_descriptor_chain(drv: &Driver, data_len: u32) {
-    drv.desc(0, 0, BUFFERS, 16, F_NEXT, 1);
-    drv.desc(0, 1, BUFFERS + 0x1000, data_len, F_NEXT | F_WRITE, 2);
-    drv.desc(0, 2, BUFFERS + 0x3000, 1, F_WRITE, 0);
-}
-
 fn queue_bookkeeping(c: &mut Criterion) {
     let mem = husk::vmm::kvm::memory::anonymous(&[(GuestAddress(0), 16 << 20)]).unwrap();
     let (desc, avail, used) = rings(0);
