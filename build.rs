@@ -53,6 +53,7 @@ const SOURCES: &[&str] = &[
     "fs.c",
     "balloon.c",
     "cpu.c",
+    "clock.c",
 ];
 
 /// Files the sources include or the link uses.

@@ -163,10 +163,11 @@ pub struct VsockMetrics {
     pub errors: Counter,
 }
 
-/// virtio-fs: the vhost-user frontend (the backend process serves the
-/// requests, so there are no request counts here).
+/// A vhost-user device (virtio-fs, vhost-user-blk): the frontend (the
+/// backend process serves the requests, so there are no request counts
+/// here).
 #[derive(Debug, Default, Serialize)]
-pub struct FsMetrics {
+pub struct VhostUserMetrics {
     /// Times the backend was given the queues (the driver's DRIVER_OK).
     pub activations: Counter,
     /// Used-buffer interrupts raised for the backend's calls.
@@ -261,7 +262,9 @@ pub struct Metrics {
     pub rng: RngMetrics,
     pub net: NetMetrics,
     pub vsock: VsockMetrics,
-    pub fs: FsMetrics,
+    pub fs: VhostUserMetrics,
+    /// vhost-user-blk drives (`socket` in PUT /drives).
+    pub vhost_user_block: VhostUserMetrics,
     pub balloon: BalloonMetrics,
     pub mmds: MmdsMetrics,
     pub vmm: VmmMetrics,
@@ -347,7 +350,13 @@ pub static METRICS: Metrics = Metrics {
         dropped_packets,
         errors
     }),
-    fs: zeroed!(FsMetrics {
+    fs: zeroed!(VhostUserMetrics {
+        activations,
+        interrupts,
+        backend_disconnects,
+        backend_errors
+    }),
+    vhost_user_block: zeroed!(VhostUserMetrics {
         activations,
         interrupts,
         backend_disconnects,

@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod device_manager;
 pub mod devices;
+mod drive;
 pub mod exit;
 pub mod kvm;
 pub mod logger;
@@ -38,8 +39,8 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::jail::seccomp::{Policy, ThreadKind};
 use builder::{RunningVm, StartError};
 use config::{
-    BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
-    MachineConfig, MetricsConfig, SerialConfig, VmConfig,
+    BootSourceConfig, ConfigError, EntropyConfig, LoggerConfig, MachineConfig, MetricsConfig,
+    SerialConfig, VmConfig,
 };
 use exit::{ExitNotifier, ExitReason};
 use logger::Logger;
@@ -256,81 +257,6 @@ impl Vmm {
         self.require_not_started()?;
         s.validate()?;
         self.config.serial = Some(s);
-        Ok(())
-    }
-
-    fn set_drive(&mut self, path_id: &str, d: DriveConfig) -> Result<(), VmmActionError> {
-        self.require_not_started()?;
-        same_id(&d.drive_id, path_id)?;
-        d.validate()?;
-        config::insert_drive(&mut self.config.drives, d)?;
-        Ok(())
-    }
-
-    /// Before start, changes the drive's configuration; after, swaps its
-    /// backing file and tells the guest its configuration changed.
-    fn patch_drive(&mut self, path_id: &str, u: DriveUpdate) -> Result<(), VmmActionError> {
-        same_id(&u.drive_id, path_id)?;
-        let no_such = || ConfigError::NoSuchDrive(crate::text::echo(path_id).into_owned());
-        let i = self
-            .config
-            .drives
-            .iter()
-            .position(|d| d.drive_id == path_id)
-            .ok_or_else(no_such)?;
-        if let Some(r) = &u.rate_limiter {
-            r.validate()
-                .map_err(|e| ConfigError::RateLimiter(e.to_string()))?;
-        }
-        if let (Some(r), Some(vm)) = (&u.rate_limiter, &self.running) {
-            let drive = vm
-                .drives
-                .iter()
-                .find(|d| d.id == path_id)
-                .ok_or_else(no_such)?;
-            let updated = drive
-                .block
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .update_rate_limiter(r);
-            updated.map_err(|e| VmmActionError::DriveUpdate {
-                id: path_id.to_string(),
-                err: e.to_string(),
-            })?;
-        }
-        if u.rate_limiter.is_some() {
-            self.config.drives[i].rate_limiter = u.rate_limiter;
-        }
-        let Some(path) = u.path_on_host else {
-            return Ok(());
-        };
-        if let Some(vm) = &self.running {
-            let drive = vm
-                .drives
-                .iter()
-                .find(|d| d.id == path_id)
-                .ok_or_else(no_such)?;
-            let swapped = drive
-                .block
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .swap_backing(Path::new(&path));
-            swapped.map_err(|e| VmmActionError::DriveUpdate {
-                id: path_id.to_string(),
-                err: e.to_string(),
-            })?;
-            drive
-                .transport
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .config_changed();
-            METRICS.block.swaps.inc();
-        } else {
-            let mut d = self.config.drives[i].clone();
-            d.path_on_host = path.clone();
-            d.validate()?;
-        }
-        self.config.drives[i].path_on_host = path;
         Ok(())
     }
 
@@ -684,18 +610,6 @@ fn all_or_nothing(
             }
             Err(e)
         }
-    }
-}
-
-/// The drive id in a body must be the one in the path.
-fn same_id(body: &str, path: &str) -> Result<(), ConfigError> {
-    if body == path {
-        Ok(())
-    } else {
-        Err(ConfigError::DriveIdMismatch {
-            body: crate::text::echo(body).into_owned(),
-            path: crate::text::echo(path).into_owned(),
-        })
     }
 }
 

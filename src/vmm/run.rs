@@ -69,6 +69,10 @@ pub struct VmmArgs {
     /// With --restore-from: track dirty pages, for diff snapshots later.
     #[arg(long, requires = "restore_from")]
     pub track_dirty_pages: bool,
+    /// With --restore-from: advance the guest's kvmclock by the wall-clock
+    /// time since the snapshot (`clock_realtime` of PUT /snapshot/load).
+    #[arg(long, requires = "restore_from")]
+    pub clock_realtime: bool,
     /// The microVM's id, reported by `GET /`: 1 to 64 letters, digits,
     /// '-' or '_'.
     #[arg(long, default_value = "anonymous-instance", value_parser = parse_id)]
@@ -146,6 +150,7 @@ impl From<VmmArgs> for VmmOptions {
                 uds_path: path(uds),
                 guest_cid: a.vsock_cid,
             }),
+            clock_realtime: a.clock_realtime,
         });
         VmmOptions {
             api_sock: a.api_sock,

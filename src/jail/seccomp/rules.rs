@@ -222,6 +222,11 @@ fn vmm(l: &mut List) {
         )
         .any("fdatasync", SYS_fdatasync, "a FLUSH request")
         .any(
+            "io_uring_enter",
+            SYS_io_uring_enter,
+            "virtio-blk io_engine Async: submitting requests, waiting for them (snapshots, exit)",
+        )
+        .any(
             "ftruncate",
             SYS_ftruncate,
             "sizing a snapshot's memory file",

@@ -30,7 +30,7 @@ pub use cpu_config::{
     parse_capability, Bitmap, CpuConfig, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier,
     MsrModifier, StaticTemplate, CPU_TEMPLATE_NAMES,
 };
-pub use drive::{insert_drive, CacheType, DriveConfig, DriveUpdate};
+pub use drive::{insert_drive, CacheType, DriveConfig, DriveUpdate, IoEngine};
 pub use entropy::EntropyConfig;
 pub use fs::{insert_fs, FsConfig, MAX_FS_QUEUES, MAX_FS_QUEUE_SIZE, MAX_TAG_LEN};
 pub use machine::{
@@ -84,8 +84,6 @@ pub enum ConfigError {
     DriveId(String),
     #[error("the drive_id in the body ({body}) differs from the one in the path ({path})")]
     DriveIdMismatch { body: String, path: String },
-    #[error("io_engine {0:?} is not supported; use \"Sync\"")]
-    IoEngine(String),
     #[error("invalid partuuid {0:?}")]
     PartUuid(String),
     #[error("invalid drive: {0}")]
@@ -174,6 +172,14 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub mmds_config: Option<MmdsConfig>,
+}
+
+impl VmConfig {
+    /// Whether a vhost-user backend (virtio-fs, a drive with `socket`)
+    /// will map guest memory: it must be a shared memfd then.
+    pub fn needs_shared_memory(&self) -> bool {
+        !self.fs_devices.is_empty() || self.drives.iter().any(|d| d.socket.is_some())
+    }
 }
 
 /// Ids (instance, drive, interface) end up in paths, logs and what the

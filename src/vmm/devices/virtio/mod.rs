@@ -16,6 +16,7 @@ pub mod persist;
 pub mod queue;
 pub mod rng;
 pub mod test_utils;
+pub mod vhost_user;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -122,6 +122,9 @@ pub enum DeviceState {
     /// snapshotted (see `fs/persist.rs`).
     Fs(FsState),
     Balloon(BalloonState),
+    /// Never in a snapshot either: a VM with a vhost-user drive cannot be
+    /// snapshotted (see `block/vhost_user/mod.rs`).
+    VhostUserBlock(super::block::vhost_user::VhostUserBlockState),
 }
 
 impl DeviceState {
@@ -133,6 +136,7 @@ impl DeviceState {
             DeviceState::Vsock(_) => "virtio-vsock",
             DeviceState::Fs(_) => "virtio-fs",
             DeviceState::Balloon(_) => "virtio-balloon",
+            DeviceState::VhostUserBlock(_) => "vhost-user-blk",
         }
     }
 
