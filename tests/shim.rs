@@ -480,3 +480,93 @@ fn two_containers_of_a_sandbox_share_one_vm() {
     assert!(c.ctr(&["container", "delete", "p1"]).status.success());
     c.assert_all_gone("p1");
 }
+
+impl Containerd {
+    /// A ttrpc client of the shim that runs `id` (its address, as
+    /// containerd keeps it), for the calls `ctr` 1.6 cannot make.
+    fn shim_client(&self, id: &str) -> containerd_shim_protos::TaskClient {
+        let file = self
+            .dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(NS)
+            .join(id)
+            .join("address");
+        let address = std::fs::read_to_string(&file).unwrap();
+        let client = containerd_shim_protos::Client::connect(address.trim()).unwrap();
+        containerd_shim_protos::TaskClient::new(client)
+    }
+
+    /// `ctr task exec` of `sh -c script` in `id`: its stdout.
+    fn exec_sh(&self, id: &str, exec_id: &str, script: &str) -> String {
+        let out = self.ctr(&["task", "exec", "--exec-id", exec_id, id, "sh", "-c", script]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Starts `id` (`sleep 1000`, the guest's cgroup v2 mounted at
+/// /sys/fs/cgroup as CRI mounts it) with `args` before the image.
+fn run_sleeper(c: &Containerd, id: &str, args: &[&str]) {
+    let mut all = vec![
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:nodev:noexec",
+    ];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[IMAGE, id, "sleep", "1000"]);
+    let out = c.ctr(&all);
+    assert!(out.status.success(), "{}\n{}", text(&out), c.log());
+    c.wait_task(id, "RUNNING");
+}
+
+fn kill_and_delete(c: &Containerd, id: &str) {
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    c.wait_task(id, "STOPPED");
+    assert!(c.ctr(&["task", "delete", id]).status.success());
+    assert!(c.ctr(&["container", "delete", id]).status.success());
+    c.assert_all_gone(id);
+}
+
+/// `Update` (CRI's UpdateContainerResources; `ctr` 1.6 has no `task
+/// update`, so the test makes containerd's call to the shim) changes the
+/// running container's cgroup in the guest: the limits it names, and
+/// only those.
+#[test]
+fn update_changes_a_running_containers_cgroup() {
+    let Some(c) = containerd("upd") else {
+        return;
+    };
+    run_sleeper(&c, "u1", &["--memory-limit", "67108864"]);
+    let cat = "cd /sys/fs/cgroup && echo mem=$(cat memory.max) cpu=$(cat cpu.max) \
+               weight=$(cat cpu.weight) pids=$(cat pids.max)";
+    let before = c.exec_sh("u1", "e1", cat);
+    assert!(before.contains("mem=67108864 "), "{before}");
+    assert!(before.contains("pids=max"), "{before}");
+
+    let resources = r#"{"memory":{"limit":50331648},"cpu":{"quota":20000,"period":100000},"pids":{"limit":42}}"#;
+    let req = containerd_shim_protos::api::UpdateTaskRequest {
+        id: "u1".into(),
+        resources: Some(
+            containerd_shim_protos::protobuf::well_known_types::any::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: resources.as_bytes().to_vec(),
+                ..Default::default()
+            },
+        )
+        .into(),
+        ..Default::default()
+    };
+    let client = c.shim_client("u1");
+    let ctx = containerd_shim_protos::ttrpc::context::with_timeout(30_000_000_000);
+    client.update(ctx, &req).expect("update");
+    let after = c.exec_sh("u1", "e2", cat);
+    assert!(after.contains("mem=50331648 "), "{after}");
+    assert!(after.contains("cpu=20000 100000 "), "{after}");
+    assert!(after.contains("pids=42"), "{after}");
+    // ctr's default shares (1024), set at the start, stay.
+    assert!(after.contains("weight=39 "), "{before}\n{after}");
+    kill_and_delete(&c, "u1");
+}

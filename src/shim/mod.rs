@@ -162,6 +162,12 @@ async fn start_action() -> i32 {
     match start_server(&cfg, opts).await {
         Ok(address) => {
             use std::io::Write;
+            // The bundle's `address`: how containerd finds the shim again
+            // after it restarted (and how runc's shims leave it).
+            if let Err(e) = std::fs::write("address", &address) {
+                eprintln!("{RUNTIME}: the bundle's address file: {e}");
+                return 1;
+            }
             let mut out = std::io::stdout();
             let _ = out.write_all(address.as_bytes());
             let _ = out.flush();

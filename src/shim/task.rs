@@ -625,12 +625,38 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
+        // containerd (CRI's UpdateContainerResources) sends the OCI
+        // `LinuxResources` as JSON, as runc's shim reads it.
+        let value = req.resources.as_ref().map_or(&[][..], |a| &a.value[..]);
+        let r: oci_spec::runtime::LinuxResources = serde_json::from_slice(value)
+            .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, format!("resources: {e}")))?;
+        let resources = spec::resources(&r);
         let mut state = self.state.lock().await;
-        state.ctr(&req.id)?;
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "husk applies a container's resources when it starts; updating them is not supported yet",
-        ))
+        let pod = state.pod.clone().ok_or_else(|| not_found("pod"))?;
+        let c = state.ctr(&req.id)?;
+        if let Some(pending) = &mut c.pending {
+            // Not started: it starts with these limits.
+            let p = &mut pending.resources;
+            let r = resources;
+            p.memory_max = r.memory_max.or(p.memory_max);
+            p.cpu_quota = r.cpu_quota.or(p.cpu_quota);
+            p.cpu_period = r.cpu_period.or(p.cpu_period);
+            p.cpu_shares = r.cpu_shares.or(p.cpu_shares);
+            p.pids_max = r.pids_max.or(p.pids_max);
+            return Ok(api::Empty::default());
+        }
+        if c.init.exited().is_some() {
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("container {} has exited", req.id),
+            ));
+        }
+        drop(state);
+        pod.agent
+            .update(&req.id, resources)
+            .await
+            .map_err(|e| status(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
+        Ok(api::Empty::default())
     }
 
     async fn stats(
