@@ -570,3 +570,32 @@ fn update_changes_a_running_containers_cgroup() {
     assert!(after.contains("weight=39 "), "{before}\n{after}");
     kill_and_delete(&c, "u1");
 }
+
+/// `ctr task metrics` shows the container's cgroup v2 figures from the
+/// guest: the memory a process of it holds, its limit, its pids.
+#[test]
+fn metrics_are_the_containers_cgroup_in_the_guest() {
+    let Some(c) = containerd("met") else {
+        return;
+    };
+    run_sleeper(&c, "m1", &["--memory-limit", "134217728"]);
+    // 24 MiB in the container's /dev/shm (a tmpfs): charged to its
+    // cgroup for as long as the file is there.
+    c.exec_sh("m1", "hog", "head -c 25165824 /dev/zero > /dev/shm/hog");
+    let out = c.ctr(&["task", "metrics", "--format", "json", "m1"]);
+    assert!(out.status.success(), "{}\n{}", text(&out), c.log());
+    let m: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let usage = m["memory"]["usage"].as_u64().unwrap_or(0);
+    assert!(usage > 24 << 20, "{m}");
+    assert_eq!(m["memory"]["usage_limit"].as_u64(), Some(128 << 20), "{m}");
+    assert!(
+        m["memory"]["shmem"].as_u64().unwrap_or(0) >= 24 << 20,
+        "{m}"
+    );
+    assert!(m["cpu"]["usage_usec"].as_u64().unwrap_or(0) > 0, "{m}");
+    assert!(m["pids"]["current"].as_u64().unwrap_or(0) >= 1, "{m}");
+    let table = c.ctr(&["task", "metrics", "m1"]);
+    println!("{}", String::from_utf8_lossy(&table.stdout));
+    kill_and_delete(&c, "m1");
+}
