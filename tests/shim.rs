@@ -599,3 +599,44 @@ fn metrics_are_the_containers_cgroup_in_the_guest() {
     println!("{}", String::from_utf8_lossy(&table.stdout));
     kill_and_delete(&c, "m1");
 }
+
+/// The runtime options' `ConfigPath` (`ctr run --runtime-config-path`,
+/// or `ConfigPath` in the options of containerd's runtime entry) names
+/// the shim's configuration, over `$HUSK_SHIM_CONFIG`: here a VM of
+/// 384 MiB where the usual file says 256.
+#[test]
+fn the_runtime_config_path_names_the_shims_configuration() {
+    let Some(c) = containerd("cfg") else {
+        return;
+    };
+    let usual = std::fs::read_to_string(c.dir.join("shim.toml")).unwrap();
+    assert!(usual.contains("memory_mib = 256"), "{usual}");
+    let other = c.dir.join("other.toml");
+    std::fs::write(
+        &other,
+        usual.replace("memory_mib = 256", "memory_mib = 384"),
+    )
+    .unwrap();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        other.to_str().unwrap(),
+        IMAGE,
+        "g1",
+        "grep",
+        "MemTotal",
+        "/proc/meminfo",
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out), c.log());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", text(&out)));
+    assert!(kib > 300 * 1024 && kib <= 384 * 1024, "{stdout}");
+    c.assert_all_gone("g1");
+}

@@ -92,6 +92,9 @@ struct State {
 #[derive(Clone)]
 pub struct Service {
     cfg: Arc<Result<ShimConfig, String>>,
+    /// The configuration file named (`$HUSK_SHIM_CONFIG`, which `start`
+    /// sets from the runtime options' `ConfigPath`).
+    cfg_path: Option<PathBuf>,
     namespace: String,
     /// The pod: the shim's id (its first container, the sandbox).
     pod_id: String,
@@ -145,6 +148,9 @@ impl Service {
     ) -> Service {
         Service {
             cfg: Arc::new(cfg),
+            cfg_path: std::env::var_os(config::CONFIG_ENV)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
             namespace: namespace.to_string(),
             pod_id: pod_id.to_string(),
             publisher: Arc::new(publisher),
@@ -272,6 +278,24 @@ impl Task for Service {
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
             .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
         let ann = spec::annotations(&spec);
+        // `start` made this server with the configuration file the
+        // runtime options name; a container naming another cannot use it.
+        let named = req
+            .options
+            .as_ref()
+            .and_then(|o| config::options_config_path(&o.type_url, &o.value));
+        if let Some(p) = named.filter(|p| Some(p) != self.cfg_path.as_ref()) {
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!(
+                    "the runtime options name {}, but this pod's shim runs with {}",
+                    p.display(),
+                    self.cfg_path
+                        .as_ref()
+                        .map_or_else(|| config::DEFAULT_PATH.into(), |c| c.display().to_string())
+                ),
+            ));
+        }
         let mut state = self.state.lock().await;
         if state.containers.contains_key(&req.id) {
             return Err(status(
