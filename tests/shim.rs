@@ -349,6 +349,30 @@ fn exec_kill_and_delete() {
     assert!(stdout.contains("sleep 1000"), "{}", text(&out));
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
 
+    // A TTY exec: its terminal takes the size of ctr's console
+    // (ResizePty), and its output comes through the stdout FIFO. ctr
+    // needs a terminal of its own: script(1) gives it one, 33x77.
+    let script = c.dir.join("tty.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "stty rows 33 cols 77\nexec {} --address {} --namespace {NS} task exec -t --exec-id t1 x1 \
+             sh -c 'i=0; while [ $i -lt 100 ]; do s=$(stty size); [ \"$s\" = \"33 77\" ] && break; \
+             i=$((i+1)); sleep 0.1; done; [ -t 0 ] && t=yes; echo size=$s tty=$t; exit 4'\n",
+            tool("ctr").unwrap().display(),
+            c.dir.join("containerd.sock").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("script")
+        .args(["-qec", &format!("sh {}", script.display()), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("size=33 77 tty=yes"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+
     let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "x1"]);
     assert!(out.status.success(), "{}", text(&out));
     c.wait_task("x1", "STOPPED");

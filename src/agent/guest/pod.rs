@@ -44,13 +44,25 @@ pub fn pod_tag(cmdline: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The guest's side of a pod, after the early mounts: the share, and
-/// cgroup v2 with the controllers containers are limited by.
+/// The guest's side of a pod, after the early mounts: the share,
+/// devpts (the agent allocates TTY processes' terminals here, before
+/// they enter their container), and cgroup v2 with the controllers
+/// containers are limited by.
 pub fn setup(tag: &str) -> Result<(), SetupError> {
-    std::fs::create_dir_all(POD_DIR).map_err(|err| SetupError::Create {
-        path: POD_DIR.into(),
-        err,
-    })?;
+    for dir in [POD_DIR, "/dev/pts"] {
+        std::fs::create_dir_all(dir).map_err(|err| SetupError::Create {
+            path: dir.into(),
+            err,
+        })?;
+    }
+    // devtmpfs's /dev/ptmx opens the instance mounted at /dev/pts.
+    mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("ptmxmode=0666,mode=0620,gid=5"),
+    )?;
     mount(
         tag,
         POD_DIR,
