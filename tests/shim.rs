@@ -664,3 +664,113 @@ fn the_runtime_config_path_names_the_shims_configuration() {
     assert!(kib > 300 * 1024 && kib <= 384 * 1024, "{stdout}");
     c.assert_all_gone("g1");
 }
+
+/// The figures of docs/kubernetes.md, printed (no assertion on them):
+/// `cargo test --test shim figures -- --ignored --nocapture`.
+/// - pod start: from `ctr run` to the container's first line of output
+///   (a new pod each time), a first run, then five;
+/// - the shim's own resident memory (VmRSS, RssAnon of the shim server,
+///   not its VMM or virtiofsd) with one container in the pod, then two.
+#[test]
+#[ignore = "prints figures; run by hand"]
+fn figures() {
+    use std::io::BufRead;
+    let Some(c) = containerd("fig") else {
+        return;
+    };
+    let mut first = vec![];
+    // Run 0 builds the initramfs (and caches it); runs 1-5 find it.
+    for n in 0..6 {
+        let id = format!("f{n}");
+        let t0 = Instant::now();
+        let mut child = Command::new(tool("ctr").unwrap())
+            .arg("--address")
+            .arg(c.dir.join("containerd.sock"))
+            .args([
+                "--namespace",
+                NS,
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME,
+                IMAGE,
+            ])
+            .args([id.as_str(), "sh", "-c", "echo first; exit 0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ms = t0.elapsed().as_millis();
+        assert_eq!(line.trim(), "first");
+        let done = child.wait().unwrap();
+        assert!(done.success());
+        println!(
+            "run {n}: first output after {ms} ms, exit after {} ms",
+            t0.elapsed().as_millis()
+        );
+        if n > 0 {
+            first.push(ms);
+        }
+        c.assert_all_gone(&id);
+    }
+    first.sort();
+    println!(
+        "pod start to first output, initramfs cached: median {} ms of {first:?}",
+        first[2]
+    );
+
+    let rss = |pid: i32| {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines()
+            .filter(|l| l.starts_with("VmRSS") || l.starts_with("RssAnon"))
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ann = |kind: &str| {
+        vec![
+            "--annotation".to_string(),
+            format!("io.kubernetes.cri.container-type={kind}"),
+            "--annotation".to_string(),
+            "io.kubernetes.cri.sandbox-id=p1".to_string(),
+        ]
+    };
+    let run = |kind: &str, id: &str| {
+        let mut args: Vec<String> = ["run", "-d", "--runtime", RUNTIME]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(ann(kind));
+        args.extend([IMAGE, id, "sleep", "1000"].iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = c.ctr(&refs);
+        assert!(out.status.success(), "{}", text(&out));
+        c.wait_task(id, "RUNNING");
+    };
+    run("sandbox", "p1");
+    std::thread::sleep(Duration::from_secs(2));
+    let shim = c.shim_pid("p1").unwrap();
+    println!("shim, pod of one container: {}", rss(shim));
+    run("container", "p2");
+    std::thread::sleep(Duration::from_secs(2));
+    println!("shim, pod of two containers: {}", rss(shim));
+    let _ = c.ctr(&["task", "metrics", "p2"]);
+    println!("shim, after a metrics call: {}", rss(shim));
+    for (_, cmd) in procs_under(&c.dir) {
+        println!(
+            "  (also running: {})",
+            cmd.chars().take(80).collect::<String>()
+        );
+    }
+    for id in ["p2", "p1"] {
+        let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        c.wait_task(id, "STOPPED");
+        assert!(c.ctr(&["task", "delete", id]).status.success());
+        assert!(c.ctr(&["container", "delete", id]).status.success());
+    }
+    c.assert_all_gone("p1");
+}
