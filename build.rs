@@ -49,11 +49,13 @@ const SOURCES: &[&str] = &[
     "blk.c",
     "vsock.c",
     "net.c",
+    "mmds.c",
     "fs.c",
     "balloon.c",
     "cpu.c",
     "pmem.c",
     "mem.c",
+    "clock.c",
 ];
 
 /// Files the sources include or the link uses.

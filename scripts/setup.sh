@@ -17,7 +17,8 @@
 #                               install)
 #   scripts/setup.sh test       all of the above, and what the test suite
 #                               uses besides: docker-registry, openssl, tar,
-#                               containerd (the shim's tests)
+#                               containerd (the shim's tests),
+#                               qemu-storage-daemon (qemu-system-common)
 #
 # Packages already present are not touched. Installing needs root. No
 # package's service is started, and docker-registry is left disabled at
@@ -81,6 +82,9 @@ if [[ $mode == test ]]; then
     # (started by the test with its own root, state and socket; the
     # package's service is never started).
     [[ -x /usr/bin/containerd && -x /usr/bin/ctr ]] || need_apt+=(containerd)
+    # The vhost-user-blk tests export images with qemu-storage-daemon,
+    # which QEMU's common package ships.
+    [[ -x /usr/bin/qemu-storage-daemon ]] || need_apt+=(qemu-system-common)
 fi
 
 # Keeps the services of the packages being installed from starting

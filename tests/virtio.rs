@@ -127,8 +127,8 @@ fn bad_device_configs_get_clear_400s() {
         ),
         (
             "/drives/a",
-            json!({"drive_id": "a", "path_on_host": img, "is_root_device": false, "io_engine": "Async"}),
-            "io_engine \"Async\" is not supported",
+            json!({"drive_id": "a", "path_on_host": img, "is_root_device": false, "io_engine": "Fast"}),
+            "unknown variant `Fast`, expected `Sync` or `Async`",
         ),
         (
             "/entropy",

@@ -18,6 +18,20 @@ fn rss_kib(pid: u32) -> u64 {
     v.trim_end_matches("kB").trim().parse().unwrap()
 }
 
+/// Checks that the VMM's resident memory fell by most of PAGES pages
+/// since `before` (some slack for what else it allocated meanwhile).
+fn assert_pages_left(pid: u32, before: u64, how: &str) {
+    let after = rss_kib(pid);
+    let freed = before.saturating_sub(after);
+    eprintln!(
+        "VmRSS before {how} {before} KiB, after {after} KiB: {freed} KiB freed for {PAGES} pages"
+    );
+    assert!(
+        freed >= PAGES * 4 * 3 / 4,
+        "VmRSS fell by {freed} KiB only ({before} -> {after}); {PAGES} pages were {how}"
+    );
+}
+
 fn fault(r: &husk::vmm::client::Response) -> String {
     Vmm::fault(r)
 }
@@ -110,16 +124,7 @@ fn the_guest_sees_a_new_target_and_inflating_gives_memory_back() {
         vmm.expect_line("PROBE balloon-inflate"),
         format!("PROBE balloon-inflate OK target={PAGES} inflated={PAGES} config-irq=1")
     );
-    let after = rss_kib(vmm.pid());
-    let freed = before.saturating_sub(after);
-    eprintln!(
-        "VmRSS before inflate {before} KiB, after {after} KiB: {freed} KiB freed for {PAGES} pages"
-    );
-    // Allow slack for whatever else the VMM allocated meanwhile.
-    assert!(
-        freed >= PAGES * 4 * 3 / 4,
-        "VmRSS fell by {freed} KiB only ({before} -> {after}); {PAGES} pages were inflated"
-    );
+    assert_pages_left(vmm.pid(), before, "inflated");
     let b = vmm.get("/balloon").json();
     assert_eq!(b["amount_mib"], target_mib, "{b}");
     assert_eq!(
@@ -458,13 +463,7 @@ fn free_pages_the_guest_reports_leave_the_vmm() {
         vmm.expect_line("PROBE balloon-report"),
         format!("PROBE balloon-report OK reported={PAGES}")
     );
-    let after = rss_kib(vmm.pid());
-    let freed = before.saturating_sub(after);
-    eprintln!("VmRSS before reporting {before} KiB, after {after} KiB: {freed} KiB freed for {PAGES} pages");
-    assert!(
-        freed >= PAGES * 4 * 3 / 4,
-        "VmRSS fell by {freed} KiB only ({before} -> {after}); {PAGES} pages were reported"
-    );
+    assert_pages_left(vmm.pid(), before, "reported");
     let m = vmm.get("/metrics").json();
     assert_eq!(m["balloon"]["reported_pages"], PAGES, "{m}");
     assert_eq!(m["balloon"]["malformed"], 0, "{m}");
@@ -511,15 +510,7 @@ fn free_pages_the_guest_hints_leave_the_vmm_during_a_run() {
         vmm.expect_line("PROBE balloon-hint "),
         format!("PROBE balloon-hint OK id=2 hinted={PAGES}")
     );
-    let after = rss_kib(vmm.pid());
-    let freed = before.saturating_sub(after);
-    eprintln!(
-        "VmRSS before hinting {before} KiB, after {after} KiB: {freed} KiB freed for {PAGES} pages"
-    );
-    assert!(
-        freed >= PAGES * 4 * 3 / 4,
-        "VmRSS fell by {freed} KiB only ({before} -> {after}); {PAGES} pages were hinted"
-    );
+    assert_pages_left(vmm.pid(), before, "hinted");
     // The guest said STOP; the host has not said DONE yet.
     assert_eq!(
         vmm.get("/balloon/hinting/status").json(),
@@ -607,8 +598,7 @@ fn a_driver_that_declines_hinting_still_gets_its_other_queues() {
         vmm.expect_line("PROBE balloon-report"),
         format!("PROBE balloon-report OK reported={PAGES}")
     );
-    let freed = before.saturating_sub(rss_kib(vmm.pid()));
-    assert!(freed >= PAGES * 4 * 3 / 4, "VmRSS fell by {freed} KiB only");
+    assert_pages_left(vmm.pid(), before, "reported");
     vmm.action("SendCtrlAltDel");
     assert_eq!(vmm.wait().code(), Some(0));
 }

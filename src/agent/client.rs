@@ -19,8 +19,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::protocol::{
-    encode_data, encode_message, ContainerSpec, Frame, FrameReader, Message, ProcessSpec, Stream,
-    Timings, WindowSize, AGENT_PORT, MAX_DATA, VERSION, WINDOW,
+    encode_data, encode_message, CgroupStats, ContainerSpec, Frame, FrameReader, Message,
+    ProcessSpec, Resources, Stream, Timings, WindowSize, AGENT_PORT, MAX_DATA, VERSION, WINDOW,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -86,8 +86,13 @@ struct Shared {
     /// Waiting for `Started` (or an `Error`) of a process id.
     starting: HashMap<u32, oneshot::Sender<StartReply>>,
     procs: HashMap<u32, ProcState>,
+    /// Waiting for the `CgroupStats` (or an `Error`) of an `Update` or
+    /// `Stats`.
+    stats: HashMap<u32, oneshot::Sender<StatsReply>>,
     broken: Option<String>,
 }
+
+type StatsReply = Result<CgroupStats, ClientError>;
 
 struct ProcState {
     events: mpsc::UnboundedSender<ProcEvent>,
@@ -371,6 +376,47 @@ impl AgentClient {
         self.launch(id, Message::Attach { id }).await
     }
 
+    /// Pod mode: applies `resources` to container `name`'s cgroup; its
+    /// figures after the change.
+    pub async fn update(&self, name: &str, resources: Resources) -> StatsReply {
+        let id = self.new_id();
+        let container = name.to_string();
+        self.ask_stats(
+            id,
+            Message::Update {
+                id,
+                container,
+                resources,
+            },
+        )
+        .await
+    }
+
+    /// Pod mode: container `name`'s cgroup figures.
+    pub async fn stats(&self, name: &str) -> StatsReply {
+        let id = self.new_id();
+        let container = name.to_string();
+        self.ask_stats(id, Message::Stats { id, container }).await
+    }
+
+    async fn ask_stats(&self, id: u32, msg: Message) -> StatsReply {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(why) = &s.broken {
+                return Err(ClientError::Broken(why.clone()));
+            }
+            s.stats.insert(id, tx);
+        }
+        if let Err(e) = send_message(&self.writer, &msg).await {
+            let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            s.stats.remove(&id);
+            return Err(e);
+        }
+        rx.await
+            .map_err(|_| ClientError::Broken("closed before the agent answered".into()))?
+    }
+
     /// Sends `signal` to process `id` (one this connection follows or not).
     pub async fn signal(&self, id: u32, signal: i32) -> Result<(), ClientError> {
         send_message(&self.writer, &Message::Signal { id, signal }).await
@@ -463,6 +509,9 @@ async fn read_loop(
     for (_, tx) in s.starting.drain() {
         let _ = tx.send(Err(ClientError::Broken(why.clone())));
     }
+    for (_, tx) in s.stats.drain() {
+        let _ = tx.send(Err(ClientError::Broken(why.clone())));
+    }
     for (_, p) in s.procs.drain() {
         let _ = p.events.send(ProcEvent::Failed(why.clone()));
         p.stdin_credit.1.notify_waiters();
@@ -492,6 +541,11 @@ fn dispatch(frame: Frame, shared: &Mutex<Shared>) {
                 p.stdin_credit.1.notify_waiters();
             }
         }
+        Frame::Control(Message::CgroupStats { id, stats }) => {
+            if let Some(tx) = s.stats.remove(&id) {
+                let _ = tx.send(Ok(*stats));
+            }
+        }
         Frame::Control(Message::Credit {
             id,
             stream: Stream::Stdin,
@@ -513,6 +567,8 @@ fn dispatch(frame: Frame, shared: &Mutex<Shared>) {
                     Some(exit_code) => ClientError::CannotRun { message, exit_code },
                     None => ClientError::Refused(message),
                 }));
+            } else if let Some(tx) = s.stats.remove(&id) {
+                let _ = tx.send(Err(ClientError::Refused(message)));
             } else {
                 tracing::warn!("agent: process {id}: {message}");
             }

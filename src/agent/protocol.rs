@@ -20,6 +20,8 @@
 //! stream cannot be trusted after it); a well-framed message that makes
 //! no sense gets an `Error` reply and the connection goes on.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Protocol version; the agent sends it in `Ready`, and a host refuses an
@@ -304,6 +306,43 @@ pub struct Resources {
     pub pids_max: Option<i64>,
 }
 
+/// A pod container's cgroup v2 figures (pod mode's `Stats`, and the
+/// answer to `Update`), as the guest's cgroup files give them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupStats {
+    /// `memory.current`, bytes.
+    #[serde(default)]
+    pub memory_current: u64,
+    /// `memory.max`, bytes; `None`: `max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// `memory.swap.current`, bytes.
+    #[serde(default)]
+    pub swap_current: u64,
+    /// `memory.stat`: `anon`, `file`, `pgfault`, ... (bytes or counts).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub memory_stat: BTreeMap<String, u64>,
+    /// `memory.events`: `low`, `high`, `max`, `oom`, `oom_kill`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub memory_events: BTreeMap<String, u64>,
+    /// `cpu.stat`: `usage_usec`, `user_usec`, `system_usec`, and with the
+    /// cpu controller `nr_periods`, `nr_throttled`, `throttled_usec`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu_stat: BTreeMap<String, u64>,
+    /// `cpu.max` as written: quota (`None`: `max`) and period, µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max: Option<(Option<u64>, u64)>,
+    /// `cpu.weight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u64>,
+    /// `pids.current`.
+    #[serde(default)]
+    pub pids_current: u64,
+    /// `pids.max`; `None`: `max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u64>,
+}
+
 /// The agent's own start-up, measured by the agent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timings {
@@ -369,6 +408,20 @@ pub enum Message {
         id: u32,
         op: ArchiveOp,
     },
+    /// Pod mode only: apply `resources` to the running container's
+    /// cgroup (only the limits given change); answered with
+    /// `CgroupStats` (the figures after the change) or `Error`.
+    Update {
+        id: u32,
+        container: String,
+        resources: Resources,
+    },
+    /// Pod mode only: the container's cgroup figures; answered with
+    /// `CgroupStats` or `Error`.
+    Stats {
+        id: u32,
+        container: String,
+    },
     /// Stop everything and end the VM.
     Shutdown,
     // Either way.
@@ -393,6 +446,11 @@ pub enum Message {
         id: u32,
         pid: i32,
         spawn_us: u64,
+    },
+    /// The answer to `Update` or `Stats` `id`.
+    CgroupStats {
+        id: u32,
+        stats: Box<CgroupStats>,
     },
     /// The process ended, after all its output was sent.
     Exit {
@@ -574,6 +632,24 @@ mod tests {
             signal: Some(9),
         });
         round_trip(Message::Shutdown);
+        round_trip(Message::Update {
+            id: 4,
+            container: "c1".into(),
+            resources: Resources {
+                memory_max: Some(64 << 20),
+                ..Default::default()
+            },
+        });
+        let mut stats = CgroupStats {
+            memory_current: 1 << 20,
+            cpu_max: Some((None, 100_000)),
+            ..Default::default()
+        };
+        stats.cpu_stat.insert("usage_usec".into(), 7);
+        round_trip(Message::CgroupStats {
+            id: 4,
+            stats: Box::new(stats),
+        });
         let mut out = Vec::new();
         encode_data(7, Stream::Stderr, b"oops", &mut out);
         assert_eq!(out.len(), DATA_HEADER + 4);

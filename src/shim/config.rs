@@ -150,6 +150,73 @@ impl ShimConfig {
     }
 }
 
+/// A protobuf varint at `b[*i..]`.
+fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let x = *b.get(*i)?;
+        *i += 1;
+        v |= u64::from(x & 0x7f) << shift;
+        if x & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The length-delimited fields of a protobuf message, as (number,
+/// bytes); `None` when it does not parse.
+fn delimited_fields(b: &[u8]) -> Option<Vec<(u64, &[u8])>> {
+    let mut i = 0;
+    let mut out = Vec::new();
+    while i < b.len() {
+        let tag = varint(b, &mut i)?;
+        match tag & 7 {
+            0 => {
+                varint(b, &mut i)?;
+            }
+            1 => i += 8,
+            5 => i += 4,
+            2 => {
+                let n = usize::try_from(varint(b, &mut i)?).ok()?;
+                let end = i.checked_add(n)?;
+                out.push((tag >> 3, b.get(i..end)?));
+                i = end;
+            }
+            _ => return None,
+        }
+    }
+    (i == b.len()).then_some(out)
+}
+
+/// The protobuf type of the runtime options containerd passes to a
+/// runtime that is not runc's (Kata's `ConfigPath`): `type_url` = 1,
+/// `config_path` = 2.
+pub const RUNTIME_OPTIONS: &str = "runtimeoptions.v1.Options";
+
+/// The `ConfigPath` of runtime options (an `Any`'s type URL and value):
+/// containerd's `[...containerd.runtimes.husk.options] ConfigPath = ...`,
+/// or `ctr run --runtime-config-path`.
+pub fn options_config_path(type_url: &str, value: &[u8]) -> Option<PathBuf> {
+    if type_url.rsplit('/').next() != Some(RUNTIME_OPTIONS) {
+        return None;
+    }
+    let (_, path) = delimited_fields(value)?
+        .into_iter()
+        .find(|(n, _)| *n == 2)?;
+    let path = std::str::from_utf8(path).ok()?;
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+/// The same, from a serialized `Any` (what containerd writes to the
+/// shim's stdin for `start`).
+pub fn any_config_path(any: &[u8]) -> Option<PathBuf> {
+    let fields = delimited_fields(any)?;
+    let field = |n| fields.iter().find(|(f, _)| *f == n).map(|(_, v)| *v);
+    let type_url = std::str::from_utf8(field(1)?).ok()?;
+    options_config_path(type_url, field(2).unwrap_or_default())
+}
+
 /// How a container belongs to a pod, from its CRI annotations.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -196,6 +263,38 @@ mod tests {
     fn a_named_file_must_exist() {
         let e = ShimConfig::load(Some(Path::new("/nonexistent/shim.toml"))).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/shim.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_runtime_options_name_the_config_file() {
+        // runtimeoptions.v1.Options{config_path: "/etc/husk/b.toml"},
+        // as Go's proto.Marshal writes it.
+        let mut value = vec![0x12, 16];
+        value.extend_from_slice(b"/etc/husk/b.toml");
+        assert_eq!(
+            options_config_path(RUNTIME_OPTIONS, &value),
+            Some(PathBuf::from("/etc/husk/b.toml"))
+        );
+        // Another type (runc's options), or no path: none.
+        assert_eq!(
+            options_config_path("containerd.runc.v1.Options", &value),
+            None
+        );
+        assert_eq!(options_config_path(RUNTIME_OPTIONS, &[0x0a, 1, b'x']), None);
+        assert_eq!(
+            options_config_path(RUNTIME_OPTIONS, &[0x12, 40, b'x']),
+            None
+        );
+        // The Any around it.
+        let mut any = vec![0x0a, RUNTIME_OPTIONS.len() as u8];
+        any.extend_from_slice(RUNTIME_OPTIONS.as_bytes());
+        any.extend_from_slice(&[0x12, value.len() as u8]);
+        any.extend_from_slice(&value);
+        assert_eq!(
+            any_config_path(&any),
+            Some(PathBuf::from("/etc/husk/b.toml"))
+        );
+        assert_eq!(any_config_path(b""), None);
     }
 
     #[test]

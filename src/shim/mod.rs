@@ -49,10 +49,12 @@ fn bundle_annotations() -> std::collections::HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// `start`: the pod's server, started now or found running.
+/// `start`: the pod's server, started now or found running; a new one
+/// reads the configuration file `config` names (the runtime options').
 async fn start_server(
     cfg: &Result<ShimConfig, String>,
     mut opts: StartOpts,
+    config: Option<&std::path::Path>,
 ) -> Result<String, Error> {
     let cfg = cfg.clone().map_err(Error::InvalidArgument)?;
     // A pod's later containers: its server runs already.
@@ -74,7 +76,12 @@ async fn start_server(
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Ok(address);
     }
-    spawn(opts, &grouping, Vec::new()).await
+    let config = config.map(|p| p.to_string_lossy().into_owned());
+    let vars = match &config {
+        Some(p) => vec![(config::CONFIG_ENV, p.as_str())],
+        None => Vec::new(),
+    };
+    spawn(opts, &grouping, vars).await
 }
 
 #[async_trait]
@@ -91,7 +98,7 @@ impl Shim for HuskShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        start_server(&self.cfg, opts).await
+        start_server(&self.cfg, opts, None).await
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
@@ -158,10 +165,24 @@ async fn start_action() -> i32 {
         debug: flags.debug,
         ..Default::default()
     };
-    let cfg = ShimConfig::load(None).map_err(|e| e.to_string());
-    match start_server(&cfg, opts).await {
+    // containerd writes the runtime's options (a protobuf `Any`) to
+    // `start`'s stdin: their `ConfigPath` names the configuration file.
+    let mut options = Vec::new();
+    // SAFETY: isatty takes no pointers.
+    if unsafe { libc::isatty(libc::STDIN_FILENO) } == 0 {
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut options);
+    }
+    let config = config::any_config_path(&options);
+    let cfg = ShimConfig::load(config.as_deref()).map_err(|e| e.to_string());
+    match start_server(&cfg, opts, config.as_deref()).await {
         Ok(address) => {
             use std::io::Write;
+            // The bundle's `address`: how containerd finds the shim again
+            // after it restarted (and how runc's shims leave it).
+            if let Err(e) = std::fs::write("address", &address) {
+                eprintln!("{RUNTIME}: the bundle's address file: {e}");
+                return 1;
+            }
             let mut out = std::io::stdout();
             let _ = out.write_all(address.as_bytes());
             let _ = out.flush();

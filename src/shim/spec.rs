@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 use crate::agent::guest::pod::POD_DIR;
 use crate::agent::protocol::{OciMount, PodContainer, ProcessSpec, Resources, WindowSize};
@@ -78,20 +78,12 @@ pub fn container(
             options,
         });
     }
-    let mut resources = Resources::default();
-    if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-        if let Some(m) = r.memory() {
-            resources.memory_max = m.limit();
-        }
-        if let Some(c) = r.cpu() {
-            resources.cpu_quota = c.quota();
-            resources.cpu_period = c.period();
-            resources.cpu_shares = c.shares();
-        }
-        if let Some(pids) = r.pids() {
-            resources.pids_max = Some(pids.limit());
-        }
-    }
+    let resources = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .map(resources)
+        .unwrap_or_default();
     Ok(PodContainer {
         name: name.to_string(),
         process: process(p),
@@ -106,6 +98,24 @@ pub fn container(
         resources,
         join,
     })
+}
+
+/// OCI `linux.resources` as the agent applies them (memory limit, CPU
+/// quota, period and shares, pids limit; the rest is not applied).
+pub fn resources(r: &LinuxResources) -> Resources {
+    let mut resources = Resources::default();
+    if let Some(m) = r.memory() {
+        resources.memory_max = m.limit();
+    }
+    if let Some(c) = r.cpu() {
+        resources.cpu_quota = c.quota();
+        resources.cpu_period = c.period();
+        resources.cpu_shares = c.shares();
+    }
+    if let Some(pids) = r.pids() {
+        resources.pids_max = Some(pids.limit());
+    }
+    resources
 }
 
 /// Puts the source of bind mount `n` where the guest sees it: a file

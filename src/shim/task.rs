@@ -32,7 +32,8 @@ use super::pod::{self, PodDir, PodVm};
 use super::spec;
 use super::stdio::{self, StdioPaths};
 use crate::agent::client::ProcessInput;
-use crate::agent::protocol::{PodContainer, ProcessSpec, WindowSize};
+use crate::agent::protocol::{CgroupStats, PodContainer, ProcessSpec, WindowSize};
+use containerd_shim::protos::cgroups_v2::metrics::Metrics;
 
 /// A process's exit: its code (128+N after signal N) and when.
 type Exit = Option<(u32, Timestamp)>;
@@ -91,6 +92,9 @@ struct State {
 #[derive(Clone)]
 pub struct Service {
     cfg: Arc<Result<ShimConfig, String>>,
+    /// The configuration file named (`$HUSK_SHIM_CONFIG`, which `start`
+    /// sets from the runtime options' `ConfigPath`).
+    cfg_path: Option<PathBuf>,
     namespace: String,
     /// The pod: the shim's id (its first container, the sandbox).
     pod_id: String,
@@ -144,6 +148,9 @@ impl Service {
     ) -> Service {
         Service {
             cfg: Arc::new(cfg),
+            cfg_path: std::env::var_os(config::CONFIG_ENV)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
             namespace: namespace.to_string(),
             pod_id: pod_id.to_string(),
             publisher: Arc::new(publisher),
@@ -271,6 +278,24 @@ impl Task for Service {
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
             .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
         let ann = spec::annotations(&spec);
+        // `start` made this server with the configuration file the
+        // runtime options name; a container naming another cannot use it.
+        let named = req
+            .options
+            .as_ref()
+            .and_then(|o| config::options_config_path(&o.type_url, &o.value));
+        if let Some(p) = named.filter(|p| Some(p) != self.cfg_path.as_ref()) {
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!(
+                    "the runtime options name {}, but this pod's shim runs with {}",
+                    p.display(),
+                    self.cfg_path
+                        .as_ref()
+                        .map_or_else(|| config::DEFAULT_PATH.into(), |c| c.display().to_string())
+                ),
+            ));
+        }
         let mut state = self.state.lock().await;
         if state.containers.contains_key(&req.id) {
             return Err(status(
@@ -625,12 +650,38 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
+        // containerd (CRI's UpdateContainerResources) sends the OCI
+        // `LinuxResources` as JSON, as runc's shim reads it.
+        let value = req.resources.as_ref().map_or(&[][..], |a| &a.value[..]);
+        let r: oci_spec::runtime::LinuxResources = serde_json::from_slice(value)
+            .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, format!("resources: {e}")))?;
+        let resources = spec::resources(&r);
         let mut state = self.state.lock().await;
-        state.ctr(&req.id)?;
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "husk applies a container's resources when it starts; updating them is not supported yet",
-        ))
+        let pod = state.pod.clone().ok_or_else(|| not_found("pod"))?;
+        let c = state.ctr(&req.id)?;
+        if let Some(pending) = &mut c.pending {
+            // Not started: it starts with these limits.
+            let p = &mut pending.resources;
+            let r = resources;
+            p.memory_max = r.memory_max.or(p.memory_max);
+            p.cpu_quota = r.cpu_quota.or(p.cpu_quota);
+            p.cpu_period = r.cpu_period.or(p.cpu_period);
+            p.cpu_shares = r.cpu_shares.or(p.cpu_shares);
+            p.pids_max = r.pids_max.or(p.pids_max);
+            return Ok(api::Empty::default());
+        }
+        if c.init.exited().is_some() {
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("container {} has exited", req.id),
+            ));
+        }
+        drop(state);
+        pod.agent
+            .update(&req.id, resources)
+            .await
+            .map_err(|e| status(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
+        Ok(api::Empty::default())
     }
 
     async fn stats(
@@ -638,10 +689,25 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let mut state = self.state.lock().await;
-        state.ctr(&req.id)?;
-        let metrics = containerd_shim::protos::cgroups_v2::metrics::Metrics::default();
-        let any = containerd_shim::util::convert_to_any(Box::new(metrics)).map_err(internal)?;
+        let pod = {
+            let mut state = self.state.lock().await;
+            let pod = state.pod.clone().ok_or_else(|| not_found("pod"))?;
+            let c = state.ctr(&req.id)?;
+            if c.pending.is_some() || c.init.exited().is_some() {
+                return Err(status(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("container {} is not running", req.id),
+                ));
+            }
+            pod
+        };
+        let stats = pod
+            .agent
+            .stats(&req.id)
+            .await
+            .map_err(|e| status(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
+        let any =
+            containerd_shim::util::convert_to_any(Box::new(metrics(&stats))).map_err(internal)?;
         Ok(api::StatsResponse {
             stats: Some(any).into(),
             ..Default::default()
@@ -700,5 +766,109 @@ impl Task for Service {
     }
 }
 
+/// A container's cgroup figures in the shape containerd (`ctr task
+/// metrics`, CRI's stats) reads from a shim on cgroup v2: limits that
+/// are `max` as cgroups' Go library gives them (memory: `u64::MAX`,
+/// pids: 0).
+pub fn metrics(s: &CgroupStats) -> Metrics {
+    use containerd_shim::protos::cgroups_v2::metrics::{
+        CPUStat, MemoryEvents, MemoryStat, PidsStat,
+    };
+    let m = |k: &str| s.memory_stat.get(k).copied().unwrap_or(0);
+    let c = |k: &str| s.cpu_stat.get(k).copied().unwrap_or(0);
+    let e = |k: &str| s.memory_events.get(k).copied().unwrap_or(0);
+    let memory = MemoryStat {
+        anon: m("anon"),
+        file: m("file"),
+        kernel_stack: m("kernel_stack"),
+        slab: m("slab"),
+        sock: m("sock"),
+        shmem: m("shmem"),
+        file_mapped: m("file_mapped"),
+        file_dirty: m("file_dirty"),
+        file_writeback: m("file_writeback"),
+        anon_thp: m("anon_thp"),
+        inactive_anon: m("inactive_anon"),
+        active_anon: m("active_anon"),
+        inactive_file: m("inactive_file"),
+        active_file: m("active_file"),
+        unevictable: m("unevictable"),
+        slab_reclaimable: m("slab_reclaimable"),
+        slab_unreclaimable: m("slab_unreclaimable"),
+        pgfault: m("pgfault"),
+        pgmajfault: m("pgmajfault"),
+        workingset_refault: m("workingset_refault"),
+        workingset_activate: m("workingset_activate"),
+        workingset_nodereclaim: m("workingset_nodereclaim"),
+        pgrefill: m("pgrefill"),
+        pgscan: m("pgscan"),
+        pgsteal: m("pgsteal"),
+        pgactivate: m("pgactivate"),
+        pgdeactivate: m("pgdeactivate"),
+        pglazyfree: m("pglazyfree"),
+        pglazyfreed: m("pglazyfreed"),
+        thp_fault_alloc: m("thp_fault_alloc"),
+        thp_collapse_alloc: m("thp_collapse_alloc"),
+        usage: s.memory_current,
+        usage_limit: s.memory_max.unwrap_or(u64::MAX),
+        swap_usage: s.swap_current,
+        ..Default::default()
+    };
+    let cpu = CPUStat {
+        usage_usec: c("usage_usec"),
+        user_usec: c("user_usec"),
+        system_usec: c("system_usec"),
+        nr_periods: c("nr_periods"),
+        nr_throttled: c("nr_throttled"),
+        throttled_usec: c("throttled_usec"),
+        ..Default::default()
+    };
+    let pids = PidsStat {
+        current: s.pids_current,
+        limit: s.pids_max.unwrap_or(0),
+        ..Default::default()
+    };
+    let memory_events = MemoryEvents {
+        low: e("low"),
+        high: e("high"),
+        max: e("max"),
+        oom: e("oom"),
+        oom_kill: e("oom_kill"),
+        ..Default::default()
+    };
+    Metrics {
+        pids: Some(pids).into(),
+        cpu: Some(cpu).into(),
+        memory: Some(memory).into(),
+        memory_events: Some(memory_events).into(),
+        ..Default::default()
+    }
+}
+
 /// The file in a container's bundle that names its pod's directory.
 pub const POD_FILE: &str = "husk-pod";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_figures_become_containerds_metrics() {
+        let mut s = CgroupStats {
+            memory_current: 5 << 20,
+            memory_max: Some(64 << 20),
+            pids_current: 3,
+            ..Default::default()
+        };
+        s.memory_stat.insert("anon".into(), 4 << 20);
+        s.cpu_stat.insert("usage_usec".into(), 1234);
+        let m = metrics(&s);
+        assert_eq!(m.memory.usage, 5 << 20);
+        assert_eq!(m.memory.usage_limit, 64 << 20);
+        assert_eq!(m.memory.anon, 4 << 20);
+        assert_eq!(m.cpu.usage_usec, 1234);
+        assert_eq!((m.pids.current, m.pids.limit), (3, 0));
+        s.memory_max = None;
+        assert_eq!(metrics(&s).memory.usage_limit, u64::MAX);
+    }
+}

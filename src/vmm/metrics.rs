@@ -163,10 +163,11 @@ pub struct VsockMetrics {
     pub errors: Counter,
 }
 
-/// virtio-fs: the vhost-user frontend (the backend process serves the
-/// requests, so there are no request counts here).
+/// A vhost-user device (virtio-fs, vhost-user-blk): the frontend (the
+/// backend process serves the requests, so there are no request counts
+/// here).
 #[derive(Debug, Default, Serialize)]
-pub struct FsMetrics {
+pub struct VhostUserMetrics {
     /// Times the backend was given the queues (the driver's DRIVER_OK).
     pub activations: Counter,
     /// Used-buffer interrupts raised for the backend's calls.
@@ -266,6 +267,36 @@ pub struct MemoryHotplugMetrics {
     pub unplugged_accesses: Counter,
 }
 
+/// The microVM metadata service, as Firecracker counts it: `rx` is what
+/// guests send to MMDS, `tx` what MMDS sends back.
+#[derive(Debug, Default, Serialize)]
+pub struct MmdsMetrics {
+    /// Frames addressed to MMDS and taken off the guest's interface.
+    pub rx_accepted: Counter,
+    /// Of those, malformed ones: bad lengths or checksums, fragments,
+    /// ARP packets that are not requests.
+    pub rx_accepted_err: Counter,
+    /// Of those, IPv4 packets other than TCP (dropped).
+    pub rx_accepted_unusual: Counter,
+    /// Frames too short for an Ethernet header.
+    pub rx_bad_eth: Counter,
+    /// TCP segments the stack took in.
+    pub rx_count: Counter,
+    /// GETs with a token that is not valid (refused under V2).
+    pub rx_invalid_token: Counter,
+    /// GETs without a token (refused under V2).
+    pub rx_no_token: Counter,
+    /// Frames the stack produced (ARP replies and TCP segments).
+    pub tx_count: Counter,
+    /// Frames handed to the guest, and their bytes.
+    pub tx_frames: Counter,
+    pub tx_bytes: Counter,
+    /// Frames lost on the way out (no room, too large for the buffer).
+    pub tx_errors: Counter,
+    pub connections_created: Counter,
+    pub connections_destroyed: Counter,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct VmmMetrics {
     pub instance_starts: Counter,
@@ -288,10 +319,13 @@ pub struct Metrics {
     pub rng: RngMetrics,
     pub net: NetMetrics,
     pub vsock: VsockMetrics,
-    pub fs: FsMetrics,
+    pub fs: VhostUserMetrics,
+    /// vhost-user-blk drives (`socket` in PUT /drives).
+    pub vhost_user_block: VhostUserMetrics,
     pub balloon: BalloonMetrics,
     pub pmem: PmemMetrics,
     pub memory_hotplug: MemoryHotplugMetrics,
+    pub mmds: MmdsMetrics,
     pub vmm: VmmMetrics,
 }
 
@@ -375,7 +409,13 @@ pub static METRICS: Metrics = Metrics {
         dropped_packets,
         errors
     }),
-    fs: zeroed!(FsMetrics {
+    fs: zeroed!(VhostUserMetrics {
+        activations,
+        interrupts,
+        backend_disconnects,
+        backend_errors
+    }),
+    vhost_user_block: zeroed!(VhostUserMetrics {
         activations,
         interrupts,
         backend_disconnects,
@@ -421,6 +461,21 @@ pub static METRICS: Metrics = Metrics {
         malformed,
         requested_size_updates,
         unplugged_accesses
+    }),
+    mmds: zeroed!(MmdsMetrics {
+        rx_accepted,
+        rx_accepted_err,
+        rx_accepted_unusual,
+        rx_bad_eth,
+        rx_count,
+        rx_invalid_token,
+        rx_no_token,
+        tx_count,
+        tx_frames,
+        tx_bytes,
+        tx_errors,
+        connections_created,
+        connections_destroyed
     }),
     vmm: zeroed!(VmmMetrics {
         instance_starts,

@@ -15,10 +15,12 @@ pub mod config;
 pub mod device_actions;
 pub mod device_manager;
 pub mod devices;
+mod drive;
 pub mod exit;
 pub mod kvm;
 pub mod logger;
 pub mod metrics;
+pub mod mmds;
 pub mod rpc;
 pub mod run;
 pub mod sink;
@@ -38,8 +40,8 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::jail::seccomp::{Policy, ThreadKind};
 use builder::{RunningVm, StartError};
 use config::{
-    BootSourceConfig, ConfigError, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
-    MachineConfig, MetricsConfig, SerialConfig, VmConfig,
+    BootSourceConfig, ConfigError, EntropyConfig, LoggerConfig, MachineConfig, MetricsConfig,
+    SerialConfig, VmConfig,
 };
 use exit::{ExitNotifier, ExitReason};
 use logger::Logger;
@@ -98,6 +100,10 @@ pub struct Vmm {
     opening: Option<std::thread::JoinHandle<Result<kvm::Vm, kvm::VmError>>>,
     /// The seccomp filters the VMM and vCPU threads take on at start.
     seccomp: Policy,
+    /// The metadata service's document and tokens, made on first use.
+    mmds: Option<mmds::SharedMmds>,
+    /// Its size limit (`--mmds-size-limit`).
+    mmds_size_limit: usize,
 }
 
 impl Vmm {
@@ -117,6 +123,8 @@ impl Vmm {
             metrics_timer: TimerFd::new()?,
             opening: None,
             seccomp: Policy::off(),
+            mmds: None,
+            mmds_size_limit: mmds::DEFAULT_SIZE_LIMIT,
         })
     }
 
@@ -219,6 +227,10 @@ impl Vmm {
         if let Some(h) = cfg.memory_hotplug {
             self.set_memory_hotplug(h)?;
         }
+        // After the interfaces it names.
+        if let Some(m) = cfg.mmds_config {
+            self.set_mmds_config(m)?;
+        }
         Ok(())
     }
 
@@ -254,90 +266,6 @@ impl Vmm {
         self.require_not_started()?;
         s.validate()?;
         self.config.serial = Some(s);
-        Ok(())
-    }
-
-    fn set_drive(&mut self, path_id: &str, d: DriveConfig) -> Result<(), VmmActionError> {
-        self.require_not_started()?;
-        same_id(&d.drive_id, path_id)?;
-        d.validate()?;
-        if let (true, Some(p)) = (d.is_root_device, self.config.root_pmem()) {
-            return Err(
-                ConfigError::from(config::PmemConfigError::SecondRoot(format!(
-                    "pmem {:?}",
-                    crate::text::echo(&p.id)
-                )))
-                .into(),
-            );
-        }
-        config::insert_drive(&mut self.config.drives, d)?;
-        Ok(())
-    }
-
-    /// Before start, changes the drive's configuration; after, swaps its
-    /// backing file and tells the guest its configuration changed.
-    fn patch_drive(&mut self, path_id: &str, u: DriveUpdate) -> Result<(), VmmActionError> {
-        same_id(&u.drive_id, path_id)?;
-        let no_such = || ConfigError::NoSuchDrive(crate::text::echo(path_id).into_owned());
-        let i = self
-            .config
-            .drives
-            .iter()
-            .position(|d| d.drive_id == path_id)
-            .ok_or_else(no_such)?;
-        if let Some(r) = &u.rate_limiter {
-            r.validate()
-                .map_err(|e| ConfigError::RateLimiter(e.to_string()))?;
-        }
-        if let (Some(r), Some(vm)) = (&u.rate_limiter, &self.running) {
-            let drive = vm
-                .drives
-                .iter()
-                .find(|d| d.id == path_id)
-                .ok_or_else(no_such)?;
-            let updated = drive
-                .block
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .update_rate_limiter(r);
-            updated.map_err(|e| VmmActionError::DriveUpdate {
-                id: path_id.to_string(),
-                err: e.to_string(),
-            })?;
-        }
-        if u.rate_limiter.is_some() {
-            self.config.drives[i].rate_limiter = u.rate_limiter;
-        }
-        let Some(path) = u.path_on_host else {
-            return Ok(());
-        };
-        if let Some(vm) = &self.running {
-            let drive = vm
-                .drives
-                .iter()
-                .find(|d| d.id == path_id)
-                .ok_or_else(no_such)?;
-            let swapped = drive
-                .block
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .swap_backing(Path::new(&path));
-            swapped.map_err(|e| VmmActionError::DriveUpdate {
-                id: path_id.to_string(),
-                err: e.to_string(),
-            })?;
-            drive
-                .transport
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .config_changed();
-            METRICS.block.swaps.inc();
-        } else {
-            let mut d = self.config.drives[i].clone();
-            d.path_on_host = path.clone();
-            d.validate()?;
-        }
-        self.config.drives[i].path_on_host = path;
         Ok(())
     }
 
@@ -439,10 +367,13 @@ impl Vmm {
             return Err(VmmActionError::NoKernel);
         }
         let opened = self.take_vm().map_err(StartError::from)?;
+        let mmds_config = self.config.mmds_config.clone();
+        let mmds = self.mmds_for_start(mmds_config.as_ref())?;
         let how = builder::Launch {
             exit: self.exit.clone(),
             seccomp: &self.seccomp,
             paused: false,
+            mmds,
         };
         let vm = builder::build_and_start(opened, &self.config, events, &how)?;
         self.running = Some(vm);
@@ -567,6 +498,10 @@ impl Vmm {
             VmmAction::GetMemoryHotplug => {
                 json(serde_json::to_value(self.memory_hotplug_status()?).unwrap_or_default())
             }
+            VmmAction::PutMmds(v) => done(self.put_mmds(v)),
+            VmmAction::PatchMmds(v) => done(self.patch_mmds(&v)),
+            VmmAction::GetMmds => self.get_mmds().map(VmmData::Json),
+            VmmAction::PutMmdsConfig(c) => done(self.set_mmds_config(c)),
             // Starting needs the event loop; `run.rs` handles it before
             // the microVM runs. Here it can only be too late.
             VmmAction::InstanceStart => done(
@@ -691,18 +626,6 @@ fn all_or_nothing(
             }
             Err(e)
         }
-    }
-}
-
-/// The drive id in a body must be the one in the path.
-fn same_id(body: &str, path: &str) -> Result<(), ConfigError> {
-    if body == path {
-        Ok(())
-    } else {
-        Err(ConfigError::DriveIdMismatch {
-            body: crate::text::echo(body).into_owned(),
-            path: crate::text::echo(path).into_owned(),
-        })
     }
 }
 

@@ -64,6 +64,12 @@ pub enum VmmAction {
     PutMemoryHotplug(crate::vmm::config::MemoryHotplugConfig),
     PatchMemoryHotplug(crate::vmm::config::MemoryHotplugSizeUpdate),
     GetMemoryHotplug,
+    /// The metadata service: the whole document, a merge patch, a read,
+    /// and its configuration.
+    PutMmds(serde_json::Value),
+    PatchMmds(serde_json::Value),
+    GetMmds,
+    PutMmdsConfig(crate::vmm::config::MmdsConfig),
     InstanceStart,
     SendCtrlAltDel,
     FlushMetrics,
@@ -122,6 +128,8 @@ pub enum VmmActionError {
     MemoryHotplugUpdate(String),
     #[error(transparent)]
     Snapshot(#[from] crate::vmm::snapshot::actions::SnapshotError),
+    #[error(transparent)]
+    Mmds(#[from] crate::vmm::mmds::MmdsError),
 }
 
 pub type VmmReply = Result<VmmData, VmmActionError>;

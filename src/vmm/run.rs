@@ -30,6 +30,10 @@ pub struct VmmOptions {
     pub api_limits: api::server::Limits,
     /// What a forbidden system call does; `None`: no filters at all.
     pub seccomp: Option<Level>,
+    /// The MMDS data store's limit in bytes.
+    pub mmds_size_limit: usize,
+    /// A JSON file the MMDS data store starts with.
+    pub metadata: Option<PathBuf>,
 }
 
 /// The command line of `husk vmm` and `husk-vmm`.
@@ -65,6 +69,10 @@ pub struct VmmArgs {
     /// With --restore-from: track dirty pages, for diff snapshots later.
     #[arg(long, requires = "restore_from")]
     pub track_dirty_pages: bool,
+    /// With --restore-from: advance the guest's kvmclock by the wall-clock
+    /// time since the snapshot (`clock_realtime` of PUT /snapshot/load).
+    #[arg(long, requires = "restore_from")]
+    pub clock_realtime: bool,
     /// The microVM's id, reported by `GET /`: 1 to 64 letters, digits,
     /// '-' or '_'.
     #[arg(long, default_value = "anonymous-instance", value_parser = parse_id)]
@@ -88,6 +96,14 @@ pub struct VmmArgs {
     /// default).
     #[arg(long, default_value_t = 51_200, value_parser = clap::value_parser!(u64).range(1..=16 << 20))]
     pub http_api_max_payload_size: u64,
+    /// The largest MMDS data store, in bytes (serialized JSON); the
+    /// default is --http-api-max-payload-size, as in Firecracker.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64 << 20))]
+    pub mmds_size_limit: Option<u64>,
+    /// A JSON file whose contents the MMDS data store starts with (as a
+    /// PUT /mmds would set them).
+    #[arg(long)]
+    pub metadata: Option<PathBuf>,
     /// What a system call outside a thread's seccomp filter does: `kill`
     /// ends the process with SIGSYS after naming the call on stderr;
     /// `log` lets it through and the kernel's audit log records it.
@@ -134,6 +150,7 @@ impl From<VmmArgs> for VmmOptions {
                 uds_path: path(uds),
                 guest_cid: a.vsock_cid,
             }),
+            clock_realtime: a.clock_realtime,
         });
         VmmOptions {
             api_sock: a.api_sock,
@@ -141,6 +158,8 @@ impl From<VmmArgs> for VmmOptions {
             restore,
             id: a.id,
             seccomp: (!a.no_seccomp).then_some(a.seccomp_level),
+            mmds_size_limit: a.mmds_size_limit.unwrap_or(a.http_api_max_payload_size) as usize,
+            metadata: a.metadata,
             api_limits: api::server::Limits {
                 header_timeout: Duration::from_millis(a.api_header_timeout_ms),
                 body_timeout: Duration::from_millis(a.api_body_timeout_ms),
@@ -216,7 +235,14 @@ fn run_with(opts: VmmOptions, logger: Logger, api: Option<ApiReceiver>, seccomp:
         }
     };
     vmm.set_seccomp(seccomp);
+    vmm.set_mmds_size_limit(opts.mmds_size_limit);
     vmm.open_vm_early();
+    if let Some(path) = &opts.metadata {
+        if let Err(e) = vmm.load_metadata(path) {
+            eprintln!("husk vmm: {e}");
+            return 1;
+        }
+    }
     let mut events: EventLoop = match EventManager::new() {
         Ok(e) => e,
         Err(e) => {
@@ -323,6 +349,17 @@ mod tests {
         let opts = VmmOptions::from(cli.args);
         assert_eq!(opts.api_limits.idle_timeout, Duration::from_millis(1500));
         assert_eq!(opts.api_limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(opts.mmds_size_limit, 51_200);
+        let cli = Cli::parse_from([
+            "vmm",
+            "--api-sock",
+            "s",
+            "--http-api-max-payload-size",
+            "1000",
+        ]);
+        assert_eq!(VmmOptions::from(cli.args).mmds_size_limit, 1000);
+        let cli = Cli::parse_from(["vmm", "--api-sock", "s", "--mmds-size-limit", "512"]);
+        assert_eq!(VmmOptions::from(cli.args).mmds_size_limit, 512);
         assert!(
             Cli::try_parse_from(["vmm", "--api-sock", "s", "--api-max-connections", "0"]).is_err()
         );

@@ -118,7 +118,28 @@ fn spawn_limited(
     kernel: PathBuf,
     nofile: Option<u64>,
 ) -> Vmm {
+    spawn_hooked(args, dir, sock, kernel, nofile, None)
+}
+
+/// What runs in the child between fork and exec (async-signal-safe only).
+pub type PreExec = fn() -> std::io::Result<()>;
+
+fn spawn_hooked(
+    args: &[&str],
+    dir: TempDir,
+    sock: PathBuf,
+    kernel: PathBuf,
+    nofile: Option<u64>,
+    hook: Option<PreExec>,
+) -> Vmm {
     let mut cmd = Command::new(husk_bin());
+    if let Some(hook) = hook {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the hook is async-signal-safe (see PreExec).
+        unsafe {
+            cmd.pre_exec(hook);
+        }
+    }
     if let Some(n) = nofile {
         use std::os::unix::process::CommandExt;
         // SAFETY: setrlimit is async-signal-safe and only touches the
@@ -166,13 +187,19 @@ impl Vmm {
     /// Starts `husk vmm --api-sock` with more arguments and, optionally,
     /// a lower open-file limit, and waits for its socket.
     pub fn with_api_args(extra: &[&str], nofile: Option<u64>) -> Vmm {
+        Self::with_api_hooked(extra, nofile, None)
+    }
+
+    /// [`with_api_args`](Self::with_api_args), running `hook` in the
+    /// child before it execs husk.
+    pub fn with_api_hooked(extra: &[&str], nofile: Option<u64>, hook: Option<PreExec>) -> Vmm {
         let dir = TempDir::new();
         let sock = dir.path("api.sock");
         let kernel = probe_kernel(&dir);
         let s = sock.to_str().unwrap().to_string();
         let mut args = vec!["vmm", "--api-sock", &s, "--id", "test-vm"];
         args.extend_from_slice(extra);
-        let vmm = spawn_limited(&args, dir, sock, kernel, nofile);
+        let vmm = spawn_hooked(&args, dir, sock, kernel, nofile, hook);
         let start = Instant::now();
         while std::os::unix::net::UnixStream::connect(&vmm.sock).is_err() {
             assert!(start.elapsed() < TIMEOUT, "API socket never came up");

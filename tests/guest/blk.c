@@ -350,3 +350,146 @@ void check_blk_again(const struct check *c)
 	ok(c);
 	puts_serial(" wrote=1\n");
 }
+
+/*
+ * Check `blk-hostile`: goes on with drive 0 as `blk` left it and sends
+ * requests no driver should: data outside guest RAM (device-writable for
+ * a read, device-readable for a write), a read one sector past the end,
+ * a write of a length that is not whole sectors, a header cut short, and
+ * an unknown request type. Each must come back with an error status (or,
+ * where even the status byte cannot be reached, no status at all), never
+ * with OK, and the device must answer every one. Then a good read of
+ * sector 0 must still work.
+ *
+ * Prints `PROBE blk-hostile OK statuses=<one hex digit each>`.
+ */
+#define OUTSIDE_RAM 0x7f0000000000ull
+
+static const char *hostile_one(uint32_t type, uint64_t sector, uint64_t data, uint32_t data_len,
+			       int writable, uint32_t hdr_len, uint8_t *status)
+{
+	struct virtq_buf bufs[3];
+	unsigned n = 0;
+	uint32_t len;
+	blk_hdr.type = type;
+	blk_hdr.reserved = 0;
+	blk_hdr.sector = sector;
+	wr8((uint64_t)(uintptr_t)&blk_status, STATUS_UNSET);
+	bufs[n++] = (struct virtq_buf){(uint64_t)(uintptr_t)&blk_hdr, hdr_len, 0};
+	if (data_len)
+		bufs[n++] = (struct virtq_buf){data, data_len, writable};
+	bufs[n++] = (struct virtq_buf){(uint64_t)(uintptr_t)&blk_status, 1, 1};
+	const char *err = virtq_transfer(&blk_queue, bufs, n, &len);
+	*status = rd8((uint64_t)(uintptr_t)&blk_status);
+	virtio_irq_ack(&blk_dev);
+	return err;
+}
+
+void check_blk_hostile(const struct check *c)
+{
+	const struct {
+		uint32_t type;
+		uint64_t sector;
+		uint64_t data;
+		uint32_t data_len;
+		int writable;
+		uint32_t hdr_len;
+	} cases[] = {
+		{VIRTIO_BLK_T_IN, 0, OUTSIDE_RAM, SECTOR, 1, 16},
+		{VIRTIO_BLK_T_OUT, 0, OUTSIDE_RAM, SECTOR, 0, 16},
+		{VIRTIO_BLK_T_IN, 1ull << 40, (uint64_t)(uintptr_t)blk_in, SECTOR, 1, 16},
+		{VIRTIO_BLK_T_OUT, 3, (uint64_t)(uintptr_t)blk_out, 100, 0, 16},
+		{VIRTIO_BLK_T_IN, 0, (uint64_t)(uintptr_t)blk_in, SECTOR, 1, 8},
+		{99, 0, (uint64_t)(uintptr_t)blk_in, SECTOR, 1, 16},
+	};
+	char statuses[sizeof(cases) / sizeof(cases[0]) + 1];
+	if (!blk_live) {
+		fail(c, "blk not set up");
+		return;
+	}
+	for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		uint8_t status;
+		const char *err = hostile_one(cases[i].type, cases[i].sector, cases[i].data,
+					      cases[i].data_len, cases[i].writable,
+					      cases[i].hdr_len, &status);
+		if (err) {
+			fail(c, step_why("hostile request", err));
+			return;
+		}
+		if (status == VIRTIO_BLK_S_OK) {
+			fail(c, virtio_why("a hostile request came back OK; case", i));
+			return;
+		}
+		statuses[i] = "0123456789abcdef"[status & 0xf];
+	}
+	statuses[sizeof(statuses) - 1] = 0;
+	const char *err;
+	fill(blk_in, 0xa5);
+	if ((err = blk_request_ok(&blk_queue, "read sector 0 after", VIRTIO_BLK_T_IN, 0, blk_in))) {
+		fail(c, err);
+		return;
+	}
+	virtio_irq_ack(&blk_dev);
+	ok(c);
+	puts_serial(" statuses=");
+	puts_serial(statuses);
+	putc_serial('\n');
+}
+
+/*
+ * Check `blk-bench:N`: N reads of 4 KiB at pseudo-random 4 KiB-aligned
+ * offsets of drive 0 (as `blk` left it), one at a time, each polled to
+ * completion. The host times it (the probe has no wall clock); under
+ * KVM's instruction emulator the guest's own instructions are much of
+ * that time, the same for every drive kind.
+ *
+ * Prints `PROBE blk-bench:N OK reads=N`.
+ */
+static uint8_t bench_buf[4096] __attribute__((aligned(4096)));
+
+void check_blk_bench(const struct check *c)
+{
+	int64_t n = check_arg(c, 10); /* "blk-bench:" */
+	if (n < 0) {
+		fail(c, "usage: blk-bench:N");
+		return;
+	}
+	if (!blk_live) {
+		fail(c, "blk not set up");
+		return;
+	}
+	uint64_t blocks = virtio_config_read(&blk_dev, 0, 8) / 8;
+	if (blocks == 0) {
+		fail(c, "drive 0 is smaller than 4 KiB");
+		return;
+	}
+	uint64_t x = 0x9e3779b97f4a7c15ull;
+	for (int64_t i = 0; i < n; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		struct virtq_buf bufs[3];
+		uint32_t len;
+		blk_hdr.type = VIRTIO_BLK_T_IN;
+		blk_hdr.reserved = 0;
+		blk_hdr.sector = (x % blocks) * 8;
+		wr8((uint64_t)(uintptr_t)&blk_status, STATUS_UNSET);
+		bufs[0] = (struct virtq_buf){(uint64_t)(uintptr_t)&blk_hdr, sizeof(blk_hdr), 0};
+		bufs[1] = (struct virtq_buf){(uint64_t)(uintptr_t)bench_buf, sizeof(bench_buf), 1};
+		bufs[2] = (struct virtq_buf){(uint64_t)(uintptr_t)&blk_status, 1, 1};
+		const char *err = virtq_transfer(&blk_queue, bufs, 3, &len);
+		if (err) {
+			fail(c, err);
+			return;
+		}
+		if (rd8((uint64_t)(uintptr_t)&blk_status) != VIRTIO_BLK_S_OK) {
+			fail(c, "a read failed");
+			return;
+		}
+	}
+	virtio_irq_ack(&blk_dev);
+	ok(c);
+	puts_serial(" reads=");
+	put_dec((uint64_t)n);
+	putc_serial('\n');
+}

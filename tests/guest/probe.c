@@ -18,7 +18,7 @@
  * Files: probe.h (helpers every check uses), probe.c (boot information,
  * the built-in checks and the table of all checks), virtio.c/virtio.h (a
  * polled virtio-mmio driver), one file per virtio check (rng.c, blk.c,
- * vsock.c, net.c, fs.c, cpu.c, pmem.c, mem.c; a check that goes on with the device an earlier check set
+ * vsock.c, net.c, fs.c, cpu.c, clock.c, pmem.c, mem.c; a check that goes on with the device an earlier check set
  * up, as blk-again and vsock-reset do after a snapshot restore, lives in
  * that check's file). A new check goes in its own file, is declared in
  * probe.h, listed in `checks[]` below, and its file added to build.rs's
@@ -620,9 +620,14 @@ static const struct {
 	{"rng", check_rng},
 	{"blk", check_blk},
 	{"blk-again", check_blk_again},
+	{"blk-hostile", check_blk_hostile},
+	{"blk-bench:", check_blk_bench},
 	{"vsock", check_vsock},
 	{"vsock-reset", check_vsock_reset},
 	{"net", check_net},
+	{"mmds", check_mmds},
+	{"mmds-notoken", check_mmds_notoken},
+	{"mmds-hostile", check_mmds_hostile},
 	{"fs", check_fs},
 	{"fs-again", check_fs_again},
 	{"balloon", check_balloon},
@@ -643,6 +648,8 @@ static const struct {
 	{"balloon-hint", check_balloon_hint},
 	{"balloon-decline-hint", check_balloon_decline_hint},
 	{"balloon-hint-done", check_balloon_hint_done},
+	{"kvmclock", check_kvmclock},
+	{"kvmclock-again", check_kvmclock_again},
 };
 
 static void run_check(const struct check *c)

@@ -108,6 +108,8 @@ int64_t check_arg(const struct check *c, size_t prefix_len);
 void check_rng(const struct check *c); /* rng.c */
 void check_blk(const struct check *c); /* blk.c */
 void check_blk_again(const struct check *c); /* blk.c */
+void check_blk_hostile(const struct check *c); /* blk.c */
+void check_blk_bench(const struct check *c); /* blk.c */
 void check_vsock(const struct check *c); /* vsock.c */
 void check_vsock_reset(const struct check *c); /* vsock.c */
 void check_net(const struct check *c); /* net.c */
@@ -133,5 +135,10 @@ void check_mem_unplug_all(const struct check *c); /* mem.c */
 void check_mem_check(const struct check *c); /* mem.c */
 void check_mem_hostile(const struct check *c); /* mem.c */
 void check_msr(const struct check *c); /* cpu.c */
+void check_mmds(const struct check *c); /* mmds.c */
+void check_mmds_notoken(const struct check *c); /* mmds.c */
+void check_mmds_hostile(const struct check *c); /* mmds.c */
+void check_kvmclock(const struct check *c); /* clock.c */
+void check_kvmclock_again(const struct check *c); /* clock.c */
 
 #endif

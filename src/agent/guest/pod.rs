@@ -26,7 +26,9 @@ use std::sync::Arc;
 use super::server::Agent;
 use super::setup::{mount, SetupError};
 use super::spawn::{self, Context, Launch};
-use crate::agent::protocol::{Message, OciMount, PodContainer, ProcessSpec, Resources};
+use crate::agent::protocol::{
+    CgroupStats, Message, OciMount, PodContainer, ProcessSpec, Resources,
+};
 
 /// Where the pod's share is mounted in the guest.
 pub const POD_DIR: &str = "/pod";
@@ -42,13 +44,25 @@ pub fn pod_tag(cmdline: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The guest's side of a pod, after the early mounts: the share, and
-/// cgroup v2 with the controllers containers are limited by.
+/// The guest's side of a pod, after the early mounts: the share,
+/// devpts (the agent allocates TTY processes' terminals here, before
+/// they enter their container), and cgroup v2 with the controllers
+/// containers are limited by.
 pub fn setup(tag: &str) -> Result<(), SetupError> {
-    std::fs::create_dir_all(POD_DIR).map_err(|err| SetupError::Create {
-        path: POD_DIR.into(),
-        err,
-    })?;
+    for dir in [POD_DIR, "/dev/pts"] {
+        std::fs::create_dir_all(dir).map_err(|err| SetupError::Create {
+            path: dir.into(),
+            err,
+        })?;
+    }
+    // devtmpfs's /dev/ptmx opens the instance mounted at /dev/pts.
+    mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("ptmxmode=0666,mode=0620,gid=5"),
+    )?;
     mount(
         tag,
         POD_DIR,
@@ -330,13 +344,18 @@ fn mount_one(root: &str, om: &OciMount) -> io::Result<()> {
 /// Creates the container's cgroup and applies its limits.
 fn make_cgroup(name: &str, r: &Resources) -> Result<String, PodError> {
     let dir = format!("{CGROUP_ROOT}/{name}");
-    let fail = |path: &str| {
-        let path = path.to_string();
-        move |err| PodError::Cgroup { path, err }
-    };
     if !Path::new(&dir).exists() {
-        std::fs::create_dir(&dir).map_err(fail(&dir))?;
+        std::fs::create_dir(&dir).map_err(|err| PodError::Cgroup {
+            path: dir.clone(),
+            err,
+        })?;
     }
+    apply_resources(&dir, r)?;
+    Ok(dir)
+}
+
+/// Writes the limits `r` gives into cgroup `dir`; the others stay.
+fn apply_resources(dir: &str, r: &Resources) -> Result<(), PodError> {
     let mut writes: Vec<(&str, String)> = Vec::new();
     if let Some(m) = r.memory_max.filter(|m| *m > 0) {
         writes.push(("memory.max", m.to_string()));
@@ -352,18 +371,61 @@ fn make_cgroup(name: &str, r: &Resources) -> Result<String, PodError> {
         ));
     }
     if let Some(s) = r.cpu_shares.filter(|s| *s > 0) {
-        // runc's conversion of OCI shares to cgroup v2 weight.
-        let s = s.clamp(2, 262_144);
-        writes.push(("cpu.weight", (1 + ((s - 2) * 9999) / 262_142).to_string()));
+        writes.push(("cpu.weight", cpu_weight(s).to_string()));
     }
     if let Some(p) = r.pids_max.filter(|p| *p > 0) {
         writes.push(("pids.max", p.to_string()));
     }
     for (file, value) in writes {
         let path = format!("{dir}/{file}");
-        std::fs::write(&path, value).map_err(fail(&path))?;
+        std::fs::write(&path, value).map_err(|err| PodError::Cgroup { path, err })?;
     }
-    Ok(dir)
+    Ok(())
+}
+
+/// runc's conversion of OCI cpu shares to cgroup v2 `cpu.weight`.
+fn cpu_weight(shares: u64) -> u64 {
+    let s = shares.clamp(2, 262_144);
+    1 + ((s - 2) * 9999) / 262_142
+}
+
+/// `max` or a number.
+fn limit(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+/// `key value` lines (`memory.stat`, `cpu.stat`, `memory.events`).
+fn flat_keyed(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The figures of cgroup `dir`; a file the kernel lacks (no swap, no cpu
+/// controller) reads as zero or unset.
+fn read_stats(dir: &str) -> CgroupStats {
+    let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).unwrap_or_default();
+    let cpu_max = read("cpu.max");
+    let mut cpu_max = cpu_max.split_whitespace();
+    let cpu_max = match (cpu_max.next(), cpu_max.next().and_then(limit)) {
+        (Some(q), Some(period)) => Some((limit(q), period)),
+        _ => None,
+    };
+    CgroupStats {
+        memory_current: limit(&read("memory.current")).unwrap_or(0),
+        memory_max: limit(&read("memory.max")),
+        swap_current: limit(&read("memory.swap.current")).unwrap_or(0),
+        memory_stat: flat_keyed(&read("memory.stat")),
+        memory_events: flat_keyed(&read("memory.events")),
+        cpu_stat: flat_keyed(&read("cpu.stat")),
+        cpu_max,
+        cpu_weight: limit(&read("cpu.weight")),
+        pids_current: limit(&read("pids.current")).unwrap_or(0),
+        pids_max: limit(&read("pids.max")),
+    }
 }
 
 impl Agent {
@@ -544,6 +606,32 @@ impl Agent {
         Ok(())
     }
 
+    /// `Update` (`resources` given) or `Stats` of the pod's container
+    /// `name`: answered with its cgroup's figures.
+    pub(super) fn cgroup_request(&mut self, id: u32, name: &str, resources: Option<Resources>) {
+        let answer = self.pod_mut().and_then(|pod| {
+            let c = pod
+                .containers
+                .get(name)
+                .ok_or_else(|| PodError::NoContainer(crate::text::echo(name).into_owned()))?;
+            if let Some(r) = &resources {
+                apply_resources(&c.cgroup, r)?;
+            }
+            Ok(read_stats(&c.cgroup))
+        });
+        match answer {
+            Ok(stats) => self.send(&Message::CgroupStats {
+                id,
+                stats: Box::new(stats),
+            }),
+            Err(e) => self.send(&Message::Error {
+                id: Some(id),
+                message: e.to_string(),
+                exit_code: None,
+            }),
+        }
+    }
+
     /// After process `id` was reported: a container whose main process
     /// it was is gone (its PID namespace took the rest with it), and so
     /// is its cgroup.
@@ -586,6 +674,19 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(65)] {
             assert!(!valid_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn cgroup_files_are_read_as_the_kernel_writes_them() {
+        let m = flat_keyed("anon 4096\nfile 8192\npgfault 7\nbad\n");
+        assert_eq!(m["anon"], 4096);
+        assert_eq!(m["pgfault"], 7);
+        assert_eq!(m.len(), 3);
+        assert_eq!(limit("max\n"), None);
+        assert_eq!(limit("67108864\n"), Some(64 << 20));
+        assert_eq!(cpu_weight(1024), 39);
+        assert_eq!(cpu_weight(2), 1);
+        assert_eq!(cpu_weight(262_144), 10_000);
     }
 
     #[test]

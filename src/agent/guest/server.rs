@@ -407,6 +407,12 @@ impl Agent {
                 }
             }
             Message::Shutdown => self.finished = true,
+            Message::Update {
+                id,
+                container,
+                resources,
+            } => self.cgroup_request(id, &container, Some(resources)),
+            Message::Stats { id, container } => self.cgroup_request(id, &container, None),
             Message::Mount { id, mounts } => self.mount(id, &mounts),
             Message::Archive { id, op } => {
                 if self.procs.contains_key(&id) || self.main.is_some_and(|(m, _)| m == id) {

@@ -68,25 +68,27 @@ pub fn config(spec: &VmSpec, sockets: &Path) -> VmConfig {
             .iter()
             .map(|rootfs| DriveConfig {
                 drive_id: ROOTFS_DRIVE.into(),
-                path_on_host: path_string(rootfs),
+                path_on_host: Some(path_string(rootfs)),
                 is_root_device: false,
-                is_read_only: false,
+                is_read_only: Some(false),
                 partuuid: None,
                 cache_type: CacheType::Unsafe,
                 io_engine: None,
                 rate_limiter: None,
+                socket: None,
             })
             // Volumes outlive the VM: their writes are flushed when the guest
             // asks (Writeback), not left to chance.
             .chain(spec.drives.iter().map(|d| DriveConfig {
                 drive_id: d.id.clone(),
-                path_on_host: path_string(&d.path),
+                path_on_host: Some(path_string(&d.path)),
                 is_root_device: false,
-                is_read_only: d.read_only,
+                is_read_only: Some(d.read_only),
                 partuuid: None,
                 cache_type: CacheType::Writeback,
                 io_engine: None,
                 rate_limiter: None,
+                socket: None,
             }))
             .collect(),
         network_interfaces: spec

@@ -227,6 +227,11 @@ fn vmm(l: &mut List) {
             "virtio-pmem: a FLUSH request syncs the mapped backing file",
         )
         .any(
+            "io_uring_enter",
+            SYS_io_uring_enter,
+            "virtio-blk io_engine Async: submitting requests, waiting for them (snapshots, exit)",
+        )
+        .any(
             "ftruncate",
             SYS_ftruncate,
             "sizing a snapshot's memory file",

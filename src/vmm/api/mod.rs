@@ -153,7 +153,9 @@ pub fn router(api: ApiSender) -> Router {
             put(put_memory_hotplug)
                 .get(get_memory_hotplug)
                 .patch(patch_memory_hotplug),
-        );
+        )
+        .route("/mmds", get(get_mmds).put(put_mmds).patch(patch_mmds))
+        .route("/mmds/config", put(put_mmds_config));
     #[cfg(feature = "test-hooks")]
     let routes = routes.route("/test/forbidden-call", put(put_forbidden_call));
     routes
@@ -206,8 +208,24 @@ fn respond(reply: VmmReply) -> Response {
     match reply {
         Ok(VmmData::Empty) => StatusCode::NO_CONTENT.into_response(),
         Ok(VmmData::Json(v)) => (StatusCode::OK, Json(v)).into_response(),
+        // An MMDS update over the data store's limit, as Firecracker
+        // answers it.
+        Err(crate::vmm::rpc::VmmActionError::Mmds(e)) if e.is_too_large() => {
+            fault_with(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
         Err(e) => fault(e.to_string()),
     }
+}
+
+/// Parses any JSON value (the MMDS document need not be an object).
+fn parse_value(body: &Body) -> Result<serde_json::Value, String> {
+    let body = body
+        .as_ref()
+        .map_err(|e| format!("cannot read the request body: {}", e.body_text()))?;
+    if body.is_empty() {
+        return Err("the request body is empty; a JSON document is expected".into());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
 }
 
 /// Parses a JSON object body; the error is the fault message.
@@ -422,6 +440,40 @@ async fn put_snapshot_create(State(api): State<ApiSender>, body: Body) -> Respon
 
 async fn put_snapshot_load(State(api): State<ApiSender>, body: Body) -> Response {
     call_with(&api, &body, VmmAction::LoadSnapshot).await
+}
+
+async fn get_mmds(State(api): State<ApiSender>) -> Response {
+    call(&api, VmmAction::GetMmds).await
+}
+
+async fn put_mmds(State(api): State<ApiSender>, body: Body) -> Response {
+    METRICS.api_server.requests.inc();
+    match parse_value(&body) {
+        Ok(v) => respond(api.call(VmmAction::PutMmds(v)).await),
+        Err(e) => fault(e),
+    }
+}
+
+async fn patch_mmds(State(api): State<ApiSender>, body: Body) -> Response {
+    METRICS.api_server.requests.inc();
+    match parse_value(&body) {
+        Ok(v) => respond(api.call(VmmAction::PatchMmds(v)).await),
+        Err(e) => fault(e),
+    }
+}
+
+/// `PUT /mmds/config`; a V1 configuration is answered with Firecracker's
+/// `Deprecation` header (V1 is deprecated there).
+async fn put_mmds_config(State(api): State<ApiSender>, body: Body) -> Response {
+    let v1 = parse::<crate::vmm::config::MmdsConfig>(&body)
+        .is_ok_and(|c| c.version == crate::vmm::config::MmdsVersion::V1);
+    let mut r = call_with(&api, &body, VmmAction::PutMmdsConfig).await;
+    if v1 && r.status().is_success() {
+        tracing::warn!("PUT /mmds/config: V1 is deprecated. Use V2 instead.");
+        r.headers_mut()
+            .insert("Deprecation", axum::http::HeaderValue::from_static("true"));
+    }
+    r
 }
 
 #[derive(Deserialize)]

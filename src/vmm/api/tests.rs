@@ -337,3 +337,84 @@ fn network_interfaces_become_actions_with_the_path_id() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn mmds_requests_become_actions_and_413s() {
+    use crate::vmm::mmds::data_store::DataStoreError;
+    use crate::vmm::mmds::MmdsError;
+    let (results, seen) = with_router(
+        |a| match a {
+            VmmAction::PatchMmds(_) => Err(VmmActionError::Mmds(MmdsError::DataStore(
+                DataStoreError::TooLarge { size: 9, limit: 1 },
+            ))),
+            VmmAction::GetMmds => Ok(VmmData::Json(serde_json::json!({}))),
+            _ => Ok(VmmData::Empty),
+        },
+        |r| {
+            vec![
+                send(&r, "PUT", "/mmds", r#"["any", "json"]"#),
+                send(&r, "PATCH", "/mmds", r#"{"a": null}"#),
+                send(&r, "GET", "/mmds", ""),
+                send(
+                    &r,
+                    "PUT",
+                    "/mmds/config",
+                    r#"{"network_interfaces": ["eth0"], "version": "V2"}"#,
+                ),
+                // Never reach the VMM: not JSON, no body, a bad config.
+                send(&r, "PUT", "/mmds", "{"),
+                send(&r, "PATCH", "/mmds", ""),
+                send(
+                    &r,
+                    "PUT",
+                    "/mmds/config",
+                    r#"{"network_interfaces": ["eth0"], "ipv4_address": 7}"#,
+                ),
+            ]
+        },
+    );
+    let codes: Vec<_> = results.iter().map(|r| r.0).collect();
+    assert_eq!(
+        codes,
+        vec![204, 413, 200, 204, 400, 400, 400],
+        "{results:?}"
+    );
+    assert!(results[1].1["fault_message"]
+        .as_str()
+        .unwrap()
+        .contains("over its limit"));
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen[0].starts_with("PutMmds(Array"), "{seen:?}");
+    assert!(seen[3].contains("version: V2"), "{seen:?}");
+}
+
+#[test]
+fn a_v1_mmds_config_is_answered_as_deprecated() {
+    let (tx, rx) = channel_pair().unwrap();
+    let vmm_side = std::thread::spawn(move || {
+        while let Ok(req) = rx.rx.recv() {
+            req.serve(|_| Ok(VmmData::Empty));
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let router = router(tx);
+    let deprecation = |body: &str| {
+        let req = Request::builder()
+            .method("PUT")
+            .uri("/mmds/config")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let r = rt.block_on(router.clone().oneshot(req)).unwrap();
+        assert_eq!(r.status(), 204);
+        r.headers().get("Deprecation").cloned()
+    };
+    assert_eq!(
+        deprecation(r#"{"network_interfaces": ["eth0"]}"#).unwrap(),
+        "true"
+    );
+    assert!(deprecation(r#"{"network_interfaces": ["eth0"], "version": "V2"}"#).is_none());
+    drop(router);
+    vmm_side.join().unwrap();
+}

@@ -24,6 +24,7 @@ use crate::vmm::config::{
 use crate::vmm::device_manager::{DeviceManager, DeviceManagerError};
 use crate::vmm::devices::legacy::{self, Console, I8042Device, SerialDevice};
 use crate::vmm::devices::rate_limiter::TokenBucket;
+use crate::vmm::devices::virtio::block::vhost_user::VhostUserBlock;
 use crate::vmm::devices::virtio::block::{Block, BlockOptions};
 use crate::vmm::devices::virtio::mmio::MmioTransport;
 use crate::vmm::devices::virtio::rng::Rng;
@@ -32,7 +33,9 @@ use crate::vmm::kvm::memory::{
     create_guest_memory, create_shared_guest_memory, guest_ranges, ram_ranges, MemOptions,
     MemoryError,
 };
-use crate::vmm::kvm::persist::{check_cpu, native_cpuid, restore_vm, KvmStateError};
+use crate::vmm::kvm::persist::{
+    check_clock_restore, check_cpu, native_cpuid, restore_vm, ClockRestore, KvmStateError,
+};
 use crate::vmm::kvm::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vmm::kvm::{Vm, VmError};
 use crate::vmm::sink::OutputFile;
@@ -82,11 +85,19 @@ pub enum StartError {
     CpuTemplate(#[from] TemplateError),
 }
 
-/// A virtio-blk device as it runs, for PATCH /drives.
+/// A drive's device: husk's own virtio-blk, or a vhost-user-blk frontend.
+pub enum DriveDevice {
+    Virtio(Arc<Mutex<Block>>),
+    VhostUser(Arc<Mutex<VhostUserBlock>>),
+}
+
+/// A drive as it runs, for PATCH /drives.
 pub struct AttachedDrive {
     pub id: String,
-    pub block: Arc<Mutex<Block>>,
+    pub device: DriveDevice,
     pub transport: Arc<Mutex<MmioTransport>>,
+    /// Whether the guest sees it read-only (a vhost-user backend decides).
+    pub read_only: bool,
 }
 
 /// A virtio-net device as it runs, for PATCH /network-interfaces (rate
@@ -227,21 +238,7 @@ fn attach_virtio_devices(
     // Drives first, the root device leading: they probe as vda, vdb, ...
     let mut drives = Vec::with_capacity(cfg.drives.len());
     for d in &cfg.drives {
-        let options = BlockOptions {
-            read_only: d.is_read_only,
-            writeback: d.cache_type == CacheType::Writeback,
-            rate_limiter: d.rate_limiter.unwrap_or_default(),
-        };
-        let block = Block::new(&d.drive_id, Path::new(&d.path_on_host), options)
-            .map_err(|e| StartError::Device("virtio-blk", e.to_string()))?;
-        let block = Arc::new(Mutex::new(block));
-        let transport =
-            dm.attach_virtio(vm, mem, events, "virtio-blk", &d.drive_id, block.clone())?;
-        drives.push(AttachedDrive {
-            id: d.drive_id.clone(),
-            block,
-            transport,
-        });
+        drives.push(attach_drive(vm, mem, dm, events, d)?);
     }
     if let Some(e) = &cfg.entropy {
         let rng = Rng::new(&e.rate_limiter.unwrap_or_default())
@@ -268,16 +265,67 @@ fn attach_virtio_devices(
     Ok(drives)
 }
 
+/// Phase 2: one drive, file-backed or on its vhost-user backend
+/// (connected now: a backend that cannot be reached fails the start).
+fn attach_drive(
+    vm: &Vm,
+    mem: &GuestMem,
+    dm: &mut DeviceManager,
+    events: &mut EventLoop,
+    d: &crate::vmm::config::DriveConfig,
+) -> Result<AttachedDrive, StartError> {
+    let writeback = d.cache_type == CacheType::Writeback;
+    let id = &d.drive_id;
+    let (device, transport, read_only) = match (d.vhost_user_socket(), &d.path_on_host) {
+        (Some(socket), _) => {
+            let block = VhostUserBlock::new(id, Path::new(socket), writeback)
+                .map_err(|e| StartError::Device("vhost-user-blk", format!("drive {id}: {e}")))?;
+            let read_only = block.read_only();
+            let block = Arc::new(Mutex::new(block));
+            let transport = dm.attach_virtio(vm, mem, events, "virtio-blk", id, block.clone())?;
+            (DriveDevice::VhostUser(block), transport, read_only)
+        }
+        (None, Some(path)) => {
+            let options = BlockOptions {
+                read_only: d.read_only(),
+                writeback,
+                rate_limiter: d.rate_limiter.unwrap_or_default(),
+                engine: d.engine(),
+            };
+            let block = Block::new(id, Path::new(path), options)
+                .map_err(|e| StartError::Device("virtio-blk", e.to_string()))?;
+            let block = Arc::new(Mutex::new(block));
+            let transport = dm.attach_virtio(vm, mem, events, "virtio-blk", id, block.clone())?;
+            (DriveDevice::Virtio(block), transport, d.read_only())
+        }
+        (None, None) => {
+            return Err(StartError::Device(
+                "virtio-blk",
+                format!("drive {id} has neither path_on_host nor socket"),
+            ))
+        }
+    };
+    Ok(AttachedDrive {
+        id: id.clone(),
+        device,
+        transport,
+        read_only,
+    })
+}
+
 /// Phase 2: one virtio-net device per interface, each on its TAP (opened
-/// now: a TAP removed since PUT /network-interfaces fails the start).
+/// now: a TAP removed since PUT /network-interfaces fails the start),
+/// with an MMDS network stack on the interfaces `mmds-config` names.
 fn attach_net_devices(
     vm: &Vm,
     mem: &GuestMem,
     dm: &mut DeviceManager,
     events: &mut EventLoop,
     cfg: &VmConfig,
+    mmds: Option<&crate::vmm::mmds::SharedMmds>,
 ) -> Result<Vec<AttachedNet>, StartError> {
     use crate::vmm::devices::virtio::net::{Net, NetOptions};
+    use crate::vmm::mmds::stack::MmdsStack;
     let mut nets = Vec::with_capacity(cfg.network_interfaces.len());
     for n in &cfg.network_interfaces {
         let options = NetOptions {
@@ -286,8 +334,15 @@ fn attach_net_devices(
             rx_rate_limiter: n.rx_rate_limiter.unwrap_or_default(),
             tx_rate_limiter: n.tx_rate_limiter.unwrap_or_default(),
         };
-        let net = Net::new(&n.host_dev_name, options)
+        let mut net = Net::new(&n.host_dev_name, options)
             .map_err(|e| StartError::Device("virtio-net", e.to_string()))?;
+        let served = cfg.mmds_config.as_ref().filter(|c| c.serves(&n.iface_id));
+        if let (Some(c), Some(mmds)) = (served, mmds) {
+            let mtu = n.mtu.map_or(1500, usize::from);
+            let stack = MmdsStack::new(mmds.clone(), c.ipv4(), mtu)
+                .map_err(|e| StartError::Device("virtio-net", e.to_string()))?;
+            net.set_mmds(stack);
+        }
         let net = Arc::new(Mutex::new(net));
         let transport =
             dm.attach_virtio(vm, mem, events, "virtio-net", &n.iface_id, net.clone())?;
@@ -350,7 +405,7 @@ fn attach_balloon(
     b.validate(cfg.machine_config.mem_size_mib)
         .map_err(|e| StartError::Device("virtio-balloon", e.to_string()))?;
     // With a vhost-user device guest memory is a shared memfd.
-    let shared = !cfg.fs_devices.is_empty();
+    let shared = cfg.needs_shared_memory();
     if cfg.machine_config.huge_pages.is_hugetlbfs() {
         tracing::info!(
             "virtio-balloon: guest memory is hugetlbfs, so inflated pages stay backed \
@@ -385,13 +440,23 @@ fn create_vcpus(
         .map_err(Into::into)
 }
 
-/// The kernel command line: the user's arguments, the root device's, then
-/// one entry per virtio-mmio device.
-pub fn full_cmdline(cfg: &VmConfig, boot_args: &str, dm: &DeviceManager) -> String {
+/// The kernel command line: the user's arguments, the root device's (a
+/// drive's read only as `drives` say: a vhost-user backend decides; or a
+/// pmem device's), then one entry per virtio-mmio device.
+pub fn full_cmdline(
+    cfg: &VmConfig,
+    boot_args: &str,
+    dm: &DeviceManager,
+    drives: &[AttachedDrive],
+) -> String {
     let mut cmdline = boot_args.to_string();
     if let Some(root) = cfg.root_drive() {
+        let read_only = drives
+            .iter()
+            .find(|a| a.id == root.drive_id)
+            .map_or(root.read_only(), |a| a.read_only);
         cmdline.push(' ');
-        cmdline.push_str(&root.root_args());
+        cmdline.push_str(&root.root_args(read_only));
     } else if let Some(root) = cfg.root_pmem() {
         cmdline.push(' ');
         cmdline.push_str(&root.root_args());
@@ -409,7 +474,7 @@ fn load_and_configure(
     vm: &Vm,
     mem: &GuestMem,
     cfg: &VmConfig,
-    dm: &DeviceManager,
+    (dm, drives): (&DeviceManager, &[AttachedDrive]),
     vcpus: &[Vcpu],
     template: Option<&CpuConfig>,
 ) -> Result<KernelEntry, StartError> {
@@ -425,7 +490,7 @@ fn load_and_configure(
         }
         None => None,
     };
-    let cmdline = full_cmdline(cfg, boot_source.boot_args(), dm);
+    let cmdline = full_cmdline(cfg, boot_source.boot_args(), dm, drives);
     let cmdline_size = boot::load_command_line(mem, &cmdline)?;
     tracing::debug!(?entry.protocol, "kernel loaded");
     boot::configure_system(
@@ -459,13 +524,13 @@ fn attach_devices(
     mem: &GuestMem,
     cfg: &VmConfig,
     events: &mut EventLoop,
-    exit: &Arc<ExitNotifier>,
+    how: &Launch,
     dm: &mut DeviceManager,
 ) -> Result<Attached, StartError> {
-    let (serial, i8042) = attach_legacy_devices(vm, dm, events, cfg.serial.as_ref(), exit)?;
+    let (serial, i8042) = attach_legacy_devices(vm, dm, events, cfg.serial.as_ref(), &how.exit)?;
     dm.track_legacy(serial.clone(), i8042.clone());
     let drives = attach_virtio_devices(vm, mem, dm, events, cfg)?;
-    let nets = attach_net_devices(vm, mem, dm, events, cfg)?;
+    let nets = attach_net_devices(vm, mem, dm, events, cfg, how.mmds.as_ref())?;
     attach_fs_devices(vm, mem, dm, events, cfg)?;
     let balloon = attach_balloon(vm, mem, dm, events, cfg)?;
     let pmem = attach_pmem_devices(vm, mem, dm, events, cfg)?;
@@ -497,7 +562,7 @@ struct Attached {
 /// template), or apply a snapshot's state.
 enum Boot<'a> {
     Cold(Option<&'a CpuConfig>),
-    Restore(&'a MicrovmState),
+    Restore(&'a MicrovmState, ClockRestore),
 }
 
 /// Phases 2 to 4, the same for a cold boot and a restore but for what
@@ -510,21 +575,21 @@ fn build(
     cfg: &VmConfig,
     boot: Boot<'_>,
     events: &mut EventLoop,
-    exit: &Arc<ExitNotifier>,
+    how: &Launch,
     dm: &mut DeviceManager,
 ) -> Result<Parts, StartError> {
-    let attached = attach_devices(vm, mem, cfg, events, exit, dm)?;
-    if let Boot::Restore(state) = boot {
+    let attached = attach_devices(vm, mem, cfg, events, how, dm)?;
+    if let Boot::Restore(state, _) = boot {
         dm.restore(&state.devices)
             .map_err(|e| StartError::Restore(e.to_string()))?;
     }
-    let vcpus = create_vcpus(vm, dm, cfg.machine_config.vcpu_count, exit)?;
+    let vcpus = create_vcpus(vm, dm, cfg.machine_config.vcpu_count, &how.exit)?;
     match boot {
         Boot::Cold(template) => {
-            load_and_configure(vm, mem, cfg, dm, &vcpus, template)?;
+            load_and_configure(vm, mem, cfg, (dm, &attached.drives), &vcpus, template)?;
         }
-        Boot::Restore(state) => {
-            restore_vm(vm, &state.vm)?;
+        Boot::Restore(state, clock) => {
+            restore_vm(vm, &state.vm, clock)?;
             for (vcpu, s) in vcpus.iter().zip(&state.vcpus) {
                 vcpu.restore(s)?;
             }
@@ -604,6 +669,8 @@ pub struct Launch<'a> {
     pub seccomp: &'a Policy,
     /// The vCPUs wait for a resume (a snapshot loaded without `resume_vm`).
     pub paused: bool,
+    /// The metadata service the interfaces in `mmds-config` answer from.
+    pub mmds: Option<crate::vmm::mmds::SharedMmds>,
 }
 
 /// Builds the microVM described by `cfg` on `vm` (from `Vm::open`),
@@ -629,7 +696,7 @@ pub fn build_and_start(
     // too: it must be a shared memfd then.
     let (ranges, _) = guest_ranges(machine.mem_size_mib, cfg.hotplug_mib())?;
     let opts = MemOptions::new(machine.track_dirty_pages, machine.huge_pages);
-    let mem = if cfg.fs_devices.is_empty() {
+    let mem = if !cfg.needs_shared_memory() {
         create_guest_memory(&ranges, opts)?
     } else {
         create_shared_guest_memory(&ranges, opts)?
@@ -645,7 +712,7 @@ pub fn build_and_start(
         cfg,
         Boot::Cold(template.as_ref()),
         events,
-        &how.exit,
+        how,
         &mut dm,
     );
     start(built, dm, events, (vm, mem), how)
@@ -654,20 +721,26 @@ pub fn build_and_start(
 /// Rebuilds a snapshotted microVM on `vm`: `mem` is its memory (mapped
 /// from the memory file, or served by a page server), `cfg` its saved
 /// configuration with any overrides applied. The same phases as a cold
-/// boot, with the saved state in place of the kernel and registers.
+/// boot, with the saved state in place of the kernel and registers;
+/// `clock` says how kvmclock resumes.
 pub fn restore_and_start(
     (vm, mem): (Vm, GuestMem),
     cfg: &VmConfig,
-    state: &MicrovmState,
+    (state, clock): (&MicrovmState, ClockRestore),
     events: &mut EventLoop,
     how: &Launch,
 ) -> Result<RunningVm, StartError> {
     let machine = &cfg.machine_config;
+    // No snapshot has a vhost-user device (creating it is refused); a
+    // state file that says otherwise was not written by husk.
     if !cfg.fs_devices.is_empty() {
-        // No snapshot has one (creating it is refused); a state file
-        // that says otherwise was not written by husk.
         return Err(StartError::Restore(
             crate::vmm::devices::virtio::fs::NOT_RESTORABLE.into(),
+        ));
+    }
+    if cfg.drives.iter().any(|d| d.socket.is_some()) {
+        return Err(StartError::Restore(
+            crate::vmm::devices::virtio::block::vhost_user::NOT_RESTORABLE.into(),
         ));
     }
     if state.vcpus.len() != usize::from(machine.vcpu_count) {
@@ -680,6 +753,7 @@ pub fn restore_and_start(
     for v in &state.vcpus {
         check_cpu(&v.cpuid, vm.supported_cpuid())?;
     }
+    check_clock_restore(&vm, &state.vm, clock)?;
     // Phase 1.
     let ram = ram_ranges(machine.mem_size_mib)?.len();
     vm.set_up(&mem, ram, machine.track_dirty_pages)?;
@@ -689,9 +763,9 @@ pub fn restore_and_start(
         &vm,
         &mem,
         cfg,
-        Boot::Restore(state),
+        Boot::Restore(state, clock),
         events,
-        &how.exit,
+        how,
         &mut dm,
     );
     start(built, dm, events, (vm, mem), how)

@@ -16,6 +16,7 @@ mod entropy;
 mod fs;
 mod machine;
 mod memory_hotplug;
+mod mmds;
 mod net;
 mod output;
 mod pmem;
@@ -31,7 +32,7 @@ pub use cpu_config::{
     parse_capability, Bitmap, CpuConfig, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier,
     MsrModifier, StaticTemplate, CPU_TEMPLATE_NAMES,
 };
-pub use drive::{insert_drive, CacheType, DriveConfig, DriveUpdate};
+pub use drive::{insert_drive, CacheType, DriveConfig, DriveUpdate, IoEngine};
 pub use entropy::EntropyConfig;
 pub use fs::{insert_fs, FsConfig, MAX_FS_QUEUES, MAX_FS_QUEUE_SIZE, MAX_TAG_LEN};
 pub use machine::{
@@ -40,6 +41,7 @@ pub use machine::{
 pub use memory_hotplug::{
     MemoryHotplugConfig, MemoryHotplugConfigError, MemoryHotplugSizeUpdate, MemoryHotplugStatus,
 };
+pub use mmds::{is_link_local_valid, MmdsConfig, MmdsVersion, DEFAULT_MMDS_IPV4};
 pub use net::{
     check_unique_ids, check_update, insert_interface, put_interface, MacAddr,
     NetworkInterfaceConfig, NetworkInterfaceUpdate,
@@ -91,8 +93,6 @@ pub enum ConfigError {
     DriveId(String),
     #[error("the drive_id in the body ({body}) differs from the one in the path ({path})")]
     DriveIdMismatch { body: String, path: String },
-    #[error("io_engine {0:?} is not supported; use \"Sync\"")]
-    IoEngine(String),
     #[error("invalid partuuid {0:?}")]
     PartUuid(String),
     #[error("invalid drive: {0}")]
@@ -124,6 +124,9 @@ pub enum ConfigError {
         "free page hinting is not enabled: the balloon was configured without free_page_hinting"
     )]
     BalloonHintingDisabled,
+    /// `PUT /mmds/config`: the message says what is wrong.
+    #[error("invalid mmds-config: {0}")]
+    Mmds(String),
     #[error("balloon statistics cannot be enabled or disabled after the microVM started (stats_polling_interval_s can only change between non-zero values)")]
     BalloonStatsChange,
     #[error(transparent)]
@@ -184,9 +187,23 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub memory_hotplug: Option<MemoryHotplugConfig>,
+    /// The metadata service (`PUT /mmds/config`); the data store itself
+    /// is not configuration and is never saved with it.
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mmds_config: Option<MmdsConfig>,
 }
 
 impl VmConfig {
+    /// Whether a vhost-user backend (virtio-fs, a drive with `socket`)
+    /// will map guest memory: it must be a shared memfd then.
+    pub fn needs_shared_memory(&self) -> bool {
+        !self.fs_devices.is_empty() || self.drives.iter().any(|d| d.socket.is_some())
+    }
+
     /// The drive that is the root device, if one is.
     pub fn root_drive(&self) -> Option<&DriveConfig> {
         self.drives.iter().find(|d| d.is_root_device)
@@ -356,6 +373,11 @@ mod tests {
         assert_eq!(cfg.boot_source.unwrap().boot_args(), "console=ttyS0");
         let err = serde_json::from_str::<VmConfig>(r#"{"mmds": {}}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `mmds`"), "{err}");
+        let cfg: VmConfig = serde_json::from_str(
+            r#"{"mmds-config": {"network_interfaces": ["eth0"], "version": "V2"}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.mmds_config.unwrap().version, MmdsVersion::V2);
         let cfg: VmConfig = serde_json::from_str(
             r#"{"balloon": {"amount_mib": 8, "deflate_on_oom": true, "stats_polling_interval_s": 1}}"#,
         )

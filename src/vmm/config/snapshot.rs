@@ -77,6 +77,11 @@ pub struct SnapshotLoadParams {
     pub network_overrides: Vec<NetworkOverride>,
     #[serde(default)]
     pub vsock_override: Option<VsockOverride>,
+    /// Advance kvmclock by the wall-clock time since the snapshot was
+    /// taken (KVM_SET_CLOCK with KVM_CLOCK_REALTIME); by default it goes
+    /// on from where it stopped.
+    #[serde(default)]
+    pub clock_realtime: bool,
 }
 
 fn nonempty(field: &str, v: &str) -> Result<(), ConfigError> {
@@ -141,14 +146,16 @@ mod tests {
             r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u"},
                 "track_dirty_pages": true, "resume_vm": true,
                 "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}],
-                "vsock_override": {"uds_path": "v"}}"#,
+                "vsock_override": {"uds_path": "v"}, "clock_realtime": true}"#,
         )
         .unwrap();
         assert_eq!(l.backend().unwrap().backend_type, MemBackendType::Uffd);
+        assert!(l.clock_realtime);
         assert!(l.tracks_dirty_pages());
         let old: SnapshotLoadParams =
             serde_json::from_str(r#"{"snapshot_path": "s", "mem_file_path": "m"}"#).unwrap();
         assert_eq!(old.backend().unwrap().backend_path, "m");
+        assert!(!old.clock_realtime);
     }
 
     #[test]

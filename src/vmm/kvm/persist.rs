@@ -11,8 +11,8 @@
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
     kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
-    CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_MAX_CPUID_ENTRIES,
+    CpuId, Msrs, KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,19 @@ pub enum KvmStateError {
         part: &'static str,
         err: kvm_ioctls::Error,
     },
+    #[error(
+        "clock_realtime: the snapshot's host did not report the wall-clock time with its \
+         kvmclock (KVM_GET_CLOCK flags {0:#x} lack KVM_CLOCK_REALTIME: its clock source \
+         is not a stable TSC, or its kernel is older than 5.16), so the time since the \
+         snapshot is unknown"
+    )]
+    NoSavedRealtime(u32),
+    #[error(
+        "clock_realtime: this host's KVM cannot advance kvmclock by the wall-clock time \
+         (KVM_CAP_ADJUST_CLOCK is {0:#x}, without KVM_CLOCK_REALTIME; Linux 5.16 or later \
+         has it)"
+    )]
+    NoRealtimeSupport(u32),
     #[error("the snapshot was taken on a {saved} CPU; this host is {host}")]
     Vendor { saved: String, host: String },
     #[error(
@@ -235,7 +248,65 @@ pub fn save_vm(vm: &Vm) -> Result<VmState> {
     })
 }
 
-pub fn restore_vm(vm: &Vm, s: &VmState) -> Result<()> {
+/// How kvmclock resumes after a restore.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClockRestore {
+    /// From the value it had when the snapshot was taken.
+    #[default]
+    Saved,
+    /// Advanced by the wall-clock time since then (`clock_realtime`).
+    Realtime,
+}
+
+/// KVM_CAP_ADJUST_CLOCK: the KVM_CLOCK_* flags KVM_GET_CLOCK and
+/// KVM_SET_CLOCK know.
+const KVM_CAP_ADJUST_CLOCK: libc::c_ulong = 39;
+
+/// Refuses `clock_realtime` where it cannot work: the snapshot holds no
+/// wall-clock time for its kvmclock reading (its host's KVM_GET_CLOCK did
+/// not report one), or this host's KVM_SET_CLOCK cannot take one. Checked
+/// before anything is built.
+pub fn check_clock_restore(vm: &Vm, s: &VmState, how: ClockRestore) -> Result<()> {
+    check_saved_clock(s, how)?;
+    if how == ClockRestore::Saved {
+        return Ok(());
+    }
+    let flags = vm.fd().check_extension_raw(KVM_CAP_ADJUST_CLOCK);
+    if flags < 0 || flags as u32 & KVM_CLOCK_REALTIME == 0 {
+        return Err(KvmStateError::NoRealtimeSupport(flags.max(0) as u32));
+    }
+    Ok(())
+}
+
+/// The part of [`check_clock_restore`] that needs no VM: the snapshot
+/// has the wall-clock time `how` needs.
+pub fn check_saved_clock(s: &VmState, how: ClockRestore) -> Result<()> {
+    if how == ClockRestore::Realtime && s.clock.flags & KVM_CLOCK_REALTIME == 0 {
+        return Err(KvmStateError::NoSavedRealtime(s.clock.flags));
+    }
+    Ok(())
+}
+
+/// The KVM_SET_CLOCK argument for a saved clock: only its value, the
+/// flags KVM reported (TSC stable, host TSC) describing the old host;
+/// with [`ClockRestore::Realtime`] also the wall-clock time it was read
+/// at, so KVM adds the time since.
+fn clock_to_set(saved: &kvm_clock_data, how: ClockRestore) -> kvm_clock_data {
+    match how {
+        ClockRestore::Saved => kvm_clock_data {
+            clock: saved.clock,
+            ..Default::default()
+        },
+        ClockRestore::Realtime => kvm_clock_data {
+            clock: saved.clock,
+            flags: KVM_CLOCK_REALTIME,
+            realtime: saved.realtime,
+            ..Default::default()
+        },
+    }
+}
+
+pub fn restore_vm(vm: &Vm, s: &VmState, how: ClockRestore) -> Result<()> {
     let e = |part| {
         move |err| KvmStateError::Vm {
             what: "restore",
@@ -244,13 +315,10 @@ pub fn restore_vm(vm: &Vm, s: &VmState) -> Result<()> {
         }
     };
     vm.fd().set_pit2(&s.pit).map_err(e("PIT"))?;
-    // Only the clock value is restored; the flags KVM reported (TSC
-    // stable, realtime) describe the old host.
-    let clock = kvm_clock_data {
-        clock: s.clock.clock,
-        ..Default::default()
-    };
-    vm.fd().set_clock(&clock).map_err(e("clock"))?;
+    check_clock_restore(vm, s, how)?;
+    vm.fd()
+        .set_clock(&clock_to_set(&s.clock, how))
+        .map_err(e("clock"))?;
     for (chip, id) in [
         (&s.pic_master, KVM_IRQCHIP_PIC_MASTER),
         (&s.pic_slave, KVM_IRQCHIP_PIC_SLAVE),
@@ -374,6 +442,24 @@ mod tests {
             entry(7, 0, [0, 0b1010, 0, 0]),
         ])
         .unwrap()
+    }
+
+    #[test]
+    fn the_clock_is_set_from_its_value_or_from_real_time() {
+        let saved = kvm_clock_data {
+            clock: 1_000,
+            flags: KVM_CLOCK_REALTIME | kvm_bindings::KVM_CLOCK_TSC_STABLE,
+            realtime: 5_000,
+            host_tsc: 77,
+            ..Default::default()
+        };
+        let plain = clock_to_set(&saved, ClockRestore::Saved);
+        assert_eq!((plain.clock, plain.flags, plain.realtime), (1_000, 0, 0));
+        let real = clock_to_set(&saved, ClockRestore::Realtime);
+        assert_eq!(
+            (real.clock, real.flags, real.realtime, real.host_tsc),
+            (1_000, KVM_CLOCK_REALTIME, 5_000, 0)
+        );
     }
 
     #[test]

@@ -10,13 +10,13 @@ use super::format::{self, FormatError};
 use super::memory::{self, MemoryFileError};
 use super::uffd::{self, UffdError};
 use super::MicrovmState;
-use crate::vmm::builder::{self, StartError};
+use crate::vmm::builder::{self, DriveDevice, StartError};
 use crate::vmm::config::{
     open_regular, ConfigError, MemBackendType, SnapshotCreateParams, SnapshotLoadParams,
     SnapshotType, VmConfig,
 };
 use crate::vmm::kvm::memory::{self as guest_memory, GuestMem, MemOptions, MemoryError};
-use crate::vmm::kvm::persist::{save_vm, KvmStateError};
+use crate::vmm::kvm::persist::{check_saved_clock, save_vm, ClockRestore, KvmStateError};
 use crate::vmm::kvm::vcpu::VcpuError;
 use crate::vmm::kvm::VmError;
 use crate::vmm::metrics::METRICS;
@@ -72,6 +72,8 @@ pub enum SnapshotError {
     HugetlbNeedsUffd(String),
     #[error("a microVM with a virtio-fs device cannot be snapshotted: fs device {0:?} is served by a vhost-user backend (virtiofsd) whose state husk cannot save")]
     ExternalBackend(String),
+    #[error("a microVM with a vhost-user drive cannot be snapshotted: drive {0:?} is served by a vhost-user-blk backend whose state husk cannot save")]
+    VhostUserDrive(String),
 }
 
 fn show(p: &str) -> String {
@@ -88,6 +90,9 @@ impl Vmm {
         if let Some(f) = self.config.fs_devices.first() {
             return Err(SnapshotError::ExternalBackend(show(&f.tag)).into());
         }
+        if let Some(d) = self.config.drives.iter().find(|d| d.socket.is_some()) {
+            return Err(SnapshotError::VhostUserDrive(show(&d.drive_id)).into());
+        }
         if self.state != VmState::Paused {
             return Err(VmmActionError::NotPaused(self.state.as_str()));
         }
@@ -98,6 +103,14 @@ impl Vmm {
         let config_json = serde_json::to_string(&self.config).unwrap_or_default();
         let id = self.id.clone();
         let vm = self.running()?;
+        // Requests an Async drive has in flight are finished and answered
+        // first: the rings and the interrupt state saved below then owe
+        // the guest nothing.
+        for d in &vm.drives {
+            if let DriveDevice::Virtio(block) = &d.device {
+                block.lock().unwrap_or_else(|e| e.into_inner()).drain();
+            }
+        }
         let msrs = Arc::new(vm.vm.msr_list().to_vec());
         let mut vcpus = Vec::with_capacity(vm.vcpus.len());
         for v in &vm.vcpus {
@@ -202,6 +215,8 @@ impl Vmm {
             Some("machine-config")
         } else if c.cpu_config.is_some() {
             Some("cpu-config")
+        } else if c.mmds_config.is_some() {
+            Some("mmds-config")
         } else {
             None
         };
@@ -221,6 +236,12 @@ impl Vmm {
         let backend = p.backend()?;
         let snapshot_path = Path::new(&p.snapshot_path);
         let state: MicrovmState = format::read_file(snapshot_path).map_err(SnapshotError::from)?;
+        let clock = if p.clock_realtime {
+            ClockRestore::Realtime
+        } else {
+            ClockRestore::Saved
+        };
+        check_saved_clock(&state.vm, clock).map_err(SnapshotError::from)?;
         let cfg = restored_config(&state, &p)?;
         // RAM, then the hotpluggable region when there is one.
         let (ranges, _) =
@@ -253,12 +274,15 @@ impl Vmm {
             }
         };
         let opened = self.take_vm().map_err(StartError::from)?;
+        let mmds = self.mmds_for_start(cfg.mmds_config.as_ref())?;
         let how = builder::Launch {
             exit: self.exit.clone(),
             seccomp: &self.seccomp,
             paused: !p.resume_vm,
+            mmds,
         };
-        let running = builder::restore_and_start((opened, mem), &cfg, &state, events, &how)?;
+        let running =
+            builder::restore_and_start((opened, mem), &cfg, (&state, clock), events, &how)?;
         self.running = Some(running);
         self.uffd = uffd;
         // The logger and metrics are this process's, not the snapshot's.
@@ -380,6 +404,9 @@ fn config_files_valid(cfg: &VmConfig) -> Result<(), ConfigError> {
     }
     if let Some(h) = &cfg.memory_hotplug {
         h.validate()?;
+    }
+    if let Some(m) = &cfg.mmds_config {
+        m.clone().validated(&cfg.network_interfaces)?;
     }
     Ok(())
 }

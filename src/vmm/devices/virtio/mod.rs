@@ -18,6 +18,7 @@ pub mod pmem;
 pub mod queue;
 pub mod rng;
 pub mod test_utils;
+pub mod vhost_user;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -126,6 +126,9 @@ pub enum DeviceState {
     Balloon(BalloonState),
     Pmem(PmemState),
     Mem(MemState),
+    /// Never in a snapshot either: a VM with a vhost-user drive cannot be
+    /// snapshotted (see `block/vhost_user/mod.rs`).
+    VhostUserBlock(super::block::vhost_user::VhostUserBlockState),
 }
 
 impl DeviceState {
@@ -139,6 +142,7 @@ impl DeviceState {
             DeviceState::Balloon(_) => "virtio-balloon",
             DeviceState::Pmem(_) => "virtio-pmem",
             DeviceState::Mem(_) => "virtio-mem",
+            DeviceState::VhostUserBlock(_) => "vhost-user-blk",
         }
     }
 

@@ -10,6 +10,17 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use super::{VirtioInterrupt, INT_USED_RING};
 use crate::vmm::metrics::Counter;
 
+/// What a device did with a chain.
+pub enum Served {
+    /// Done: return it with this used length.
+    Used(u32),
+    /// Taken; the device returns it later ([`ActiveQueue::complete`]).
+    InFlight,
+    /// Leave it, and the ones after it, for later (a rate limiter said
+    /// wait).
+    Hold,
+}
+
 pub struct ActiveQueue {
     pub mem: GuestMem,
     pub queue: Queue,
@@ -26,6 +37,19 @@ impl ActiveQueue {
         &mut self,
         errors: &Counter,
         mut handle: impl FnMut(&GuestMem, DescriptorChain<&GuestMem>) -> Option<u32>,
+    ) -> usize {
+        self.serve_requests(errors, |mem, chain| match handle(mem, chain) {
+            Some(len) => Served::Used(len),
+            None => Served::Hold,
+        })
+    }
+
+    /// [`serve`](Self::serve) for a device that may answer later: a chain
+    /// `handle` takes in flight is not returned now, nor counted.
+    pub fn serve_requests(
+        &mut self,
+        errors: &Counter,
+        mut handle: impl FnMut(&GuestMem, DescriptorChain<&GuestMem>) -> Served,
     ) -> usize {
         let mut served = 0;
         let mut held = false;
@@ -44,13 +68,17 @@ impl ActiveQueue {
             let total = chains.len();
             for (i, chain) in chains.into_iter().enumerate() {
                 let head = chain.head_index();
-                let Some(len) = handle(&self.mem, chain) else {
-                    // Put this chain and the rest back, in order.
-                    let left = (total - i) as u16;
-                    let next = self.queue.next_avail().wrapping_sub(left);
-                    self.queue.set_next_avail(next);
-                    held = true;
-                    break;
+                let len = match handle(&self.mem, chain) {
+                    Served::Used(len) => len,
+                    Served::InFlight => continue,
+                    Served::Hold => {
+                        // Put this chain and the rest back, in order.
+                        let left = (total - i) as u16;
+                        let next = self.queue.next_avail().wrapping_sub(left);
+                        self.queue.set_next_avail(next);
+                        held = true;
+                        break;
+                    }
                 };
                 if let Err(e) = self.queue.add_used(&self.mem, head, len) {
                     tracing::warn!("virtio: cannot return a buffer: {e}");
@@ -72,6 +100,24 @@ impl ActiveQueue {
             self.interrupt.signal(INT_USED_RING);
         }
         served
+    }
+}
+
+impl ActiveQueue {
+    /// Returns chains a device took in flight, `(head, used length)`
+    /// each, and raises the interrupt once if the driver wants it.
+    pub fn complete(&mut self, errors: &Counter, done: impl IntoIterator<Item = (u16, u32)>) {
+        let mut any = false;
+        for (head, len) in done {
+            if let Err(e) = self.queue.add_used(&self.mem, head, len) {
+                tracing::warn!("virtio: cannot return a buffer: {e}");
+                errors.inc();
+            }
+            any = true;
+        }
+        if any && self.queue.needs_notification(&self.mem).unwrap_or(true) {
+            self.interrupt.signal(INT_USED_RING);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The virtio-blk model: one request queue over a raw file or block
-//! device.
+//! device, served on the VMM thread by the Sync engine (`request.rs`) or
+//! through io_uring by the Async one (`async_io.rs`).
 
 use crate::vmm::kvm::memory::GuestMem;
 use std::fs::{File, OpenOptions};
@@ -10,9 +11,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::vmm::devices::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 
+use super::async_io::{AsyncIo, AsyncIoError, Submitted};
 use super::request::{execute, Disk, ID_BYTES, MAX_SEGMENTS, SECTOR_SIZE};
+use crate::vmm::config::IoEngine;
 use crate::vmm::devices::virtio::persist::{DeviceState, VirtioPersistError};
-use crate::vmm::devices::virtio::queue::ActiveQueue;
+use crate::vmm::devices::virtio::queue::{ActiveQueue, Served};
 use crate::vmm::devices::virtio::{
     read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, TYPE_BLOCK,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
@@ -41,6 +44,8 @@ pub enum BlockError {
     EventFd(std::io::Error),
     #[error(transparent)]
     RateLimiter(#[from] RateLimiterError),
+    #[error(transparent)]
+    AsyncIo(#[from] AsyncIoError),
 }
 
 /// How the drive is backed and limited.
@@ -49,6 +54,7 @@ pub struct BlockOptions {
     pub read_only: bool,
     pub writeback: bool,
     pub rate_limiter: RateLimiterConfig,
+    pub engine: IoEngine,
 }
 
 pub struct Block {
@@ -58,6 +64,8 @@ pub struct Block {
     options: BlockOptions,
     config: [u8; CONFIG_LEN],
     pub(super) limiter: RateLimiter,
+    /// The io_uring engine (`io_engine` Async); None for Sync.
+    pub(super) io: Option<AsyncIo>,
 }
 
 /// Opens a backing file without blocking (a FIFO is refused) and
@@ -107,6 +115,10 @@ impl Block {
                 id: disk_id,
             },
             limiter: RateLimiter::new(&options.rate_limiter)?,
+            io: match options.engine {
+                IoEngine::Sync => None,
+                IoEngine::Async => Some(AsyncIo::new(u32::from(QUEUE_SIZE))?),
+            },
             options,
             config: [0; CONFIG_LEN],
         };
@@ -142,22 +154,67 @@ impl Block {
         Ok(())
     }
 
-    /// Serves every request the driver made available; returns how many.
+    /// Serves every request the driver made available; returns how many
+    /// were answered or, with the Async engine, submitted.
     pub fn process_queue(&mut self) -> usize {
         let Some(active) = self.active.as_mut() else {
             return 0;
         };
         let disk = &self.disk;
         let limiter = &mut self.limiter;
-        active.serve(&METRICS.block.errors, |mem, chain| {
+        let mut io = self.io.as_mut();
+        let served = active.serve_requests(&METRICS.block.errors, |mem, chain| {
             if !limiter.is_unlimited() && !limiter.consume(data_bytes(&chain)) {
                 METRICS.block.rate_limited.inc();
-                return None;
+                return Served::Hold;
             }
-            let out = execute(mem, chain, disk);
+            let out = match io.as_deref_mut() {
+                Some(io) => match io.submit(mem, chain, disk) {
+                    Submitted::Done(out) => out,
+                    Submitted::InFlight => return Served::InFlight,
+                },
+                None => execute(mem, chain, disk),
+            };
             count(&out);
-            Some(out.used_len)
-        })
+            Served::Used(out.used_len)
+        });
+        if let Some(io) = self.io.as_mut() {
+            io.flush_submissions();
+        }
+        served
+    }
+
+    /// The Async engine's completions arrived: their chains go on the
+    /// used ring.
+    pub fn process_completions(&mut self) {
+        let Some(io) = self.io.as_mut() else {
+            return;
+        };
+        match self.active.as_mut() {
+            Some(active) => {
+                let done = io.reap(Some(&active.mem));
+                complete(active, done);
+            }
+            // Reset meanwhile: what finishes is dropped.
+            None => {
+                io.reap(None);
+            }
+        }
+    }
+
+    /// Waits for every request in flight and answers them (before a
+    /// snapshot: the saved ring must not owe the guest anything).
+    pub fn drain(&mut self) {
+        let (Some(io), Some(active)) = (self.io.as_mut(), self.active.as_mut()) else {
+            return;
+        };
+        let done = io.drain(&active.mem);
+        complete(active, done);
+    }
+
+    /// Requests the Async engine has in flight.
+    pub fn in_flight(&self) -> usize {
+        self.io.as_ref().map_or(0, AsyncIo::in_flight)
     }
 
     /// Replaces the rate limiter's buckets (PATCH /drives).
@@ -178,6 +235,17 @@ fn data_bytes(chain: &DescriptorChain<&GuestMem>) -> u64 {
         .map(|d| u64::from(d.len()))
         .sum::<u64>()
         .saturating_sub(17)
+}
+
+/// Returns finished Async requests to the guest.
+fn complete(active: &mut ActiveQueue, done: Vec<super::async_io::Completed>) {
+    for c in &done {
+        count(&c.outcome);
+    }
+    active.complete(
+        &METRICS.block.errors,
+        done.iter().map(|c| (c.head, c.outcome.used_len)),
+    );
 }
 
 fn count(out: &super::request::Outcome) {
@@ -229,6 +297,9 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+        if let Some(io) = self.io.as_mut() {
+            io.reset();
+        }
     }
 
     fn queue_states(&self) -> Vec<virtio_queue::QueueState> {

@@ -1,7 +1,9 @@
-//! virtio-blk on the event loop: its queue's event fd and its rate limiter's
-//! timer.
+//! virtio-blk on the event loop: its queue's event fd, its rate limiter's
+//! timer and, with the Async engine, the eventfd io_uring signals for
+//! each completion.
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
 
 use super::Block;
 use crate::vmm::devices::rate_limiter::RateLimiter;
@@ -26,9 +28,22 @@ impl OneQueueDevice for Block {
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         subscribe_one_queue(self, ops);
+        if let Some(io) = &self.io {
+            if let Err(e) = ops.add(Events::new_raw(io.completion_fd(), EventSet::IN)) {
+                tracing::error!("virtio-blk: cannot watch the io_uring completions: {e:?}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        process_one_queue(self, events);
+        if self
+            .io
+            .as_ref()
+            .is_some_and(|io| io.completion_fd() == events.fd())
+        {
+            self.process_completions();
+        } else {
+            process_one_queue(self, events);
+        }
     }
 }

@@ -126,8 +126,9 @@ fn run(
     }
 }
 
-/// The byte range of `len` bytes from `sector`, if it lies on the disk.
-fn range(sector: u64, len: u64, disk: &Disk) -> Result<u64, u8> {
+/// The byte offset of `len` bytes from `sector`, if they lie on the disk
+/// (whole sectors only).
+pub(super) fn checked_range(sector: u64, len: u64, disk: &Disk) -> Result<u64, u8> {
     if !len.is_multiple_of(SECTOR_SIZE) {
         return Err(S_IOERR);
     }
@@ -146,7 +147,7 @@ fn read(
     out: &mut Outcome,
 ) -> Result<(), u8> {
     let len = writer.available_bytes() as u64;
-    let mut at = range(sector, len, disk)?;
+    let mut at = checked_range(sector, len, disk)?;
     let mut buf = vec![0u8; CHUNK.min(len as usize)];
     let mut left = len as usize;
     while left > 0 {
@@ -172,7 +173,7 @@ fn write(
         return Err(S_IOERR);
     }
     let len = reader.available_bytes() as u64;
-    let mut at = range(sector, len, disk)?;
+    let mut at = checked_range(sector, len, disk)?;
     let mut buf = vec![0u8; CHUNK.min(len as usize)];
     let mut left = len as usize;
     while left > 0 {
@@ -204,7 +205,7 @@ fn segments(kind: u32, reader: &mut ChainReader<'_>, disk: &Disk) -> Result<(), 
     for _ in 0..count {
         let seg: Segment = reader.read_obj().map_err(|_| S_IOERR)?;
         let len = u64::from(seg.num_sectors) * SECTOR_SIZE;
-        let start = range(seg.sector, len, disk)?;
+        let start = checked_range(seg.sector, len, disk)?;
         if kind == T_DISCARD {
             // Discard is advisory: a file system that cannot punch holes
             // keeps the data, and the guest is still told OK.

@@ -6,11 +6,10 @@
 //! (a shared memfd) and the queues; the backend then reads and answers
 //! the guest's FUSE requests itself.
 
-mod backend;
 mod device;
 mod event_handler;
 mod persist;
 
-pub use backend::{BackendError, REPLY_TIMEOUT};
+pub use crate::vmm::devices::virtio::vhost_user::{BackendError, REPLY_TIMEOUT};
 pub use device::{Fs, FsError, CONFIG_LEN, SUPPORTED_FEATURES};
 pub use persist::{FsState, NOT_RESTORABLE};

@@ -24,6 +24,12 @@
 //! rest wait in the TAP's queue, as they do when the guest has no
 //! buffers.
 //!
+//! With MMDS on the interface (`PUT /mmds/config`), transmitted frames
+//! addressed to the MMDS address (ARP for it, IPv4 to it) go to the
+//! interface's [`MmdsStack`] instead of the TAP, outside the transmit
+//! limiter, and the stack's replies are delivered ahead of TAP frames,
+//! outside the receive limiter (as in Firecracker).
+//!
 //! A guest cannot make the device misbehave: chains too short for the
 //! header, read-only receive buffers, addresses outside guest memory and
 //! frames over [`MAX_FRAME_LEN`] are answered (used length 0) and counted
@@ -42,6 +48,7 @@ use crate::vmm::devices::virtio::{
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 use crate::vmm::metrics::METRICS;
+use crate::vmm::mmds::stack::MmdsStack;
 use crate::vmm::snapshot::Persist;
 
 pub const RX_QUEUE: usize = 0;
@@ -145,6 +152,8 @@ pub struct Net {
     pub(super) tap_dead: bool,
     /// TUNSETOFFLOAD flags last given to the TAP.
     offloads: Option<u32>,
+    /// The metadata service's stack, on an interface `mmds-config` names.
+    pub(super) mmds: Option<MmdsStack>,
 }
 
 /// `TUN_F_*` offloads for the TAP from the features the driver accepted:
@@ -202,7 +211,24 @@ impl Net {
             tap_watched: false,
             tap_dead: false,
             offloads: None,
+            mmds: None,
         })
+    }
+
+    /// Puts MMDS on this interface (before it joins the event loop, which
+    /// then watches the stack's timer too).
+    pub fn set_mmds(&mut self, stack: MmdsStack) {
+        self.mmds = Some(stack);
+    }
+
+    /// The MMDS stack on this interface, if any.
+    pub fn mmds(&self) -> Option<&MmdsStack> {
+        self.mmds.as_ref()
+    }
+
+    /// Whether MMDS has frames waiting for the guest's buffers.
+    pub fn mmds_has_output(&self) -> bool {
+        self.mmds.as_ref().is_some_and(MmdsStack::has_output)
     }
 
     /// The TUNSETOFFLOAD flags given to the TAP at the last activation.
@@ -242,8 +268,8 @@ impl Net {
         Ok(())
     }
 
-    /// Sends every frame the driver made available on the transmit queue;
-    /// returns how many chains were used.
+    /// Sends every frame the driver made available on the transmit queue
+    /// (to the TAP, or to MMDS); returns how many chains were used.
     pub fn process_tx(&mut self) -> usize {
         let Some(tx) = self.tx.as_mut() else {
             return 0;
@@ -251,14 +277,28 @@ impl Net {
         if self.tx_frame.len() < MAX_FRAME_LEN {
             self.tx_frame.resize(MAX_FRAME_LEN, 0);
         }
-        let (tap, buf, limiter) = (&self.tap, &mut self.tx_frame, &mut self.tx_limiter);
+        let (tap, buf, limiter, mmds) = (
+            &self.tap,
+            &mut self.tx_frame,
+            &mut self.tx_limiter,
+            &mut self.mmds,
+        );
         tx.serve(&METRICS.net.tx_errors, |mem, chain| {
-            if !limiter.is_unlimited() && !limiter.consume(frame_bytes(&chain)) {
+            let Some(len) = read_frame(mem, chain, buf) else {
+                // The device writes nothing into transmit buffers.
+                return Some(0);
+            };
+            let (hdr, frame) = buf[..len].split_at_mut(VNET_HDR_LEN);
+            if let Some(stack) = mmds.as_mut().filter(|s| s.is_mmds_frame(frame)) {
+                stack.detour(hdr, frame);
+                return Some(0);
+            }
+            if !limiter.is_unlimited() && !limiter.consume((len - VNET_HDR_LEN) as u64) {
+                // Left in the ring (read again when the timer fires).
                 METRICS.net.tx_rate_limited.inc();
                 return None;
             }
-            send_frame(mem, chain, tap, buf);
-            // The device writes nothing into transmit buffers.
+            write_frame(tap, &buf[..len]);
             Some(0)
         })
     }
@@ -284,6 +324,15 @@ impl Net {
             let Some(rx) = self.rx.as_mut() else {
                 break;
             };
+            if self.rx_pending == 0 {
+                // MMDS's replies first, outside the receive limiter.
+                let frame = &mut self.rx_frame[VNET_HDR_LEN..];
+                if let Some(n) = self.mmds.as_mut().and_then(|m| m.next_frame(frame)) {
+                    self.rx_frame[..VNET_HDR_LEN].fill(0);
+                    self.rx_pending = VNET_HDR_LEN + n;
+                    self.rx_admitted = true;
+                }
+            }
             if self.rx_pending == 0 {
                 if self.rx_limiter.is_blocked() {
                     state = RxState::Throttled;
@@ -367,34 +416,32 @@ fn has_available(q: &ActiveQueue) -> bool {
         .unwrap_or(false)
 }
 
-/// The frame bytes of a transmit chain (without the virtio-net header),
-/// as the transmit limiter counts them.
-fn frame_bytes(chain: &DescriptorChain<&GuestMem>) -> u64 {
-    chain
-        .clone()
-        .map(|d| u64::from(d.len()))
-        .sum::<u64>()
-        .saturating_sub(VNET_HDR_LEN as u64)
-}
-
-/// Writes one transmit chain (header and frame) to the TAP.
-fn send_frame(mem: &GuestMem, chain: DescriptorChain<&GuestMem>, tap: &Tap, buf: &mut [u8]) {
+/// Reads one transmit chain (header and frame) into `buf`; its length,
+/// or None (counted) when the chain is malformed.
+fn read_frame(mem: &GuestMem, chain: DescriptorChain<&GuestMem>, buf: &mut [u8]) -> Option<usize> {
     let m = &METRICS.net;
     let Ok(mut reader) = Reader::new(mem, chain) else {
         // A buffer outside guest memory, or lengths that overflow.
         m.tx_errors.inc();
-        return;
+        return None;
     };
     let len = reader.available_bytes();
     if !(VNET_HDR_LEN..=MAX_FRAME_LEN).contains(&len) || len > buf.len() {
         m.tx_errors.inc();
-        return;
+        return None;
     }
     if std::io::Read::read_exact(&mut reader, &mut buf[..len]).is_err() {
         m.tx_errors.inc();
-        return;
+        return None;
     }
-    match tap.write_frame(&buf[..len]) {
+    Some(len)
+}
+
+/// Writes one frame (header included) to the TAP.
+fn write_frame(tap: &Tap, frame: &[u8]) {
+    let m = &METRICS.net;
+    let len = frame.len();
+    match tap.write_frame(frame) {
         Ok(n) if n == len => {
             m.tx_frames.inc();
             m.tx_bytes.add((len - VNET_HDR_LEN) as u64);

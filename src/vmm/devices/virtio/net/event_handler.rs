@@ -7,6 +7,9 @@
 //! reports an error or hang-up (its interface was deleted) is dropped
 //! from the loop for good. Each direction's rate limiter has a timer
 //! here too: when it fires, what the limiter held back is tried again.
+//! With MMDS on the interface, its stack's timer is watched as well, and
+//! whatever the stack has for the guest (after a transmit or a timer) is
+//! delivered through the receive path.
 
 use std::os::fd::AsRawFd;
 
@@ -52,6 +55,14 @@ impl Net {
         self.watch_tap(ops, state == RxState::Watch, state == RxState::NeedBuffers);
     }
 
+    /// Transmits, then delivers what MMDS answered to frames among them.
+    fn transmit(&mut self, ops: &mut EventOps) {
+        self.process_tx();
+        if self.mmds_has_output() {
+            self.receive(ops);
+        }
+    }
+
     /// After PATCH /network-interfaces: what the old limiters held back
     /// goes now if the new ones allow it.
     pub fn retry_after_update(&mut self) {
@@ -79,6 +90,11 @@ impl MutEventSubscriber for Net {
                 tracing::error!("virtio-net: cannot watch a rate limiter: {e:?}");
             }
         }
+        if let Some(fd) = self.mmds.as_ref().map(|m| m.timer_fd()) {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                tracing::error!("virtio-net: cannot watch the MMDS timer: {e:?}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -90,7 +106,7 @@ impl MutEventSubscriber for Net {
             self.receive(ops);
         } else if fd == self.queue_evts[TX_QUEUE].as_raw_fd() {
             let _ = self.queue_evts[TX_QUEUE].read();
-            self.process_tx();
+            self.transmit(ops);
         } else if fd == self.tap.as_raw_fd() {
             if events
                 .event_set()
@@ -105,7 +121,12 @@ impl MutEventSubscriber for Net {
             self.receive(ops);
         } else if fd == self.tx_limiter.timer_fd() {
             self.tx_limiter.on_timer();
-            self.process_tx();
+            self.transmit(ops);
+        } else if let Some(m) = self.mmds.as_mut().filter(|m| m.timer_fd() == fd) {
+            m.on_timer();
+            if self.mmds_has_output() {
+                self.receive(ops);
+            }
         } else {
             tracing::warn!(fd, "virtio-net woken for an fd it does not own");
         }

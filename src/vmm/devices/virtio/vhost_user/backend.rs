@@ -1,11 +1,14 @@
-//! The vhost-user connection to a virtio-fs backend (virtiofsd), through
-//! the rust-vmm `vhost` crate's frontend.
+//! The vhost-user connection to a backend process (virtiofsd for
+//! virtio-fs, qemu-storage-daemon or another vhost-user-blk server for a
+//! drive), through the rust-vmm `vhost` crate's frontend.
 //!
 //! [`Backend::connect`] runs at InstanceStart, on the VMM thread before
 //! its seccomp filter goes on: connect, SET_OWNER, the backend's virtio
 //! features, then the protocol features husk speaks (MQ and REPLY_ACK:
 //! with REPLY_ACK every request is acknowledged, so a backend that
-//! refuses one says so at once). [`Backend::start`] hands the backend the
+//! refuses one says so at once; and what the device asks for besides,
+//! CONFIG for a block device, whose configuration space the backend
+//! owns: [`Backend::get_config`]). [`Backend::start`] hands the backend the
 //! guest's queues once the driver sets DRIVER_OK: the accepted features,
 //! the memory table (the memfd of every region), then for each queue its
 //! size, ring addresses (in this process's address space, as vhost-user
@@ -21,7 +24,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use vhost::vhost_user::message::VhostUserHeaderFlag;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
@@ -55,6 +58,10 @@ pub enum BackendError {
     NotShared,
     #[error("queue {0}'s rings are not in guest memory")]
     RingAddress(usize),
+    #[error(
+        "the vhost-user backend answered GET_CONFIG with {got} bytes; {wanted} were asked for"
+    )]
+    ConfigSize { got: usize, wanted: usize },
 }
 
 /// Names a failed request, saying plainly when the backend hung up.
@@ -74,17 +81,25 @@ fn failed(what: &'static str) -> impl Fn(vhost::Error) -> BackendError {
     }
 }
 
-/// A live connection to a vhost-user virtio-fs backend.
+/// A live connection to a vhost-user backend.
 pub struct Backend {
     frontend: Frontend,
     /// The backend's virtio features.
     features: u64,
+    /// The protocol features both sides speak.
+    protocol: VhostUserProtocolFeatures,
 }
 
 impl Backend {
     /// Connects to the backend at `path` and negotiates the protocol for
-    /// a device of `queues` queues (hiprio included).
-    pub fn connect(path: &Path, queues: usize) -> Result<Self, BackendError> {
+    /// a device of `queues` queues. `wanted` are the protocol features the
+    /// device needs besides MQ and REPLY_ACK: a backend without them is
+    /// refused.
+    pub fn connect(
+        path: &Path,
+        queues: usize,
+        wanted: VhostUserProtocolFeatures,
+    ) -> Result<Self, BackendError> {
         let sock = UnixStream::connect(path).map_err(|err| BackendError::Connect {
             path: crate::text::echo_path(path),
             err,
@@ -104,8 +119,11 @@ impl Backend {
         let offered = frontend
             .get_protocol_features()
             .map_err(failed("GET_PROTOCOL_FEATURES"))?;
-        let acked =
-            offered & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK);
+        if !offered.contains(wanted) {
+            return Err(BackendError::Missing(protocol_name(wanted - offered)));
+        }
+        let acked = offered
+            & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK | wanted);
         frontend
             .set_protocol_features(acked)
             .map_err(failed("SET_PROTOCOL_FEATURES"))?;
@@ -118,12 +136,36 @@ impl Backend {
                 return Err(BackendError::TooFewQueues { has, needs: queues });
             }
         }
-        Ok(Backend { frontend, features })
+        Ok(Backend {
+            frontend,
+            features,
+            protocol: acked,
+        })
     }
 
     /// The backend's virtio features.
     pub fn features(&self) -> u64 {
         self.features
+    }
+
+    /// The device's configuration space as the backend has it now: `len`
+    /// bytes from offset 0 (needs the CONFIG protocol feature).
+    pub fn get_config(&mut self, len: usize) -> Result<Vec<u8>, BackendError> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err(BackendError::Missing("VHOST_USER_PROTOCOL_F_CONFIG"));
+        }
+        let buf = vec![0u8; len];
+        let (_, config) = self
+            .frontend
+            .get_config(0, len as u32, VhostUserConfigFlags::WRITABLE, &buf)
+            .map_err(failed("GET_CONFIG"))?;
+        if config.len() != len {
+            return Err(BackendError::ConfigSize {
+                got: config.len(),
+                wanted: len,
+            });
+        }
+        Ok(config)
     }
 
     /// Hands the backend the guest's queues: `kicks[i]` is queue i's
@@ -190,6 +232,15 @@ impl Backend {
             f.get_vring_base(i).map_err(failed("GET_VRING_BASE"))?;
         }
         Ok(())
+    }
+}
+
+/// The name of the first protocol feature in `missing`.
+fn protocol_name(missing: VhostUserProtocolFeatures) -> &'static str {
+    if missing.contains(VhostUserProtocolFeatures::CONFIG) {
+        "VHOST_USER_PROTOCOL_F_CONFIG"
+    } else {
+        "a protocol feature the device needs"
     }
 }
 
