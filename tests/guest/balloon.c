@@ -194,11 +194,22 @@ static const char *wait_config_irq(void)
 	const char *err;
 	uint64_t t0 = rdtsc();
 	uint32_t isr = 0;
+	/*
+	 * The host may have changed the configuration before this check
+	 * began: its interrupt then went to the vector routed before, which
+	 * is pending in the IRR.
+	 */
+	if (virtio_irq_pending(&dev) && (virtio_irq_ack(&dev) & VIRTIO_INT_CONFIG))
+		return NULL;
 	while (!(isr & VIRTIO_INT_CONFIG)) {
 		if ((err = virtio_irq_route(&dev)))
 			return err;
-		while (!virtio_irq_pending(&dev)) {
+		for (uint64_t spin = 1; !virtio_irq_pending(&dev); spin++) {
 			__asm__ volatile("pause" ::: "memory");
+			/* A change between the look above and the new route
+			 * went to the old vector: InterruptStatus has it. */
+			if ((spin & 1023) == 0 && (virtio_irq_ack(&dev) & VIRTIO_INT_CONFIG))
+				return NULL;
 			if (rdtsc() - t0 > (1ull << 35))
 				return "no configuration-change interrupt in the LAPIC IRR";
 		}
