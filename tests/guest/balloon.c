@@ -183,43 +183,6 @@ void check_balloon_decline_hint(const struct check *c)
 	balloon_up_with(c, F_STATS_VQ | F_DEFLATE_ON_OOM | F_PAGE_REPORTING);
 }
 
-/*
- * Waits (up to about 15 s) for a configuration-change interrupt on a
- * fresh vector. The statistics timer may hand its buffer back meanwhile
- * (a used-buffer interrupt only): then route a fresh vector again and
- * keep waiting.
- */
-static const char *wait_config_irq(void)
-{
-	const char *err;
-	uint64_t t0 = rdtsc();
-	uint32_t isr = 0;
-	/*
-	 * The host may have changed the configuration before this check
-	 * began: its interrupt then went to the vector routed before, which
-	 * is pending in the IRR.
-	 */
-	if (virtio_irq_pending(&dev) && (virtio_irq_ack(&dev) & VIRTIO_INT_CONFIG))
-		return NULL;
-	while (!(isr & VIRTIO_INT_CONFIG)) {
-		if ((err = virtio_irq_route(&dev)))
-			return err;
-		for (uint64_t spin = 1; !virtio_irq_pending(&dev); spin++) {
-			__asm__ volatile("pause" ::: "memory");
-			/* A change between the look above and the new route
-			 * went to the old vector: InterruptStatus has it. */
-			if ((spin & 1023) == 0 && (virtio_irq_ack(&dev) & VIRTIO_INT_CONFIG))
-				return NULL;
-			if (rdtsc() - t0 > (1ull << 35))
-				return "no configuration-change interrupt in the LAPIC IRR";
-		}
-		isr = virtio_irq_ack(&dev);
-		if (!(isr & (VIRTIO_INT_CONFIG | VIRTIO_INT_USED_RING)))
-			return virtio_why("an interrupt with InterruptStatus", isr);
-	}
-	return NULL;
-}
-
 void check_balloon_inflate(const struct check *c)
 {
 	const char *err;
@@ -227,7 +190,7 @@ void check_balloon_inflate(const struct check *c)
 		fail(c, "run `balloon` first");
 		return;
 	}
-	if ((err = wait_config_irq())) {
+	if ((err = virtio_wait_config(&dev))) {
 		fail(c, err);
 		return;
 	}

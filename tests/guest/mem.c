@@ -165,32 +165,6 @@ void check_mem(const struct check *c)
 	putc_serial('\n');
 }
 
-/*
- * Waits for the device's configuration-change interrupt: its vector in
- * the LAPIC IRR, or (every so often) the CONFIG bit in InterruptStatus,
- * for the host may have changed the size before this routed a fresh
- * vector (the interrupt then went to the previous one).
- */
-static const char *wait_config_change(void)
-{
-	const char *err;
-	uint64_t t0 = rdtsc();
-	if ((err = virtio_irq_route(&dev)))
-		return err;
-	for (uint64_t spin = 0;; spin++) {
-		if (virtio_irq_pending(&dev) || (spin & 1023) == 0) {
-			uint32_t isr = virtio_irq_ack(&dev);
-			if (isr & VIRTIO_INT_CONFIG)
-				return NULL;
-			if (virtio_irq_pending(&dev) && (err = virtio_irq_route(&dev)))
-				return err;
-		}
-		__asm__ volatile("pause" ::: "memory");
-		if (rdtsc() - t0 > (1ull << 35))
-			return "no configuration-change interrupt";
-	}
-}
-
 void check_mem_plug(const struct check *c)
 {
 	const char *err;
@@ -199,7 +173,7 @@ void check_mem_plug(const struct check *c)
 		fail(c, "run `mem` first");
 		return;
 	}
-	if ((err = wait_config_change())) {
+	if ((err = virtio_wait_config(&dev))) {
 		fail(c, err);
 		return;
 	}

@@ -461,6 +461,41 @@ uint32_t virtio_irq_ack(struct virtio_dev *d)
 	return isr;
 }
 
+/*
+ * Waits (up to about 15 s) for a configuration-change interrupt on a
+ * fresh vector (see virtio.h).
+ */
+const char *virtio_wait_config(struct virtio_dev *d)
+{
+	const char *err;
+	uint64_t t0 = rdtsc();
+	uint32_t isr = 0;
+	/*
+	 * The host may have changed the configuration before this check
+	 * began: its interrupt then went to the vector routed before, which
+	 * is pending in the IRR.
+	 */
+	if (virtio_irq_pending(d) && (virtio_irq_ack(d) & VIRTIO_INT_CONFIG))
+		return NULL;
+	while (!(isr & VIRTIO_INT_CONFIG)) {
+		if ((err = virtio_irq_route(d)))
+			return err;
+		for (uint64_t spin = 1; !virtio_irq_pending(d); spin++) {
+			__asm__ volatile("pause" ::: "memory");
+			/* A change between the look above and the new route
+			 * went to the old vector: InterruptStatus has it. */
+			if ((spin & 1023) == 0 && (virtio_irq_ack(d) & VIRTIO_INT_CONFIG))
+				return NULL;
+			if (rdtsc() - t0 > (1ull << 35))
+				return "no configuration-change interrupt in the LAPIC IRR";
+		}
+		isr = virtio_irq_ack(d);
+		if (!(isr & (VIRTIO_INT_CONFIG | VIRTIO_INT_USED_RING)))
+			return virtio_why("an interrupt with InterruptStatus", isr);
+	}
+	return NULL;
+}
+
 const char *virtio_irq_wait(struct virtio_dev *d)
 {
 	if (!d->vector)

@@ -278,6 +278,15 @@ int virtio_irq_pending(const struct virtio_dev *d);
  */
 const char *virtio_irq_wait(struct virtio_dev *d);
 
+/*
+ * Waits (up to about 15 s) for a configuration-change interrupt. A change
+ * the host made before the call, whose interrupt went to the vector routed
+ * before, counts (that vector pending in the IRR, or InterruptStatus);
+ * used-buffer interrupts meanwhile (a statistics buffer handed back) are
+ * acknowledged and the wait goes on on a fresh vector.
+ */
+const char *virtio_wait_config(struct virtio_dev *d);
+
 /* Reads InterruptStatus and acknowledges those bits; returns them. */
 uint32_t virtio_irq_ack(struct virtio_dev *d);
 
